@@ -1,0 +1,99 @@
+//! Causal depthwise conv1d + SiLU over a sequence, and its one-token update.
+
+use rayon::prelude::*;
+
+use crate::silu;
+
+/// `xbc: [T, C]`, `conv_state: [C, K]` (oldest first), `weight: [C, K]`, `out: [T, C]`.
+pub(crate) fn causal_conv1d(
+    xbc: &[f32],
+    conv_state: &mut [f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    channels: usize,
+    out: &mut [f32],
+) {
+    let kernel = weight.len() / channels;
+    assert_eq!(weight.len(), channels * kernel);
+    assert_eq!(conv_state.len(), channels * kernel);
+    assert_eq!(xbc.len() % channels, 0);
+    assert_eq!(out.len(), xbc.len());
+    let tokens = xbc.len() / channels;
+    if tokens == 0 {
+        return;
+    }
+
+    // Time-major copies so the inner loop runs over contiguous channels:
+    // taps[k, C] = weight[C, k]; history[K, C] = the state's columns as rows.
+    let transpose = |src: &[f32]| -> Vec<f32> {
+        let mut dst = vec![0.0; channels * kernel];
+        for c in 0..channels {
+            for k in 0..kernel {
+                dst[k * channels + c] = src[c * kernel + k];
+            }
+        }
+        dst
+    };
+    let taps = transpose(weight); // [K, C]
+    let history = transpose(conv_state); // [K, C]
+    // Raw input row at position `i` of (history ++ xbc).
+    let row = |i: usize| -> &[f32] {
+        if i < kernel {
+            &history[i * channels..(i + 1) * channels]
+        } else {
+            &xbc[(i - kernel) * channels..(i - kernel + 1) * channels]
+        }
+    };
+
+    let rows_per_task = (super::PARALLEL_MIN_WORK / (channels * kernel).max(1)).max(1);
+    out.par_chunks_mut(channels).enumerate().with_min_len(rows_per_task).for_each(|(t, out_row)| {
+        match bias {
+            Some(bias) => out_row.copy_from_slice(bias),
+            None => out_row.fill(0.0),
+        }
+        for k in 0..kernel {
+            // Tap k multiplies token t-K+1+k, at position t+1+k of (history ++ xbc).
+            let input = row(t + 1 + k);
+            let tap = &taps[k * channels..(k + 1) * channels];
+            for ((o, &w), &v) in out_row.iter_mut().zip(tap).zip(input) {
+                *o += w * v;
+            }
+        }
+        for o in out_row.iter_mut() {
+            *o = silu(*o);
+        }
+    });
+
+    // The new state is the last K raw rows of (history ++ xbc), stored [C, K].
+    for k in 0..kernel {
+        let source = row(tokens + k);
+        for c in 0..channels {
+            conv_state[c * kernel + k] = source[c];
+        }
+    }
+}
+
+/// One token: shift the state left by one column, append `xbc: [C]`, convolve, SiLU.
+pub(crate) fn conv_step(
+    xbc: &[f32],
+    conv_state: &mut [f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let channels = xbc.len();
+    let kernel = weight.len() / channels;
+    assert_eq!(conv_state.len(), channels * kernel);
+    assert_eq!(out.len(), channels);
+    for (c, ((state_row, weight_row), o)) in conv_state
+        .chunks_exact_mut(kernel)
+        .zip(weight.chunks_exact(kernel))
+        .zip(out.iter_mut())
+        .enumerate()
+    {
+        state_row.copy_within(1.., 0);
+        state_row[kernel - 1] = xbc[c];
+        let acc: f32 = state_row.iter().zip(weight_row).map(|(s, w)| s * w).sum();
+        *o = silu(acc + bias.map_or(0.0, |b| b[c]));
+    }
+}

@@ -1,0 +1,130 @@
+//! A safe, bounds-checked front to the `gemm` crate.
+
+use gemm::Parallelism;
+
+/// A strided matrix view: element `(i, j)` at `offset + i * row_stride + j * col_stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+    pub offset: usize,
+}
+
+impl Layout {
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Layout { rows, cols, row_stride: cols, col_stride: 1, offset: 0 }
+    }
+
+    pub fn at(self, offset: usize) -> Self {
+        Layout { offset, ..self }
+    }
+
+    /// One past the largest index the view touches.
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            return self.offset;
+        }
+        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+    }
+}
+
+/// `dst = keep * dst + lhs · rhs` (`keep = 0` ignores what `dst` held, NaNs included).
+pub(crate) fn gemm(
+    dst: &mut [f32],
+    dst_layout: Layout,
+    keep: f32,
+    lhs: &[f32],
+    lhs_layout: Layout,
+    rhs: &[f32],
+    rhs_layout: Layout,
+    parallel: bool,
+) {
+    let (m, k, n) = (lhs_layout.rows, lhs_layout.cols, rhs_layout.cols);
+    assert_eq!(rhs_layout.rows, k, "inner dimensions differ");
+    assert_eq!((dst_layout.rows, dst_layout.cols), (m, n), "destination shape");
+    assert!(dst_layout.extent() <= dst.len(), "destination view out of bounds");
+    assert!(lhs_layout.extent() <= lhs.len(), "lhs view out of bounds");
+    assert!(rhs_layout.extent() <= rhs.len(), "rhs view out of bounds");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        dst_fill(dst, dst_layout, keep);
+        return;
+    }
+    let parallelism = if parallel { Parallelism::Rayon(0) } else { Parallelism::None };
+    // SAFETY: the three views were checked above to lie inside their slices, and `dst` is borrowed
+    // mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dst_layout.offset),
+            dst_layout.col_stride as isize,
+            dst_layout.row_stride as isize,
+            keep != 0.0,
+            lhs.as_ptr().add(lhs_layout.offset),
+            lhs_layout.col_stride as isize,
+            lhs_layout.row_stride as isize,
+            rhs.as_ptr().add(rhs_layout.offset),
+            rhs_layout.col_stride as isize,
+            rhs_layout.row_stride as isize,
+            keep,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+fn dst_fill(dst: &mut [f32], layout: Layout, keep: f32) {
+    for i in 0..layout.rows {
+        for j in 0..layout.cols {
+            let v = &mut dst[layout.offset + i * layout.row_stride + j * layout.col_stride];
+            *v = if keep == 0.0 { 0.0 } else { *v * keep };
+        }
+    }
+}
+
+/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)`.
+pub(crate) fn linear(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_features: usize,
+    out_features: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(weight.len(), in_features * out_features, "weight shape");
+    assert_eq!(input.len() % in_features, 0, "input width");
+    let rows = input.len() / in_features;
+    assert_eq!(out.len(), rows * out_features, "output shape");
+    let keep = match bias {
+        Some(bias) => {
+            assert_eq!(bias.len(), out_features, "bias length");
+            for row in out.chunks_exact_mut(out_features) {
+                row.copy_from_slice(bias);
+            }
+            1.0
+        }
+        None => 0.0,
+    };
+    // weightᵀ as a view: element (k, j) = weight[j * in_features + k].
+    let weight_t = Layout { rows: in_features, cols: out_features, row_stride: 1, col_stride: in_features, offset: 0 };
+    let work = rows * in_features * out_features;
+    gemm(
+        out,
+        Layout::row_major(rows, out_features),
+        keep,
+        input,
+        Layout::row_major(rows, in_features),
+        weight,
+        weight_t,
+        work >= super::PARALLEL_MIN_WORK,
+    );
+}

@@ -1,0 +1,101 @@
+//! The fast CPU backend: GEMM-shaped work through the `gemm` crate (runtime-detected SIMD),
+//! everything else as cache-friendly loops split over rayon's pool (heads, rows or channels).
+//! Each op here is tested against [`crate::Reference`] on awkward shapes.
+
+mod conv;
+mod matmul;
+mod norm;
+mod ssd;
+mod step;
+
+use crate::{Backend, SsmShape};
+
+/// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`, or the CLI's
+/// `--threads`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn linear(
+        &self,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        in_features: usize,
+        out_features: usize,
+        out: &mut [f32],
+    ) {
+        matmul::linear(input, weight, bias, in_features, out_features, out);
+    }
+
+    fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        norm::rms_norm(x, weight, eps, out);
+    }
+
+    fn gated_rms_norm(
+        &self,
+        y: &[f32],
+        z: &[f32],
+        weight: &[f32],
+        group_size: usize,
+        eps: f32,
+        out: &mut [f32],
+    ) {
+        norm::gated_rms_norm(y, z, weight, group_size, eps, out);
+    }
+
+    fn causal_conv1d(
+        &self,
+        xbc: &[f32],
+        conv_state: &mut [f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        channels: usize,
+        out: &mut [f32],
+    ) {
+        if xbc.len() == channels {
+            conv::conv_step(xbc, conv_state, weight, bias, out);
+        } else {
+            conv::causal_conv1d(xbc, conv_state, weight, bias, channels, out);
+        }
+    }
+
+    fn ssd_scan(
+        &self,
+        shape: SsmShape,
+        x: &[f32],
+        dt: &[f32],
+        a: &[f32],
+        b: &[f32],
+        c: &[f32],
+        d: &[f32],
+        state: &mut [f32],
+        chunk: usize,
+        y: &mut [f32],
+    ) {
+        ssd::ssd_scan(shape, x, dt, a, b, c, d, state, chunk, y);
+    }
+
+    fn ssm_step(
+        &self,
+        shape: SsmShape,
+        x: &[f32],
+        dt: &[f32],
+        a: &[f32],
+        b: &[f32],
+        c: &[f32],
+        d: &[f32],
+        state: &mut [f32],
+        y: &mut [f32],
+    ) {
+        step::ssm_step(shape, x, dt, a, b, c, d, state, y);
+    }
+}
+
+/// Below this many multiply-adds an op runs on the calling thread: rayon's fork/join costs
+/// microseconds, more than tiny work takes.
+pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 15;

@@ -1,0 +1,172 @@
+//! Chunked SSD ("state space duality", Mamba-2 paper §6) on the CPU, resuming from any state.
+//!
+//! Tokens are cut into chunks of Q. Within a chunk the scan is a masked quadratic form,
+//! `Y_diag = (L ∘ C Bᵀ) (dt x)` with `L[l, s] = exp(Σ_{s<k≤l} dt_k A)`; the incoming state adds
+//! `Y_off[l] = exp(Σ_{k≤l} dt_k A) C_l · S`; the state moves to the chunk's end as
+//! `S ← exp(Σ_k dt_k A) S + Σ_s exp(Σ_{k>s} dt_k A) dt_s x_s ⊗ B_s`. All three are GEMMs.
+//! Decays are summed over at most one chunk, from the right anchor, so no exponent is ever the
+//! difference of two long cumulative sums (the cancellation the stable segsum avoids).
+
+use rayon::prelude::*;
+
+use super::matmul::{gemm, Layout};
+use crate::backend::{assert_skip_len, skip_weight};
+use crate::SsmShape;
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ssd_scan(
+    shape: SsmShape,
+    x: &[f32],
+    dt: &[f32],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    d: &[f32],
+    state: &mut [f32],
+    chunk: usize,
+    y: &mut [f32],
+) {
+    shape.assert_valid();
+    assert_skip_len(d, &shape);
+    assert!(chunk > 0, "chunk length must be positive");
+    let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
+    let (inner, bc) = (shape.inner(), shape.bc_width());
+    let tokens = dt.len() / heads;
+    assert_eq!(dt.len(), tokens * heads);
+    assert_eq!(x.len(), tokens * inner);
+    assert_eq!(y.len(), tokens * inner);
+    assert_eq!(b.len(), tokens * bc);
+    assert_eq!(c.len(), tokens * bc);
+    assert_eq!(a.len(), heads);
+    assert_eq!(state.len(), shape.state_len());
+    if tokens == 0 {
+        return;
+    }
+    let chunk = chunk.min(tokens);
+    let n_chunks = tokens.div_ceil(chunk);
+    let chunk_len = |i: usize| chunk.min(tokens - i * chunk);
+
+    // C Bᵀ per chunk and group, shared by the group's heads: [n_chunks, G, Q, Q].
+    let mut cb = vec![0.0f32; n_chunks * shape.groups * chunk * chunk];
+    cb.par_chunks_mut(chunk * chunk).enumerate().for_each(|(i, cb_block)| {
+        let (ci, g) = (i / shape.groups, i % shape.groups);
+        let (start, q) = (ci * chunk, chunk_len(ci));
+        let c_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };
+        let b_cols = Layout { rows: n_len, cols: q, row_stride: 1, col_stride: bc, offset: start * bc + g * n_len };
+        gemm(cb_block, Layout::row_major(q, q), 0.0, c, c_rows, b, b_cols, false);
+    });
+
+    // Each head scans its own state; its outputs come back as [T, P].
+    let per_head: Vec<Vec<f32>> = state
+        .par_chunks_mut(p_len * n_len)
+        .enumerate()
+        .map(|(h, state_head)| {
+            let mut y_head = vec![0.0f32; tokens * p_len];
+            let mut scratch = Scratch::new(chunk, p_len, n_len);
+            for ci in 0..n_chunks {
+                let (start, q) = (ci * chunk, chunk_len(ci));
+                let block = &cb[(ci * shape.groups + shape.group_of(h)) * chunk * chunk..];
+                scan_chunk(&shape, h, start, q, x, dt, a[h], b, c, block, state_head, &mut y_head, &mut scratch);
+            }
+            y_head
+        })
+        .collect();
+
+    // Scatter heads back to [T, H, P], adding the D skip.
+    y.par_chunks_mut(inner).enumerate().for_each(|(t, y_row)| {
+        for (h, y_head) in per_head.iter().enumerate() {
+            for p in 0..p_len {
+                let i = h * p_len + p;
+                y_row[i] = y_head[t * p_len + p] + skip_weight(d, &shape, h, p) * x[t * inner + i];
+            }
+        }
+    });
+}
+
+/// Per-head working memory for one chunk, reused across chunks.
+struct Scratch {
+    log_decay: Vec<f32>,  // [Q] dt_l * A
+    weights: Vec<f32>,    // [Q, Q] masked, decayed C Bᵀ times dt_s
+    c_scaled: Vec<f32>,   // [Q, N] C_l * exp(Σ_{k≤l} dt_k A)
+    x_weighted: Vec<f32>, // [Q, P] x_s * dt_s * exp(Σ_{k>s} dt_k A)
+}
+
+impl Scratch {
+    fn new(chunk: usize, p_len: usize, n_len: usize) -> Self {
+        Scratch {
+            log_decay: vec![0.0; chunk],
+            weights: vec![0.0; chunk * chunk],
+            c_scaled: vec![0.0; chunk * n_len],
+            x_weighted: vec![0.0; chunk * p_len],
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_chunk(
+    shape: &SsmShape,
+    h: usize,
+    start: usize,
+    q: usize,
+    x: &[f32],
+    dt: &[f32],
+    a_h: f32,
+    b: &[f32],
+    c: &[f32],
+    cb: &[f32],
+    state: &mut [f32],
+    y_head: &mut [f32],
+    scratch: &mut Scratch,
+) {
+    let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
+    let (inner, bc, g) = (shape.inner(), shape.bc_width(), shape.group_of(h));
+    let dt_at = |l: usize| dt[(start + l) * heads + h];
+    for l in 0..q {
+        scratch.log_decay[l] = dt_at(l) * a_h;
+    }
+
+    // weights[l, s] = C_l·B_s * exp(Σ_{s<k≤l} dt_k A) * dt_s for s ≤ l, summed from l leftwards.
+    let weights = &mut scratch.weights[..q * q];
+    for l in 0..q {
+        let row = &mut weights[l * q..(l + 1) * q];
+        let mut segment = 0.0f32;
+        for s in (0..=l).rev() {
+            row[s] = cb[l * q + s] * segment.exp() * dt_at(s);
+            segment += scratch.log_decay[s];
+        }
+        row[l + 1..].fill(0.0);
+    }
+
+    // Y_diag = weights · x over the chunk.
+    let x_rows = Layout { rows: q, cols: p_len, row_stride: inner, col_stride: 1, offset: start * inner + h * p_len };
+    let y_rows = Layout::row_major(q, p_len).at(start * p_len);
+    gemm(y_head, y_rows, 0.0, weights, Layout::row_major(q, q), x, x_rows, false);
+
+    // Y_off = (C_l scaled by the decay since the chunk start) · Sᵀ, added on.
+    let mut from_start = 0.0f32;
+    for l in 0..q {
+        from_start += scratch.log_decay[l];
+        let scale = from_start.exp();
+        let c_row = &c[(start + l) * bc + g * n_len..][..n_len];
+        for (o, &v) in scratch.c_scaled[l * n_len..(l + 1) * n_len].iter_mut().zip(c_row) {
+            *o = v * scale;
+        }
+    }
+    let state_t = Layout { rows: n_len, cols: p_len, row_stride: 1, col_stride: n_len, offset: 0 };
+    gemm(y_head, y_rows, 1.0, &scratch.c_scaled, Layout::row_major(q, n_len), state, state_t, false);
+    let chunk_decay = from_start.exp();
+
+    // S ← exp(Σ dt A) S + Σ_s (x_s dt_s exp(Σ_{k>s} dt_k A)) ⊗ B_s.
+    let mut to_end = 0.0f32;
+    for s in (0..q).rev() {
+        let scale = to_end.exp() * dt_at(s);
+        let x_row = &x[(start + s) * inner + h * p_len..][..p_len];
+        for (o, &v) in scratch.x_weighted[s * p_len..(s + 1) * p_len].iter_mut().zip(x_row) {
+            *o = v * scale;
+        }
+        to_end += scratch.log_decay[s];
+    }
+    let x_weighted_t = Layout { rows: p_len, cols: q, row_stride: 1, col_stride: p_len, offset: 0 };
+    let b_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };
+    gemm(state, Layout::row_major(p_len, n_len), chunk_decay, &scratch.x_weighted, x_weighted_t, b, b_rows, false);
+}
