@@ -1,1 +1,20 @@
+//! The Mamba-2 language model: an immutable, thread-shareable [`Model`]; a [`State`] holding
+//! everything that changes (f32 conv and ssm state per layer); and a streaming [`Session`] that
+//! prefills input of any length in bounded pieces, steps token by token and samples.
 
+mod error;
+mod mixer;
+mod model;
+mod random;
+mod sampling;
+mod session;
+mod state;
+
+pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
+pub use coil_kernels::{Backend, Cpu, Reference};
+pub use error::Error;
+pub use model::{LogitRows, Model};
+pub use random::random_weights;
+pub use sampling::{Sampler, SamplingConfig};
+pub use session::Session;
+pub use state::{State, StateShape};

@@ -1,0 +1,90 @@
+//! The tokenizer, from a HF `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use crate::LoadError;
+
+/// Text to token ids and back.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    path: PathBuf,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Tokenizer, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        Tokenizer::from_bytes(&bytes, path)
+    }
+
+    /// `path` only names the source in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, LoadError> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| LoadError::Tokenizer { path: path.to_owned(), message: e.to_string() })?;
+        Ok(Tokenizer { inner, path: path.to_owned() })
+    }
+
+    /// Entries in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Token ids of `text`, without adding special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, LoadError> {
+        self.inner
+            .encode_fast(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| LoadError::Tokenizer { path: self.path.clone(), message: e.to_string() })
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, LoadError> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| LoadError::Tokenizer { path: self.path.clone(), message: e.to_string() })
+    }
+
+    /// Id of a token string such as `<|endoftext|>`.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// An incremental decoder for generated tokens: it yields text as soon as it is complete
+    /// UTF-8, so multi-byte characters split over tokens print correctly.
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder { tokenizer: self, ids: Vec::new(), emitted: 0 }
+    }
+}
+
+/// See [`Tokenizer::stream_decoder`].
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl StreamDecoder<'_> {
+    /// Adds a token; returns the text it completes, if any.
+    pub fn push(&mut self, id: u32) -> Result<String, LoadError> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        // An incomplete UTF-8 sequence decodes to U+FFFD at the end; wait for the next token.
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+            return Ok(String::new());
+        }
+        let Some(new) = text.get(self.emitted..).map(str::to_owned) else {
+            return Ok(String::new());
+        };
+        self.emitted = text.len();
+        // Keep the window short: restart from the last few tokens once text is flushed.
+        if self.ids.len() > 64 {
+            let keep = self.ids.split_off(self.ids.len() - 8);
+            self.emitted = self.tokenizer.decode(&keep)?.len();
+            self.ids = keep;
+        }
+        Ok(new)
+    }
+}

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+
+use coil_checkpoints::LoadError;
+
+/// What can go wrong running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+
+    #[error("token id {token} at position {position} is out of range: the model has {vocab} embedding rows")]
+    TokenOutOfRange { token: u32, position: u64, vocab: usize },
+
+    #[error("the input is empty: at least one token is needed")]
+    EmptyInput,
+
+    #[error("the state does not fit this model: {message}")]
+    StateMismatch { message: String },
+
+    #[error("{}: {message}", path.display())]
+    StateFile { path: PathBuf, message: String },
+
+    #[error(
+        "the state overflowed at token {position}: layer {layer} holds a non-finite value \
+         (the recurrence diverged; a state-collapse mitigation or a dt clamp may help)"
+    )]
+    StateOverflow { layer: usize, position: u64 },
+
+    #[error("the model produced non-finite logits at token {position}")]
+    NonFiniteLogits { position: u64 },
+}

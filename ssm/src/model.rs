@@ -1,0 +1,188 @@
+//! The model: immutable weights and the forward pass. Everything that changes lives in a
+//! [`State`], so one `Model` serves any number of streams and threads.
+
+use std::sync::Arc;
+
+use coil_checkpoints::{Checkpoint, Weights};
+use coil_kernels::{Backend, Cpu};
+
+use crate::mixer::{Activations, Block, Dims};
+use crate::{Config, Error, State, StateShape};
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None: only the state moves on (the lm_head, the costliest matmul, is skipped).
+    None,
+    /// The last position's, `[V]`.
+    Last,
+    /// Every position's, `[T, V]`.
+    All,
+}
+
+/// A Mamba-2 language model, ready to run on one backend.
+pub struct Model {
+    config: Config,
+    dims: Dims,
+    backend: Arc<dyn Backend>,
+    embedding: Vec<f32>, // [V, D]
+    blocks: Vec<Block>,
+    norm_f: Vec<f32>,
+    lm_head: Option<Vec<f32>>, // [V, D]; None = tied to the embedding
+    chunk_size: usize,
+    parameters: usize,
+}
+
+/// Buffers for one forward pass of up to a given number of tokens, reused between calls.
+pub(crate) struct Workspace {
+    tokens: usize,
+    hidden: Vec<f32>,
+    act: Activations,
+    normed: Vec<f32>,
+    pub(crate) logits: Vec<f32>,
+}
+
+impl Model {
+    /// A model on the CPU backend from a loaded checkpoint.
+    pub fn from_checkpoint(checkpoint: Checkpoint) -> Model {
+        Model::new(checkpoint.config, checkpoint.weights, Arc::new(Cpu))
+    }
+
+    /// `weights` must have been loaded for `config` (as [`Weights::load`] does).
+    pub fn new(config: Config, weights: Weights, backend: Arc<dyn Backend>) -> Model {
+        let dims = Dims::of(&config);
+        let parameters = weights.parameter_count();
+        Model {
+            parameters,
+            chunk_size: config.chunk_size,
+            dims,
+            backend,
+            embedding: weights.embedding,
+            blocks: weights.layers.into_iter().map(Block::new).collect(),
+            norm_f: weights.norm_f,
+            lm_head: weights.lm_head,
+            config,
+        }
+    }
+
+    /// Runs on another backend (the naive [`coil_kernels::Reference`], say).
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Model {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets the SSD chunk length of prefill (default: the checkpoint's `chunk_size`). Any positive
+    /// value gives the same results up to f32 rounding.
+    pub fn with_chunk_size(mut self, chunk_size: usize) -> Model {
+        self.chunk_size = chunk_size.max(1);
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Width of the logits (embedding rows, padding included).
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    pub fn state_shape(&self) -> StateShape {
+        StateShape::of(&self.config)
+    }
+
+    /// A fresh, all-zero state for this model.
+    pub fn new_state(&self) -> State {
+        State::new(self.state_shape())
+    }
+
+    /// Weights in the model (the embedding counted once when tied).
+    pub fn parameter_count(&self) -> usize {
+        self.parameters
+    }
+
+    /// Feeds `tokens` through the model from `state` (chunked SSD for more than one token),
+    /// leaving the state after the last token, and returns the requested logits.
+    pub fn forward(&self, state: &mut State, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, Error> {
+        let mut workspace = self.workspace(tokens.len());
+        self.forward_in(state, tokens, rows, &mut workspace)?;
+        Ok(std::mem::take(&mut workspace.logits))
+    }
+
+    /// One token through the recurrent step; returns its logits `[V]`.
+    pub fn step(&self, state: &mut State, token: u32) -> Result<Vec<f32>, Error> {
+        self.forward(state, &[token], LogitRows::Last)
+    }
+
+    pub(crate) fn workspace(&self, tokens: usize) -> Workspace {
+        let d = self.dims.d_model;
+        Workspace {
+            tokens,
+            hidden: vec![0.0; tokens * d],
+            act: Activations::new(&self.dims, tokens),
+            normed: Vec::new(),
+            logits: Vec::new(),
+        }
+    }
+
+    /// [`Model::forward`] into reusable buffers; the logits are left in `workspace.logits`.
+    pub(crate) fn forward_in(
+        &self,
+        state: &mut State,
+        tokens: &[u32],
+        rows: LogitRows,
+        workspace: &mut Workspace,
+    ) -> Result<(), Error> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        state.check_shape(self.state_shape())?;
+        // Reject bad ids before the state moves, so a failed call leaves it untouched.
+        let vocab = self.config.vocab_size;
+        if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { token: tokens[i], position: state.position() + i as u64, vocab });
+        }
+        if workspace.tokens != tokens.len() {
+            *workspace = self.workspace(tokens.len());
+        }
+        let d = self.dims.d_model;
+        for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
+            let t = token as usize;
+            row.copy_from_slice(&self.embedding[t * d..(t + 1) * d]);
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (conv_state, ssm_state) = state.layer_mut(i);
+            let backend: &dyn Backend = &*self.backend;
+            block.forward(backend, &self.dims, &mut workspace.hidden, conv_state, ssm_state, self.chunk_size, &mut workspace.act);
+        }
+        state.advance(tokens.len());
+
+        let hidden_rows = match rows {
+            LogitRows::All => &workspace.hidden[..],
+            LogitRows::Last | LogitRows::None => &workspace.hidden[(tokens.len() - 1) * d..],
+        };
+        if hidden_rows.iter().any(|v| !v.is_finite()) {
+            return Err(match state.first_non_finite_layer() {
+                Some(layer) => Error::StateOverflow { layer, position: state.position() },
+                None => Error::NonFiniteLogits { position: state.position() },
+            });
+        }
+        if rows == LogitRows::None {
+            workspace.logits.clear();
+            return Ok(());
+        }
+        workspace.normed.resize(hidden_rows.len(), 0.0);
+        self.backend.rms_norm(hidden_rows, &self.norm_f, self.dims.eps, &mut workspace.normed);
+        workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
+        let head = self.lm_head.as_deref().unwrap_or(&self.embedding);
+        self.backend.linear(&workspace.normed, head, None, d, vocab, &mut workspace.logits);
+        if workspace.logits.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteLogits { position: state.position() });
+        }
+        Ok(())
+    }
+}
