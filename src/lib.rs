@@ -1,0 +1,6 @@
+//! Coil runs recurrent state-space language models (Mamba-2) over input of any length in constant
+//! memory. This facade re-exports the library API: load a [`Checkpoint`], build a [`Model`], and
+//! stream tokens through a [`Session`].
+
+pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
+pub use coil_ssm::{Error, LogitRows, Model, Sampler, SamplingConfig, Session, State, StateShape};
