@@ -1,1 +1,23 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+
+use cli::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => cli::run(args),
+        Command::Score(args) => cli::score(args),
+        Command::Inspect(args) => cli::inspect(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -100,6 +100,11 @@ impl Model {
         State::new(self.state_shape())
     }
 
+    /// Whether the output head is the embedding (no separate `lm_head.weight`).
+    pub fn tied_embeddings(&self) -> bool {
+        self.lm_head.is_none()
+    }
+
     /// Weights in the model (the embedding counted once when tied).
     pub fn parameter_count(&self) -> usize {
         self.parameters

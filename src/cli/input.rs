@@ -1,0 +1,219 @@
+//! Input of any length, read and tokenized in bounded blocks so memory does not grow with it.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use coil::Tokenizer;
+
+/// Bytes of text tokenized at a time: small enough that the tokenizer's per-token bookkeeping
+/// stays a few MB whatever the input length.
+const TEXT_BLOCK: usize = 32 * 1024;
+
+/// Where input tokens come from.
+#[derive(Clone, Debug)]
+pub enum InputSource {
+    Text(String),
+    TextFile(PathBuf),
+    Stdin,
+    /// Integers separated by whitespace or commas.
+    TokenIds(PathBuf),
+}
+
+impl InputSource {
+    /// Size in bytes when known up front (for the progress bar).
+    pub fn len_hint(&self) -> Option<u64> {
+        match self {
+            InputSource::Text(t) => Some(t.len() as u64),
+            InputSource::TextFile(p) | InputSource::TokenIds(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            InputSource::Stdin => None,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            InputSource::Text(_) => "--prompt".into(),
+            InputSource::TextFile(p) | InputSource::TokenIds(p) => p.display().to_string(),
+            InputSource::Stdin => "<stdin>".into(),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Read>> {
+        Ok(match self {
+            InputSource::Text(t) => Box::new(io::Cursor::new(t.clone().into_bytes())),
+            InputSource::TextFile(p) | InputSource::TokenIds(p) => {
+                Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
+            }
+            InputSource::Stdin => Box::new(io::stdin().lock()),
+        })
+    }
+
+    /// Reads the whole input as token ids, handing them to `sink` a block at a time together
+    /// with the bytes read so far. Returns the number of tokens.
+    pub fn stream_tokens(
+        &self,
+        tokenizer: Option<&Tokenizer>,
+        mut sink: impl FnMut(&[u32], u64) -> Result<()>,
+    ) -> Result<u64> {
+        let name = self.name();
+        let mut blocks = Blocks::new(self.open()?, &name);
+        let mut total = 0u64;
+        let is_ids = matches!(self, InputSource::TokenIds(_));
+        let tokenizer = match (is_ids, tokenizer) {
+            (true, _) => None,
+            (false, Some(t)) => Some(t),
+            (false, None) => bail!("this model has no tokenizer.json, so it cannot read text: pass token ids with --token-ids FILE"),
+        };
+        while let Some(block) = if is_ids { blocks.next_ids_block()? } else { blocks.next_text_block()? } {
+            let ids = match tokenizer {
+                Some(t) => t.encode(&block)?,
+                None => parse_ids(&block, blocks.offset - block.len() as u64, &name)?,
+            };
+            total += ids.len() as u64;
+            if !ids.is_empty() {
+                sink(&ids, blocks.offset)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Splits a byte stream into UTF-8 blocks at places where tokenizing the blocks one by one gives
+/// the same tokens as tokenizing the whole (see `text_split`).
+struct Blocks<'a> {
+    reader: Box<dyn Read>,
+    name: &'a str,
+    buffer: Vec<u8>,
+    /// Bytes handed out so far.
+    offset: u64,
+    eof: bool,
+}
+
+impl<'a> Blocks<'a> {
+    fn new(reader: Box<dyn Read>, name: &'a str) -> Self {
+        Blocks { reader, name, buffer: Vec::new(), offset: 0, eof: false }
+    }
+
+    fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 8192];
+        while !self.eof && self.buffer.len() < TEXT_BLOCK {
+            match self.reader.read(&mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", self.name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The valid UTF-8 prefix of the buffer, or an error naming the first invalid byte.
+    fn valid_prefix(&self) -> Result<&str> {
+        match std::str::from_utf8(&self.buffer) {
+            Ok(text) => Ok(text),
+            // An incomplete sequence at the very end of an unfinished buffer is fine.
+            Err(e) if e.error_len().is_none() && !self.eof => {
+                Ok(std::str::from_utf8(&self.buffer[..e.valid_up_to()]).expect("prefix is valid"))
+            }
+            Err(e) => bail!(
+                "{}: invalid UTF-8 at byte {} (text input must be UTF-8; pass token ids with --token-ids instead)",
+                self.name,
+                self.offset + e.valid_up_to() as u64
+            ),
+        }
+    }
+
+    fn take(&mut self, split: usize) -> String {
+        let rest = self.buffer.split_off(split);
+        let block = std::mem::replace(&mut self.buffer, rest);
+        self.offset += block.len() as u64;
+        String::from_utf8(block).expect("split on a validated char boundary")
+    }
+
+    fn next_text_block(&mut self) -> Result<Option<String>> {
+        self.fill()?;
+        let text = self.valid_prefix()?;
+        if text.is_empty() && self.eof {
+            return Ok(None);
+        }
+        let split = if self.eof { text.len() } else { text_split(text) };
+        Ok(Some(self.take(split)))
+    }
+
+    fn next_ids_block(&mut self) -> Result<Option<String>> {
+        self.fill()?;
+        let text = self.valid_prefix()?;
+        if text.is_empty() && self.eof {
+            return Ok(None);
+        }
+        let split = if self.eof {
+            text.len()
+        } else {
+            text.rfind(|c: char| c.is_whitespace() || c == ',').map_or(text.len(), |i| i + 1)
+        };
+        Ok(Some(self.take(split)))
+    }
+}
+
+/// The last position in `text` where a single space stands between two non-space characters:
+/// pre-tokenizers (GPT-2 byte-level, Metaspace) never join tokens across it, so cutting just
+/// before the space preserves tokenization. Falls back to the end of the text.
+fn text_split(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    (1..bytes.len().saturating_sub(1))
+        .rev()
+        .find(|&i| bytes[i] == b' ' && !bytes[i - 1].is_ascii_whitespace() && !bytes[i + 1].is_ascii_whitespace())
+        .filter(|&i| i > 0)
+        .unwrap_or(text.len())
+}
+
+/// Parses integers separated by whitespace or commas; `start` is the block's byte offset.
+pub fn parse_ids(text: &str, start: u64, name: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let mut position = 0usize;
+    for field in text.split(|c: char| c.is_whitespace() || c == ',') {
+        if !field.is_empty() {
+            match field.parse::<u32>() {
+                Ok(id) => ids.push(id),
+                Err(_) => bail!(
+                    "{name}: `{}` at byte {} is not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    field.chars().take(40).collect::<String>(),
+                    start + position as u64
+                ),
+            }
+        }
+        position += field.len() + 1;
+    }
+    Ok(ids)
+}
+
+/// Reads a whole token-id file (for commands that need every id up front).
+pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    InputSource::TokenIds(path.to_owned()).stream_tokens(None, |block, _| {
+        ids.extend_from_slice(block);
+        Ok(())
+    })?;
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_splits_before_a_single_space_between_words() {
+        assert_eq!(text_split("hello brave new world"), 15);
+        assert_eq!(text_split("a  b"), 4, "no single space between words: keep all");
+    }
+
+    #[test]
+    fn ids_parse_with_commas_and_newlines_and_report_bad_fields() {
+        assert_eq!(parse_ids("1, 2,3\n4\t5", 0, "f").unwrap(), vec![1, 2, 3, 4, 5]);
+        let err = parse_ids("1 2 x3", 100, "f").unwrap_err().to_string();
+        assert!(err.contains("`x3` at byte 104"), "{err}");
+        assert!(parse_ids("-1", 0, "f").is_err());
+        assert!(parse_ids("4294967296", 0, "f").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! `--logits-out`: one f32 tensor `logits [T, V]` in safetensors, streamed row by row, so a long
+//! input's logits never sit in memory together. Written beside its final name and renamed into
+//! place when complete.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+pub struct LogitsWriter {
+    file: BufWriter<File>,
+    temporary: PathBuf,
+    path: PathBuf,
+    rows_left: u64,
+    width: usize,
+}
+
+impl LogitsWriter {
+    /// Refuses before anything is computed when the file would pass `max_bytes`.
+    pub fn create(path: &Path, rows: u64, width: usize, max_bytes: u64) -> Result<LogitsWriter> {
+        let bytes = rows.checked_mul(width as u64).and_then(|n| n.checked_mul(4));
+        match bytes {
+            Some(b) if b <= max_bytes => {}
+            _ => bail!(
+                "--logits-out would write {rows} x {width} f32 logits ({} MB), above the limit of {} MB; raise it with --max-logits-bytes",
+                bytes.map_or(u64::MAX, |b| b / 1_000_000),
+                max_bytes / 1_000_000
+            ),
+        }
+        let total = rows * width as u64 * 4;
+        let mut header = format!(
+            r#"{{"__metadata__":{{"format":"pt","producer":"coil score"}},"logits":{{"dtype":"F32","shape":[{rows},{width}],"data_offsets":[0,{total}]}}}}"#
+        )
+        .into_bytes();
+        // The data must start 8-byte aligned; safetensors pads the header with spaces.
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let temporary = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+        let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
+        let mut file = BufWriter::new(file);
+        file.write_all(&(header.len() as u64).to_le_bytes())?;
+        file.write_all(&header)?;
+        Ok(LogitsWriter { file, temporary, path: path.to_owned(), rows_left: rows, width })
+    }
+
+    pub fn write_row(&mut self, row: &[f32]) -> Result<()> {
+        assert_eq!(row.len(), self.width);
+        assert!(self.rows_left > 0, "more rows than announced");
+        self.rows_left -= 1;
+        for v in row {
+            self.file.write_all(&v.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        if self.rows_left != 0 {
+            bail!("internal error: {} logit rows missing", self.rows_left);
+        }
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        std::fs::rename(&self.temporary, &self.path).with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for LogitsWriter {
+    fn drop(&mut self) {
+        // Unfinished (an error on the way): leave no partial file behind.
+        if self.temporary.exists() {
+            let _ = std::fs::remove_file(&self.temporary);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The `coil` command line: arguments in, a validated plan, then library calls.
+
+pub mod args;
+mod input;
+mod inspect;
+mod load;
+mod logits_file;
+mod progress;
+mod run;
+mod score;
+
+pub use inspect::inspect;
+pub use run::run;
+pub use score::score;

@@ -1,0 +1,101 @@
+//! `coil run`: stream a prompt in, generate text out.
+
+use std::io::Write;
+
+use anyhow::{bail, Context, Result};
+use coil::{Sampler, SamplingConfig, Session, State};
+
+use super::args::{RunArgs, SamplingArgs};
+use super::input::InputSource;
+use super::load::load;
+use super::progress::Progress;
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let sampling = sampling_config(&args.sampling)?;
+    let loaded = load(&args.model)?;
+    let input = match (&args.prompt, &args.prompt_file, &args.token_ids) {
+        (Some(text), _, _) => InputSource::Text(text.clone()),
+        (_, Some(path), _) => InputSource::TextFile(path.clone()),
+        (_, _, Some(path)) => InputSource::TokenIds(path.clone()),
+        _ => InputSource::Stdin,
+    };
+
+    let mut session = match &args.state_in {
+        Some(path) => {
+            let state = State::load(path, loaded.model.state_shape())?;
+            Session::with_state(loaded.model.clone(), state)?
+        }
+        None => Session::new(loaded.model.clone()),
+    };
+    session.set_piece_len(args.model.piece_len);
+
+    let mut progress = Progress::new("prefill", input.len_hint());
+    let prompt_tokens = input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
+        session.prefill(ids)?;
+        progress.advance(ids.len() as u64, bytes_done);
+        Ok(())
+    })?;
+    progress.finish();
+    if prompt_tokens == 0 {
+        bail!("the prompt is empty: at least one token is needed to start generating");
+    }
+    eprintln!(
+        "prefill: {prompt_tokens} tokens in {:.2} s ({:.0} tok/s)",
+        progress.elapsed().as_secs_f64(),
+        progress.rate()
+    );
+
+    let end_of_text = if args.ignore_eos {
+        None
+    } else {
+        loaded.tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>").or_else(|| t.token_id("</s>")))
+    };
+    let mut sampler = Sampler::new(sampling);
+    let mut decoder = loaded.tokenizer.as_ref().map(|t| t.stream_decoder());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut failure: Option<anyhow::Error> = None;
+    let started = std::time::Instant::now();
+    let generated = session.generate(&mut sampler, args.max_new_tokens, loaded.vocab_limit(), |token| {
+        if Some(token) == end_of_text {
+            return false;
+        }
+        let text = match decoder.as_mut() {
+            Some(d) => d.push(token).map_err(anyhow::Error::from),
+            None => Ok(format!("{token} ")),
+        };
+        let written = text.and_then(|t| {
+            out.write_all(t.as_bytes())?;
+            out.flush().map_err(anyhow::Error::from)
+        });
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                failure = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e).context("cannot write the generated text");
+    }
+    writeln!(out)?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("decode: {} tokens in {seconds:.2} s ({:.1} tok/s)", generated.len(), generated.len() as f64 / seconds.max(1e-9));
+
+    if let Some(path) = &args.state_out {
+        session.state().save(path)?;
+        eprintln!("state after {} tokens saved to {}", session.position(), path.display());
+    }
+    Ok(())
+}
+
+fn sampling_config(args: &SamplingArgs) -> Result<SamplingConfig> {
+    if !(args.temperature >= 0.0 && args.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0, got {}", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1], got {}", args.top_p);
+    }
+    Ok(SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed })
+}

@@ -1,0 +1,198 @@
+//! "All paths agree": token-by-token step, chunked prefill at several chunk sizes, prefill split
+//! at arbitrary points with the state carried, a state saved and loaded mid-stream, and the naive
+//! reference backend all give the same logits and the same state, on random models of awkward
+//! shapes (G > 1, odd widths, conv kernels 2..5, per-channel D, biases, a biting dt clamp).
+
+use std::sync::Arc;
+
+use coil_ssm::{random_weights, Config, Dialect, LogitRows, Model, Reference, Session, State};
+
+fn config(d_model: usize, heads: usize, head_dim: usize, d_state: usize, groups: usize, conv_kernel: usize) -> Config {
+    Config {
+        dialect: Dialect::HuggingFace,
+        d_model,
+        n_layer: 2,
+        vocab_size: 37,
+        vocab_size_unpadded: 37,
+        d_state,
+        head_dim,
+        n_heads: heads,
+        n_groups: groups,
+        conv_kernel,
+        chunk_size: 8,
+        norm_eps: 1e-5,
+        use_bias: false,
+        use_conv_bias: true,
+        tie_embeddings: Some(true),
+        time_step_limit: (0.0, f32::INFINITY),
+        d_has_hdim: false,
+    }
+}
+
+fn configs() -> Vec<Config> {
+    let mut with_everything = config(20, 6, 5, 7, 3, 5);
+    with_everything.use_bias = true;
+    with_everything.d_has_hdim = true;
+    with_everything.tie_embeddings = Some(false);
+    let mut clamped = config(16, 4, 8, 8, 2, 3);
+    clamped.time_step_limit = (0.02, 0.3);
+    vec![config(16, 4, 8, 8, 1, 4), config(12, 3, 8, 5, 3, 2), with_everything, clamped]
+}
+
+fn model(config: &Config, seed: u64) -> Model {
+    Model::new(config.clone(), random_weights(config, seed), Arc::new(coil_ssm::Cpu))
+}
+
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    (0..n as u64).map(|i| ((i * 7919 + seed * 104729) % vocab as u64) as u32).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Logits here are O(1..10); the paths differ only by f32 reassociation.
+const TOLERANCE: f32 = 2e-4;
+
+fn assert_states_close(what: &str, a: &State, b: &State) {
+    assert_eq!(a.position(), b.position(), "{what}: positions differ");
+    let ssm = max_diff(a.ssm(), b.ssm());
+    let conv = max_diff(a.conv(), b.conv());
+    assert!(ssm < TOLERANCE && conv < 1e-6, "{what}: ssm {ssm:e} conv {conv:e}");
+}
+
+#[test]
+fn step_chunked_split_and_reference_agree() {
+    for (i, config) in configs().iter().enumerate() {
+        let seed = i as u64 + 11;
+        let base = model(config, seed);
+        for length in [1, 2, 7, 8, 9, 23, 41] {
+            let input = tokens(length, config.vocab_size, seed);
+
+            // Token by token.
+            let mut step_state = base.new_state();
+            let mut stepped = Vec::new();
+            for &t in &input {
+                stepped.extend(base.step(&mut step_state, t).unwrap());
+            }
+
+            // Chunked prefill, several chunk lengths.
+            for chunk in [1, 3, 8, 64] {
+                let m = model(config, seed).with_chunk_size(chunk);
+                let mut state = m.new_state();
+                let logits = m.forward(&mut state, &input, LogitRows::All).unwrap();
+                let d = max_diff(&logits, &stepped);
+                assert!(d < TOLERANCE, "config {i} T={length} chunk {chunk}: {d:e}");
+                assert_states_close(&format!("config {i} T={length} chunk {chunk}"), &state, &step_state);
+            }
+
+            // Prefill split at every point, the state carried across.
+            for split in 1..length {
+                let mut state = base.new_state();
+                let mut logits = base.forward(&mut state, &input[..split], LogitRows::All).unwrap();
+                logits.extend(base.forward(&mut state, &input[split..], LogitRows::All).unwrap());
+                let d = max_diff(&logits, &stepped);
+                assert!(d < TOLERANCE, "config {i} T={length} split {split}: {d:e}");
+                assert_states_close(&format!("config {i} split {split}"), &state, &step_state);
+            }
+
+            // The naive reference backend.
+            let reference = model(config, seed).with_backend(Arc::new(Reference));
+            let mut state = reference.new_state();
+            let logits = reference.forward(&mut state, &input, LogitRows::All).unwrap();
+            assert!(max_diff(&logits, &stepped) < TOLERANCE, "config {i} T={length} reference");
+            assert_states_close(&format!("config {i} reference"), &state, &step_state);
+        }
+    }
+}
+
+#[test]
+fn saved_state_resumes_exactly() {
+    let config = &configs()[2];
+    let model = Arc::new(model(config, 5));
+    let input = tokens(40, config.vocab_size, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+
+    let mut whole = Session::new(model.clone());
+    let expected = whole.prefill(&input).unwrap().to_vec();
+
+    let mut first = Session::new(model.clone());
+    first.prefill(&input[..17]).unwrap();
+    first.state().save(&path).unwrap();
+    let loaded = State::load(&path, model.state_shape()).unwrap();
+    assert_eq!(&loaded, first.state(), "save/load is bit-exact");
+    let mut resumed = Session::with_state(model.clone(), loaded).unwrap();
+    let got = resumed.prefill(&input[17..]).unwrap().to_vec();
+    assert!(max_diff(&got, &expected) < TOLERANCE);
+    assert_eq!(resumed.position(), 40);
+}
+
+#[test]
+fn forks_are_independent_and_restore_rewinds() {
+    let config = &configs()[0];
+    let model = Arc::new(model(config, 9));
+    let mut session = Session::new(model.clone());
+    session.prefill(&tokens(12, config.vocab_size, 1)).unwrap();
+    let snapshot = session.state().clone();
+    let mut fork = session.fork();
+    let a = fork.step(3).unwrap().to_vec();
+    let b = session.step(3).unwrap().to_vec();
+    assert_eq!(a, b, "a fork continues exactly like its parent");
+    fork.step(4).unwrap();
+    assert_ne!(fork.state(), session.state());
+    session.restore(&snapshot).unwrap();
+    assert_eq!(session.state(), &snapshot);
+    assert_eq!(session.step(3).unwrap(), &a[..]);
+}
+
+#[test]
+fn piece_length_does_not_change_results() {
+    let config = &configs()[1];
+    let model = Arc::new(model(config, 3));
+    let input = tokens(50, config.vocab_size, 3);
+    let mut reference = Session::new(model.clone());
+    let expected = reference.prefill(&input).unwrap().to_vec();
+    for piece in [1, 4, 13, 49, 50] {
+        let mut session = Session::new(model.clone());
+        session.set_piece_len(piece);
+        let got = session.prefill(&input).unwrap();
+        assert!(max_diff(got, &expected) < TOLERANCE, "piece {piece}");
+        assert_states_close(&format!("piece {piece}"), session.state(), reference.state());
+    }
+}
+
+#[test]
+fn bad_tokens_and_mismatched_states_are_errors_that_leave_the_state_alone() {
+    let config = &configs()[0];
+    let model = Arc::new(model(config, 1));
+    let mut session = Session::new(model.clone());
+    session.prefill(&[1, 2, 3]).unwrap();
+    let before = session.state().clone();
+    let err = session.prefill(&[4, 37, 5]).unwrap_err().to_string();
+    assert!(err.contains("token id 37 at position 4") && err.contains("37 embedding rows"), "{err}");
+    assert_eq!(session.state(), &before);
+    assert!(session.prefill(&[]).unwrap_err().to_string().contains("empty"));
+
+    let other = configs()[1].clone();
+    let foreign = State::new(coil_ssm::StateShape::of(&other));
+    let err = Session::with_state(model.clone(), foreign).err().expect("mismatch").to_string();
+    assert!(err.contains("does not fit"), "{err}");
+}
+
+#[test]
+fn a_diverging_state_is_reported_not_returned_as_nan() {
+    let mut config = configs()[0].clone();
+    config.n_layer = 1;
+    let mut weights = random_weights(&config, 2);
+    // Finite weights can still overflow the state: a dt bias near f32::MAX makes dt * x
+    // infinite on the first token (softplus passes large arguments through unchanged).
+    for layer in &mut weights.layers {
+        layer.dt_bias.iter_mut().for_each(|b| *b = 3e38);
+    }
+    let model = Arc::new(Model::new(config.clone(), weights, Arc::new(coil_ssm::Cpu)));
+    let mut session = Session::new(model);
+    let err = session.prefill(&tokens(30, config.vocab_size, 1)).unwrap_err().to_string();
+    assert!(err.contains("non-finite"), "{err}");
+}
