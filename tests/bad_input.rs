@@ -1,0 +1,221 @@
+//! Hostile and broken input through the `coil` binary: every case must exit non-zero with a
+//! message naming what is wrong, and never panic.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
+}
+
+fn coil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coil")).args(args).output().expect("coil runs")
+}
+
+/// Asserts a clean failure whose stderr mentions every one of `needles`.
+fn assert_fails_with(output: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert_eq!(output.status.code(), Some(1), "exit code; stderr: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "stderr lacks `{needle}`: {stderr}");
+    }
+}
+
+/// A copy of the g1_tied checkpoint whose tensors went through `edit` (name -> (dtype, shape, bytes)).
+fn edited_checkpoint(dir: &Path, edit: impl FnOnce(&mut HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) -> PathBuf {
+    let source = fixture("g1_tied");
+    std::fs::copy(source.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let parsed = SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> = parsed
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, (view.dtype(), view.shape().to_vec(), view.data().to_vec())))
+        .collect();
+    edit(&mut tensors);
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, (dtype, shape, data))| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    dir.to_owned()
+}
+
+fn ids_file(dir: &Path, text: &str) -> String {
+    let path = dir.join("ids.txt");
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_checkpoint_folder_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    assert_fails_with(&coil(&["inspect", "--model", missing.to_str().unwrap()]), &["nope", "no such checkpoint folder"]);
+    assert_fails_with(&coil(&["inspect", "--model", dir.path().to_str().unwrap()]), &["config.json"]);
+    std::fs::copy(fixture("g1_tied").join("config.json"), dir.path().join("config.json")).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", dir.path().to_str().unwrap()]), &["model.safetensors", "no such file"]);
+}
+
+#[test]
+fn invalid_json_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |_| {});
+    std::fs::write(path.join("config.json"), "{\"hidden_size\": 64,,}").unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["config.json", "invalid JSON"]);
+    std::fs::write(path.join("config.json"), [0xff, 0xfe, b'{']).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["config.json", "UTF-8"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |_| {});
+    let file = path.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["model.safetensors", "not a valid safetensors"]);
+    std::fs::write(&file, &bytes[..5]).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["model.safetensors", "not a valid safetensors"]);
+}
+
+#[test]
+fn header_that_lies_about_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |_| {});
+    let file = path.join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    // Claim a header far longer than the file.
+    bytes[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["model.safetensors", "not a valid safetensors"]);
+
+    // A shape whose element count disagrees with the tensor's byte range.
+    let original = std::fs::read(fixture("g1_tied").join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&original[8..8 + header_len]).unwrap();
+    let lying = header.replacen("\"shape\":[8]", "\"shape\":[9]", 1);
+    assert_ne!(lying, header, "fixture has an [8] tensor to tamper with");
+    let mut bytes = original[..8].to_vec();
+    bytes.extend_from_slice(lying.as_bytes());
+    bytes.extend_from_slice(&original[8 + header_len..]);
+    std::fs::write(&file, &bytes).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["model.safetensors", "not a valid safetensors"]);
+}
+
+#[test]
+fn missing_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |t| {
+        t.remove("backbone.layers.1.mixer.dt_bias");
+    });
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["model.safetensors", "backbone.layers.1.mixer.dt_bias", "missing"]);
+}
+
+#[test]
+fn wrong_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |t| {
+        let entry = t.get_mut("backbone.layers.0.mixer.A_log").unwrap();
+        entry.1 = vec![7];
+        entry.2.truncate(7 * 4);
+    });
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["A_log", "shape [7]", "expected [8]"]);
+}
+
+#[test]
+fn unknown_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |t| {
+        t.get_mut("backbone.layers.0.mixer.D").unwrap().0 = Dtype::I32;
+    });
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["mixer.D", "dtype I32"]);
+}
+
+#[test]
+fn nan_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |t| {
+        let data = &mut t.get_mut("backbone.layers.1.mixer.out_proj.weight").unwrap().2;
+        data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+    });
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["out_proj.weight", "non-finite", "index 10"]);
+}
+
+#[test]
+fn shard_index_naming_a_missing_or_escaping_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_checkpoint(dir.path(), |_| {});
+    std::fs::remove_file(path.join("model.safetensors")).unwrap();
+    std::fs::write(path.join("model.safetensors.index.json"), r#"{"weight_map": {"backbone.norm_f.weight": "gone.safetensors"}}"#).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["gone.safetensors"]);
+    std::fs::write(path.join("model.safetensors.index.json"), r#"{"weight_map": {"x": "../../etc/passwd"}}"#).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["plain file name"]);
+}
+
+#[test]
+fn token_ids_out_of_range_malformed_or_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("g1_tied");
+    let model = model.to_str().unwrap();
+    let ids = ids_file(dir.path(), "1 2 96 3");
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &ids]), &["token id 96 at position 2", "96 embedding rows"]);
+    let ids = ids_file(dir.path(), "1 2 three");
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &ids]), &["`three` at byte 4"]);
+    let ids = ids_file(dir.path(), " \n ");
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &ids]), &["empty"]);
+    assert_fails_with(&coil(&["run", "--model", model, "--token-ids", &ids]), &["empty"]);
+    assert_fails_with(&coil(&["run", "--prompt", ""]), &["empty"]);
+}
+
+#[test]
+fn text_for_a_model_without_tokenizer_and_invalid_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("g1_tied");
+    assert_fails_with(&coil(&["run", "--model", model.to_str().unwrap(), "--prompt", "hello"]), &["no tokenizer.json", "--token-ids"]);
+    let text = dir.path().join("bad.txt");
+    std::fs::write(&text, b"fine text \xff\xfe more").unwrap();
+    assert_fails_with(&coil(&["score", "--text-file", text.to_str().unwrap()]), &["bad.txt", "invalid UTF-8 at byte 10"]);
+}
+
+#[test]
+fn state_files_that_are_garbage_or_from_another_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a state").unwrap();
+    assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-in", garbage.to_str().unwrap()]), &["garbage.safetensors", "not a valid safetensors"]);
+
+    let other = dir.path().join("other.safetensors");
+    let ids = ids_file(dir.path(), "1 2 3");
+    // k3_limit's state is smaller than the default model's (conv kernel 3, 4 heads).
+    let small = fixture("k3_limit");
+    let out = coil(&["run", "--model", small.to_str().unwrap(), "--token-ids", &ids, "--max-new-tokens", "1", "--state-out", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-in", other.to_str().unwrap()]), &["conv_states", "this model needs"]);
+}
+
+#[test]
+fn logits_out_refuses_above_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ids_file(dir.path(), "1 2 3 4");
+    let out = dir.path().join("logits.safetensors");
+    let g1 = fixture("g1_tied");
+    assert_fails_with(
+        &coil(&["score", "--model", g1.to_str().unwrap(), "--token-ids", &ids, "--logits-out", out.to_str().unwrap(), "--max-logits-bytes", "1000"]),
+        &["--max-logits-bytes"],
+    );
+    assert!(!out.exists(), "nothing written when refused");
+}
+
+#[test]
+fn bad_arguments() {
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--top-p", "0"]), &["--top-p"]);
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
+    assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
+}

@@ -1,0 +1,156 @@
+//! The `coil` binary end to end: score against HF's logits, state hand-off across processes,
+//! streaming tokenization of long text, and the embedded default against HF's greedy decode.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use coil::{Checkpoint, Model, Sampler, SamplingConfig, Session, State};
+use safetensors::SafeTensors;
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case)
+}
+
+fn coil(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(args).output().expect("coil runs");
+    assert!(output.status.success(), "coil {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+fn f32_tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {
+    let tensors = SafeTensors::deserialize(bytes).unwrap();
+    let view = tensors.tensor(name).unwrap();
+    let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (view.shape().to_vec(), values)
+}
+
+fn golden_ids(case: &str) -> Vec<i64> {
+    let bytes = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let view = tensors.tensor("input_ids").unwrap();
+    view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+#[test]
+fn score_logits_out_matches_hf_and_nll_follows_from_them() {
+    for case in ["mamba_ssm_dialect", "k3_limit", "odd_shapes"] {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = golden_ids(case);
+        let ids_path = dir.path().join("ids.txt");
+        std::fs::write(&ids_path, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")).unwrap();
+        let out = dir.path().join("logits.safetensors");
+        let model = fixture(case);
+        let output = coil(&[
+            "score", "--model", model.to_str().unwrap(), "--token-ids", ids_path.to_str().unwrap(),
+            "--logits-out", out.to_str().unwrap(), "--json", "--piece-len", "7",
+        ]);
+        let (shape, ours) = f32_tensor(&std::fs::read(&out).unwrap(), "logits");
+        let golden = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+        let (golden_shape, theirs) = f32_tensor(&golden, "logits");
+        assert_eq!(shape, golden_shape, "{case}");
+        let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{case}: logits-out differs from HF by {diff:e}");
+
+        // NLL computed here from HF's logits, independently of the binary.
+        let vocab = shape[1];
+        let expected: Vec<f64> = (1..ids.len())
+            .map(|t| {
+                let row = &theirs[(t - 1) * vocab..t * vocab];
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+                lse - row[ids[t] as usize] as f64
+            })
+            .collect();
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let nll: Vec<f64> = report["nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(nll.len(), expected.len());
+        for (a, b) in nll.iter().zip(&expected) {
+            assert!((a - b).abs() < 2e-4, "{case}: nll {a} vs {b}");
+        }
+        assert_eq!(report["tokens"], ids.len());
+    }
+}
+
+#[test]
+fn state_saved_by_one_process_continues_in_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ids: &[u32]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let first: Vec<u32> = (0..45).map(|i| (i * 37 + 5) % 96).collect();
+    let second: Vec<u32> = (0..20).map(|i| (i * 11 + 3) % 96).collect();
+    let both: Vec<u32> = first.iter().chain(&second).copied().collect();
+    let (a, b, ab) = (write("a.txt", &first), write("b.txt", &second), write("ab.txt", &both));
+    let state = dir.path().join("state.safetensors");
+    let model = fixture("g1_tied");
+    let model = model.to_str().unwrap();
+
+    coil(&["run", "--model", model, "--token-ids", &a, "--max-new-tokens", "0", "--state-out", state.to_str().unwrap()]);
+    let resumed = coil(&["run", "--model", model, "--token-ids", &b, "--max-new-tokens", "12", "--state-in", state.to_str().unwrap()]);
+    let direct = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "12"]);
+    assert_eq!(String::from_utf8_lossy(&resumed.stdout), String::from_utf8_lossy(&direct.stdout));
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).split_whitespace().count(), 12);
+}
+
+#[test]
+fn long_text_streams_in_blocks_with_the_same_tokens_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // ~200 KB: several tokenizer blocks, with digits, punctuation, newlines and multi-byte text.
+    let mut text = String::new();
+    for i in 0..2500 {
+        text.push_str(&format!("The grass is green, line {i}. Here we go — naïve café {}!\n", i * 7919 % 100000));
+        if i % 97 == 0 {
+            text.push_str("   spaced   out\t\ttabs  \n\n");
+        }
+    }
+    let path = dir.path().join("long.txt");
+    std::fs::write(&path, &text).unwrap();
+    let state_path = dir.path().join("state.safetensors");
+    coil(&["run", "--prompt-file", path.to_str().unwrap(), "--max-new-tokens", "0", "--state-out", state_path.to_str().unwrap()]);
+
+    let checkpoint = Checkpoint::embedded_default().unwrap();
+    let tokens = checkpoint.tokenizer.as_ref().unwrap().encode(&text).unwrap();
+    let model = Arc::new(Model::from_checkpoint(checkpoint));
+    let mut session = Session::new(model.clone());
+    session.prefill(&tokens).unwrap();
+    let streamed = State::load(&state_path, model.state_shape()).unwrap();
+    assert_eq!(streamed.position(), tokens.len() as u64, "block-wise tokenization gave a different token count");
+    let diff = streamed.ssm().iter().zip(session.state().ssm()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "state differs by {diff:e}");
+    let conv = streamed.conv().iter().zip(session.state().conv()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(conv < 1e-4, "conv state differs by {conv:e}");
+}
+
+/// `checkpoints/default/README.md` records HF's greedy ids for this prompt (made by
+/// `checkpoints/make_default.py`); HF's argmax runs over all 512 logit columns.
+#[test]
+fn embedded_default_reproduces_hf_greedy_decode() {
+    let checkpoint = Checkpoint::embedded_default().unwrap();
+    let tokenizer = checkpoint.tokenizer.as_ref().unwrap();
+    let prompt = tokenizer.encode("The passkey is 90317. Remember it. 90317 is the passkey.\n").unwrap();
+    assert_eq!(prompt.len(), 24);
+    let model = Arc::new(Model::from_checkpoint(Checkpoint::embedded_default().unwrap()));
+    let mut session = Session::new(model.clone());
+    let logits = session.prefill(&prompt).unwrap();
+    let max = logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!((max - 13.6825).abs() < 1e-3, "max |logit| {max}");
+    let mut sampler = Sampler::new(SamplingConfig::default());
+    let generated = session.generate(&mut sampler, 8, model.vocab_size(), |_| true).unwrap();
+    assert_eq!(generated, vec![489, 402, 242, 242, 242, 242, 139, 90]);
+}
+
+#[test]
+fn inspect_reports_dialect_and_state_size() {
+    let output = coil(&["inspect", "--model", fixture("mamba_ssm_dialect").to_str().unwrap(), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["dialect"], "MambaSsm");
+    assert_eq!(report["vocab_size"], 96);
+    assert_eq!(report["vocab_size_unpadded"], 90);
+    assert_eq!(report["state_elements"], 2 * 4 * 16 * 16);
+    assert_eq!(report["tied_embeddings"], true);
+    let text = String::from_utf8(coil(&["inspect"]).stdout).unwrap();
+    assert!(text.contains("embedded default") && text.contains("N_S"), "{text}");
+}
