@@ -1,1 +1,42 @@
-//! Criterion benchmarks live in `benches/`; this library is empty.
+//! Shared set-up for Coil's benchmarks: model shapes of released checkpoints, with random weights.
+
+use std::sync::Arc;
+
+use coil_ssm::{random_weights, Config, Dialect, Model};
+
+/// The shape of a released state-spaces/mamba2 checkpoint, by name: `130m`, `370m`, `780m`,
+/// `1.3b`, `2.7b`.
+pub fn released_shape(name: &str) -> Option<Config> {
+    let (d_model, n_layer) = match name {
+        "130m" => (768, 24),
+        "370m" => (1024, 48),
+        "780m" => (1536, 48),
+        "1.3b" => (2048, 48),
+        "2.7b" => (2560, 64),
+        _ => return None,
+    };
+    Some(Config {
+        dialect: Dialect::MambaSsm,
+        d_model,
+        n_layer,
+        vocab_size: 50288,
+        vocab_size_unpadded: 50277,
+        d_state: 128,
+        head_dim: 64,
+        n_heads: 2 * d_model / 64,
+        n_groups: 1,
+        conv_kernel: 4,
+        chunk_size: 256,
+        norm_eps: 1e-5,
+        use_bias: false,
+        use_conv_bias: true,
+        tie_embeddings: Some(true),
+        time_step_limit: (0.0, f32::INFINITY),
+        d_has_hdim: false,
+    })
+}
+
+/// A CPU model of `config`'s shape with deterministic random weights.
+pub fn random_model(config: &Config) -> Arc<Model> {
+    Arc::new(Model::new(config.clone(), random_weights(config, 0), Arc::new(coil_kernels::Cpu)))
+}
