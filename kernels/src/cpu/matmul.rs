@@ -104,6 +104,12 @@ pub(crate) fn linear(
     assert_eq!(input.len() % in_features, 0, "input width");
     let rows = input.len() / in_features;
     assert_eq!(out.len(), rows * out_features, "output shape");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), out_features, "bias length");
+    }
+    if rows <= DOT_PRODUCT_MAX_ROWS {
+        return linear_few_rows(input, weight, bias, in_features, out_features, out);
+    }
     let keep = match bias {
         Some(bias) => {
             assert_eq!(bias.len(), out_features, "bias length");
@@ -128,3 +134,41 @@ pub(crate) fn linear(
         work >= super::PARALLEL_MIN_WORK,
     );
 }
+
+/// Rows at or below which `linear` runs as dot products (decode): a GEMM's packing costs more
+/// than it saves when each weight is used only this many times.
+pub(crate) const DOT_PRODUCT_MAX_ROWS: usize = 4;
+
+/// `out[t, j] = input[t] · weight[j] (+ bias[j])` for a few rows, split over blocks of output
+/// features so each thread streams its own part of the weight once.
+pub(crate) fn linear_few_rows(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_features: usize,
+    out_features: usize,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let rows = input.len() / in_features;
+    // Outputs are computed feature-major into `scratch` so each task owns a contiguous slice.
+    const BLOCK: usize = 64;
+    let mut scratch = vec![0.0f32; rows * out_features];
+    scratch.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(block, chunk)| {
+        let first = block * BLOCK;
+        for (i, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
+            let j = first + i;
+            let w = &weight[j * in_features..(j + 1) * in_features];
+            for (t, o) in out_j.iter_mut().enumerate() {
+                *o = dot_dispatch(&input[t * in_features..(t + 1) * in_features], w) + bias.map_or(0.0, |b| b[j]);
+            }
+        }
+    });
+    for (j, values) in scratch.chunks_exact(rows).enumerate() {
+        for (t, &v) in values.iter().enumerate() {
+            out[t * out_features + j] = v;
+        }
+    }
+}
+
+super::simd::simd_dispatch!(fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 => super::simd::dot);

@@ -5,6 +5,7 @@
 mod conv;
 mod matmul;
 mod norm;
+pub(crate) mod simd;
 mod ssd;
 mod step;
 

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::backend::{assert_skip_len, skip_weight};
+use super::simd::{lane_sum, simd_dispatch, LANES};
 use crate::SsmShape;
 
 #[allow(clippy::too_many_arguments)]
@@ -39,13 +40,31 @@ pub(crate) fn ssm_step(
             let decay = (dt[h] * a[h]).exp();
             for (p, (y_p, row)) in y_head.iter_mut().zip(state_head.chunks_exact_mut(n_len)).enumerate() {
                 let x_hp = x[h * p_len + p];
-                let input = dt[h] * x_hp;
-                let mut out = 0.0f32;
-                for ((s, &b_n), &c_n) in row.iter_mut().zip(b_g).zip(c_g) {
-                    *s = decay * *s + input * b_n;
-                    out += *s * c_n;
-                }
-                *y_p = out + skip_weight(d, &shape, h, p) * x_hp;
+                *y_p = update_row(row, b_g, c_g, decay, dt[h] * x_hp) + skip_weight(d, &shape, h, p) * x_hp;
             }
         });
+}
+
+simd_dispatch!(
+    /// One state row: `s = decay * s + input * b`, returning `s · c`.
+    fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 => update_row_lanes
+);
+
+#[inline(always)]
+fn update_row_lanes(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let split = row.len() / LANES * LANES;
+    let (head, tail) = row.split_at_mut(split);
+    for ((s, b), c) in head.chunks_exact_mut(LANES).zip(b.chunks_exact(LANES)).zip(c.chunks_exact(LANES)) {
+        for i in 0..LANES {
+            s[i] = decay * s[i] + input * b[i];
+            acc[i] += s[i] * c[i];
+        }
+    }
+    let mut rest = 0.0f32;
+    for ((s, &b), &c) in tail.iter_mut().zip(&b[split..]).zip(&c[split..]) {
+        *s = decay * *s + input * b;
+        rest += *s * c;
+    }
+    lane_sum(acc) + rest
 }
