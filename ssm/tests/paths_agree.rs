@@ -59,7 +59,7 @@ fn assert_states_close(what: &str, a: &State, b: &State) {
     assert_eq!(a.position(), b.position(), "{what}: positions differ");
     let ssm = max_diff(a.ssm(), b.ssm());
     let conv = max_diff(a.conv(), b.conv());
-    assert!(ssm < TOLERANCE && conv < 1e-6, "{what}: ssm {ssm:e} conv {conv:e}");
+    assert!(ssm < TOLERANCE && conv < 2e-5, "{what}: ssm {ssm:e} conv {conv:e}");
 }
 
 #[test]
