@@ -9,7 +9,7 @@ use coil::Tokenizer;
 
 /// Bytes of text tokenized at a time: small enough that the tokenizer's per-token bookkeeping
 /// stays a few MB whatever the input length.
-const TEXT_BLOCK: usize = 32 * 1024;
+const TEXT_BLOCK: usize = 8 * 1024;
 
 /// Where input tokens come from.
 #[derive(Clone, Debug)]

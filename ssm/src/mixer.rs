@@ -65,21 +65,43 @@ pub(crate) struct Activations {
 
 impl Activations {
     pub fn new(dims: &Dims, tokens: usize) -> Activations {
+        let mut act = Activations {
+            normed: Vec::new(),
+            z: Vec::new(),
+            xbc_raw: Vec::new(),
+            xbc: Vec::new(),
+            dt_raw: Vec::new(),
+            dt: Vec::new(),
+            x: Vec::new(),
+            b: Vec::new(),
+            c: Vec::new(),
+            y: Vec::new(),
+            u: Vec::new(),
+            out: Vec::new(),
+        };
+        act.resize(dims, tokens);
+        act
+    }
+
+    /// Sizes every buffer for `tokens`, keeping allocations: a stream of pieces of varying length
+    /// reuses the same memory instead of fragmenting the heap.
+    pub fn resize(&mut self, dims: &Dims, tokens: usize) {
         let (d, i, c, h, bc) = (dims.d_model, dims.inner(), dims.conv_dim, dims.ssm.heads, dims.ssm.bc_width());
-        let zeros = |width: usize| vec![0.0f32; tokens * width];
-        Activations {
-            normed: zeros(d),
-            z: zeros(i),
-            xbc_raw: zeros(c),
-            xbc: zeros(c),
-            dt_raw: zeros(h),
-            dt: zeros(h),
-            x: zeros(i),
-            b: zeros(bc),
-            c: zeros(bc),
-            y: zeros(i),
-            u: zeros(i),
-            out: zeros(d),
+        for (buffer, width) in [
+            (&mut self.normed, d),
+            (&mut self.z, i),
+            (&mut self.xbc_raw, c),
+            (&mut self.xbc, c),
+            (&mut self.dt_raw, h),
+            (&mut self.dt, h),
+            (&mut self.x, i),
+            (&mut self.b, bc),
+            (&mut self.c, bc),
+            (&mut self.y, i),
+            (&mut self.u, i),
+            (&mut self.out, d),
+        ] {
+            buffer.resize(tokens * width, 0.0);
         }
     }
 

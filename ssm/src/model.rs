@@ -33,13 +33,19 @@ pub struct Model {
     parameters: usize,
 }
 
-/// Buffers for one forward pass of up to a given number of tokens, reused between calls.
+/// Buffers for a forward pass, reused between calls of any length.
 pub(crate) struct Workspace {
-    tokens: usize,
     hidden: Vec<f32>,
     act: Activations,
     normed: Vec<f32>,
     pub(crate) logits: Vec<f32>,
+}
+
+impl Workspace {
+    fn resize(&mut self, dims: &Dims, tokens: usize) {
+        self.hidden.resize(tokens * dims.d_model, 0.0);
+        self.act.resize(dims, tokens);
+    }
 }
 
 impl Model {
@@ -126,7 +132,6 @@ impl Model {
     pub(crate) fn workspace(&self, tokens: usize) -> Workspace {
         let d = self.dims.d_model;
         Workspace {
-            tokens,
             hidden: vec![0.0; tokens * d],
             act: Activations::new(&self.dims, tokens),
             normed: Vec::new(),
@@ -151,9 +156,7 @@ impl Model {
         if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { token: tokens[i], position: state.position() + i as u64, vocab });
         }
-        if workspace.tokens != tokens.len() {
-            *workspace = self.workspace(tokens.len());
-        }
+        workspace.resize(&self.dims, tokens.len());
         let d = self.dims.d_model;
         for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
             let t = token as usize;
