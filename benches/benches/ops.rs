@@ -1,7 +1,7 @@
 //! Each CPU op at mamba2-130m's sizes (D 768, H 24, P 64, N 128, G 1, K 4), prefill-shaped
 //! (T = 256 and 1024) and decode-shaped (T = 1).
 
-use coil_kernels::{Backend, Cpu, SsmShape};
+use coil_kernels::{Backend, Cpu, Recurrence, ScanInputs, SsmShape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +34,7 @@ fn scan(c: &mut Criterion) {
     group.sample_size(10);
     let a: Vec<f32> = (0..SHAPE.heads).map(|h| -1.0 - h as f32 * 0.5).collect();
     let d = random(SHAPE.heads, 1.0);
+    let offset = vec![0.0f32; SHAPE.heads];
     for tokens in [256usize, 1024] {
         let x = random(tokens * SHAPE.inner(), 1.0);
         let dt: Vec<f32> = random(tokens * SHAPE.heads, 1.0).iter().map(|v| 0.01 + v.abs() * 0.1).collect();
@@ -43,7 +44,9 @@ fn scan(c: &mut Criterion) {
         let mut y = vec![0.0; tokens * SHAPE.inner()];
         group.throughput(Throughput::Elements(tokens as u64));
         group.bench_with_input(BenchmarkId::new("chunk256", tokens), &tokens, |bench, _| {
-            bench.iter(|| Cpu.ssd_scan(SHAPE, &x, &dt, &a, &b, &cm, &d, &mut state, 256, &mut y))
+            let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
+            let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &cm };
+            bench.iter(|| Cpu.ssd_scan(SHAPE, recurrence, inputs, &mut state, 256, &mut y))
         });
     }
     group.finish();
@@ -54,7 +57,9 @@ fn scan(c: &mut Criterion) {
     let cm = random(SHAPE.bc_width(), 1.0);
     let mut state = vec![0.0; SHAPE.state_len()];
     let mut y = vec![0.0; SHAPE.inner()];
-    c.bench_function("ssm_step", |bench| bench.iter(|| Cpu.ssm_step(SHAPE, &x, &dt, &a, &b, &cm, &d, &mut state, &mut y)));
+    let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
+    let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &cm };
+    c.bench_function("ssm_step", |bench| bench.iter(|| Cpu.ssm_step(SHAPE, recurrence, inputs, &mut state, &mut y)));
 }
 
 fn conv_and_norms(c: &mut Criterion) {

@@ -1,4 +1,4 @@
-use crate::{DtLimit, SsmShape};
+use crate::{DtLimit, Recurrence, ScanInputs, SsmShape};
 
 /// The ops of a Mamba-2 forward pass, on row-major f32 buffers in host memory.
 ///
@@ -61,59 +61,39 @@ pub trait Backend: Send + Sync {
     }
 
     /// The selective scan over T tokens from `state`, leaving the final state in `state`:
-    /// per head, `S = exp(dt*A) S + (dt x) ⊗ B`, `y = S·C + D x`.
-    ///
-    /// `x: [T, H, P]`, `dt: [T, H]`, `a: [H]` (A = -exp(A_log)), `b, c: [T, G, N]`,
-    /// `d: [H]` or `[H*P]`, `state: [H, P, N]`, `y: [T, H, P]`. `chunk` is the SSD chunk length,
-    /// a tuning knob: every value gives the same result up to rounding.
-    #[allow(clippy::too_many_arguments)]
+    /// per head, `S = exp(dt*A + offset) S + (dt x) ⊗ B`, `y = S·C + D x`. `y: [T, H, P]`;
+    /// `state: [H, P, N]`. `chunk` is the SSD chunk length, a tuning knob: every value gives the
+    /// same result up to rounding.
     fn ssd_scan(
         &self,
         shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
+        recurrence: Recurrence,
+        inputs: ScanInputs,
         state: &mut [f32],
         chunk: usize,
         y: &mut [f32],
     );
 
     /// One token's fused state update and output: [`Backend::ssd_scan`] with T = 1, without
-    /// allocating. `x: [H, P]`, `dt: [H]`, `b, c: [G, N]`, `y: [H, P]`.
-    #[allow(clippy::too_many_arguments)]
-    fn ssm_step(
-        &self,
-        shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
-        state: &mut [f32],
-        y: &mut [f32],
-    );
-}
+    /// allocating.
+    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]);
 
-/// `D` is per head or, for checkpoints with `D_has_hdim`, per channel.
-#[inline]
-pub(crate) fn skip_weight(d: &[f32], shape: &SsmShape, head: usize, channel: usize) -> f32 {
-    if d.len() == shape.heads {
-        d[head]
-    } else {
-        d[head * shape.head_dim + channel]
+    /// State normalisation: each head's `[P, N]` state becomes `S * min(1, tau / ||S||_F)`.
+    /// `thresholds: [H]` (infinite: untouched).
+    fn clamp_state_norms(&self, shape: SsmShape, state: &mut [f32], thresholds: &[f32]) {
+        let head_len = shape.head_dim * shape.d_state;
+        for (head, &tau) in state.chunks_exact_mut(head_len).zip(thresholds) {
+            let norm = head.iter().map(|v| v * v).sum::<f32>().sqrt();
+            if norm > tau {
+                let scale = tau / norm;
+                head.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
     }
+
+    /// Takes earlier inputs back out of a state (the sliding window):
+    /// `S[h] -= Σ_k weights[k, h] * xdt[k, h, :] ⊗ B[k, g, :]` with `xdt: [K, H, P]` (dt times
+    /// x), `b: [K, G, N]`, `weights: [K, H]` (each input's decay since it was written).
+    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]);
 }
 
-pub(crate) fn assert_skip_len(d: &[f32], shape: &SsmShape) {
-    assert!(
-        d.len() == shape.heads || d.len() == shape.inner(),
-        "D has {} elements, expected {} (per head) or {} (per channel)",
-        d.len(),
-        shape.heads,
-        shape.inner()
-    );
-}

@@ -10,7 +10,7 @@ mod shape;
 pub use backend::Backend;
 pub use cpu::Cpu;
 pub use reference::Reference;
-pub use shape::{DtLimit, SsmShape};
+pub use shape::{DtLimit, Recurrence, ScanInputs, SsmShape};
 
 /// `x * sigmoid(x)`, the activation after the causal conv and on the gate.
 #[inline]

@@ -2,7 +2,7 @@
 //! primes, several groups, per-channel D. Tolerances are relative to the magnitude of the values
 //! compared, since the fast paths reassociate f32 sums (GEMM blocking, chunked SSD).
 
-use coil_kernels::{Backend, Cpu, DtLimit, Reference, SsmShape};
+use coil_kernels::{Backend, Cpu, DtLimit, Recurrence, Reference, ScanInputs, SsmShape};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -90,17 +90,42 @@ struct ScanCase {
     per_channel_d: bool,
 }
 
-fn scan_inputs(rng: &mut SmallRng, case: &ScanCase) -> [Vec<f32>; 7] {
-    let s = case.shape;
-    let x = random(rng, case.tokens * s.inner(), 1.0);
-    // dt spans the range released models use (1e-3 .. ~1) and A from -1 to -16.
-    let dt: Vec<f32> = (0..case.tokens * s.heads).map(|_| 10f32.powf(rng.random_range(-3.0..0.2))).collect();
-    let a: Vec<f32> = (0..s.heads).map(|_| -rng.random_range(1.0f32..16.0)).collect();
-    let b = random(rng, case.tokens * s.bc_width(), 1.0);
-    let c = random(rng, case.tokens * s.bc_width(), 1.0);
-    let d = random(rng, if case.per_channel_d { s.inner() } else { s.heads }, 1.0);
-    let state = random(rng, s.state_len(), 1.0);
-    [x, dt, a, b, c, d, state]
+/// Random scan inputs: x, dt, A, log-decay offset, B, C, D, initial state.
+struct ScanData {
+    x: Vec<f32>,
+    dt: Vec<f32>,
+    a: Vec<f32>,
+    offset: Vec<f32>,
+    b: Vec<f32>,
+    c: Vec<f32>,
+    d: Vec<f32>,
+    state: Vec<f32>,
+}
+
+impl ScanData {
+    fn new(rng: &mut SmallRng, case: &ScanCase) -> ScanData {
+        let s = case.shape;
+        ScanData {
+            x: random(rng, case.tokens * s.inner(), 1.0),
+            // dt spans the range released models use (1e-3 .. ~1) and A from -1 to -16.
+            dt: (0..case.tokens * s.heads).map(|_| 10f32.powf(rng.random_range(-3.0..0.2))).collect(),
+            a: (0..s.heads).map(|_| -rng.random_range(1.0f32..16.0)).collect(),
+            // ln(lambda) of retention rescaling, on some heads.
+            offset: (0..s.heads).map(|h| if h % 2 == 0 { 0.0 } else { rng.random_range(-0.1f32..0.0) }).collect(),
+            b: random(rng, case.tokens * s.bc_width(), 1.0),
+            c: random(rng, case.tokens * s.bc_width(), 1.0),
+            d: random(rng, if case.per_channel_d { s.inner() } else { s.heads }, 1.0),
+            state: random(rng, s.state_len(), 1.0),
+        }
+    }
+
+    fn recurrence(&self) -> Recurrence<'_> {
+        Recurrence { a: &self.a, log_decay_offset: &self.offset, d: &self.d }
+    }
+
+    fn inputs(&self) -> ScanInputs<'_> {
+        ScanInputs { x: &self.x, dt: &self.dt, b: &self.b, c: &self.c }
+    }
 }
 
 fn cases() -> Vec<ScanCase> {
@@ -112,6 +137,7 @@ fn cases() -> Vec<ScanCase> {
         ScanCase { tokens: 17, shape: shape(6, 5, 7, 3), per_channel_d: false },
         ScanCase { tokens: 61, shape: shape(8, 16, 32, 4), per_channel_d: false },
         ScanCase { tokens: 131, shape: shape(3, 4, 3, 1), per_channel_d: true },
+        ScanCase { tokens: 40, shape: shape(2, 64, 130, 1), per_channel_d: false },
     ]
 }
 
@@ -119,14 +145,14 @@ fn cases() -> Vec<ScanCase> {
 fn chunked_scan_matches_sequential_reference() {
     let mut rng = SmallRng::seed_from_u64(4);
     for case in cases() {
-        let [x, dt, a, b, c, d, initial] = scan_inputs(&mut rng, &case);
-        let mut slow_state = initial.clone();
-        let mut slow = vec![0.0; x.len()];
-        Reference.ssd_scan(case.shape, &x, &dt, &a, &b, &c, &d, &mut slow_state, 1, &mut slow);
+        let data = ScanData::new(&mut rng, &case);
+        let mut slow_state = data.state.clone();
+        let mut slow = vec![0.0; data.x.len()];
+        Reference.ssd_scan(case.shape, data.recurrence(), data.inputs(), &mut slow_state, 1, &mut slow);
         for chunk in [1, 2, 15, 16, 17, 64, 1000] {
-            let mut state = initial.clone();
-            let mut y = vec![f32::NAN; x.len()];
-            Cpu.ssd_scan(case.shape, &x, &dt, &a, &b, &c, &d, &mut state, chunk, &mut y);
+            let mut state = data.state.clone();
+            let mut y = vec![f32::NAN; data.x.len()];
+            Cpu.ssd_scan(case.shape, data.recurrence(), data.inputs(), &mut state, chunk, &mut y);
             let (err_y, err_s) = (relative_error(&y, &slow), relative_error(&state, &slow_state));
             assert!(err_y < 2e-5 && err_s < 2e-5, "T={} {:?} chunk {chunk}: y {err_y} state {err_s}", case.tokens, case.shape);
         }
@@ -137,19 +163,55 @@ fn chunked_scan_matches_sequential_reference() {
 fn fused_step_matches_reference() {
     let mut rng = SmallRng::seed_from_u64(5);
     for case in cases() {
-        let [x, dt, a, b, c, d, initial] = scan_inputs(&mut rng, &case);
+        let data = ScanData::new(&mut rng, &case);
         let s = case.shape;
-        let (mut fast_state, mut slow_state) = (initial.clone(), initial.clone());
+        let (mut fast_state, mut slow_state) = (data.state.clone(), data.state.clone());
         for t in 0..case.tokens {
-            let (xs, bs) = (t * s.inner()..(t + 1) * s.inner(), t * s.bc_width()..(t + 1) * s.bc_width());
-            let dts = t * s.heads..(t + 1) * s.heads;
+            let one = data.inputs().slice(&s, t..t + 1);
             let (mut fast, mut slow) = (vec![0.0; s.inner()], vec![0.0; s.inner()]);
-            Cpu.ssm_step(s, &x[xs.clone()], &dt[dts.clone()], &a, &b[bs.clone()], &c[bs.clone()], &d, &mut fast_state, &mut fast);
-            Reference.ssm_step(s, &x[xs], &dt[dts], &a, &b[bs.clone()], &c[bs], &d, &mut slow_state, &mut slow);
+            Cpu.ssm_step(s, data.recurrence(), one, &mut fast_state, &mut fast);
+            Reference.ssm_step(s, data.recurrence(), one, &mut slow_state, &mut slow);
             assert!(relative_error(&fast, &slow) < 1e-5, "step T={t} {s:?}");
         }
         assert!(relative_error(&fast_state, &slow_state) < 1e-5);
     }
+}
+
+#[test]
+fn retracting_inputs_matches_reference_and_undoes_a_write() {
+    let mut rng = SmallRng::seed_from_u64(6);
+    for case in cases() {
+        let s = case.shape;
+        let data = ScanData::new(&mut rng, &case);
+        let xdt: Vec<f32> = data.x.iter().enumerate().map(|(i, v)| v * data.dt[i / s.inner() * s.heads + (i % s.inner()) / s.head_dim]).collect();
+        let weights: Vec<f32> = (0..case.tokens * s.heads).map(|_| rng.random_range(0.0f32..1.0)).collect();
+        let (mut fast, mut slow) = (data.state.clone(), data.state.clone());
+        Cpu.retract_inputs(s, &mut fast, &xdt, &data.b, &weights);
+        Reference.retract_inputs(s, &mut slow, &xdt, &data.b, &weights);
+        assert!(relative_error(&fast, &slow) < 1e-5, "retract {s:?}");
+    }
+    // From a zero state, scanning one token with zero decay offset then retracting it (weight 1)
+    // gives the zero state back.
+    let case = &cases()[3];
+    let s = case.shape;
+    let data = ScanData::new(&mut rng, case);
+    let one = data.inputs().slice(&s, 0..1);
+    let mut state = vec![0.0; s.state_len()];
+    let mut y = vec![0.0; s.inner()];
+    Cpu.ssm_step(s, data.recurrence(), one, &mut state, &mut y);
+    let xdt: Vec<f32> = (0..s.inner()).map(|i| one.x[i] * one.dt[i / s.head_dim]).collect();
+    Cpu.retract_inputs(s, &mut state, &xdt, one.b, &vec![1.0; s.heads]);
+    assert!(state.iter().all(|v| v.abs() < 1e-6));
+}
+
+#[test]
+fn state_norm_clamp_only_shrinks_heads_above_threshold() {
+    let s = SsmShape { heads: 3, head_dim: 2, d_state: 2, groups: 1 };
+    let mut state = vec![3.0, 4.0, 0.0, 0.0, /* head 1 */ 0.3, 0.4, 0.0, 0.0, /* head 2 */ 6.0, 8.0, 0.0, 0.0];
+    Cpu.clamp_state_norms(s, &mut state, &[1.0, 1.0, f32::INFINITY]);
+    assert_eq!(&state[..2], &[0.6, 0.8]);
+    assert_eq!(&state[4..6], &[0.3, 0.4], "below the threshold: untouched");
+    assert_eq!(&state[8..10], &[6.0, 8.0], "infinite threshold: untouched");
 }
 
 #[test]

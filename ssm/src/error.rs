@@ -26,6 +26,12 @@ pub enum Error {
     )]
     StateOverflow { layer: usize, position: u64 },
 
+    #[error("mitigation `{spec}`: {message}")]
+    Mitigation { spec: String, message: String },
+
+    #[error("{}: thresholds: {message}", path.display())]
+    Thresholds { path: PathBuf, message: String },
+
     #[error("the model produced non-finite logits at token {position}")]
     NonFiniteLogits { position: u64 },
 }

@@ -3,6 +3,7 @@
 //! prefills input of any length in bounded pieces, steps token by token and samples.
 
 mod error;
+mod mitigation;
 mod mixer;
 mod model;
 mod random;
@@ -13,8 +14,9 @@ mod state;
 pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
 pub use coil_kernels::{Backend, Cpu, Reference};
 pub use error::Error;
+pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mitigation, Plan, Scope, Thresholds};
 pub use model::{LogitRows, Model};
 pub use random::random_weights;
 pub use sampling::{Sampler, SamplingConfig};
 pub use session::Session;
-pub use state::{State, StateShape};
+pub use state::{HeadStats, State, StateShape};

@@ -1,8 +1,10 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
-use coil_kernels::{Backend, DtLimit, SsmShape};
+use coil_kernels::{Backend, DtLimit, Recurrence, ScanInputs, SsmShape};
 
+use crate::mitigation::LayerPlan;
+use crate::state::{LayerState, Ring};
 use crate::Config;
 
 /// A block's weights, arranged for the ops: in_proj split into its `z | xBC | dt` row blocks,
@@ -14,7 +16,7 @@ pub(crate) struct Block {
     conv_weight: Vec<f32>,          // [C, K]
     conv_bias: Option<Vec<f32>>,
     dt_bias: Vec<f32>,
-    a: Vec<f32>, // [H] = -exp(A_log), in f32 as the references compute it
+    a_log: Vec<f32>, // [H]; A = -exp(A_log) is formed by the plan
     d: Vec<f32>,
     mixer_norm: Vec<f32>,
     out_proj: Vec<f32>, // [D, I]
@@ -28,7 +30,6 @@ pub(crate) struct Dims {
     pub conv_dim: usize,
     pub ssm: SsmShape,
     pub eps: f32,
-    pub dt_limit: DtLimit,
 }
 
 impl Dims {
@@ -38,7 +39,6 @@ impl Dims {
             conv_dim: config.conv_dim(),
             ssm: SsmShape { heads: config.n_heads, head_dim: config.head_dim, d_state: config.d_state, groups: config.n_groups },
             eps: config.norm_eps,
-            dt_limit: DtLimit { min: config.time_step_limit.0, max: config.time_step_limit.1 },
         }
     }
 
@@ -112,6 +112,14 @@ impl Activations {
 }
 
 impl Block {
+    pub fn a_log(&self) -> &[f32] {
+        &self.a_log
+    }
+
+    pub fn dt_bias(&self) -> &[f32] {
+        &self.dt_bias
+    }
+
     pub fn new(w: LayerWeights) -> Block {
         Block {
             norm: w.norm,
@@ -120,7 +128,7 @@ impl Block {
             conv_weight: w.conv_weight,
             conv_bias: w.conv_bias,
             dt_bias: w.dt_bias,
-            a: w.a_log.iter().map(|v| -v.exp()).collect(),
+            a_log: w.a_log,
             d: w.d,
             mixer_norm: w.mixer_norm,
             out_proj: w.out_proj,
@@ -128,17 +136,19 @@ impl Block {
         }
     }
 
-    /// Runs the block over `hidden: [T, D]` in place. One token goes through the fused step;
-    /// more go through chunked SSD with chunk length `chunk`. Both continue from and update
-    /// `conv_state` and `ssm_state`.
+    /// Runs the block over `hidden: [T, D]` in place, from and into `layer` (its part of the
+    /// state), with the mitigations of `plan`. `position` is the stream position of the first
+    /// token. One token goes through the fused step; more go through chunked SSD with chunk
+    /// length `chunk`, split where a mitigation acts between tokens.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         backend: &dyn Backend,
         dims: &Dims,
         hidden: &mut [f32],
-        conv_state: &mut [f32],
-        ssm_state: &mut [f32],
+        layer: LayerState,
+        plan: &LayerPlan,
+        position: u64,
         chunk: usize,
         act: &mut Activations,
     ) {
@@ -156,15 +166,17 @@ impl Block {
         backend.linear(&act.normed, w(xbc_rows.clone()), bias(xbc_rows), d_model, conv_dim, &mut act.xbc_raw);
         backend.linear(&act.normed, w(dt_rows.clone()), bias(dt_rows), d_model, heads, &mut act.dt_raw);
 
-        backend.causal_conv1d(&act.xbc_raw, conv_state, &self.conv_weight, self.conv_bias.as_deref(), conv_dim, &mut act.xbc);
+        backend.causal_conv1d(&act.xbc_raw, layer.conv, &self.conv_weight, self.conv_bias.as_deref(), conv_dim, &mut act.xbc);
         split_xbc(&act.xbc, conv_dim, inner, dims.ssm.bc_width(), &mut act.x, &mut act.b, &mut act.c);
-        backend.discretize_dt(&act.dt_raw, &self.dt_bias, dims.dt_limit, &mut act.dt);
 
-        if tokens == 1 {
-            backend.ssm_step(dims.ssm, &act.x, &act.dt, &self.a, &act.b, &act.c, &self.d, ssm_state, &mut act.y);
-        } else {
-            backend.ssd_scan(dims.ssm, &act.x, &act.dt, &self.a, &act.b, &act.c, &self.d, ssm_state, chunk, &mut act.y);
+        // dt: softplus, then the plan's steps (the checkpoint's clamp first, then mitigations).
+        backend.discretize_dt(&act.dt_raw, &self.dt_bias, DtLimit::default(), &mut act.dt);
+        plan.transform_dt(&mut act.dt);
+        if plan.b_scale != 1.0 {
+            act.b.iter_mut().for_each(|v| *v *= plan.b_scale);
         }
+        let recurrence = Recurrence { a: &plan.a, log_decay_offset: &plan.log_decay_offset, d: &self.d };
+        self.scan(backend, dims, layer, plan, &recurrence, position, chunk, act);
 
         // Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I).
         backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, inner / dims.ssm.groups, dims.eps, &mut act.u);
@@ -173,6 +185,86 @@ impl Block {
             *h += o;
         }
     }
+
+    /// The selective scan over the activations' tokens, in segments between the points where
+    /// the window drops inputs or the state norm is clamped.
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        backend: &dyn Backend,
+        dims: &Dims,
+        mut layer: LayerState,
+        plan: &LayerPlan,
+        recurrence: &Recurrence,
+        position: u64,
+        chunk: usize,
+        act: &mut Activations,
+    ) {
+        let shape = dims.ssm;
+        let (inner, heads, p_len) = (shape.inner(), shape.heads, shape.head_dim);
+        let tokens = act.dt.len() / heads;
+        let inputs = ScanInputs { x: &act.x, dt: &act.dt, b: &act.b, c: &act.c };
+        let window = plan.window.filter(|_| layer.ring.is_some());
+        // A segment ends after token i when the state norm clamps there, and before token i when
+        // the window's start moves there.
+        let ends_after = |i: usize| plan.state_norm.as_ref().is_some_and(|n| (position + i as u64 + 1) % n.every == 0);
+        let window_moves = |p: u64| window.is_some_and(|w| p > 0 && w.start(p) != w.start(p - 1));
+
+        let mut start = 0;
+        while start < tokens {
+            let mut end = start + 1;
+            while end < tokens && !ends_after(end - 1) && !window_moves(position + end as u64) {
+                end += 1;
+            }
+            let first = position + start as u64;
+            if let (Some(w), Some(ring)) = (window, layer.ring.as_deref_mut()) {
+                if window_moves(first) {
+                    debug_assert_eq!(ring.oldest_position, w.start(first - 1));
+                    retract(backend, &shape, layer.ssm, ring, (w.start(first) - w.start(first - 1)) as usize, layer.log_decay_total);
+                }
+            }
+            let segment = inputs.slice(&shape, start..end);
+            let y = &mut act.y[start * inner..end * inner];
+            if end - start == 1 {
+                backend.ssm_step(shape, *recurrence, segment, layer.ssm, y);
+            } else {
+                backend.ssd_scan(shape, *recurrence, segment, layer.ssm, chunk, y);
+            }
+            // Running log-decay sums (f64), the window's lagged inputs and dt statistics.
+            let mut xdt = vec![0.0f32; if layer.ring.is_some() { inner } else { 0 }];
+            for t in start..end {
+                let dt = &inputs.dt[t * heads..(t + 1) * heads];
+                for h in 0..heads {
+                    let log_decay = recurrence.log_decay(h, dt[h]);
+                    layer.log_decay_total[h] += log_decay as f64;
+                    if let Some(stats) = layer.stats.as_deref_mut() {
+                        stats[h].record(dt[h], log_decay);
+                    }
+                }
+                if let Some(ring) = layer.ring.as_deref_mut() {
+                    for (i, v) in xdt.iter_mut().enumerate() {
+                        *v = inputs.x[t * inner + i] * dt[i / p_len];
+                    }
+                    let bc = shape.bc_width();
+                    ring.push(&xdt, &inputs.b[t * bc..(t + 1) * bc], layer.log_decay_total);
+                }
+            }
+            if let Some(norm) = plan.state_norm.as_ref().filter(|_| ends_after(end - 1)) {
+                backend.clamp_state_norms(shape, layer.ssm, &norm.thresholds);
+            }
+            start = end;
+        }
+    }
+}
+
+/// Takes the ring's oldest `count` inputs out of the state, each decayed from when it was written
+/// to now: weight `exp(L_now - L_k)`, a difference of f64 running sums.
+fn retract(backend: &dyn Backend, shape: &SsmShape, state: &mut [f32], ring: &mut Ring, count: usize, log_now: &[f64]) {
+    let (mut xdt, mut b, mut log_cum) = (Vec::new(), Vec::new(), Vec::new());
+    ring.pop_oldest(count, &mut xdt, &mut b, &mut log_cum);
+    let heads = shape.heads;
+    let weights: Vec<f32> = log_cum.iter().enumerate().map(|(i, &l)| (log_now[i % heads] - l).exp() as f32).collect();
+    backend.retract_inputs(*shape, state, &xdt, &b, &weights);
 }
 
 /// Splits conv output rows `[x | B | C]` into three contiguous buffers.

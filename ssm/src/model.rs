@@ -7,6 +7,7 @@ use coil_checkpoints::{Checkpoint, Weights};
 use coil_kernels::{Backend, Cpu};
 
 use crate::mixer::{Activations, Block, Dims};
+use crate::mitigation::Plan;
 use crate::{Config, Error, State, StateShape};
 
 /// Which positions' logits a forward pass returns.
@@ -31,6 +32,7 @@ pub struct Model {
     lm_head: Option<Vec<f32>>, // [V, D]; None = tied to the embedding
     chunk_size: usize,
     parameters: usize,
+    plain: Plan,
 }
 
 /// Buffers for a forward pass, reused between calls of any length.
@@ -58,7 +60,8 @@ impl Model {
     pub fn new(config: Config, weights: Weights, backend: Arc<dyn Backend>) -> Model {
         let dims = Dims::of(&config);
         let parameters = weights.parameter_count();
-        Model {
+        let mut model = Model {
+            plain: Plan::empty(),
             parameters,
             chunk_size: config.chunk_size,
             dims,
@@ -68,7 +71,9 @@ impl Model {
             norm_f: weights.norm_f,
             lm_head: weights.lm_head,
             config,
-        }
+        };
+        model.plain = Plan::plain(&model);
+        model
     }
 
     /// Runs on another backend (the naive [`coil_kernels::Reference`], say).
@@ -116,12 +121,54 @@ impl Model {
         self.parameters
     }
 
-    /// Feeds `tokens` through the model from `state` (chunked SSD for more than one token),
-    /// leaving the state after the last token, and returns the requested logits.
+    /// Feeds `tokens` through the plain model from `state` (chunked SSD for more than one
+    /// token), leaving the state after the last token, and returns the requested logits.
     pub fn forward(&self, state: &mut State, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, Error> {
+        self.forward_with(&self.plain, state, tokens, rows)
+    }
+
+    /// [`Model::forward`] with mitigations (a [`Plan`] resolved for this model).
+    pub fn forward_with(&self, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, Error> {
         let mut workspace = self.workspace(tokens.len());
-        self.forward_in(state, tokens, rows, &mut workspace)?;
+        self.forward_in(plan, state, tokens, rows, &mut workspace)?;
         Ok(std::mem::take(&mut workspace.logits))
+    }
+
+    /// The plan of the plain model.
+    pub fn plain_plan(&self) -> &Plan {
+        &self.plain
+    }
+
+    /// A fresh state ready for `plan` (with the window's history buffers when it has a window).
+    pub fn new_state_for(&self, plan: &Plan) -> State {
+        let mut state = self.new_state();
+        self.prepare_state(plan, &mut state).expect("an empty state takes any plan");
+        state
+    }
+
+    /// Checks that `state` fits this model and `plan`, adding what the plan needs.
+    pub(crate) fn prepare_state(&self, plan: &Plan, state: &mut State) -> Result<(), Error> {
+        state.check_shape(self.state_shape())?;
+        match plan.window() {
+            Some(w) => {
+                let layers: Vec<bool> = plan.layers.iter().map(|l| l.window.is_some()).collect();
+                state.attach_window(w.size, w.granularity, &layers)
+            }
+            None if state.has_window() => Err(Error::StateMismatch {
+                message: "the state carries sliding-window history but the session runs without the window".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Layer `l`'s A_log `[H]`.
+    pub fn a_log(&self, layer: usize) -> &[f32] {
+        self.blocks[layer].a_log()
+    }
+
+    /// Layer `l`'s dt_bias `[H]`.
+    pub fn dt_bias(&self, layer: usize) -> &[f32] {
+        self.blocks[layer].dt_bias()
     }
 
     /// One token through the recurrent step; returns its logits `[V]`.
@@ -142,6 +189,7 @@ impl Model {
     /// [`Model::forward`] into reusable buffers; the logits are left in `workspace.logits`.
     pub(crate) fn forward_in(
         &self,
+        plan: &Plan,
         state: &mut State,
         tokens: &[u32],
         rows: LogitRows,
@@ -162,10 +210,11 @@ impl Model {
             let t = token as usize;
             row.copy_from_slice(&self.embedding[t * d..(t + 1) * d]);
         }
+        let position = state.position();
         for (i, block) in self.blocks.iter().enumerate() {
-            let (conv_state, ssm_state) = state.layer_mut(i);
             let backend: &dyn Backend = &*self.backend;
-            block.forward(backend, &self.dims, &mut workspace.hidden, conv_state, ssm_state, self.chunk_size, &mut workspace.act);
+            let layer = state.layer_mut(i);
+            block.forward(backend, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, self.chunk_size, &mut workspace.act);
         }
         state.advance(tokens.len());
 

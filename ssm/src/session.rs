@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::model::Workspace;
-use crate::{Error, LogitRows, Model, Sampler, State};
+use crate::{Error, LogitRows, Model, Plan, Sampler, State};
 
 /// Tokens per forward pass in prefill. Activation memory is proportional to it (about 50 KB per
 /// token at mamba2-130m's width), not to the input length.
@@ -12,6 +12,7 @@ pub const DEFAULT_PIECE_LEN: usize = 1024;
 /// One stream through a shared model: prefill, step, generate, fork.
 pub struct Session {
     model: Arc<Model>,
+    plan: Arc<Plan>,
     state: State,
     piece_len: usize,
     workspace: Workspace,
@@ -20,23 +21,36 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session from the empty state.
+    /// A session of the plain model from the empty state.
     pub fn new(model: Arc<Model>) -> Session {
-        let state = model.new_state();
-        Session::from_parts(model, state)
+        let plan = Arc::new(model.plain_plan().clone());
+        Session::with_plan(model, plan)
     }
 
-    /// A session that continues from `state` (saved earlier, or forked).
+    /// A session with mitigations from the empty state.
+    pub fn with_plan(model: Arc<Model>, plan: Arc<Plan>) -> Session {
+        let state = model.new_state_for(&plan);
+        Session::from_parts(model, plan, state)
+    }
+
+    /// A session of the plain model that continues from `state` (saved earlier, or forked).
     pub fn with_state(model: Arc<Model>, state: State) -> Result<Session, Error> {
-        state.check_shape(model.state_shape())?;
-        Ok(Session::from_parts(model, state))
+        let plan = Arc::new(model.plain_plan().clone());
+        Session::with_state_and_plan(model, state, plan)
     }
 
-    fn from_parts(model: Arc<Model>, state: State) -> Session {
+    /// A session with mitigations that continues from `state`.
+    pub fn with_state_and_plan(model: Arc<Model>, mut state: State, plan: Arc<Plan>) -> Result<Session, Error> {
+        model.prepare_state(&plan, &mut state)?;
+        Ok(Session::from_parts(model, plan, state))
+    }
+
+    fn from_parts(model: Arc<Model>, plan: Arc<Plan>, state: State) -> Session {
         Session {
             workspace: model.workspace(0),
             step_workspace: model.workspace(1),
             model,
+            plan,
             state,
             piece_len: DEFAULT_PIECE_LEN,
             has_logits: false,
@@ -57,6 +71,15 @@ impl Session {
         &self.state
     }
 
+    /// The state, to read diagnostics from or switch them on ([`State::record_stats`]).
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
     pub fn into_state(self) -> State {
         self.state
     }
@@ -68,7 +91,7 @@ impl Session {
 
     /// A new session from a copy of this one's state; the two then go their own ways.
     pub fn fork(&self) -> Session {
-        let mut fork = Session::from_parts(self.model.clone(), self.state.clone());
+        let mut fork = Session::from_parts(self.model.clone(), self.plan.clone(), self.state.clone());
         if self.has_logits {
             fork.step_workspace.logits.clone_from(self.logits_buffer());
             fork.has_logits = true;
@@ -108,7 +131,7 @@ impl Session {
         let mut done = 0;
         for (i, piece) in pieces.enumerate() {
             let rows = if i + 1 == count { LogitRows::Last } else { LogitRows::None };
-            self.model.forward_in(&mut self.state, piece, rows, &mut self.workspace)?;
+            self.model.forward_in(&self.plan, &mut self.state, piece, rows, &mut self.workspace)?;
             done += piece.len();
             progress(done);
         }
@@ -126,7 +149,7 @@ impl Session {
         let vocab = self.model.vocab_size();
         for piece in tokens.chunks(self.piece_len) {
             let start = self.state.position();
-            self.model.forward_in(&mut self.state, piece, LogitRows::All, &mut self.workspace)?;
+            self.model.forward_in(&self.plan, &mut self.state, piece, LogitRows::All, &mut self.workspace)?;
             for (i, row) in self.workspace.logits.chunks_exact(vocab).enumerate() {
                 on_row(start + i as u64, row);
             }
@@ -142,7 +165,7 @@ impl Session {
     /// Consumes one token through the recurrent step; returns its logits `[V]`.
     pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
         self.has_logits = false;
-        self.model.forward_in(&mut self.state, &[token], LogitRows::Last, &mut self.step_workspace)?;
+        self.model.forward_in(&self.plan, &mut self.state, &[token], LogitRows::Last, &mut self.step_workspace)?;
         self.has_logits = true;
         Ok(&self.step_workspace.logits)
     }

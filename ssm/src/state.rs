@@ -60,6 +60,127 @@ pub struct State {
     conv: Vec<f32>, // [L, conv_dim, K]
     ssm: Vec<f32>,  // [L, H, P, N]
     position: u64,
+    /// `[L, H]` running sum of `log(alpha)` over every token so far, in f64: the retention of the
+    /// stream's first input is its exponential, and window retractions read differences of it.
+    log_decay_total: Vec<f64>,
+    /// The sliding window's lagged inputs, one ring per windowed layer.
+    window: Option<WindowState>,
+    /// Per layer and head dt and decay statistics, when diagnostics are on.
+    stats: Option<Vec<HeadStats>>,
+}
+
+/// dt and decay statistics of one head since they were last taken ([`State::take_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HeadStats {
+    pub tokens: u64,
+    pub dt_sum: f64,
+    pub dt_min: f32,
+    pub dt_max: f32,
+    /// Sum of `alpha = exp(dt * A + offset)`.
+    pub decay_sum: f64,
+}
+
+impl HeadStats {
+    pub(crate) fn record(&mut self, dt: f32, log_decay: f32) {
+        if self.tokens == 0 {
+            (self.dt_min, self.dt_max) = (dt, dt);
+        }
+        self.tokens += 1;
+        self.dt_sum += dt as f64;
+        self.dt_min = self.dt_min.min(dt);
+        self.dt_max = self.dt_max.max(dt);
+        self.decay_sum += (log_decay as f64).exp();
+    }
+}
+
+/// The window mitigation's memory: for each windowed layer, the inputs the state still holds.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct WindowState {
+    pub size: u64,
+    pub granularity: u64,
+    pub rings: Vec<Option<Ring>>, // per layer
+}
+
+/// The last inputs of one layer, oldest first: `dt*x [I]`, `B [G*N]` as written, and the running
+/// log-decay sum through each token `[H]` (f64).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Ring {
+    capacity: usize,
+    inner: usize,
+    bc: usize,
+    heads: usize,
+    first: usize,
+    len: usize,
+    /// Stream position of the oldest entry.
+    pub oldest_position: u64,
+    xdt: Vec<f32>,
+    b: Vec<f32>,
+    log_cum: Vec<f64>,
+}
+
+impl Ring {
+    pub(crate) fn new(capacity: usize, inner: usize, bc: usize, heads: usize, position: u64) -> Ring {
+        Ring {
+            capacity,
+            inner,
+            bc,
+            heads,
+            first: 0,
+            len: 0,
+            oldest_position: position,
+            xdt: vec![0.0; capacity * inner],
+            b: vec![0.0; capacity * bc],
+            log_cum: vec![0.0; capacity * heads],
+        }
+    }
+
+    /// Appends one token's entries; the window logic never lets the ring overflow.
+    pub fn push(&mut self, xdt: &[f32], b: &[f32], log_cum: &[f64]) {
+        assert!(self.len < self.capacity, "window ring overflow");
+        let slot = (self.first + self.len) % self.capacity;
+        self.xdt[slot * self.inner..(slot + 1) * self.inner].copy_from_slice(xdt);
+        self.b[slot * self.bc..(slot + 1) * self.bc].copy_from_slice(b);
+        self.log_cum[slot * self.heads..(slot + 1) * self.heads].copy_from_slice(log_cum);
+        self.len += 1;
+    }
+
+    /// Copies the oldest `count` entries out (contiguous, oldest first) and forgets them.
+    pub fn pop_oldest(&mut self, count: usize, xdt: &mut Vec<f32>, b: &mut Vec<f32>, log_cum: &mut Vec<f64>) {
+        assert!(count <= self.len, "window ring underflow");
+        xdt.clear();
+        b.clear();
+        log_cum.clear();
+        for i in 0..count {
+            let slot = (self.first + i) % self.capacity;
+            xdt.extend_from_slice(&self.xdt[slot * self.inner..(slot + 1) * self.inner]);
+            b.extend_from_slice(&self.b[slot * self.bc..(slot + 1) * self.bc]);
+            log_cum.extend_from_slice(&self.log_cum[slot * self.heads..(slot + 1) * self.heads]);
+        }
+        self.first = (self.first + count) % self.capacity;
+        self.len -= count;
+        self.oldest_position += count as u64;
+    }
+
+    /// Entries oldest first, as `(xdt, b, log_cum)` rows.
+    fn rows(&self) -> impl Iterator<Item = (&[f32], &[f32], &[f64])> {
+        (0..self.len).map(move |i| {
+            let slot = (self.first + i) % self.capacity;
+            (
+                &self.xdt[slot * self.inner..(slot + 1) * self.inner],
+                &self.b[slot * self.bc..(slot + 1) * self.bc],
+                &self.log_cum[slot * self.heads..(slot + 1) * self.heads],
+            )
+        })
+    }
+}
+
+/// One layer's part of a [`State`], for the forward pass.
+pub(crate) struct LayerState<'a> {
+    pub conv: &'a mut [f32],
+    pub ssm: &'a mut [f32],
+    pub log_decay_total: &'a mut [f64],
+    pub ring: Option<&'a mut Ring>,
+    pub stats: Option<&'a mut [HeadStats]>,
 }
 
 const FORMAT: &str = "coil-state";
@@ -73,7 +194,72 @@ impl State {
             conv: vec![0.0; shape.layers * shape.conv_len()],
             ssm: vec![0.0; shape.layers * shape.ssm_len()],
             position: 0,
+            log_decay_total: vec![0.0; shape.layers * shape.heads],
+            window: None,
+            stats: None,
         }
+    }
+
+    /// Prepares the window mitigation's lagged inputs for `layers` (a state must start its
+    /// stream with the window to be able to take inputs back out).
+    pub(crate) fn attach_window(&mut self, size: u64, granularity: u64, layers: &[bool]) -> Result<(), Error> {
+        // The state of any token spans at most R + Q - 1 inputs; one more slot is pushed before
+        // the oldest are dropped at a window move.
+        let capacity = (size + granularity) as usize;
+        match &self.window {
+            Some(w) if w.size == size && w.granularity == granularity => return Ok(()),
+            Some(w) => {
+                return Err(Error::StateMismatch {
+                    message: format!("the state carries a window of size {} granularity {}, not {size}/{granularity}", w.size, w.granularity),
+                })
+            }
+            None if self.position > 0 => {
+                return Err(Error::StateMismatch {
+                    message: "the window mitigation must run from the start of the stream: this state has no window history".into(),
+                })
+            }
+            None => {}
+        }
+        let s = self.shape;
+        let (inner, bc) = (s.heads * s.head_dim, (s.conv_dim - s.heads * s.head_dim) / 2);
+        let rings = layers.iter().map(|&on| on.then(|| Ring::new(capacity, inner, bc, s.heads, 0))).collect();
+        self.window = Some(WindowState { size, granularity, rings });
+        Ok(())
+    }
+
+    /// Whether the state carries window history.
+    pub fn has_window(&self) -> bool {
+        self.window.is_some()
+    }
+
+    /// Turns dt/decay statistics on (or off); see [`State::take_stats`].
+    pub fn record_stats(&mut self, on: bool) {
+        self.stats = on.then(|| vec![HeadStats::default(); self.shape.layers * self.shape.heads]);
+    }
+
+    /// `[L][H]` statistics since the last call, which starts a new interval.
+    pub fn take_stats(&mut self) -> Option<Vec<Vec<HeadStats>>> {
+        let heads = self.shape.heads;
+        self.stats.as_mut().map(|stats| {
+            let taken = stats.chunks(heads).map(<[HeadStats]>::to_vec).collect();
+            stats.iter_mut().for_each(|s| *s = HeadStats::default());
+            taken
+        })
+    }
+
+    /// `[L][H]` running sum of `log(alpha)` over the stream: `exp` of it is how much of the first
+    /// token's input is left.
+    pub fn log_retention(&self) -> Vec<Vec<f64>> {
+        self.log_decay_total.chunks(self.shape.heads).map(<[f64]>::to_vec).collect()
+    }
+
+    /// `[L][H]` Frobenius norm of each head's `[P, N]` state.
+    pub fn head_norms(&self) -> Vec<Vec<f32>> {
+        let head_len = self.shape.head_dim * self.shape.d_state;
+        self.ssm
+            .chunks(self.shape.ssm_len())
+            .map(|layer| layer.chunks(head_len).map(|h| h.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32).collect())
+            .collect()
     }
 
     pub fn shape(&self) -> StateShape {
@@ -99,10 +285,16 @@ impl State {
         &self.ssm
     }
 
-    /// Layer `i`'s conv state `[conv_dim, K]` and ssm state `[H, P, N]`.
-    pub fn layer_mut(&mut self, i: usize) -> (&mut [f32], &mut [f32]) {
-        let (c, s) = (self.shape.conv_len(), self.shape.ssm_len());
-        (&mut self.conv[i * c..(i + 1) * c], &mut self.ssm[i * s..(i + 1) * s])
+    /// Layer `i`'s part of the state.
+    pub(crate) fn layer_mut(&mut self, i: usize) -> LayerState<'_> {
+        let (c, s, h) = (self.shape.conv_len(), self.shape.ssm_len(), self.shape.heads);
+        LayerState {
+            conv: &mut self.conv[i * c..(i + 1) * c],
+            ssm: &mut self.ssm[i * s..(i + 1) * s],
+            log_decay_total: &mut self.log_decay_total[i * h..(i + 1) * h],
+            ring: self.window.as_mut().and_then(|w| w.rings[i].as_mut()),
+            stats: self.stats.as_mut().map(|stats| &mut stats[i * h..(i + 1) * h]),
+        }
     }
 
     /// Layer `i`'s ssm state `[H, P, N]`.
@@ -116,6 +308,8 @@ impl State {
         self.check_shape(other.shape)?;
         self.conv.copy_from_slice(&other.conv);
         self.ssm.copy_from_slice(&other.ssm);
+        self.log_decay_total.copy_from_slice(&other.log_decay_total);
+        self.window.clone_from(&other.window);
         self.position = other.position;
         Ok(())
     }
@@ -137,16 +331,13 @@ impl State {
     }
 
     /// Writes the state as safetensors (`conv_states [L, conv_dim, K]`, `ssm_states [L, H, P, N]`,
-    /// the position and shape in the header's metadata). The file is written beside its final
-    /// name and renamed into place, so a killed process never leaves a torn state file.
+    /// `log_decay_total [L, H]` f64, the window's lagged inputs when it has them; the position
+    /// and shape in the header's metadata). The file is written beside its final name and renamed
+    /// into place, so a killed process never leaves a torn state file.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
         let file_error = |message: String| Error::StateFile { path: path.to_owned(), message };
-        let conv_bytes = f32_bytes(&self.conv);
-        let ssm_bytes = f32_bytes(&self.ssm);
-        let conv = TensorView::new(Dtype::F32, self.shape.conv_dims().to_vec(), &conv_bytes).map_err(|e| file_error(e.to_string()))?;
-        let ssm = TensorView::new(Dtype::F32, self.shape.ssm_dims().to_vec(), &ssm_bytes).map_err(|e| file_error(e.to_string()))?;
         let s = self.shape;
-        let metadata: HashMap<String, String> = [
+        let mut metadata: HashMap<String, String> = [
             ("format", FORMAT.to_owned()),
             ("version", VERSION.to_owned()),
             ("position", self.position.to_string()),
@@ -160,8 +351,38 @@ impl State {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let bytes = safetensors::serialize([("conv_states", conv), ("ssm_states", ssm)], Some(metadata))
+        // (name, dtype, shape, bytes)
+        let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            ("conv_states".into(), Dtype::F32, s.conv_dims().to_vec(), f32_bytes(&self.conv)),
+            ("ssm_states".into(), Dtype::F32, s.ssm_dims().to_vec(), f32_bytes(&self.ssm)),
+            ("log_decay_total".into(), Dtype::F64, vec![s.layers, s.heads], f64_bytes(&self.log_decay_total)),
+        ];
+        if let Some(window) = &self.window {
+            metadata.insert("window_size".into(), window.size.to_string());
+            metadata.insert("window_granularity".into(), window.granularity.to_string());
+            let mut layers = Vec::new();
+            for (l, ring) in window.rings.iter().enumerate() {
+                let Some(ring) = ring else { continue };
+                layers.push(l.to_string());
+                metadata.insert(format!("window.{l}.oldest"), ring.oldest_position.to_string());
+                let (mut xdt, mut b, mut log_cum) = (Vec::new(), Vec::new(), Vec::new());
+                for (x_row, b_row, l_row) in ring.rows() {
+                    xdt.extend_from_slice(x_row);
+                    b.extend_from_slice(b_row);
+                    log_cum.extend_from_slice(l_row);
+                }
+                tensors.push((format!("window.{l}.xdt"), Dtype::F32, vec![ring.len, ring.inner], f32_bytes(&xdt)));
+                tensors.push((format!("window.{l}.b"), Dtype::F32, vec![ring.len, ring.bc], f32_bytes(&b)));
+                tensors.push((format!("window.{l}.log_cum"), Dtype::F64, vec![ring.len, ring.heads], f64_bytes(&log_cum)));
+            }
+            metadata.insert("window_layers".into(), layers.join(","));
+        }
+        let views = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| TensorView::new(*dtype, shape.clone(), bytes).map(|v| (name.clone(), v)))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file_error(e.to_string()))?;
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(e.to_string()))?;
         write_atomically(path, &bytes).map_err(|e| file_error(e.to_string()))
     }
 
@@ -175,30 +396,81 @@ impl State {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(file_error("not a Coil state file (metadata `format` is not `coil-state`)".into()));
         }
-        let position = meta
-            .get("position")
-            .and_then(|p| p.parse::<u64>().ok())
-            .ok_or_else(|| file_error("metadata `position` is missing or not a number".into()))?;
-        let read = |name: &str, dims: &[usize]| -> Result<Vec<f32>, Error> {
+        let number = |key: &str| -> Result<u64, Error> {
+            meta.get(key).and_then(|p| p.parse::<u64>().ok()).ok_or_else(|| file_error(format!("metadata `{key}` is missing or not a number")))
+        };
+        let position = number("position")?;
+        // Raw little-endian values of a tensor with the given dtype and shape.
+        let read = |name: &str, dtype: Dtype, dims: &[usize]| -> Result<&[u8], Error> {
             let view = tensors.tensor(name).map_err(|_| file_error(format!("tensor `{name}` is missing")))?;
-            if view.dtype() != Dtype::F32 {
-                return Err(file_error(format!("tensor `{name}` has dtype {:?}, expected F32", view.dtype())));
+            if view.dtype() != dtype {
+                return Err(file_error(format!("tensor `{name}` has dtype {:?}, expected {dtype:?}", view.dtype())));
             }
             if view.shape() != dims {
                 return Err(Error::StateMismatch {
                     message: format!("{}: tensor `{name}` has shape {:?}, this model needs {dims:?}", path.display(), view.shape()),
                 });
             }
-            let values: Vec<f32> = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(file_error(format!("tensor `{name}` holds a non-finite value at flat index {i}")));
-            }
-            Ok(values)
+            Ok(view.data())
         };
-        let conv = read("conv_states", &expected.conv_dims())?;
-        let ssm = read("ssm_states", &expected.ssm_dims())?;
-        Ok(State { shape: expected, conv, ssm, position })
+        let finite_f32 = |name: &str, dims: &[usize]| -> Result<Vec<f32>, Error> {
+            let values: Vec<f32> = read(name, Dtype::F32, dims)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            match values.iter().position(|v| !v.is_finite()) {
+                Some(i) => Err(file_error(format!("tensor `{name}` holds a non-finite value at flat index {i}"))),
+                None => Ok(values),
+            }
+        };
+        let finite_f64 = |name: &str, dims: &[usize]| -> Result<Vec<f64>, Error> {
+            let values: Vec<f64> = read(name, Dtype::F64, dims)?.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+            match values.iter().position(|v| !v.is_finite()) {
+                Some(i) => Err(file_error(format!("tensor `{name}` holds a non-finite value at flat index {i}"))),
+                None => Ok(values),
+            }
+        };
+        let s = expected;
+        let mut state = State::new(s);
+        state.position = position;
+        state.conv = finite_f32("conv_states", &s.conv_dims())?;
+        state.ssm = finite_f32("ssm_states", &s.ssm_dims())?;
+        state.log_decay_total = finite_f64("log_decay_total", &[s.layers, s.heads])?;
+        if meta.contains_key("window_size") {
+            let (size, granularity) = (number("window_size")?, number("window_granularity")?);
+            if size == 0 || granularity == 0 || size.checked_add(granularity).is_none_or(|c| c > 1 << 32) {
+                return Err(file_error("window size or granularity out of range".into()));
+            }
+            let listed = meta.get("window_layers").map(String::as_str).unwrap_or("");
+            let mut on = vec![false; s.layers];
+            for item in listed.split(',').filter(|i| !i.is_empty()) {
+                match item.parse::<usize>() {
+                    Ok(l) if l < s.layers => on[l] = true,
+                    _ => return Err(file_error(format!("metadata `window_layers` names `{item}`, not a layer of this model"))),
+                }
+            }
+            state.position = 0; // attach_window requires the start of a stream
+            state.attach_window(size, granularity, &on)?;
+            state.position = position;
+            let window = state.window.as_mut().expect("just attached");
+            for (l, ring) in window.rings.iter_mut().enumerate() {
+                let Some(ring) = ring else { continue };
+                let len = tensors.tensor(&format!("window.{l}.xdt")).map(|v| v.shape().first().copied().unwrap_or(0)).unwrap_or(0);
+                if len > ring.capacity {
+                    return Err(file_error(format!("window layer {l} holds {len} inputs, more than its capacity {}", ring.capacity)));
+                }
+                let xdt = finite_f32(&format!("window.{l}.xdt"), &[len, ring.inner])?;
+                let b = finite_f32(&format!("window.{l}.b"), &[len, ring.bc])?;
+                let log_cum = finite_f64(&format!("window.{l}.log_cum"), &[len, ring.heads])?;
+                ring.oldest_position = number(&format!("window.{l}.oldest"))?;
+                for i in 0..len {
+                    ring.push(&xdt[i * ring.inner..(i + 1) * ring.inner], &b[i * ring.bc..(i + 1) * ring.bc], &log_cum[i * ring.heads..(i + 1) * ring.heads]);
+                }
+            }
+        }
+        Ok(state)
     }
+}
+
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {

@@ -9,7 +9,7 @@ pub(crate) mod simd;
 mod ssd;
 mod step;
 
-use crate::{Backend, SsmShape};
+use crate::{Backend, Recurrence, ScanInputs, SsmShape};
 
 /// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`, or the CLI's
 /// `--threads`).
@@ -68,32 +68,21 @@ impl Backend for Cpu {
     fn ssd_scan(
         &self,
         shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
+        recurrence: Recurrence,
+        inputs: ScanInputs,
         state: &mut [f32],
         chunk: usize,
         y: &mut [f32],
     ) {
-        ssd::ssd_scan(shape, x, dt, a, b, c, d, state, chunk, y);
+        ssd::ssd_scan(shape, recurrence, inputs, state, chunk, y);
     }
 
-    fn ssm_step(
-        &self,
-        shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
-        state: &mut [f32],
-        y: &mut [f32],
-    ) {
-        step::ssm_step(shape, x, dt, a, b, c, d, state, y);
+    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
+        step::ssm_step(shape, recurrence, inputs, state, y);
+    }
+
+    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
+        ssd::retract_inputs(shape, state, xdt, b, weights);
     }
 }
 

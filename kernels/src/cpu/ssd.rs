@@ -10,34 +10,24 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm, Layout};
-use crate::backend::{assert_skip_len, skip_weight};
-use crate::SsmShape;
+use crate::{Recurrence, ScanInputs, SsmShape};
 
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn ssd_scan(
     shape: SsmShape,
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d: &[f32],
+    recurrence: Recurrence,
+    inputs: ScanInputs,
     state: &mut [f32],
     chunk: usize,
     y: &mut [f32],
 ) {
     shape.assert_valid();
-    assert_skip_len(d, &shape);
+    recurrence.assert_consistent(&shape);
+    let tokens = inputs.assert_consistent(&shape);
     assert!(chunk > 0, "chunk length must be positive");
-    let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
+    let (p_len, n_len) = (shape.head_dim, shape.d_state);
     let (inner, bc) = (shape.inner(), shape.bc_width());
-    let tokens = dt.len() / heads;
-    assert_eq!(dt.len(), tokens * heads);
-    assert_eq!(x.len(), tokens * inner);
+    let ScanInputs { x, b, c, .. } = inputs;
     assert_eq!(y.len(), tokens * inner);
-    assert_eq!(b.len(), tokens * bc);
-    assert_eq!(c.len(), tokens * bc);
-    assert_eq!(a.len(), heads);
     assert_eq!(state.len(), shape.state_len());
     if tokens == 0 {
         return;
@@ -66,7 +56,7 @@ pub(crate) fn ssd_scan(
             for ci in 0..n_chunks {
                 let (start, q) = (ci * chunk, chunk_len(ci));
                 let block = &cb[(ci * shape.groups + shape.group_of(h)) * chunk * chunk..];
-                scan_chunk(&shape, h, start, q, x, dt, a[h], b, c, block, state_head, &mut y_head, &mut scratch);
+                scan_chunk(&shape, &recurrence, &inputs, h, start, q, block, state_head, &mut y_head, &mut scratch);
             }
             y_head
         })
@@ -77,7 +67,7 @@ pub(crate) fn ssd_scan(
         for (h, y_head) in per_head.iter().enumerate() {
             for p in 0..p_len {
                 let i = h * p_len + p;
-                y_row[i] = y_head[t * p_len + p] + skip_weight(d, &shape, h, p) * x[t * inner + i];
+                y_row[i] = y_head[t * p_len + p] + recurrence.skip(&shape, h, p) * x[t * inner + i];
             }
         }
     });
@@ -109,14 +99,11 @@ impl Scratch {
 #[allow(clippy::too_many_arguments)]
 fn scan_chunk(
     shape: &SsmShape,
+    recurrence: &Recurrence,
+    inputs: &ScanInputs,
     h: usize,
     start: usize,
     q: usize,
-    x: &[f32],
-    dt: &[f32],
-    a_h: f32,
-    b: &[f32],
-    c: &[f32],
     cb: &[f32],
     state: &mut [f32],
     y_head: &mut [f32],
@@ -124,9 +111,10 @@ fn scan_chunk(
 ) {
     let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
     let (inner, bc, g) = (shape.inner(), shape.bc_width(), shape.group_of(h));
+    let ScanInputs { x, dt, b, c } = *inputs;
     for l in 0..q {
         scratch.dt[l] = dt[(start + l) * heads + h];
-        scratch.log_decay[l] = scratch.dt[l] * a_h;
+        scratch.log_decay[l] = recurrence.log_decay(h, scratch.dt[l]);
     }
 
     // weights[l, s] = C_l·B_s * exp(Σ_{s<k≤l} dt_k A) * dt_s for s ≤ l. Row by row, the decays
@@ -181,4 +169,32 @@ fn scan_chunk(
     let x_weighted_t = Layout { rows: p_len, cols: q, row_stride: 1, col_stride: p_len, offset: 0 };
     let b_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };
     gemm(state, Layout::row_major(p_len, n_len), chunk_decay, &scratch.x_weighted, x_weighted_t, b, b_rows, false);
+}
+
+/// `S[h] -= Σ_k weights[k, h] xdt[k, h] ⊗ B[k, g]`: one GEMM per head (`[P, K] · [K, N]`).
+pub(crate) fn retract_inputs(shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
+    let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
+    let (inner, bc) = (shape.inner(), shape.bc_width());
+    let count = weights.len() / heads;
+    assert_eq!(weights.len(), count * heads);
+    assert_eq!(xdt.len(), count * inner);
+    assert_eq!(b.len(), count * bc);
+    assert_eq!(state.len(), shape.state_len());
+    if count == 0 {
+        return;
+    }
+    state.par_chunks_mut(p_len * n_len).enumerate().for_each(|(h, state_head)| {
+        let g = shape.group_of(h);
+        // lhs[p, k] = -weights[k, h] * xdt[k, h, p], stored [K, P].
+        let mut lhs = vec![0.0f32; count * p_len];
+        for k in 0..count {
+            let w = -weights[k * heads + h];
+            for (o, &v) in lhs[k * p_len..(k + 1) * p_len].iter_mut().zip(&xdt[k * inner + h * p_len..][..p_len]) {
+                *o = w * v;
+            }
+        }
+        let lhs_t = Layout { rows: p_len, cols: count, row_stride: 1, col_stride: p_len, offset: 0 };
+        let b_rows = Layout { rows: count, cols: n_len, row_stride: bc, col_stride: 1, offset: g * n_len };
+        gemm(state_head, Layout::row_major(p_len, n_len), 1.0, &lhs, lhs_t, b, b_rows, false);
+    });
 }

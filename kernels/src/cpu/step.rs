@@ -2,31 +2,17 @@
 
 use rayon::prelude::*;
 
-use crate::backend::{assert_skip_len, skip_weight};
 use super::simd::{lane_sum, simd_dispatch, LANES};
-use crate::SsmShape;
+use crate::{Recurrence, ScanInputs, SsmShape};
 
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn ssm_step(
-    shape: SsmShape,
-    x: &[f32],
-    dt: &[f32],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    d: &[f32],
-    state: &mut [f32],
-    y: &mut [f32],
-) {
+pub(crate) fn ssm_step(shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
     shape.assert_valid();
-    assert_skip_len(d, &shape);
-    let (p_len, n_len) = (shape.head_dim, shape.d_state);
-    assert_eq!(x.len(), shape.inner());
+    recurrence.assert_consistent(&shape);
+    assert_eq!(inputs.assert_consistent(&shape), 1, "one token");
     assert_eq!(y.len(), shape.inner());
-    assert_eq!(dt.len(), shape.heads);
-    assert_eq!(b.len(), shape.bc_width());
-    assert_eq!(c.len(), shape.bc_width());
     assert_eq!(state.len(), shape.state_len());
+    let (p_len, n_len) = (shape.head_dim, shape.d_state);
+    let ScanInputs { x, dt, b, c } = inputs;
 
     let heads_per_task = (super::PARALLEL_MIN_WORK / (p_len * n_len)).max(1);
     y.par_chunks_mut(p_len)
@@ -37,10 +23,10 @@ pub(crate) fn ssm_step(
             let g = shape.group_of(h);
             let b_g = &b[g * n_len..(g + 1) * n_len];
             let c_g = &c[g * n_len..(g + 1) * n_len];
-            let decay = (dt[h] * a[h]).exp();
+            let decay = recurrence.log_decay(h, dt[h]).exp();
             for (p, (y_p, row)) in y_head.iter_mut().zip(state_head.chunks_exact_mut(n_len)).enumerate() {
                 let x_hp = x[h * p_len + p];
-                *y_p = update_row(row, b_g, c_g, decay, dt[h] * x_hp) + skip_weight(d, &shape, h, p) * x_hp;
+                *y_p = update_row(row, b_g, c_g, decay, dt[h] * x_hp) + recurrence.skip(&shape, h, p) * x_hp;
             }
         });
 }

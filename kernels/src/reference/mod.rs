@@ -2,8 +2,7 @@
 //! maths reads, with no blocking, chunking or threads. Slow; it is the oracle the fast paths are
 //! tested against and is kept that way.
 
-use crate::backend::{assert_skip_len, skip_weight};
-use crate::{silu, Backend, SsmShape};
+use crate::{silu, Backend, Recurrence, ScanInputs, SsmShape};
 
 /// The naive reference backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -114,51 +113,28 @@ impl Backend for Reference {
     fn ssd_scan(
         &self,
         shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
+        recurrence: Recurrence,
+        inputs: ScanInputs,
         state: &mut [f32],
         _chunk: usize,
         y: &mut [f32],
     ) {
         let inner = shape.inner();
-        let bc = shape.bc_width();
-        for t in 0..dt.len() / shape.heads {
-            self.ssm_step(
-                shape,
-                &x[t * inner..(t + 1) * inner],
-                &dt[t * shape.heads..(t + 1) * shape.heads],
-                a,
-                &b[t * bc..(t + 1) * bc],
-                &c[t * bc..(t + 1) * bc],
-                d,
-                state,
-                &mut y[t * inner..(t + 1) * inner],
-            );
+        for t in 0..inputs.tokens(&shape) {
+            let one = inputs.slice(&shape, t..t + 1);
+            self.ssm_step(shape, recurrence, one, state, &mut y[t * inner..(t + 1) * inner]);
         }
     }
 
-    fn ssm_step(
-        &self,
-        shape: SsmShape,
-        x: &[f32],
-        dt: &[f32],
-        a: &[f32],
-        b: &[f32],
-        c: &[f32],
-        d: &[f32],
-        state: &mut [f32],
-        y: &mut [f32],
-    ) {
+    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
         shape.assert_valid();
-        assert_skip_len(d, &shape);
+        recurrence.assert_consistent(&shape);
+        assert_eq!(inputs.assert_consistent(&shape), 1, "one token");
         let (p_len, n_len) = (shape.head_dim, shape.d_state);
+        let ScanInputs { x, dt, b, c } = inputs;
         for h in 0..shape.heads {
             let g = shape.group_of(h);
-            let decay = (dt[h] * a[h]).exp();
+            let decay = recurrence.log_decay(h, dt[h]).exp();
             for p in 0..p_len {
                 let x_hp = x[h * p_len + p];
                 let mut out = 0.0f64;
@@ -167,7 +143,23 @@ impl Backend for Reference {
                     *s = decay * *s + dt[h] * x_hp * b[g * n_len + n];
                     out += *s as f64 * c[g * n_len + n] as f64;
                 }
-                y[h * p_len + p] = out as f32 + skip_weight(d, &shape, h, p) * x_hp;
+                y[h * p_len + p] = out as f32 + recurrence.skip(&shape, h, p) * x_hp;
+            }
+        }
+    }
+
+    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
+        let (p_len, n_len, bc) = (shape.head_dim, shape.d_state, shape.bc_width());
+        for k in 0..weights.len() / shape.heads {
+            for h in 0..shape.heads {
+                let g = shape.group_of(h);
+                let w = weights[k * shape.heads + h];
+                for p in 0..p_len {
+                    let v = w * xdt[k * shape.inner() + h * p_len + p];
+                    for n in 0..n_len {
+                        state[(h * p_len + p) * n_len + n] -= v * b[k * bc + g * n_len + n];
+                    }
+                }
             }
         }
     }
