@@ -1,6 +1,9 @@
 //! Coil runs recurrent state-space language models (Mamba-2) over input of any length in constant
 //! memory. This facade re-exports the library API: load a [`Checkpoint`], build a [`Model`], and
-//! stream tokens through a [`Session`].
+//! stream tokens through a [`Session`], with [`Mitigation`]s resolved into a [`Plan`].
 
 pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
-pub use coil_ssm::{Error, LogitRows, Model, Sampler, SamplingConfig, Session, State, StateShape};
+pub use coil_ssm::{
+    calibrate, read_thresholds, write_thresholds, Error, HeadStats, IndexSet, LogitRows, Mitigation, Model, Plan, Sampler,
+    SamplingConfig, Scope, Session, State, StateShape, Thresholds,
+};
