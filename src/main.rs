@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run(args),
         Command::Score(args) => cli::score(args),
         Command::Inspect(args) => cli::inspect(args),
+        Command::Calibrate(args) => cli::calibrate::run(args),
+        Command::Stats(args) => cli::stats::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

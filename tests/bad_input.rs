@@ -219,3 +219,19 @@ fn bad_arguments() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
     assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
 }
+
+#[test]
+fn bad_mitigations() {
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "warp:2"]), &["unknown mitigation `warp`"]);
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "a-scale:2,layers=9"]), &["layer 9 does not exist"]);
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "window:size=4", "--mitigate", "state-norm:calibrate=10"]), &["cannot be combined"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    std::fs::write(&file, r#"{"thresholds": [[1.0, 2.0]]}"#).unwrap();
+    let spec = format!("state-norm:thresholds={}", file.display());
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", &spec]), &["2 layers of 8 heads"]);
+    std::fs::write(&file, "{oops").unwrap();
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", &spec]), &["t.json", "invalid JSON"]);
+    let g1 = fixture("g1_tied");
+    assert_fails_with(&coil(&["run", "--model", g1.to_str().unwrap(), "--token-ids", &ids_file(dir.path(), "1 2"), "--mitigate", "state-norm:calibrate=100"]), &["tokenizer.json"]);
+}

@@ -154,3 +154,96 @@ fn inspect_reports_dialect_and_state_size() {
     let text = String::from_utf8(coil(&["inspect"]).stdout).unwrap();
     assert!(text.contains("embedded default") && text.contains("N_S"), "{text}");
 }
+
+/// The acceptance path: `score --mitigate ... --logits-out` against the f64 reference.
+#[test]
+fn score_with_mitigations_matches_the_f64_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mitigations/odd_shapes");
+    for (label, specs) in [
+        ("snorm_k7", vec!["state-norm:thresholds=snorm_k7.thresholds.json,every=7"]),
+        ("win_r24_q8", vec!["window:size=24,granularity=8"]),
+        ("dtscale07_rri_win32q4", vec!["dt-scale:0.7", "rri:lambda=0.98,beta=0.9", "window:size=32,granularity=4"]),
+    ] {
+        let bytes = std::fs::read(root.join(format!("{label}.safetensors"))).unwrap();
+        let (_, golden) = f32_tensor(&bytes, "logits");
+        let tensors = SafeTensors::deserialize(&bytes).unwrap();
+        let ids: Vec<String> = tensors.tensor("input_ids").unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()).to_string()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let ids_path = dir.path().join("ids.txt");
+        std::fs::write(&ids_path, ids.join(" ")).unwrap();
+        let out = dir.path().join("logits.safetensors");
+        let mut args = vec!["score".to_owned(), "--model".into(), fixture("odd_shapes").to_string_lossy().into_owned()];
+        args.extend(["--token-ids".into(), ids_path.to_string_lossy().into_owned(), "--logits-out".into(), out.to_string_lossy().into_owned()]);
+        for spec in &specs {
+            args.extend(["--mitigate".into(), spec.to_string()]);
+        }
+        // Threshold files are resolved against the working directory.
+        let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(&args).current_dir(&root).output().unwrap();
+        assert!(output.status.success(), "{label}: {}", String::from_utf8_lossy(&output.stderr));
+        let (_, ours) = f32_tensor(&std::fs::read(&out).unwrap(), "logits");
+        let diff = ours.iter().zip(&golden).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-4, "{label}: {diff:e}");
+    }
+}
+
+#[test]
+fn windowed_state_continues_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, ids: &[u32]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let first: Vec<u32> = (0..45).map(|i| (i * 37 + 5) % 96).collect();
+    let second: Vec<u32> = (0..20).map(|i| (i * 11 + 3) % 96).collect();
+    let both: Vec<u32> = first.iter().chain(&second).copied().collect();
+    let (a, b, ab) = (write("a.txt", &first), write("b.txt", &second), write("ab.txt", &both));
+    let state = dir.path().join("w.state");
+    let model = fixture("g1_tied");
+    let model = model.to_str().unwrap();
+    let window = "window:size=12,granularity=5";
+    coil(&["run", "--model", model, "--token-ids", &a, "--max-new-tokens", "0", "--mitigate", window, "--state-out", state.to_str().unwrap()]);
+    let resumed = coil(&["run", "--model", model, "--token-ids", &b, "--max-new-tokens", "8", "--mitigate", window, "--state-in", state.to_str().unwrap()]);
+    let direct = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "8", "--mitigate", window]);
+    assert_eq!(resumed.stdout, direct.stdout);
+    let plain = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "8"]);
+    assert_ne!(plain.stdout, direct.stdout, "a 12-token window changes what a 65-token prompt generates");
+}
+
+#[test]
+fn calibrate_stats_and_buckets_write_what_they_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let thresholds = dir.path().join("t.json");
+    coil(&["calibrate", "--length", "300", "--factor", "2", "--out", thresholds.to_str().unwrap()]);
+    let checkpoint = Checkpoint::embedded_default().unwrap();
+    let model = Arc::new(Model::from_checkpoint(Checkpoint::embedded_default().unwrap()));
+    let tokens = coil_eval::probes::Probe::Filler.tokens(checkpoint.tokenizer.as_ref().unwrap(), 300).unwrap();
+    let mut session = Session::new(model.clone());
+    session.prefill(&tokens).unwrap();
+    let expected: Vec<Vec<f32>> = session.state().head_norms().iter().map(|l| l.iter().map(|n| 2.0 * n).collect()).collect();
+    let written = coil::read_thresholds(&thresholds).unwrap();
+    for (w, e) in written.iter().flatten().zip(expected.iter().flatten()) {
+        assert!((w - e).abs() <= 1e-5 * e.abs(), "{w} vs {e}");
+    }
+
+    let csv = dir.path().join("stats.csv");
+    let plot = dir.path().join("stats.svg");
+    coil(&["stats", "--probe", "newlines", "--length", "1000", "--every", "250", "--out", csv.to_str().unwrap(), "--plot", plot.to_str().unwrap(), "--reference-length", "250"]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("position,layer,head,norm"));
+    assert_eq!(rows.len(), 1 + 4 * 2 * 8, "4 records x 2 layers x 8 heads");
+    let last: Vec<&str> = rows.last().unwrap().split(',').collect();
+    assert_eq!((last[0], last[1], last[2]), ("1000", "1", "7"));
+    assert!(last[13].parse::<f32>().is_ok(), "ratio to the reference is filled after it: {last:?}");
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+
+    let text_path = dir.path().join("t.txt");
+    std::fs::write(&text_path, "The grass is green. The sky is blue. ".repeat(40)).unwrap();
+    let out = coil(&["score", "--text-file", text_path.to_str().unwrap(), "--bucket", "64"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "first_position,last_position,tokens,mean_nll");
+    assert!(lines[1].starts_with("0,63,63,"), "position 0 has no prediction: {}", lines[1]);
+    assert!(lines[2].starts_with("64,127,64,"));
+}

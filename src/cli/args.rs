@@ -19,6 +19,19 @@ pub enum Command {
     Score(ScoreArgs),
     /// Describe a checkpoint: dialect, sizes, state size, parameters, dtypes, tokenizer.
     Inspect(InspectArgs),
+    /// Measure each head's state norm after a calibration text, for `state-norm` thresholds.
+    Calibrate(CalibrateArgs),
+    /// Stream a long text or probe and record per layer/head state diagnostics as CSV.
+    Stats(StatsArgs),
+}
+
+/// State-collapse mitigations (docs/mitigations.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct MitigationArgs {
+    /// A mitigation, e.g. `rri:lambda=0.9999,beta=0.75`, `window:size=4096`,
+    /// `state-norm:calibrate=8192`, `dt-scale:0.5,layers=0-3`; repeat to compose in order.
+    #[arg(long = "mitigate", value_name = "SPEC")]
+    pub specs: Vec<String>,
 }
 
 /// Options every command shares.
@@ -57,6 +70,8 @@ pub struct RunArgs {
     pub max_new_tokens: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub mitigation: MitigationArgs,
     /// Keep generating past the end-of-text token.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -103,6 +118,67 @@ pub struct ScoreArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Report the mean loss per bucket of N positions (the per-token-loss curve).
+    #[arg(long, value_name = "N")]
+    pub bucket: Option<u64>,
+    /// Write the buckets as CSV here instead of to standard output.
+    #[arg(long, value_name = "FILE", requires = "bucket")]
+    pub csv: Option<PathBuf>,
+    #[command(flatten)]
+    pub mitigation: MitigationArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Calibration tokens (default: the checkpoint's training length when its training.json
+    /// says, else 8192).
+    #[arg(long, value_name = "T")]
+    pub length: Option<usize>,
+    /// Calibration text (default: the passkey filler).
+    #[arg(long, value_name = "FILE")]
+    pub text_file: Option<PathBuf>,
+    /// Thresholds are the measured norms times this.
+    #[arg(long, default_value_t = 1.0)]
+    pub factor: f32,
+    #[command(flatten)]
+    pub mitigation: MitigationArgs,
+    /// Where to write `{"thresholds": [[tau per head] per layer]}`.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A UTF-8 text to stream (its first --length tokens).
+    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
+    pub text_file: Option<PathBuf>,
+    /// A synthetic probe: `filler` (the passkey filler) or `newlines`.
+    #[arg(long, value_name = "PROBE")]
+    pub probe: Option<String>,
+    /// Tokens to stream.
+    #[arg(long, value_name = "T")]
+    pub length: usize,
+    /// Record diagnostics every K tokens.
+    #[arg(long, value_name = "K", default_value_t = 1024)]
+    pub every: usize,
+    /// CSV output, one row per record, layer and head, written as the run goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Also plot the state norm of the heads that grew most (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// A head is flagged when its norm passes --collapse-factor times its norm at this position
+    /// (default: the training length when known, else 8192, capped at --length / 2).
+    #[arg(long, value_name = "T")]
+    pub reference_length: Option<usize>,
+    #[arg(long, default_value_t = 4.0)]
+    pub collapse_factor: f32,
+    #[command(flatten)]
+    pub mitigation: MitigationArgs,
 }
 
 #[derive(Args, Debug)]

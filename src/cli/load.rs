@@ -43,6 +43,14 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
 }
 
 impl Loaded {
+    /// The training length recorded in the checkpoint's `training.json` (`train_length`), if any.
+    pub fn train_length(&self) -> Option<usize> {
+        let coil::Source::Dir(dir) = &self.source else { return None };
+        let text = std::fs::read_to_string(dir.join("training.json")).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+        json.get("train_length")?.as_u64().map(|n| n as usize)
+    }
+
     /// Logit columns that are real tokens: the tokenizer's size when it is smaller than the
     /// (padded) embedding, else all of them.
     pub fn vocab_limit(&self) -> usize {

@@ -1,13 +1,17 @@
 //! The `coil` command line: arguments in, a validated plan, then library calls.
 
 pub mod args;
+pub mod calibrate;
 mod input;
 mod inspect;
 mod load;
 mod logits_file;
+mod plan;
+mod plot;
 mod progress;
 mod run;
 mod score;
+pub mod stats;
 
 pub use inspect::inspect;
 pub use run::run;

@@ -20,12 +20,14 @@ pub fn run(args: RunArgs) -> Result<()> {
         _ => InputSource::Stdin,
     };
 
+    let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = match &args.state_in {
         Some(path) => {
             let state = State::load(path, loaded.model.state_shape())?;
-            Session::with_state(loaded.model.clone(), state)?
+            Session::with_state_and_plan(loaded.model.clone(), state, plan)
+                .with_context(|| format!("cannot continue from {}", path.display()))?
         }
-        None => Session::new(loaded.model.clone()),
+        None => Session::with_plan(loaded.model.clone(), plan),
     };
     session.set_piece_len(args.model.piece_len);
 

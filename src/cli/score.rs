@@ -2,8 +2,9 @@
 
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use coil::Session;
+use coil_eval::loss::{negative_log_likelihood, Buckets};
 
 use super::args::ScoreArgs;
 use super::input::{read_ids, InputSource};
@@ -34,8 +35,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         None => None,
     };
 
-    let mut session = Session::new(loaded.model.clone());
+    let plan = super::plan::resolve(&loaded, &args.mitigation)?;
+    let mut session = Session::with_plan(loaded.model.clone(), plan);
     session.set_piece_len(args.model.piece_len);
+    let mut buckets = args.bucket.map(Buckets::new);
     let mut progress = Progress::new("score", Some(ids.len() as u64));
     // nll[t] is the loss of predicting ids[t + 1] from the logits at position t.
     let mut nll = Vec::with_capacity(ids.len().saturating_sub(1));
@@ -43,7 +46,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     session.score(&ids, |position, row| {
         let t = position as usize;
         if let Some(&next) = ids.get(t + 1) {
-            nll.push(negative_log_likelihood(row, next as usize));
+            let loss = negative_log_likelihood(row, next as usize);
+            nll.push(loss);
+            if let Some(b) = buckets.as_mut() {
+                b.add(position + 1, loss);
+            }
         }
         if let Some(w) = writer.as_mut() {
             if let Err(e) = w.write_row(row) {
@@ -73,9 +80,27 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     );
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    if let Some(buckets) = &buckets {
+        let mut text = String::from("first_position,last_position,tokens,mean_nll\n");
+        for (first, last, n, mean) in buckets.rows() {
+            text += &format!("{first},{last},{n},{mean:.6}\n");
+        }
+        match &args.csv {
+            Some(path) => {
+                std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                eprintln!("per-bucket loss written to {}", path.display());
+            }
+            None => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                return Ok(());
+            }
+        }
+    }
     if args.json {
         let report = serde_json::json!({
             "model": loaded.source.to_string(),
+            "mitigation": session.plan().describe(),
             "tokens": ids.len(),
             "scored": nll.len(),
             "mean_nll": if mean.is_finite() { Some(mean) } else { None },
@@ -94,19 +119,3 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// `-log softmax(logits)[target]`, in f64 over the full logit row (padding columns included,
-/// as the reference's cross-entropy does).
-fn negative_log_likelihood(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
-    max + sum.ln() - logits[target] as f64
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn nll_of_uniform_logits_is_log_vocab() {
-        let v = super::negative_log_likelihood(&[3.0; 8], 5);
-        assert!((v - 8f64.ln()).abs() < 1e-12);
-    }
-}

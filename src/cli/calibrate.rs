@@ -1,0 +1,59 @@
+//! `coil calibrate`: per-head state norms after a calibration text, as state-norm thresholds.
+
+use anyhow::{Context, Result};
+use coil::{calibrate, write_thresholds};
+use coil_eval::probes::Probe;
+
+use super::args::CalibrateArgs;
+use super::input::InputSource;
+use super::load::load;
+
+pub fn run(args: CalibrateArgs) -> Result<()> {
+    let loaded = load(&args.model)?;
+    if !(args.factor > 0.0 && args.factor.is_finite()) {
+        anyhow::bail!("--factor must be a positive number, got {}", args.factor);
+    }
+    let length = args.length.or_else(|| loaded.train_length()).unwrap_or(8192);
+    let tokens = calibration_tokens(&loaded, args.text_file.as_ref(), length)?;
+    let plan = super::plan::resolve(&loaded, &args.mitigation)?;
+    let started = std::time::Instant::now();
+    let thresholds = calibrate(&loaded.model, &plan, &tokens, args.factor)?;
+    let provenance = serde_json::json!({
+        "model": loaded.source.to_string(),
+        "tokens": tokens.len(),
+        "text": args.text_file.as_ref().map_or("passkey filler".to_owned(), |p| p.display().to_string()),
+        "factor": args.factor,
+        "mitigation": plan.describe(),
+    });
+    write_thresholds(&args.out, &thresholds, provenance)?;
+    eprintln!(
+        "calibrated {} layers x {} heads on {} tokens in {:.2} s; thresholds written to {}",
+        thresholds.len(),
+        thresholds.first().map_or(0, Vec::len),
+        tokens.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The first `length` tokens of a text file, or of the passkey filler.
+pub fn calibration_tokens(loaded: &super::load::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
+    let tokenizer = loaded.tokenizer.as_ref().context("calibration text needs the model's tokenizer.json")?;
+    let tokens = match text {
+        None => Probe::Filler.tokens(tokenizer, length)?,
+        Some(path) => {
+            let mut ids = Vec::with_capacity(length);
+            InputSource::TextFile(path.clone()).stream_tokens(Some(tokenizer), |block, _| {
+                let room = length - ids.len().min(length);
+                ids.extend_from_slice(&block[..block.len().min(room)]);
+                Ok(())
+            })?;
+            ids
+        }
+    };
+    if tokens.is_empty() {
+        anyhow::bail!("the calibration text is empty");
+    }
+    Ok(tokens)
+}

@@ -1,0 +1,37 @@
+//! `--mitigate` specs to a resolved plan for the loaded model.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use coil::{Mitigation, Plan, Thresholds};
+use coil_eval::probes::Probe;
+
+use super::args::MitigationArgs;
+use super::load::Loaded;
+
+pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
+    let mut mitigations = Vec::new();
+    for spec in &args.specs {
+        mitigations.extend(Mitigation::parse_list(spec).map_err(anyhow::Error::msg).context("bad --mitigate")?);
+    }
+    // state-norm:calibrate=T runs the passkey filler; tokenize it only when asked for.
+    let calibration_length = mitigations
+        .iter()
+        .filter_map(|m| match m {
+            Mitigation::StateNorm { thresholds: Thresholds::Calibrate { tokens, .. }, .. } => Some(*tokens),
+            _ => None,
+        })
+        .max();
+    let calibration = match calibration_length {
+        Some(tokens) => {
+            let tokenizer = loaded
+                .tokenizer
+                .as_ref()
+                .context("state-norm:calibrate runs the passkey filler, which needs the model's tokenizer.json; give thresholds=FILE instead")?;
+            Some(Probe::Filler.tokens(tokenizer, tokens)?)
+        }
+        None => None,
+    };
+    let here = std::env::current_dir().context("cannot read the working directory")?;
+    Ok(Arc::new(Plan::resolve(&loaded.model, &mitigations, calibration.as_deref(), &here)?))
+}
