@@ -124,6 +124,9 @@ pub struct ScoreArgs {
     /// Write the buckets as CSV here instead of to standard output.
     #[arg(long, value_name = "FILE", requires = "bucket")]
     pub csv: Option<PathBuf>,
+    /// Plot the per-bucket loss curve (SVG).
+    #[arg(long, value_name = "FILE", requires = "bucket")]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub mitigation: MitigationArgs,
 }

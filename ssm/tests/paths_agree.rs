@@ -196,3 +196,29 @@ fn a_diverging_state_is_reported_not_returned_as_nan() {
     let err = session.prefill(&tokens(30, config.vocab_size, 1)).unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
 }
+
+#[test]
+fn state_norm_invariant_holds_at_every_clamp_and_only_there() {
+    use coil_ssm::{Mitigation, Plan, Scope, Thresholds};
+    let config = &configs()[1];
+    let model = Arc::new(model(config, 21));
+    let every = 6u64;
+    let tau = 0.05f32;
+    let taus = vec![vec![tau; config.n_heads]; config.n_layer];
+    let mitigation = Mitigation::StateNorm { thresholds: Thresholds::Values(taus), every, scope: Scope::all() };
+    let plan = Arc::new(Plan::resolve(&model, &[mitigation], None, std::path::Path::new(".")).unwrap());
+    let mut session = Session::with_plan(model.clone(), plan);
+    let input = tokens(40, config.vocab_size, 2);
+    let mut saw_unclamped = false;
+    for &t in &input {
+        session.step(t).unwrap();
+        let norms = session.state().head_norms();
+        let max = norms.iter().flatten().fold(0.0f32, |m, &n| m.max(n));
+        if session.position() % every == 0 {
+            assert!(max <= tau * (1.0 + 1e-5), "after token {} the largest head norm is {max}", session.position());
+        } else {
+            saw_unclamped |= max > tau * 1.5;
+        }
+    }
+    assert!(saw_unclamped, "the threshold must bite between clamps for this test to mean anything");
+}

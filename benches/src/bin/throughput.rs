@@ -1,11 +1,14 @@
 //! Prefill and decode throughput of a released model shape with random weights, for notes and
 //! for side-by-side comparisons with other engines:
-//! `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 [threads]`.
+//! `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 [threads] [mitigations]`
+//! (mitigations as `--mitigate` specs joined by `;`, e.g. `window:size=1024,granularity=256`).
 
 use std::time::Instant;
 
 use coil_benches::{random_model, released_shape};
-use coil_ssm::Session;
+use std::sync::Arc;
+
+use coil_ssm::{Mitigation, Plan, Session};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,12 +23,16 @@ fn main() {
         std::process::exit(2);
     };
     let model = random_model(&config);
+    let specs = args.get(4).map_or("none", String::as_str);
+    let mitigations = Mitigation::parse_list(specs).expect("valid mitigation specs");
     let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % 50277).collect();
+    // state-norm:calibrate=T calibrates on these same tokens (T <= the prefill length).
+    let plan = Arc::new(Plan::resolve(&model, &mitigations, Some(&tokens), std::path::Path::new(".")).expect("plan resolves"));
 
     // Warm up (page in the weights, spin up the pool).
     Session::new(model.clone()).prefill(&tokens[..tokens.len().min(256)]).expect("warm-up");
 
-    let mut session = Session::new(model.clone());
+    let mut session = Session::with_plan(model.clone(), plan.clone());
     let started = Instant::now();
     session.prefill(&tokens).expect("prefill");
     let prefill_seconds = started.elapsed().as_secs_f64();
@@ -36,8 +43,9 @@ fn main() {
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     println!(
-        "shape {shape} f32, {} threads: prefill {prefill} tokens {:.1} tok/s; decode {decode} tokens {:.2} tok/s",
+        "shape {shape} f32, {} threads, mitigation {}: prefill {prefill} tokens {:.1} tok/s; decode {decode} tokens {:.2} tok/s",
         rayon::current_num_threads(),
+        plan.describe(),
         prefill as f64 / prefill_seconds,
         decode as f64 / decode_seconds
     );
