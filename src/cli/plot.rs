@@ -24,7 +24,7 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
             .x_label_area_size(45)
             .y_label_area_size(70)
             .build_cartesian_2d(0u64..x_max, (y_min..y_max).log_scale())?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).draw()?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).y_labels(10).y_label_formatter(&|v| format!("{v:.3e}")).draw()?;
         for (i, (label, points)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
