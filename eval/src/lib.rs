@@ -2,4 +2,6 @@
 //! evaluation, and per-position loss. The passkey capacity sweep builds on these.
 
 pub mod loss;
+pub mod passkey;
+pub mod plot;
 pub mod probes;

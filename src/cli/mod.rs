@@ -7,7 +7,6 @@ mod inspect;
 mod load;
 mod logits_file;
 mod plan;
-mod plot;
 mod progress;
 mod run;
 mod score;

@@ -83,7 +83,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     if let (Some(buckets), Some(path)) = (&buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
         let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source, session.plan().describe());
-        super::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
+        coil_eval::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
         eprintln!("loss curve written to {}", path.display());
     }
     if let Some(buckets) = &buckets {

@@ -118,7 +118,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
         let title = format!("state norm of the 8 heads that grew most ({}, mitigation {})", loaded.source, session.plan().describe());
         let series: Vec<(String, Vec<(u64, f32)>)> =
             traces.iter().take(8).map(|t| (format!("L{} H{}", t.layer, t.head), t.norms.clone())).collect();
-        super::plot::lines(path, &title, "position (tokens)", "||S_h||_F", &series, Some(reference_length))?;
+        coil_eval::plot::lines(path, &title, "position (tokens)", "||S_h||_F", &series, Some(reference_length))?;
         eprintln!("plot written to {}", path.display());
     }
     Ok(())

@@ -1,0 +1,44 @@
+//! The passkey-retrieval capacity evaluator (long-context.md, "Passkey retrieval"): prompts built
+//! in the model's own tokens, sweeps over lengths x depths x mitigations x checkpoints that fork
+//! one streamed state at every needle, resumable and shardable result files, and the report.
+
+mod model;
+mod prompt;
+mod report;
+mod results;
+mod sweep;
+mod template;
+
+pub use model::{CoilSubject, Subject};
+pub use prompt::{depth, key, Layout, TokenizedTemplate};
+pub use report::{fit_capacity, write_report, CapacityFit, Report};
+pub use results::{read_results, CellRecord, ResultsFile, Shard};
+pub use sweep::{parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary};
+pub use template::Template;
+
+use std::path::PathBuf;
+
+/// What can go wrong in an evaluation.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] coil_ssm::Error),
+
+    #[error(transparent)]
+    Load(#[from] coil_ssm::LoadError),
+
+    #[error("{}: {message}", path.display())]
+    Template { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Prompt(String),
+
+    #[error("{}: {message}", path.display())]
+    Results { path: PathBuf, message: String },
+
+    #[error("{0}")]
+    Arguments(String),
+
+    #[error(transparent)]
+    Plot(#[from] crate::plot::PlotError),
+}

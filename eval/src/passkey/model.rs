@@ -1,0 +1,94 @@
+//! What the sweep needs of a model: a small trait, so the evaluator is tested against a fake
+//! whose recall is known exactly, and its implementation for a Coil model with mitigations.
+
+use std::sync::Arc;
+
+use coil_ssm::{Model, Plan, Sampler, SamplingConfig, Session, Tokenizer};
+
+use super::EvalError;
+
+/// One (model, mitigation) arm of a sweep.
+pub trait Subject {
+    /// A stream's state; forking clones it.
+    type State;
+
+    /// The checkpoint's name in results.
+    fn model_name(&self) -> &str;
+    /// The mitigation arm's name in results (`none` for the plain model).
+    fn mitigation(&self) -> &str;
+    /// N_S, the state's size in elements.
+    fn state_elements(&self) -> usize;
+    /// The length the checkpoint was trained at, when known.
+    fn train_length(&self) -> Option<usize>;
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError>;
+    fn decode(&self, ids: &[u32]) -> Result<String, EvalError>;
+
+    /// The state before any token.
+    fn start(&self) -> Result<Self::State, EvalError>;
+    fn fork(&self, state: &Self::State) -> Self::State;
+    /// Consumes tokens.
+    fn feed(&self, state: &mut Self::State, tokens: &[u32]) -> Result<(), EvalError>;
+    /// Consumes `tail`, then greedily generates `count` tokens.
+    fn answer(&self, state: &mut Self::State, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError>;
+}
+
+/// A Coil model with a mitigation plan.
+pub struct CoilSubject {
+    pub model: Arc<Model>,
+    pub plan: Arc<Plan>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub name: String,
+    pub mitigation: String,
+    pub train_length: Option<usize>,
+}
+
+impl Subject for CoilSubject {
+    type State = Session;
+
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn mitigation(&self) -> &str {
+        &self.mitigation
+    }
+
+    fn state_elements(&self) -> usize {
+        self.model.config().state_elements()
+    }
+
+    fn train_length(&self) -> Option<usize> {
+        self.train_length
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        Ok(self.tokenizer.encode(text)?)
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, EvalError> {
+        Ok(self.tokenizer.decode(ids)?)
+    }
+
+    fn start(&self) -> Result<Session, EvalError> {
+        Ok(Session::with_plan(self.model.clone(), self.plan.clone()))
+    }
+
+    fn fork(&self, state: &Session) -> Session {
+        state.fork()
+    }
+
+    fn feed(&self, state: &mut Session, tokens: &[u32]) -> Result<(), EvalError> {
+        if !tokens.is_empty() {
+            state.prefill(tokens)?;
+        }
+        Ok(())
+    }
+
+    fn answer(&self, state: &mut Session, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError> {
+        state.prefill(tail)?;
+        let vocab = self.tokenizer.vocab_size().min(self.model.vocab_size());
+        let mut greedy = Sampler::new(SamplingConfig::default());
+        Ok(state.generate(&mut greedy, count, vocab, |_| true)?)
+    }
+}

@@ -1,0 +1,275 @@
+//! The sweep's report: accuracy per model x arm x length, capacity (the longest length at or above
+//! the threshold), the capacity law fitted across state sizes, a Markdown summary and plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::{CellRecord, EvalError};
+use crate::plot::{self, format_length};
+
+/// `capacity (K tokens) = a (b^N_S - 1) + c`, N_S in millions (the paper's form).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CapacityFit {
+    pub a: f64,
+    pub b: f64,
+    pub c: f64,
+    pub points: usize,
+}
+
+/// Least squares over `(n_s_millions, capacity_k)` points: for each `b` on a fine log grid in
+/// (1, 16], `a` and `c` solve a linear least-squares problem; the best `b` wins. Needs three
+/// distinct state sizes.
+pub fn fit_capacity(points: &[(f64, f64)]) -> Option<CapacityFit> {
+    let mut sizes: Vec<f64> = points.iter().map(|p| p.0).collect();
+    sizes.sort_by(f64::total_cmp);
+    sizes.dedup();
+    if sizes.len() < 3 {
+        return None;
+    }
+    let mut best: Option<(f64, CapacityFit)> = None;
+    for step in 1..=4000 {
+        let b = (16f64.ln() * step as f64 / 4000.0).exp();
+        // Normal equations for y = a u + c with u = b^x - 1.
+        let (mut su, mut suu, mut sy, mut suy) = (0.0, 0.0, 0.0, 0.0);
+        let n = points.len() as f64;
+        for &(x, y) in points {
+            let u = b.powf(x) - 1.0;
+            su += u;
+            suu += u * u;
+            sy += y;
+            suy += u * y;
+        }
+        let det = n * suu - su * su;
+        if det.abs() < 1e-12 {
+            continue;
+        }
+        let a = (n * suy - su * sy) / det;
+        let c = (sy - a * su) / n;
+        let sse: f64 = points.iter().map(|&(x, y)| (a * (b.powf(x) - 1.0) + c - y).powi(2)).sum();
+        if best.as_ref().is_none_or(|(e, _)| sse < *e) {
+            best = Some((sse, CapacityFit { a, b, c, points: points.len() }));
+        }
+    }
+    best.map(|(_, fit)| fit)
+}
+
+/// Accuracy of one model x arm x length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccuracyRow {
+    pub model: String,
+    pub n_s: usize,
+    pub mitigation: String,
+    pub length: usize,
+    pub cells: usize,
+    pub correct: usize,
+    pub mean_tokens: f64,
+}
+
+impl AccuracyRow {
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.cells.max(1) as f64
+    }
+}
+
+/// Everything the report says.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub threshold: f64,
+    pub accuracy: Vec<AccuracyRow>,
+    /// (model, n_s, mitigation, capacity, train_length)
+    pub capacity: Vec<(String, usize, String, Option<usize>, Option<usize>)>,
+    /// Per mitigation arm, fitted across models.
+    pub fits: Vec<(String, Option<CapacityFit>)>,
+    pub cells: usize,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn build(records: &[CellRecord], threshold: f64) -> Report {
+        let mut groups: BTreeMap<(String, String, usize), AccuracyRow> = BTreeMap::new();
+        let mut train = BTreeMap::new();
+        for r in records {
+            let row = groups.entry((r.model.clone(), r.mitigation.clone(), r.length)).or_insert_with(|| AccuracyRow {
+                model: r.model.clone(),
+                n_s: r.n_s,
+                mitigation: r.mitigation.clone(),
+                length: r.length,
+                cells: 0,
+                correct: 0,
+                mean_tokens: 0.0,
+            });
+            row.mean_tokens = (row.mean_tokens * row.cells as f64 + r.tokens as f64) / (row.cells + 1) as f64;
+            row.cells += 1;
+            row.correct += r.correct as usize;
+            if let Some(t) = r.train_length {
+                train.insert(r.model.clone(), t);
+            }
+        }
+        let accuracy: Vec<AccuracyRow> = groups.into_values().collect();
+        let mut capacity: BTreeMap<(String, String), (usize, Option<usize>)> = BTreeMap::new();
+        for row in &accuracy {
+            let entry = capacity.entry((row.model.clone(), row.mitigation.clone())).or_insert((row.n_s, None));
+            if row.accuracy() >= threshold {
+                entry.1 = Some(entry.1.map_or(row.length, |c: usize| c.max(row.length)));
+            }
+        }
+        let capacity: Vec<_> = capacity.into_iter().map(|((m, arm), (n_s, cap))| (m.clone(), n_s, arm, cap, train.get(&m).copied())).collect();
+        let mut arms: Vec<String> = capacity.iter().map(|c| c.2.clone()).collect();
+        arms.sort();
+        arms.dedup();
+        let fits = arms
+            .into_iter()
+            .map(|arm| {
+                let points: Vec<(f64, f64)> =
+                    capacity.iter().filter(|c| c.2 == arm).filter_map(|c| c.3.map(|cap| (c.1 as f64 / 1e6, cap as f64 / 1000.0))).collect();
+                let fit = fit_capacity(&points);
+                (arm, fit)
+            })
+            .collect();
+        Report { threshold, accuracy, capacity, fits, cells: records.len(), seconds: records.iter().map(|r| r.seconds).sum() }
+    }
+
+    /// The Markdown summary.
+    pub fn markdown(&self, plots: &[PathBuf]) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# Passkey capacity\n");
+        let _ = writeln!(
+            md,
+            "{} cells, {:.0} s of model time. Capacity = the longest length with accuracy >= {:.0}%.\n",
+            self.cells,
+            self.seconds,
+            self.threshold * 100.0
+        );
+        let _ = writeln!(md, "## Capacity\n\n| model | N_S | mitigation | capacity (tokens) | training length |\n|---|---:|---|---:|---:|");
+        for (model, n_s, arm, cap, train) in &self.capacity {
+            let _ = writeln!(
+                md,
+                "| {model} | {:.3}M | {arm} | {} | {} |",
+                *n_s as f64 / 1e6,
+                cap.map_or("< shortest".into(), format_length),
+                train.map_or("?".into(), format_length)
+            );
+        }
+        let mut lengths: Vec<usize> = self.accuracy.iter().map(|r| r.length).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        let _ = write!(md, "\n## Accuracy\n\n| model | mitigation |");
+        for l in &lengths {
+            let _ = write!(md, " {} |", format_length(*l));
+        }
+        let _ = write!(md, "\n|---|---|");
+        for _ in &lengths {
+            let _ = write!(md, "---:|");
+        }
+        md.push('\n');
+        let mut arms: Vec<(String, String)> = self.accuracy.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
+        arms.dedup();
+        for (model, arm) in arms {
+            let _ = write!(md, "| {model} | {arm} |");
+            for l in &lengths {
+                match self.accuracy.iter().find(|r| r.model == model && r.mitigation == arm && r.length == *l) {
+                    Some(r) => {
+                        let _ = write!(md, " {:.0}% |", r.accuracy() * 100.0);
+                    }
+                    None => md.push_str(" |"),
+                }
+            }
+            md.push('\n');
+        }
+        let _ = writeln!(md, "\n## Capacity law\n");
+        for (arm, fit) in &self.fits {
+            match fit {
+                Some(f) => {
+                    let _ = writeln!(md, "- `{arm}`: capacity = {:.3} ({:.3}^N_S - 1) + {:.3} K tokens ({} models)", f.a, f.b, f.c, f.points);
+                }
+                None => {
+                    let _ = writeln!(md, "- `{arm}`: fewer than three state sizes with a capacity; no fit");
+                }
+            }
+        }
+        let _ = writeln!(md, "- paper (Mamba-2 trained long): capacity = 4.756 (1.365^N_S - 1) - 0.742 K tokens");
+        if !plots.is_empty() {
+            let _ = writeln!(md, "\n## Plots\n");
+            for p in plots {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let _ = writeln!(md, "![{name}]({name})");
+            }
+        }
+        md
+    }
+}
+
+fn file_safe(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// Writes `report.md`, `accuracy.csv` and the SVG plots into `dir`; returns the report.
+pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Result<Report, EvalError> {
+    let report = Report::build(records, threshold);
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text).map_err(|e| EvalError::Results { path: dir.join(name), message: e.to_string() })
+    };
+    let mut csv = String::from("model,n_s,mitigation,length,cells,correct,accuracy,mean_tokens\n");
+    for r in &report.accuracy {
+        let _ = writeln!(csv, "{},{},{},{},{},{},{:.4},{:.1}", r.model, r.n_s, r.mitigation, r.length, r.cells, r.correct, r.accuracy(), r.mean_tokens);
+    }
+    write("accuracy.csv", &csv)?;
+
+    let mut plots = Vec::new();
+    let mut models: Vec<String> = report.accuracy.iter().map(|r| r.model.clone()).collect();
+    models.dedup();
+    let mut lengths: Vec<usize> = report.accuracy.iter().map(|r| r.length).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    for model in &models {
+        let rows: Vec<&AccuracyRow> = report.accuracy.iter().filter(|r| &r.model == model).collect();
+        let mut arms: Vec<String> = rows.iter().map(|r| r.mitigation.clone()).collect();
+        arms.dedup();
+        let series: Vec<(String, Vec<(usize, f64)>)> = arms
+            .iter()
+            .map(|arm| (arm.clone(), rows.iter().filter(|r| &r.mitigation == arm).map(|r| (r.length, r.accuracy())).collect()))
+            .collect();
+        let train = report.capacity.iter().find(|c| &c.0 == model).and_then(|c| c.4);
+        let path = dir.join(format!("accuracy-{}.svg", file_safe(model)));
+        plot::accuracy_curves(&path, &format!("passkey accuracy, {model}"), &series, train)?;
+        plots.push(path);
+        for arm in &arms {
+            // Ten depth bins, as the paper's heatmaps.
+            const BINS: usize = 10;
+            let mut cells = vec![vec![None; lengths.len()]; BINS];
+            for (c, &length) in lengths.iter().enumerate() {
+                let mut tally = [(0usize, 0usize); BINS];
+                for r in records.iter().filter(|r| &r.model == model && &r.mitigation == arm && r.length == length) {
+                    let bin = ((r.depth * BINS as f64) as usize).min(BINS - 1);
+                    tally[bin].0 += r.correct as usize;
+                    tally[bin].1 += 1;
+                }
+                for (bin, (ok, n)) in tally.iter().enumerate() {
+                    if *n > 0 {
+                        cells[bin][c] = Some(*ok as f64 / *n as f64);
+                    }
+                }
+            }
+            let path = dir.join(format!("heatmap-{}-{}.svg", file_safe(model), file_safe(arm)));
+            plot::heatmap(&path, &format!("passkey accuracy by depth, {model}, {arm}"), &lengths, &cells)?;
+            plots.push(path);
+        }
+    }
+    let mut arms: Vec<String> = report.capacity.iter().map(|c| c.2.clone()).collect();
+    arms.sort();
+    arms.dedup();
+    let points: Vec<(String, Vec<(f64, f64)>)> = arms
+        .iter()
+        .map(|arm| {
+            let pts = report.capacity.iter().filter(|c| &c.2 == arm).filter_map(|c| c.3.map(|cap| (c.1 as f64 / 1e6, cap as f64 / 1000.0))).collect();
+            (arm.clone(), pts)
+        })
+        .collect();
+    let fits: Vec<(String, f64, f64, f64)> = report.fits.iter().filter_map(|(arm, f)| f.map(|f| (arm.clone(), f.a, f.b, f.c))).collect();
+    let path = dir.join("capacity.svg");
+    plot::capacity(&path, &points, &fits)?;
+    plots.push(path);
+    write("report.md", &report.markdown(&plots))?;
+    Ok(report)
+}

@@ -1,0 +1,196 @@
+//! Result files: one JSON line per finished cell, appended and synced as each cell finishes, so
+//! a killed sweep loses nothing that finished; resuming skips finished cells and repairs a torn
+//! last line. Each shard writes its own file; the report reads them all.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::EvalError;
+
+/// One finished cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellRecord {
+    pub model: String,
+    pub n_s: usize,
+    pub mitigation: String,
+    pub template: String,
+    pub seed: u64,
+    /// Requested length.
+    pub length: usize,
+    /// Exact prompt length in tokens.
+    pub tokens: usize,
+    pub depth: f64,
+    pub depth_index: usize,
+    pub depths: usize,
+    pub needle_block: usize,
+    pub key: String,
+    pub prediction: String,
+    pub correct: bool,
+    /// Wall time of this cell's fork (needle, remaining filler, question, answer) plus the shared
+    /// pass from the previous needle up to this one: a group's cells add up to its wall time.
+    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_length: Option<usize>,
+}
+
+impl CellRecord {
+    /// What identifies a cell across runs, resumes and shards.
+    pub fn id(&self) -> String {
+        cell_id(&self.model, &self.mitigation, &self.template, self.seed, self.length, self.depths, self.depth_index)
+    }
+}
+
+pub(crate) fn cell_id(model: &str, mitigation: &str, template: &str, seed: u64, length: usize, depths: usize, depth_index: usize) -> String {
+    format!("{model}\u{1f}{mitigation}\u{1f}{template}\u{1f}{seed}\u{1f}{length}\u{1f}{depths}\u{1f}{depth_index}")
+}
+
+/// Shard `index` of `count` (a cluster job array's task), as `I/N` with 0 <= I < N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub fn whole() -> Shard {
+        Shard { index: 0, count: 1 }
+    }
+
+    pub fn parse(text: &str) -> Result<Shard, EvalError> {
+        let bad = || EvalError::Arguments(format!("--shard `{text}`: expected I/N with 0 <= I < N"));
+        let (i, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.trim().parse::<usize>().map_err(|_| bad())?, n.trim().parse::<usize>().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    pub fn file_name(&self) -> String {
+        if self.count == 1 {
+            "results.jsonl".into()
+        } else {
+            format!("results-shard-{}-of-{}.jsonl", self.index, self.count)
+        }
+    }
+}
+
+/// The result file a sweep appends to.
+pub struct ResultsFile {
+    path: PathBuf,
+    file: File,
+    done: HashSet<String>,
+}
+
+impl ResultsFile {
+    /// Opens `dir/<shard file>`. Without `resume`, an existing non-empty file is an error (so no
+    /// run silently mixes with an earlier one); with it, finished cells are loaded and a torn last
+    /// line (a write the kill interrupted) is cut off.
+    pub fn open(dir: &Path, shard: Shard, resume: bool) -> Result<ResultsFile, EvalError> {
+        let path = dir.join(shard.file_name());
+        let fail = |message: String| EvalError::Results { path: path.clone(), message };
+        std::fs::create_dir_all(dir).map_err(|e| EvalError::Results { path: dir.to_owned(), message: e.to_string() })?;
+        let mut done = HashSet::new();
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
+            if !bytes.is_empty() && !resume {
+                return Err(fail("holds results of an earlier run: pass --resume to continue it, or choose another --out".into()));
+            }
+            let (records, good_len) = parse_lines(&bytes, &path)?;
+            done.extend(records.iter().map(CellRecord::id));
+            if good_len < bytes.len() {
+                let file = OpenOptions::new().write(true).open(&path).map_err(|e| fail(e.to_string()))?;
+                file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| fail(e.to_string()))?;
+        Ok(ResultsFile { path, file, done })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_done(&self, id: &str) -> bool {
+        self.done.contains(id)
+    }
+
+    pub fn done_count(&self) -> usize {
+        self.done.len()
+    }
+
+    /// Appends one cell as a line and syncs it to disk before returning.
+    pub fn append(&mut self, record: &CellRecord) -> Result<(), EvalError> {
+        let mut line = serde_json::to_string(record).expect("a record serialises");
+        line.push('\n');
+        let fail = |e: std::io::Error| EvalError::Results { path: self.path.clone(), message: e.to_string() };
+        self.file.write_all(line.as_bytes()).map_err(fail)?;
+        self.file.sync_data().map_err(fail)?;
+        self.done.insert(record.id());
+        Ok(())
+    }
+}
+
+/// Parses JSON lines; returns the records and the byte length of the complete, valid prefix. Only
+/// the last line may be torn; a bad line before it means the file is not ours.
+fn parse_lines(bytes: &[u8], path: &Path) -> Result<(Vec<CellRecord>, usize), EvalError> {
+    let mut records = Vec::new();
+    let mut offset = 0;
+    let mut good_len = 0;
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        let last = i + 1 == lines.len();
+        offset += line.len();
+        let complete = line.ends_with(b"\n");
+        let text = std::str::from_utf8(line).ok().map(str::trim).unwrap_or("");
+        if text.is_empty() && complete {
+            good_len = offset;
+            continue;
+        }
+        match serde_json::from_str::<CellRecord>(text) {
+            Ok(record) if complete => {
+                records.push(record);
+                good_len = offset;
+            }
+            _ if last => break, // torn by a kill: dropped, the cell runs again
+            Ok(_) | Err(_) => {
+                return Err(EvalError::Results {
+                    path: path.to_owned(),
+                    message: format!("line {} is not a passkey result; is this a results file of `coil passkey`?", i + 1),
+                })
+            }
+        }
+    }
+    Ok((records, good_len))
+}
+
+/// Every record in `results*.jsonl` of each directory (shards merged), a torn last line skipped,
+/// each cell once (the last copy wins).
+pub fn read_results(dirs: &[PathBuf]) -> Result<Vec<CellRecord>, EvalError> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        let entries = std::fs::read_dir(dir).map_err(|e| EvalError::Results { path: dir.clone(), message: e.to_string() })?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("results") && name.ends_with(".jsonl") {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    if files.is_empty() {
+        return Err(EvalError::Results { path: dirs.first().cloned().unwrap_or_default(), message: "no results*.jsonl here".into() });
+    }
+    let mut by_id = std::collections::BTreeMap::new();
+    for path in files {
+        let bytes = std::fs::read(&path).map_err(|e| EvalError::Results { path: path.clone(), message: e.to_string() })?;
+        for record in parse_lines(&bytes, &path)?.0 {
+            by_id.insert(record.id(), record);
+        }
+    }
+    Ok(by_id.into_values().collect())
+}

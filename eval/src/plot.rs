@@ -1,0 +1,191 @@
+//! Plots as SVG (plotters' SVG backend: no fonts or image libraries needed): log-scale line
+//! plots, linear line plots and heatmaps.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// Why a plot could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct PlotError {
+    pub path: std::path::PathBuf,
+    pub message: String,
+}
+
+fn check_svg(path: &Path) -> Result<(), PlotError> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("svg") => Ok(()),
+        _ => Err(PlotError { path: path.to_owned(), message: "plots are written as SVG; give a file name ending in .svg".into() }),
+    }
+}
+
+fn failed(path: &Path, error: impl std::fmt::Display) -> PlotError {
+    PlotError { path: path.to_owned(), message: format!("cannot draw the plot: {error}") }
+}
+
+/// One line per `(label, points)`, log-scaled y, an optional dashed vertical marker.
+pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(u64, f32)>)], marker: Option<u64>) -> Result<(), PlotError> {
+    check_svg(path)?;
+    let points = series.iter().flat_map(|(_, p)| p.iter());
+    let (x_max, y_min, y_max) = points.fold((1u64, f32::INFINITY, 0f32), |(x, lo, hi), &(px, py)| {
+        (x.max(px), if py > 0.0 { lo.min(py) } else { lo }, hi.max(py))
+    });
+    let (y_min, y_max) = if y_min.is_finite() { (y_min * 0.8, (y_max * 1.25).max(y_min * 1.01)) } else { (1e-3, 1.0) };
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0u64..x_max, (y_min..y_max).log_scale())?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).y_labels(10).y_label_formatter(&|v| format!("{v:.3e}")).draw()?;
+        for (i, (label, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.iter().filter(|p| p.1 > 0.0).copied(), color.stroke_width(2)))?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+        if let Some(x) = marker.filter(|&x| x <= x_max) {
+            chart.draw_series(DashedLineSeries::new(vec![(x, y_min), (x, y_max)], 6, 4, BLACK.mix(0.5).into()))?;
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| failed(path, e))
+}
+
+/// Accuracy (0..1) against length on a log2 x axis, one line per series, the training length
+/// dashed when known.
+pub fn accuracy_curves(path: &Path, title: &str, series: &[(String, Vec<(usize, f64)>)], train_length: Option<usize>) -> Result<(), PlotError> {
+    check_svg(path)?;
+    let lengths = series.iter().flat_map(|(_, p)| p.iter().map(|&(l, _)| l as f64));
+    let (x_min, x_max) = lengths.fold((f64::INFINITY, 1.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
+    let x_min = if x_min.is_finite() { x_min / 1.2 } else { 1.0 };
+    let x_max = (x_max * 1.2).max(x_min * 2.0);
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..1.02f64)?;
+        chart
+            .configure_mesh()
+            .x_desc("context length (tokens)")
+            .y_desc("passkey accuracy")
+            .x_label_formatter(&|v| format_length(*v as usize))
+            .draw()?;
+        for (i, (label, points)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let points: Vec<(f64, f64)> = points.iter().map(|&(l, a)| (l as f64, a)).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                .label(label.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        if let Some(t) = train_length {
+            chart.draw_series(DashedLineSeries::new(vec![(t as f64, 0.0), (t as f64, 1.02)], 6, 4, BLACK.mix(0.5).into()))?;
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| failed(path, e))
+}
+
+/// Accuracy per (depth bin, length) as coloured cells, red (0) to green (1); empty cells grey.
+pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<f64>>]) -> Result<(), PlotError> {
+    check_svg(path)?;
+    let (columns, rows) = (lengths.len(), cells.len());
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..columns as f64, 0f64..rows as f64)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("context length (tokens)")
+            .y_desc("needle depth")
+            .x_labels(columns.min(16))
+            .y_labels(rows + 1)
+            .x_label_formatter(&|v| lengths.get(v.floor() as usize).map_or(String::new(), |&l| format_length(l)))
+            .y_label_formatter(&|v| format!("{:.1}", v / rows as f64))
+            .draw()?;
+        for (r, row) in cells.iter().enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let color = match value {
+                    Some(a) => RGBColor((255.0 * (1.0 - a)) as u8, (200.0 * a) as u8, 60).to_rgba(),
+                    None => RGBColor(220, 220, 220).to_rgba(),
+                };
+                chart.draw_series(std::iter::once(Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], color.filled())))?;
+            }
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| failed(path, e))
+}
+
+/// Capacity (thousands of tokens) against N_S (millions): measured points per arm, each arm's
+/// fitted `a (b^N_S - 1) + c`, and the paper's fit.
+pub fn capacity(path: &Path, points: &[(String, Vec<(f64, f64)>)], fits: &[(String, f64, f64, f64)]) -> Result<(), PlotError> {
+    check_svg(path)?;
+    let x_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(0.1f64, f64::max) * 1.3;
+    let y_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1.0f64, f64::max) * 1.3;
+    let paper = |x: f64| 4.756 * (1.365f64.powf(x) - 1.0) - 0.742;
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("passkey capacity against state size", ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+        chart.configure_mesh().x_desc("N_S (million state elements)").y_desc("capacity (thousand tokens)").draw()?;
+        let curve = |f: &dyn Fn(f64) -> f64| (0..=200).map(|i| x_max * i as f64 / 200.0).map(|x| (x, f(x))).filter(|p| p.1 >= 0.0 && p.1 <= y_max).collect::<Vec<_>>();
+        chart
+            .draw_series(DashedLineSeries::new(curve(&paper), 6, 4, BLACK.mix(0.6).into()))?
+            .label("paper: 4.756 (1.365^N_S - 1) - 0.742")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+        for (i, (label, pts)) in points.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?
+                .label(label.as_str())
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+            if let Some((_, a, b, c)) = fits.iter().find(|f| &f.0 == label) {
+                let (a, b, c) = (*a, *b, *c);
+                chart.draw_series(LineSeries::new(curve(&move |x| a * (b.powf(x) - 1.0) + c), color.stroke_width(2)))?;
+            }
+        }
+        chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| failed(path, e))
+}
+
+/// `512`, `4k`, `1m`.
+pub fn format_length(tokens: usize) -> String {
+    if tokens >= 1 << 20 && tokens % (1 << 20) == 0 {
+        format!("{}m", tokens >> 20)
+    } else if tokens >= 1024 && tokens % 1024 == 0 {
+        format!("{}k", tokens >> 10)
+    } else {
+        tokens.to_string()
+    }
+}

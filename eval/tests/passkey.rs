@@ -1,0 +1,209 @@
+//! The passkey evaluator against a fake model whose recall is known exactly: it remembers only
+//! its last M tokens and answers with the digits after the last "passkey is " it can still see.
+
+use std::collections::VecDeque;
+
+use coil_eval::passkey::{
+    depth, parse_lengths, read_results, run_sweep, write_report, CellRecord, EvalError, ResultsFile, Shard, Subject, SweepConfig,
+    Template, TokenizedTemplate,
+};
+
+/// Characters are tokens.
+struct Fake {
+    memory: usize,
+    name: String,
+}
+
+impl Subject for Fake {
+    type State = VecDeque<u32>;
+
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+    fn mitigation(&self) -> &str {
+        "none"
+    }
+    fn state_elements(&self) -> usize {
+        self.memory * 1000
+    }
+    fn train_length(&self) -> Option<usize> {
+        Some(256)
+    }
+    fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
+        Ok(text.chars().map(|c| c as u32).collect())
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String, EvalError> {
+        Ok(ids.iter().filter_map(|&i| char::from_u32(i)).collect())
+    }
+    fn start(&self) -> Result<VecDeque<u32>, EvalError> {
+        Ok(VecDeque::new())
+    }
+    fn fork(&self, state: &VecDeque<u32>) -> VecDeque<u32> {
+        state.clone()
+    }
+    fn feed(&self, state: &mut VecDeque<u32>, tokens: &[u32]) -> Result<(), EvalError> {
+        for &t in tokens {
+            state.push_back(t);
+            if state.len() > self.memory {
+                state.pop_front();
+            }
+        }
+        Ok(())
+    }
+    fn answer(&self, state: &mut VecDeque<u32>, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError> {
+        self.feed(state, tail)?;
+        let seen: String = state.iter().filter_map(|&i| char::from_u32(i)).collect();
+        let digits: String = seen
+            .rmatch_indices("passkey is ")
+            .find_map(|(i, m)| {
+                let after = &seen[i + m.len()..];
+                let d: String = after.chars().take(5).collect();
+                (d.len() == 5 && d.chars().all(|c| c.is_ascii_digit())).then_some(d)
+            })
+            .unwrap_or_else(|| "?????".into());
+        Ok(format!(" {digits}").chars().map(|c| c as u32).chain(std::iter::repeat(b'.' as u32)).take(count).collect())
+    }
+}
+
+fn config(lengths: &str, depths: usize) -> SweepConfig {
+    SweepConfig { lengths: parse_lengths(lengths).unwrap(), depths, seed: 7, template: Template::paper(), shard: Shard::whole() }
+}
+
+fn fakes() -> Vec<Fake> {
+    vec![Fake { memory: 300, name: "m300".into() }, Fake { memory: 1200, name: "m1200".into() }, Fake { memory: 5000, name: "m5000".into() }]
+}
+
+/// Whether the fake with `memory` tokens can see "passkey is DDDDD" of this cell at question time.
+fn fake_recalls(memory: usize, record: &CellRecord, template: &TokenizedTemplate) -> bool {
+    let needle_start = template.prefix.len() + record.needle_block * template.block.len();
+    let match_start = needle_start + "The ".len();
+    record.tokens - match_start <= memory
+}
+
+#[test]
+fn lengths_parse_lists_and_geometric_ranges() {
+    assert_eq!(parse_lengths("1k,2k,512").unwrap(), vec![512, 1024, 2048]);
+    assert_eq!(parse_lengths("1k..8k").unwrap(), vec![1024, 2048, 4096, 8192]);
+    assert_eq!(parse_lengths("1k..1m:x4").unwrap(), vec![1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20]);
+    for bad in ["", "0", "x", "4k..1k", "1k..4k:x1", "1k..4k:xz"] {
+        assert!(parse_lengths(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn prompts_land_within_one_block_and_place_the_needle_as_the_paper() {
+    let fake = Fake { memory: 10, name: "f".into() };
+    let t = TokenizedTemplate::new(&Template::paper(), |s| fake.encode(s)).unwrap();
+    for length in [300, 1000, 4096, 10_000] {
+        for i in 0..7 {
+            let d = depth(i, 7);
+            let layout = t.layout(length, d).unwrap();
+            assert_eq!(layout.needle_block, (d * (layout.blocks - 1) as f64) as usize);
+            let needle = fake.encode(&Template::paper().needle_for("12345")).unwrap();
+            let prompt = t.materialise(layout, &needle);
+            assert_eq!(prompt.len(), t.prompt_tokens(layout, needle.len()));
+            let filler_only = t.prefix.len() + layout.blocks * t.block.len() + t.suffix.len();
+            assert!(filler_only <= length && length - filler_only < t.block.len(), "length {length}: {filler_only}");
+            let text = fake.decode(&prompt).unwrap();
+            assert!(text.starts_with(Template::paper().prefix.as_str()) && text.ends_with(Template::paper().suffix.as_str()));
+            assert_eq!(text.matches("12345").count(), 2);
+        }
+    }
+    assert!(t.layout(50, 0.5).is_err(), "too short for the template");
+}
+
+#[test]
+fn fake_model_capacity_comes_out_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("256..16k", 20);
+    let fakes = fakes();
+    let mut results = ResultsFile::open(dir.path(), Shard::whole(), false).unwrap();
+    let summary = run_sweep(&fakes, &config, &mut results, |_| {}).unwrap();
+    assert_eq!(summary.cells_run, 3 * 7 * 20);
+    assert!(summary.saving() > 0.3, "forking saves work: {}", summary.saving());
+    let records = read_results(&[dir.path().to_owned()]).unwrap();
+    assert_eq!(records.len(), 3 * 7 * 20);
+    let template = TokenizedTemplate::new(&config.template, |s| fakes[0].encode(s)).unwrap();
+    for r in &records {
+        let fake = fakes.iter().find(|f| f.name == r.model).unwrap();
+        assert_eq!(r.correct, fake_recalls(fake.memory, r, &template), "{r:?}");
+    }
+    let report = write_report(&records, 0.95, dir.path()).unwrap();
+    // Capacity = the longest length at which >= 95% of needles are within memory.
+    for fake in &fakes {
+        let expected = config
+            .lengths
+            .iter()
+            .copied()
+            .filter(|&l| {
+                let cells: Vec<&CellRecord> = records.iter().filter(|r| r.model == fake.name && r.length == l).collect();
+                cells.iter().filter(|r| fake_recalls(fake.memory, r, &template)).count() as f64 / cells.len() as f64 >= 0.95
+            })
+            .max();
+        let got = report.capacity.iter().find(|c| c.0 == fake.name).unwrap().3;
+        assert_eq!(got, expected, "{}", fake.name);
+    }
+    assert_eq!(report.capacity.iter().find(|c| c.0 == "m300").unwrap().3, Some(256));
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("| m1200 |") && md.contains("## Capacity law"));
+    for plot in ["capacity.svg", "accuracy-m300.svg", "heatmap-m5000-none.svg"] {
+        assert!(std::fs::read_to_string(dir.path().join(plot)).unwrap().starts_with("<svg"), "{plot}");
+    }
+}
+
+/// Simulates a kill: the first cells written, then a torn line; resuming finishes the rest and
+/// ends with every cell exactly once, the same as an uninterrupted run.
+#[test]
+fn resume_after_a_kill_loses_nothing_and_duplicates_nothing() {
+    let config = config("512,2k,4k", 8);
+    let fakes = fakes();
+    let whole = tempfile::tempdir().unwrap();
+    run_sweep(&fakes, &config, &mut ResultsFile::open(whole.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
+    let complete = std::fs::read_to_string(whole.path().join("results.jsonl")).unwrap();
+    let lines: Vec<&str> = complete.lines().collect();
+
+    let killed = tempfile::tempdir().unwrap();
+    let mut partial = lines[..29].join("\n");
+    partial.push('\n');
+    partial.push_str(&lines[29][..lines[29].len() / 2]); // torn mid-line
+    std::fs::write(killed.path().join("results.jsonl"), partial).unwrap();
+    assert!(ResultsFile::open(killed.path(), Shard::whole(), false).is_err(), "refuses to mix runs without --resume");
+    let mut results = ResultsFile::open(killed.path(), Shard::whole(), true).unwrap();
+    assert_eq!(results.done_count(), 29);
+    let summary = run_sweep(&fakes, &config, &mut results, |_| {}).unwrap();
+    assert_eq!((summary.cells_skipped, summary.cells_run), (29, lines.len() - 29));
+
+    let text = std::fs::read_to_string(killed.path().join("results.jsonl")).unwrap();
+    let resumed: Vec<CellRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut ids: Vec<String> = resumed.iter().map(CellRecord::id).collect();
+    ids.sort();
+    let before = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), before, "no cell twice");
+    let reference = read_results(&[whole.path().to_owned()]).unwrap();
+    assert_eq!(ids.len(), reference.len(), "every cell");
+    for r in &reference {
+        let again = resumed.iter().find(|x| x.id() == r.id()).unwrap();
+        assert_eq!((&again.prediction, again.correct), (&r.prediction, r.correct));
+    }
+}
+
+#[test]
+fn shards_cover_every_cell_once() {
+    let config = config("512..8k", 6);
+    let fakes = fakes();
+    let dir = tempfile::tempdir().unwrap();
+    let mut per_shard = Vec::new();
+    for index in 0..4 {
+        let mut sharded = config.clone();
+        sharded.shard = Shard { index, count: 4 };
+        let mut results = ResultsFile::open(dir.path(), sharded.shard, false).unwrap();
+        per_shard.push(run_sweep(&fakes, &sharded, &mut results, |_| {}).unwrap().cells_run);
+    }
+    let records = read_results(&[dir.path().to_owned()]).unwrap();
+    assert_eq!(records.len(), 3 * 5 * 6);
+    assert_eq!(per_shard.iter().sum::<usize>(), records.len(), "no cell in two shards: {per_shard:?}");
+    assert!(per_shard.iter().all(|&n| n > 0));
+    assert!(Shard::parse("4/4").is_err() && Shard::parse("1/0").is_err() && Shard::parse("x").is_err());
+    assert_eq!(Shard::parse("3/8").unwrap(), Shard { index: 3, count: 8 });
+}
