@@ -14,6 +14,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cli::inspect(args),
         Command::Calibrate(args) => cli::calibrate::run(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Passkey(args) => cli::passkey::passkey(args),
+        Command::Report(args) => cli::passkey::report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,6 +23,60 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Stream a long text or probe and record per layer/head state diagnostics as CSV.
     Stats(StatsArgs),
+    /// Passkey-retrieval capacity sweep over lengths, depths, mitigations and checkpoints.
+    Passkey(PasskeyArgs),
+    /// Merge sweep results (shards, several folders) into accuracy tables, capacity and plots.
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PasskeyArgs {
+    /// Checkpoint folders (repeat to sweep state sizes); default: the embedded checkpoint.
+    #[arg(long = "model", value_name = "DIR")]
+    pub models: Vec<PathBuf>,
+    /// Context lengths in tokens: `1k,2k,4k`, or geometric `1k..1m` (doubling), `1k..1m:x4`.
+    #[arg(long, value_name = "LIST")]
+    pub lengths: String,
+    /// Needle depths per length, at (i + 0.5) / N.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub depths: usize,
+    /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`).
+    #[arg(long = "mitigate", value_name = "SPEC")]
+    pub arms: Vec<String>,
+    /// Accuracy at which a length counts as retrieved (capacity).
+    #[arg(long, default_value_t = 0.95)]
+    pub threshold: f64,
+    /// Prompt template: paper, landmark, ruler, or a JSON file with prefix/filler/needle/suffix.
+    #[arg(long, default_value = "paper")]
+    pub template: String,
+    /// Seed of the passkeys.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Results folder: results.jsonl (one line per cell), report.md, plots.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue a sweep in --out, skipping finished cells.
+    #[arg(long)]
+    pub resume: bool,
+    /// Run only shard I of N (0-based), e.g. a cluster array task; merge with `coil report`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    #[arg(long, value_name = "Q")]
+    pub chunk_size: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Folders holding results*.jsonl (shards of one sweep, or several sweeps).
+    #[arg(value_name = "DIR", required = true)]
+    pub dirs: Vec<PathBuf>,
+    #[arg(long, default_value_t = 0.95)]
+    pub threshold: f64,
+    /// Where to write report.md, accuracy.csv and the plots (default: the first folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 /// State-collapse mitigations (docs/mitigations.md).

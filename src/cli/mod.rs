@@ -6,6 +6,7 @@ mod input;
 mod inspect;
 mod load;
 mod logits_file;
+pub mod passkey;
 mod plan;
 mod progress;
 mod run;

@@ -1,0 +1,113 @@
+//! `coil passkey` and `coil report`: the capacity sweep and its report.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use coil::Source;
+use coil_eval::passkey::{parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
+use super::load::load;
+
+pub fn passkey(args: PasskeyArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.threshold) {
+        bail!("--threshold must be between 0 and 1");
+    }
+    let lengths = parse_lengths(&args.lengths)?;
+    let template = Template::named(&args.template)?;
+    let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
+    let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
+    let sources: Vec<Option<std::path::PathBuf>> =
+        if args.models.is_empty() { vec![None] } else { args.models.iter().cloned().map(Some).collect() };
+
+    let mut subjects = Vec::new();
+    for (i, dir) in sources.iter().enumerate() {
+        let model_args = ModelArgs {
+            model: dir.clone(),
+            threads: if i == 0 { args.threads } else { None },
+            chunk_size: args.chunk_size,
+            piece_len: 1024,
+        };
+        let mut loaded = load(&model_args)?;
+        let name = match &loaded.source {
+            Source::Dir(d) => d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned()),
+            _ => "default".to_owned(),
+        };
+        let train_length = loaded.train_length();
+        let plans = arms
+            .iter()
+            .map(|arm| super::plan::resolve(&loaded, &MitigationArgs { specs: vec![arm.clone()] }))
+            .collect::<Result<Vec<_>>>()?;
+        let tokenizer = Arc::new(
+            loaded.tokenizer.take().with_context(|| format!("{}: the passkey sweep needs the model's tokenizer.json", loaded.source))?,
+        );
+        for plan in plans {
+            subjects.push(CoilSubject {
+                model: loaded.model.clone(),
+                mitigation: plan.describe(),
+                plan,
+                tokenizer: tokenizer.clone(),
+                name: name.clone(),
+                train_length,
+            });
+        }
+    }
+    let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard };
+    let mut results = ResultsFile::open(&args.out, shard, args.resume)?;
+    let total_groups = subjects.len() * config.lengths.len();
+    let cells = (0..total_groups).filter(|g| g % shard.count == shard.index).count() * config.depths;
+    eprintln!(
+        "passkey sweep: {} model(s) x {} arm(s) x {} lengths x {} depths = {cells} cells{} -> {}",
+        sources.len(),
+        arms.len(),
+        config.lengths.len(),
+        config.depths,
+        if shard.count > 1 { format!(" in shard {}/{}", shard.index, shard.count) } else { String::new() },
+        results.path().display()
+    );
+    let bar = ProgressBar::new(cells as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} cells {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
+    );
+    let summary = run_sweep(&subjects, &config, &mut results, |p| {
+        bar.set_position(p.cells_done as u64);
+        bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / p.seconds.max(1e-9)));
+    })?;
+    bar.finish_and_clear();
+    eprintln!(
+        "{} cells run, {} already done; {} tokens in {:.1} s ({:.0} tok/s); forking at the needles saved {:.0}% of the work ({} tokens instead of {})",
+        summary.cells_run,
+        summary.cells_skipped,
+        summary.tokens_processed,
+        summary.seconds,
+        summary.tokens_processed as f64 / summary.seconds.max(1e-9),
+        summary.saving() * 100.0,
+        summary.tokens_processed,
+        summary.tokens_unshared
+    );
+    let records = read_results(std::slice::from_ref(&args.out))?;
+    let report = write_report(&records, args.threshold, &args.out)?;
+    print_capacity(&report);
+    eprintln!("report: {}", args.out.join("report.md").display());
+    Ok(())
+}
+
+pub fn report(args: ReportArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.threshold) {
+        bail!("--threshold must be between 0 and 1");
+    }
+    let records = read_results(&args.dirs)?;
+    let out = args.out.clone().unwrap_or_else(|| args.dirs[0].clone());
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let report = write_report(&records, args.threshold, &out)?;
+    print_capacity(&report);
+    eprintln!("{} cells merged; report: {}", records.len(), out.join("report.md").display());
+    Ok(())
+}
+
+fn print_capacity(report: &Report) {
+    println!("model\tN_S\tmitigation\tcapacity");
+    for (model, n_s, arm, capacity, _) in &report.capacity {
+        println!("{model}\t{n_s}\t{arm}\t{}", capacity.map_or("<shortest".into(), |c| c.to_string()));
+    }
+}

@@ -1,0 +1,76 @@
+//! The passkey sweep on a real model: forked-state answers equal from-scratch ones, and a sweep
+//! killed with SIGKILL and resumed ends with every cell exactly once.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coil::{Checkpoint, Model, Plan, Sampler, SamplingConfig, Session};
+use coil_eval::passkey::{depth, key, read_results, run_sweep, CellRecord, CoilSubject, ResultsFile, Shard, SweepConfig, Template, TokenizedTemplate};
+
+fn subject(mitigation: &str) -> CoilSubject {
+    let mut checkpoint = Checkpoint::embedded_default().unwrap();
+    let tokenizer = Arc::new(checkpoint.tokenizer.take().unwrap());
+    let model = Arc::new(Model::from_checkpoint(checkpoint));
+    let mitigations = coil::Mitigation::parse_list(mitigation).unwrap();
+    let plan = Arc::new(Plan::resolve(&model, &mitigations, None, std::path::Path::new(".")).unwrap());
+    CoilSubject { model, mitigation: plan.describe(), plan, tokenizer, name: "default".into(), train_length: None }
+}
+
+#[test]
+fn forked_state_answers_equal_from_scratch_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let subjects = vec![subject("none"), subject("window:size=300,granularity=16")];
+    let config = SweepConfig { lengths: vec![700, 1500], depths: 5, seed: 3, template: Template::paper(), shard: Shard::whole() };
+    run_sweep(&subjects, &config, &mut ResultsFile::open(dir.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
+    let records = read_results(&[dir.path().to_owned()]).unwrap();
+    assert_eq!(records.len(), 2 * 2 * 5);
+    for r in &records {
+        let s = subjects.iter().find(|s| s.mitigation == r.mitigation).unwrap();
+        let template = TokenizedTemplate::new(&config.template, |t| Ok(s.tokenizer.encode(t)?)).unwrap();
+        let layout = template.layout(r.length, depth(r.depth_index, r.depths)).unwrap();
+        assert_eq!(r.key, key(config.seed, r.length, r.depth_index));
+        let needle = s.tokenizer.encode(&config.template.needle_for(&r.key)).unwrap();
+        let prompt = template.materialise(layout, &needle);
+        assert_eq!(prompt.len(), r.tokens);
+        let mut session = Session::with_plan(s.model.clone(), s.plan.clone());
+        session.set_piece_len(97);
+        session.prefill(&prompt).unwrap();
+        let count = s.tokenizer.encode(&format!(" {}", r.key)).unwrap().len().max(5);
+        let answer = session.generate(&mut Sampler::new(SamplingConfig::default()), count, 500, |_| true).unwrap();
+        assert_eq!(s.tokenizer.decode(&answer).unwrap(), r.prediction, "{r:?}");
+    }
+}
+
+#[test]
+fn sigkilled_sweep_resumes_with_every_cell_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let args = ["passkey", "--lengths", "4k..32k", "--depths", "6", "--mitigate", "none", "--mitigate", "rri:lambda=0.99", "--out", out.to_str().unwrap()];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coil")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let results = out.join("results.jsonl");
+    let started = Instant::now();
+    // Kill it once a few cells are on disk (or it finished, on a very fast machine).
+    loop {
+        let lines = std::fs::read_to_string(&results).map(|t| t.lines().count()).unwrap_or(0);
+        if lines >= 5 || child.try_wait().unwrap().is_some() || started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let before = std::fs::read_to_string(&results).unwrap().lines().count();
+    assert!(before < 2 * 4 * 6, "the kill came after the sweep finished: nothing was tested");
+
+    let status = Command::new(env!("CARGO_BIN_EXE_coil")).args(args).arg("--resume").stderr(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&results).unwrap();
+    let records: Vec<CellRecord> = text.lines().map(|l| serde_json::from_str(l).expect("every line whole")).collect();
+    let mut ids: Vec<String> = records.iter().map(CellRecord::id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), records.len(), "a cell appears twice");
+    assert_eq!(records.len(), 2 * 4 * 6, "a cell is missing ({before} were done before the kill)");
+    assert!(out.join("report.md").exists());
+}
