@@ -2,5 +2,5 @@
 //! memory. This facade re-exports the library API: load a [`Checkpoint`], build a [`Model`], and
 //! stream tokens through a [`Session`].
 
-pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
+pub use coil_checkpoints::{convert_to_hf, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
 pub use coil_ssm::{Error, LogitRows, Model, Sampler, SamplingConfig, Session, State, StateShape};

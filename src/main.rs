@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run(args),
         Command::Score(args) => cli::score(args),
         Command::Inspect(args) => cli::inspect(args),
+        Command::Convert(args) => cli::convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 mod config;
 mod embedded;
 mod error;
+mod export;
 mod json;
 mod source;
 mod tensors;
@@ -16,6 +17,7 @@ mod weights;
 
 pub use config::{Config, Dialect};
 pub use error::LoadError;
+pub use export::{convert_to_hf, Exported};
 pub use source::{Checkpoint, Source};
 pub use tensors::{DType, TensorStore};
 pub use tokenizer::{StreamDecoder, Tokenizer};

@@ -19,6 +19,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Describe a checkpoint: dialect, sizes, state size, parameters, dtypes, tokenizer.
     Inspect(InspectArgs),
+    /// Write a checkpoint (either dialect, safetensors or pytorch_model.bin) as an HF-dialect
+    /// folder: config.json + model.safetensors (+ tokenizer.json).
+    Convert(ConvertArgs),
 }
 
 /// Options every command shares.
@@ -112,4 +115,14 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The checkpoint folder to read.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The folder to write (created if missing; its model files are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }

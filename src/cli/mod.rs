@@ -1,6 +1,7 @@
 //! The `coil` command line: arguments in, a validated plan, then library calls.
 
 pub mod args;
+mod convert;
 mod input;
 mod inspect;
 mod load;
@@ -9,6 +10,7 @@ mod progress;
 mod run;
 mod score;
 
+pub use convert::convert;
 pub use inspect::inspect;
 pub use run::run;
 pub use score::score;
