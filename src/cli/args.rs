@@ -27,7 +27,7 @@ pub enum Command {
 /// Options every command shares.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (config.json + model.safetensors [+ tokenizer.json]); defaults to the
+    /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]); defaults to the
     /// small checkpoint embedded in the binary.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
