@@ -80,6 +80,21 @@ fn a_folder_with_only_pytorch_model_bin_matches_hf() {
 }
 
 #[test]
+fn a_sharded_pytorch_model_bin_index_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("mamba_ssm_dialect");
+    std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
+    let shard = "pytorch_model-00001-of-00001.bin";
+    std::fs::copy(source.join("pytorch_model.bin"), dir.path().join(shard)).unwrap();
+    let store = coil_checkpoints::TensorStore::open_dir(&source).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = store.names().iter().map(|n| (n.to_string(), shard.into())).collect();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.path().join("pytorch_model.bin.index.json"), index.to_string()).unwrap();
+    let diff = max_abs_diff(&chunked_logits(dir.path()), &golden_f32("logits"));
+    assert!(diff <= LOGIT_TOLERANCE, "{diff:e}");
+}
+
+#[test]
 fn the_binary_scores_and_inspects_a_bin_only_folder() {
     let dir = tempfile::tempdir().unwrap();
     let path = bin_only(dir.path());
