@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         Command::Stats(args) => cli::stats::run(args),
         Command::Passkey(args) => cli::passkey::passkey(args),
         Command::Report(args) => cli::passkey::report(args),
+        Command::Convert(args) => cli::convert(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,10 @@ pub enum LoadError {
 
     #[error("{}: {message}", path.display())]
     Unsupported { path: PathBuf, message: String },
+
+    /// A `pytorch_model.bin` that cannot be read safely (malformed, lying, or asking for code).
+    #[error("{}: not a readable PyTorch checkpoint: {error}", path.display())]
+    TorchZip { path: PathBuf, error: crate::torch_zip::Error },
 }
 
 impl LoadError {

@@ -1,19 +1,25 @@
-//! Reading Mamba-2 checkpoints: `config.json` in the HF and mamba_ssm dialects, safetensors weights
-//! (memory-mapped, optionally sharded) in f32/f16/bf16, name mapping and validation, and the
-//! tokenizer. Every error names the file, the tensor, and what was expected against what was found.
+//! Reading Mamba-2 checkpoints: `config.json` in the HF and mamba_ssm dialects, weights from
+//! safetensors (memory-mapped, optionally sharded) or PyTorch's zip `pytorch_model.bin` (read by a
+//! restricted pickle interpreter that runs nothing) in f32/f16/bf16, name mapping and validation,
+//! the tokenizer, and writing the HF dialect back out. Every error names the file, the tensor, and
+//! what was expected against what was found.
 
 mod config;
 mod embedded;
 mod error;
+mod export;
 mod json;
 mod source;
 mod tensors;
 mod tokenizer;
+mod torch_zip;
 mod weights;
 
 pub use config::{Config, Dialect};
 pub use error::LoadError;
+pub use export::{convert_to_hf, Exported};
 pub use source::{Checkpoint, Source};
 pub use tensors::{DType, TensorStore};
 pub use tokenizer::{StreamDecoder, Tokenizer};
+pub use torch_zip::Error as TorchZipError;
 pub use weights::{LayerWeights, Tensor, Weights};

@@ -8,7 +8,8 @@ use crate::{Config, LoadError, TensorStore, Tokenizer, Weights};
 /// A checkpoint's location.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A folder with `config.json`, `model.safetensors` (or shards) and maybe `tokenizer.json`.
+    /// A folder with `config.json`, `model.safetensors` (or shards, or `pytorch_model.bin`) and maybe
+    /// `tokenizer.json`.
     Dir(PathBuf),
     /// The small checkpoint compiled into the binary (`checkpoints/default/`).
     EmbeddedDefault,

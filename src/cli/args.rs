@@ -27,6 +27,9 @@ pub enum Command {
     Passkey(PasskeyArgs),
     /// Merge sweep results (shards, several folders) into accuracy tables, capacity and plots.
     Report(ReportArgs),
+    /// Write a checkpoint (either dialect, safetensors or pytorch_model.bin) as an HF-dialect
+    /// folder: config.json + model.safetensors (+ tokenizer.json).
+    Convert(ConvertArgs),
 }
 
 #[derive(Args, Debug)]
@@ -91,7 +94,7 @@ pub struct MitigationArgs {
 /// Options every command shares.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (config.json + model.safetensors [+ tokenizer.json]); defaults to the
+    /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]); defaults to the
     /// small checkpoint embedded in the binary.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
@@ -245,4 +248,14 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The checkpoint folder to read.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The folder to write (created if missing; its model files are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod calibrate;
+mod convert;
 mod input;
 mod inspect;
 mod load;
@@ -13,6 +14,7 @@ mod run;
 mod score;
 pub mod stats;
 
+pub use convert::convert;
 pub use inspect::inspect;
 pub use run::run;
 pub use score::score;

@@ -1,0 +1,218 @@
+//! Writing a checkpoint back out in the HF transformers dialect (`config.json` for
+//! `Mamba2ForCausalLM` plus one `model.safetensors`), from any folder Coil can load: the way to turn
+//! a mamba_ssm `pytorch_model.bin` into safetensors without Python.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, View};
+use serde_json::{json, Value};
+
+use crate::{Config, DType, LoadError, TensorStore, Tokenizer, Weights};
+
+/// What [`convert_to_hf`] wrote.
+#[derive(Clone, Debug)]
+pub struct Exported {
+    pub config: PathBuf,
+    pub model: PathBuf,
+    /// `tokenizer.json` when the source had one.
+    pub tokenizer: Option<PathBuf>,
+    pub tensors: usize,
+    /// The dtypes written: each tensor keeps the one it was stored in (f64 becomes f32).
+    pub dtypes: Vec<DType>,
+}
+
+/// Loads the checkpoint in `model_dir` (either dialect, either weights format), checks every
+/// tensor as loading always does, and writes it to `out_dir` in the HF dialect.
+pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| LoadError::Io { path, source }
+    };
+    let config_path = model_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+    let config = Config::from_json(&text, &config_path)?;
+    let store = TensorStore::open_dir(model_dir)?;
+    let weights = Weights::load(&config, &store)?;
+    if config.d_has_hdim {
+        return Err(LoadError::Unsupported {
+            path: config_path,
+            message: "`D_has_hdim` (a per-channel D) has no equivalent in the HF Mamba-2 config".into(),
+        });
+    }
+    let tokenizer_path = model_dir.join("tokenizer.json");
+    let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
+
+    std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
+    if same(model_dir, out_dir) {
+        return Err(LoadError::config(out_dir, "the output folder must differ from the source folder"));
+    }
+
+    let tensors = hf_tensors(&config, &weights, &store);
+    let mut dtypes: Vec<DType> = tensors.iter().map(|t| t.dtype).collect();
+    dtypes.sort_by_key(|d| d.size());
+    dtypes.dedup();
+
+    let model = out_dir.join("model.safetensors");
+    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+    let count = tensors.len();
+    write_atomically(&model, |tmp| {
+        safetensors::serialize_to_file(tensors.into_iter().map(|t| (t.name.clone(), t)), Some(metadata), tmp)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })?;
+
+    let eos = tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>"));
+    let config_json = hf_config(&config, weights.lm_head.is_none(), weights.stored_dtype, eos);
+    let config_out = out_dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
+    write_atomically(&config_out, |tmp| std::fs::write(tmp, &text))?;
+
+    let tokenizer = match tokenizer {
+        Some(_) => {
+            let target = out_dir.join("tokenizer.json");
+            write_atomically(&target, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?;
+            Some(target)
+        }
+        None => None,
+    };
+    Ok(Exported { config: config_out, model, tokenizer, tensors: count, dtypes })
+}
+
+/// One output tensor: f32 weights narrowed back to the dtype they were stored in, which is exact
+/// because they were widened from it. Encoded one at a time while the file is written.
+struct OutTensor<'a> {
+    name: String,
+    shape: Vec<usize>,
+    dtype: DType,
+    values: &'a [f32],
+}
+
+impl View for OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self.dtype {
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::BF16,
+            DType::F32 | DType::F64 => Dtype::F32,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(match self.dtype {
+            DType::F16 => self.values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
+            DType::BF16 => self.values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+            DType::F32 | DType::F64 => self.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
+    }
+
+    fn data_len(&self) -> usize {
+        self.values.len() * self.dtype.size().min(4)
+    }
+}
+
+/// Every weight under its HF name and shape, in the dtype the source stored it in.
+fn hf_tensors<'a>(config: &Config, weights: &'a Weights, store: &TensorStore) -> Vec<OutTensor<'a>> {
+    // Names are the same in both dialects except the embedding's.
+    let stored = |names: &[&str]| -> DType {
+        let dtype = names.iter().find_map(|n| store.describe(n).ok()).map_or(DType::F32, |(_, d)| d);
+        if dtype == DType::F64 { DType::F32 } else { dtype }
+    };
+    let mut out = Vec::new();
+    let mut push = |name: String, source: &[&str], shape: Vec<usize>, values: &'a [f32]| {
+        let own = [name.as_str()];
+        let dtype = stored(if source.is_empty() { &own } else { source });
+        out.push(OutTensor { name, shape, dtype, values });
+    };
+    let (d_model, vocab) = (config.d_model, config.vocab_size);
+    push("backbone.embeddings.weight".into(), &["backbone.embeddings.weight", "backbone.embedding.weight"], vec![vocab, d_model], &weights.embedding);
+    for (i, layer) in weights.layers.iter().enumerate() {
+        let name = |suffix: &str| format!("backbone.layers.{i}.{suffix}");
+        push(name("norm.weight"), &[], vec![d_model], &layer.norm);
+        push(name("mixer.in_proj.weight"), &[], vec![config.in_proj_rows(), d_model], &layer.in_proj);
+        if let Some(bias) = &layer.in_proj_bias {
+            push(name("mixer.in_proj.bias"), &[], vec![config.in_proj_rows()], bias);
+        }
+        push(name("mixer.conv1d.weight"), &[], vec![config.conv_dim(), 1, config.conv_kernel], &layer.conv_weight);
+        if let Some(bias) = &layer.conv_bias {
+            push(name("mixer.conv1d.bias"), &[], vec![config.conv_dim()], bias);
+        }
+        push(name("mixer.dt_bias"), &[], vec![config.n_heads], &layer.dt_bias);
+        push(name("mixer.A_log"), &[], vec![config.n_heads], &layer.a_log);
+        push(name("mixer.D"), &[], vec![layer.d.len()], &layer.d);
+        push(name("mixer.norm.weight"), &[], vec![config.d_inner()], &layer.mixer_norm);
+        push(name("mixer.out_proj.weight"), &[], vec![d_model, config.d_inner()], &layer.out_proj);
+        if let Some(bias) = &layer.out_proj_bias {
+            push(name("mixer.out_proj.bias"), &[], vec![d_model], bias);
+        }
+    }
+    push("backbone.norm_f.weight".into(), &[], vec![d_model], &weights.norm_f);
+    if let Some(head) = &weights.lm_head {
+        push("lm_head.weight".into(), &[], vec![vocab, d_model], head);
+    }
+    out
+}
+
+/// `config.json` as transformers 5.x's `Mamba2Config` writes it, every size explicit.
+fn hf_config(config: &Config, tied: bool, dtype: DType, eos: Option<u32>) -> Value {
+    // f32 -> shortest decimal -> f64, so 1e-5 is written as 1e-05 and not 9.99999974e-06.
+    let float = |v: f32| -> Value {
+        if v.is_finite() {
+            json!(v.to_string().parse::<f64>().unwrap_or(v as f64))
+        } else {
+            json!({"__float__": if v > 0.0 { "Infinity" } else { "-Infinity" }})
+        }
+    };
+    let expand = if config.d_inner() % config.d_model == 0 {
+        json!(config.d_inner() / config.d_model)
+    } else {
+        json!(config.d_inner() as f64 / config.d_model as f64)
+    };
+    let (low, high) = config.time_step_limit;
+    let mut value = json!({
+        "architectures": ["Mamba2ForCausalLM"],
+        "model_type": "mamba2",
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layer,
+        "vocab_size": config.vocab_size,
+        "state_size": config.d_state,
+        "head_dim": config.head_dim,
+        "num_heads": config.n_heads,
+        "n_groups": config.n_groups,
+        "expand": expand,
+        "conv_kernel": config.conv_kernel,
+        "chunk_size": config.chunk_size,
+        "layer_norm_epsilon": float(config.norm_eps),
+        "use_bias": config.use_bias,
+        "use_conv_bias": config.use_conv_bias,
+        "residual_in_fp32": true,
+        "rms_norm": true,
+        "norm_before_gate": false,
+        "hidden_act": "silu",
+        "time_step_limit": [float(low), float(high)],
+        "tie_word_embeddings": tied,
+        "dtype": match dtype { DType::F16 => "float16", DType::BF16 => "bfloat16", DType::F32 | DType::F64 => "float32" },
+    });
+    if let Some(eos) = eos {
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+            value[key] = json!(eos);
+        }
+    }
+    value
+}
+
+/// Writes `path` through a temporary file beside it, so a failed write leaves no partial file.
+fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    let tmp = PathBuf::from(tmp);
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|source| LoadError::Io { path: path.to_owned(), source })
+}

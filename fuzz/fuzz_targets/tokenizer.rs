@@ -1,0 +1,6 @@
+//! `tokenizer.json`: load, encode, decode. The body is in `common.rs`.
+#![no_main]
+
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| common::tokenizer(data));

@@ -1,0 +1,18 @@
+//! `coil convert`: any checkpoint Coil loads, written out in the HF dialect (safetensors).
+
+use anyhow::{Context, Result};
+use coil::convert_to_hf;
+
+use super::args::ConvertArgs;
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let exported = convert_to_hf(&args.model, &args.out)
+        .with_context(|| format!("cannot convert {} to {}", args.model.display(), args.out.display()))?;
+    let dtypes: Vec<String> = exported.dtypes.iter().map(ToString::to_string).collect();
+    println!("wrote {} ({} tensors, {})", exported.model.display(), exported.tensors, dtypes.join(", "));
+    println!("wrote {}", exported.config.display());
+    if let Some(tokenizer) = exported.tokenizer {
+        println!("wrote {}", tokenizer.display());
+    }
+    Ok(())
+}
