@@ -11,8 +11,8 @@ pub enum Source {
     /// A folder with `config.json`, `model.safetensors` (or shards, or `pytorch_model.bin`) and maybe
     /// `tokenizer.json`.
     Dir(PathBuf),
-    /// The small checkpoint compiled into the binary (`checkpoints/default/`).
-    EmbeddedDefault,
+    /// A checkpoint compiled into the binary, by name (see [`crate::embedded_names`]).
+    Embedded(String),
     /// Bytes a program handed over ([`Checkpoint::from_bytes`]).
     Memory,
 }
@@ -21,7 +21,7 @@ impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Source::Dir(dir) => write!(f, "{}", dir.display()),
-            Source::EmbeddedDefault => f.write_str("<embedded default>"),
+            Source::Embedded(name) => write!(f, "<embedded {name}>"),
             Source::Memory => f.write_str("<memory>"),
         }
     }
@@ -33,13 +33,15 @@ pub struct Checkpoint {
     pub config: Config,
     pub weights: Weights,
     pub tokenizer: Option<Tokenizer>,
+    /// `train_length` from the checkpoint's `training.json`, when it has one.
+    pub train_length: Option<usize>,
 }
 
 impl Checkpoint {
     pub fn load(source: &Source) -> Result<Checkpoint, LoadError> {
         match source {
             Source::Dir(dir) => Checkpoint::open_dir(dir),
-            Source::EmbeddedDefault => Checkpoint::embedded_default(),
+            Source::Embedded(name) => Checkpoint::embedded(name),
             Source::Memory => Err(LoadError::config("<memory>", "a checkpoint in memory is loaded with Checkpoint::from_bytes")),
         }
     }
@@ -58,7 +60,8 @@ impl Checkpoint {
         let weights = Weights::load(&config, &store)?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
-        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer })
+        let train_length = std::fs::read(dir.join("training.json")).ok().and_then(|b| train_length(&b));
+        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length })
     }
 
     /// A checkpoint from bytes in memory (`config.json`, one safetensors file, an optional
@@ -67,15 +70,23 @@ impl Checkpoint {
         Checkpoint::from_memory(config_json, Bytes::Owned(safetensors), tokenizer_json, Path::new("<memory>"), Source::Memory)
     }
 
-    /// The small checkpoint compiled into the binary.
+    /// The default checkpoint compiled into the binary.
     pub fn embedded_default() -> Result<Checkpoint, LoadError> {
-        Checkpoint::from_memory(
-            crate::embedded::CONFIG,
-            Bytes::Static(crate::embedded::MODEL),
-            Some(crate::embedded::TOKENIZER),
-            Path::new("<embedded default>"),
-            Source::EmbeddedDefault,
-        )
+        Checkpoint::embedded(crate::embedded::DEFAULT)
+    }
+
+    /// A checkpoint compiled into the binary, by name.
+    pub fn embedded(name: &str) -> Result<Checkpoint, LoadError> {
+        let Some(e) = crate::embedded::FAMILY.iter().find(|e| e.name == name) else {
+            return Err(LoadError::config(
+                format!("<embedded {name}>"),
+                format!("no embedded checkpoint of that name (embedded: {})", crate::embedded_names().join(", ")),
+            ));
+        };
+        let root = PathBuf::from(format!("<embedded {name}>"));
+        let mut checkpoint = Checkpoint::from_memory(e.config, Bytes::Static(e.model), Some(e.tokenizer), &root, Source::Embedded(name.to_owned()))?;
+        checkpoint.train_length = e.training.and_then(train_length);
+        Ok(checkpoint)
     }
 
     fn from_memory(
@@ -92,11 +103,17 @@ impl Checkpoint {
         let store = TensorStore::from_files(vec![(root.join("model.safetensors"), model)])?;
         let weights = Weights::load(&config, &store)?;
         let tokenizer = tokenizer_json.map(|t| Tokenizer::from_bytes(t, &root.join("tokenizer.json"))).transpose()?;
-        Ok(Checkpoint { source, config, weights, tokenizer })
+        Ok(Checkpoint { source, config, weights, tokenizer, train_length: None })
     }
 }
 
 fn read_text(path: &Path) -> Result<String, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
     String::from_utf8(bytes).map_err(|e| LoadError::Json { path: path.to_owned(), message: format!("not UTF-8: {e}") })
+}
+
+/// `train_length` of a `training.json`, if it is there and a positive integer.
+fn train_length(bytes: &[u8]) -> Option<usize> {
+    let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    json.get("train_length")?.as_u64().filter(|&n| n > 0).map(|n| n as usize)
 }

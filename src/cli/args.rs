@@ -34,7 +34,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct PasskeyArgs {
-    /// Checkpoint folders (repeat to sweep state sizes); default: the embedded checkpoint.
+    /// Checkpoint folders or `embedded:NAME` (repeat to sweep state sizes); default: every
+    /// embedded checkpoint.
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
     /// Context lengths in tokens: `1k,2k,4k`, or geometric `1k..1m` (doubling), `1k..1m:x4`.
@@ -94,8 +95,8 @@ pub struct MitigationArgs {
 /// Options every command shares.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]); defaults to the
-    /// small checkpoint embedded in the binary.
+    /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]),
+    /// or `embedded:NAME` for one compiled into the binary; defaults to `embedded:default`.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Worker threads (default: all cores).

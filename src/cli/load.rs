@@ -12,6 +12,19 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
     pub source: Source,
     pub stored_dtype: String,
+    /// From the checkpoint's training.json.
+    pub train_length: Option<usize>,
+}
+
+/// `--model` values: a folder, or `embedded:NAME` for a checkpoint compiled into the binary.
+pub fn source_of(model: Option<&std::path::Path>) -> Source {
+    match model {
+        None => Source::Embedded("default".into()),
+        Some(path) => match path.to_str().and_then(|p| p.strip_prefix("embedded:")) {
+            Some(name) => Source::Embedded(name.to_owned()),
+            None => Source::Dir(path.to_owned()),
+        },
+    }
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
@@ -27,28 +40,22 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     if args.piece_len == 0 {
         bail!("--piece-len must be at least 1");
     }
-    let source = match &args.model {
-        Some(dir) => Source::Dir(dir.clone()),
-        None => Source::EmbeddedDefault,
-    };
+    let source = source_of(args.model.as_deref());
     let checkpoint = Checkpoint::load(&source).with_context(|| format!("cannot load the checkpoint {source}"))?;
     let stored_dtype = checkpoint.weights.stored_dtype.to_string();
-    let tokenizer = checkpoint.tokenizer;
+    let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
     let mut model = Model::from_checkpoint(checkpoint);
     if let Some(chunk) = args.chunk_size {
         model = model.with_chunk_size(chunk);
     }
-    Ok(Loaded { model: Arc::new(model), tokenizer, source, stored_dtype })
+    Ok(Loaded { model: Arc::new(model), tokenizer, source, stored_dtype, train_length })
 }
 
 impl Loaded {
     /// The training length recorded in the checkpoint's `training.json` (`train_length`), if any.
     pub fn train_length(&self) -> Option<usize> {
-        let coil::Source::Dir(dir) = &self.source else { return None };
-        let text = std::fs::read_to_string(dir.join("training.json")).ok()?;
-        let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-        json.get("train_length")?.as_u64().map(|n| n as usize)
+        self.train_length
     }
 
     /// Logit columns that are real tokens: the tokenizer's size when it is smaller than the

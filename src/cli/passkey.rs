@@ -18,8 +18,12 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let template = Template::named(&args.template)?;
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
-    let sources: Vec<Option<std::path::PathBuf>> =
-        if args.models.is_empty() { vec![None] } else { args.models.iter().cloned().map(Some).collect() };
+    // Without --model: every embedded checkpoint (the family of state sizes).
+    let sources: Vec<Option<std::path::PathBuf>> = if args.models.is_empty() {
+        coil::embedded_names().into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()
+    } else {
+        args.models.iter().cloned().map(Some).collect()
+    };
 
     let mut subjects = Vec::new();
     for (i, dir) in sources.iter().enumerate() {
@@ -32,7 +36,8 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         let mut loaded = load(&model_args)?;
         let name = match &loaded.source {
             Source::Dir(d) => d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            _ => "default".to_owned(),
+            Source::Embedded(name) => name.clone(),
+            Source::Memory => "memory".to_owned(),
         };
         let train_length = loaded.train_length();
         let plans = arms
