@@ -1,6 +1,29 @@
 //! Coil runs recurrent state-space language models (Mamba-2) over input of any length in constant
 //! memory. This facade re-exports the library API: load a [`Checkpoint`], build a [`Model`], and
 //! stream tokens through a [`Session`], with [`Mitigation`]s resolved into a [`Plan`].
+//!
+//! ```
+//! use std::sync::Arc;
+//! use coil::{Checkpoint, Mitigation, Model, Plan, Sampler, SamplingConfig, Session};
+//!
+//! let mut checkpoint = Checkpoint::embedded_default()?;
+//! let tokenizer = checkpoint.tokenizer.take().expect("the embedded checkpoint has a tokenizer");
+//! let model = Arc::new(Model::from_checkpoint(checkpoint)); // Send + Sync: share it freely
+//!
+//! // A plain session: prefill any length, then generate greedily.
+//! let mut session = Session::new(model.clone());
+//! session.prefill(&tokenizer.encode("The grass is green. The sky is")?)?;
+//! let fork = session.fork(); // the same state, to branch from later
+//! let ids = session.generate(&mut Sampler::new(SamplingConfig::default()), 8, tokenizer.vocab_size(), |_| true)?;
+//! assert_eq!(ids.len(), 8);
+//! assert_eq!(fork.position() + 8, session.position());
+//!
+//! // The same with a sliding window of 256 tokens (docs/mitigations.md).
+//! let plan = Plan::resolve(&model, &Mitigation::parse_list("window:size=256")?, None, ".".as_ref())?;
+//! let mut windowed = Session::with_plan(model.clone(), Arc::new(plan));
+//! windowed.prefill(&tokenizer.encode(&"Here we go. ".repeat(200))?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub use coil_checkpoints::{convert_to_hf, embedded_names, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
 pub use coil_ssm::{

@@ -128,9 +128,11 @@ impl Ring {
             first: 0,
             len: 0,
             oldest_position: position,
-            xdt: vec![0.0; capacity * inner],
-            b: vec![0.0; capacity * bc],
-            log_cum: vec![0.0; capacity * heads],
+            // Grown as inputs arrive: a window far longer than the stream costs nothing, and a
+            // state file cannot make us allocate more than it holds.
+            xdt: Vec::new(),
+            b: Vec::new(),
+            log_cum: Vec::new(),
         }
     }
 
@@ -138,9 +140,16 @@ impl Ring {
     pub fn push(&mut self, xdt: &[f32], b: &[f32], log_cum: &[f64]) {
         assert!(self.len < self.capacity, "window ring overflow");
         let slot = (self.first + self.len) % self.capacity;
-        self.xdt[slot * self.inner..(slot + 1) * self.inner].copy_from_slice(xdt);
-        self.b[slot * self.bc..(slot + 1) * self.bc].copy_from_slice(b);
-        self.log_cum[slot * self.heads..(slot + 1) * self.heads].copy_from_slice(log_cum);
+        if slot * self.inner == self.xdt.len() {
+            // Slots fill in order until the buffer first wraps, so a new slot is always the next.
+            self.xdt.extend_from_slice(xdt);
+            self.b.extend_from_slice(b);
+            self.log_cum.extend_from_slice(log_cum);
+        } else {
+            self.xdt[slot * self.inner..(slot + 1) * self.inner].copy_from_slice(xdt);
+            self.b[slot * self.bc..(slot + 1) * self.bc].copy_from_slice(b);
+            self.log_cum[slot * self.heads..(slot + 1) * self.heads].copy_from_slice(log_cum);
+        }
         self.len += 1;
     }
 
