@@ -40,8 +40,8 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(0u64..x_max, (y_min..y_max).log_scale())?;
-        chart.configure_mesh().x_desc(x_label).y_desc(y_label).y_labels(10).y_label_formatter(&|v| format!("{v:.3e}")).draw()?;
+            .build_cartesian_2d(0u64..x_max, (y_min..y_max).log_scale().with_key_points(log_ticks(y_min, y_max)))?;
+        chart.configure_mesh().x_desc(x_label).y_desc(y_label).y_labels(10).y_label_formatter(&|v| tick_label(*v as f64)).draw()?;
         for (i, (label, points)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
@@ -57,6 +57,21 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
         Ok(())
     };
     draw().map_err(|e| failed(path, e))
+}
+
+/// `0.0123`, `14.79`, or `3.2e-7` when plain digits would not fit.
+fn tick_label(v: f64) -> String {
+    if v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
+        format!("{v:.2e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// Eight ticks evenly spaced in log space: readable whether the range spans 1% or 10 decades.
+fn log_ticks(low: f32, high: f32) -> Vec<f32> {
+    let (a, b) = (low.ln(), high.ln());
+    (0..8).map(|i| (a + (b - a) * (i as f32 + 0.5) / 8.0).exp()).collect()
 }
 
 /// Accuracy (0..1) against length on a log2 x axis, one line per series, the training length

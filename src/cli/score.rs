@@ -96,11 +96,12 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("per-bucket loss written to {}", path.display());
             }
-            None => {
-                out.write_all(text.as_bytes())?;
-                out.flush()?;
-                return Ok(());
-            }
+            None => out.write_all(text.as_bytes())?,
+        }
+        // The buckets replace the per-token table (which --json still gives).
+        if !args.json {
+            out.flush()?;
+            return Ok(());
         }
     }
     if args.json {
