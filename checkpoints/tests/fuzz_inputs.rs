@@ -3,7 +3,6 @@
 //! normal test run guards what fuzzing found without needing cargo-fuzz or nightly features.
 
 #[path = "../../fuzz/fuzz_targets/common.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
@@ -45,4 +44,15 @@ fn pickle() {
 #[test]
 fn tokenizer() {
     replay("tokenizer", common::tokenizer);
+}
+
+/// tokenizers 0.22.2 panics on these two (fuzzing found the first); they must be plain errors.
+#[test]
+fn tokenizer_panics_become_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/tokenizer");
+    for (file, needle) in [("decoder_syntax_error.json", "invalid JSON"), ("bad_precompiled.json", "tokenizers crate rejected it")] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let error = coil_checkpoints::Tokenizer::from_bytes(&bytes, Path::new(file)).err().expect("an error");
+        assert!(error.to_string().contains(needle), "{file}: {error}");
+    }
 }
