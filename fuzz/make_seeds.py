@@ -95,10 +95,24 @@ def main():
     put("pickle", "three_views.pkl", hostile.state_dict([
         ("a", hostile.tensor("0", 64, 0, [8, 8], [8, 1])),
         ("b", hostile.tensor("1", 8, 0, [2, 4], [4, 1])),
-        ("c", hostile.tensor("2", 2, 1, [1], [1])),
         ("t", hostile.tensor("0", 64, 0, [8, 8], [1, 8])),
-        ("h", hostile.tensor("1", 16, 0, [16], [1], "HalfStorage")),
+        ("h", hostile.tensor("2", 4, 1, [3], [1], "HalfStorage")),
     ]))
+    # The tiny model of fuzz_targets/common.rs laid over those storages, so Weights::load runs.
+    model = [("backbone.embeddings.weight", hostile.tensor("0", 64, 0, [8, 4], [4, 1])),
+             ("backbone.norm_f.weight", hostile.tensor("1", 8, 0, [4], [1]))]
+    for layer in range(2):
+        p = f"backbone.layers.{layer}."
+        model += [(p + "norm.weight", hostile.tensor("1", 8, 4, [4], [1])),
+                  (p + "mixer.in_proj.weight", hostile.tensor("0", 64, 0, [22, 4], [4, 1])),
+                  (p + "mixer.conv1d.weight", hostile.tensor("0", 64, 0, [12, 1, 4], [4, 4, 1])),
+                  (p + "mixer.conv1d.bias", hostile.tensor("0", 64, 3, [12], [1])),
+                  (p + "mixer.dt_bias", hostile.tensor("1", 8, 0, [2], [1])),
+                  (p + "mixer.A_log", hostile.tensor("1", 8, 2, [2], [1])),
+                  (p + "mixer.D", hostile.tensor("1", 8, 6, [2], [1])),
+                  (p + "mixer.norm.weight", hostile.tensor("1", 8, 0, [8], [1])),
+                  (p + "mixer.out_proj.weight", hostile.tensor("0", 64, 0, [4, 8], [8, 1]))]
+    put("pickle", "tiny_model.pkl", hostile.state_dict(model))
     for name, data in hostile.CASES.items():
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as z:

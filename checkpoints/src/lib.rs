@@ -9,6 +9,7 @@ mod embedded;
 mod error;
 mod export;
 mod json;
+mod panic_guard;
 mod source;
 mod tensors;
 mod tokenizer;

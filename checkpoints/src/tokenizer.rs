@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::panic_guard::catch_quietly;
 use crate::LoadError;
 
 /// Text to token ids and back.
@@ -18,8 +19,14 @@ impl Tokenizer {
 
     /// `path` only names the source in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Tokenizer, LoadError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| LoadError::Tokenizer { path: path.to_owned(), message: e.to_string() })?;
+        let fail = |message: String| LoadError::Tokenizer { path: path.to_owned(), message };
+        // tokenizers 0.22 panics instead of failing on some malformed files (found by fuzzing:
+        // `expect("Helper")` on a syntax error inside `decoder`, `expect("Precompiled")` on a bad
+        // Precompiled normalizer). Check the syntax first for a clear message, then contain the rest.
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+        let inner = catch_quietly(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|panic| fail(format!("the tokenizers crate rejected it ({panic})")))?
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Tokenizer { inner, path: path.to_owned() })
     }
 

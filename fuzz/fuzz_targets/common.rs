@@ -20,9 +20,10 @@ const TINY_CONFIG: &str = r#"{"model_type": "mamba2", "hidden_size": 4, "num_hid
     "state_size": 2, "num_heads": 2, "head_dim": 4, "n_groups": 1, "expand": 2, "conv_kernel": 4}"#;
 
 /// One weights file (`model.safetensors` or `pytorch_model.bin`, by `file_name`): every tensor the
-/// store lists is described and read, then a tiny model's weights are loaded from it.
-pub fn weights(file_name: &str, data: &[u8]) {
-    let Ok(store) = TensorStore::from_bytes(file_name, data.to_vec()) else { return };
+/// store lists is described and read, then a tiny model's weights are loaded from it. Returns
+/// whether the file opened (the seed replay checks the harness reaches that far).
+pub fn weights(file_name: &str, data: &[u8]) -> bool {
+    let Ok(store) = TensorStore::from_bytes(file_name, data.to_vec()) else { return false };
     for name in store.names() {
         if let Ok((shape, _)) = store.describe(name) {
             let _ = store.read_f32(name, &shape);
@@ -31,14 +32,15 @@ pub fn weights(file_name: &str, data: &[u8]) {
     }
     let config = Config::from_json(TINY_CONFIG, Path::new("config.json")).expect("the fixed config is valid");
     let _ = Weights::load(&config, &store);
+    true
 }
 
 /// The restricted unpickler alone: `data` becomes `data.pkl` of a well-formed torch ZIP with three
 /// small storages (`0`: 64 f32, `1`: 8, `2`: 2), so mutations reach the pickle machine instead of
 /// failing ZIP checks.
-pub fn pickle(data: &[u8]) {
+pub fn pickle(data: &[u8]) -> bool {
     if data.len() > 1 << 20 {
-        return;
+        return false;
     }
     let floats: Vec<u8> = (0..64).flat_map(|i| (i as f32 * 0.25).to_le_bytes()).collect();
     let file = zip(&[
@@ -48,7 +50,7 @@ pub fn pickle(data: &[u8]) {
         ("archive/data/1", &floats[..32]),
         ("archive/data/2", &floats[..8]),
     ]);
-    weights("pytorch_model.bin", &file);
+    weights("pytorch_model.bin", &file)
 }
 
 /// `tokenizer.json`: loading, then encoding and decoding a fixed text with whatever loaded.
@@ -79,7 +81,7 @@ fn zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
         central.extend_from_slice(&[20, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         central.extend_from_slice(&sizes);
         central.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        central.extend_from_slice(&[0; 10]);
+        central.extend_from_slice(&[0; 12]); // extra and comment lengths, disk, attributes
         central.extend_from_slice(&offset.to_le_bytes());
         central.extend_from_slice(name.as_bytes());
     }

@@ -3,4 +3,6 @@
 
 mod common;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::weights("model.safetensors", data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    common::weights("model.safetensors", data);
+});

@@ -3,4 +3,6 @@
 
 mod common;
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| common::weights("pytorch_model.bin", data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    common::weights("pytorch_model.bin", data);
+});
