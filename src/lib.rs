@@ -29,7 +29,7 @@
 pub use coil_eval::passkey;
 /// Long-context text probes (the passkey filler, newlines) and per-position loss.
 pub use coil_eval::{loss, probes};
-pub use coil_checkpoints::{convert_to_hf, embedded_names, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
+pub use coil_checkpoints::{convert_to_hf, embedded_family, embedded_names, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
 pub use coil_ssm::{
     calibrate, read_thresholds, write_thresholds, Error, HeadStats, IndexSet, LogitRows, Mitigation, Model, Plan, Sampler,
     SamplingConfig, Scope, Session, State, StateShape, Thresholds,

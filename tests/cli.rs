@@ -125,14 +125,15 @@ fn long_text_streams_in_blocks_with_the_same_tokens_and_state() {
 }
 
 /// `checkpoints/default/README.md` records HF's greedy ids for this prompt (made by
-/// `checkpoints/make_default.py`); HF's argmax runs over all 512 logit columns.
+/// `checkpoints/make_default.py`); HF's argmax runs over all 512 logit columns. That checkpoint
+/// is embedded as `random`.
 #[test]
-fn embedded_default_reproduces_hf_greedy_decode() {
-    let checkpoint = Checkpoint::embedded_default().unwrap();
+fn embedded_random_checkpoint_reproduces_hf_greedy_decode() {
+    let checkpoint = Checkpoint::embedded("random").unwrap();
     let tokenizer = checkpoint.tokenizer.as_ref().unwrap();
     let prompt = tokenizer.encode("The passkey is 90317. Remember it. 90317 is the passkey.\n").unwrap();
     assert_eq!(prompt.len(), 24);
-    let model = Arc::new(Model::from_checkpoint(Checkpoint::embedded_default().unwrap()));
+    let model = Arc::new(Model::from_checkpoint(Checkpoint::embedded("random").unwrap()));
     let mut session = Session::new(model.clone());
     let logits = session.prefill(&prompt).unwrap();
     let max = logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -152,7 +153,7 @@ fn inspect_reports_dialect_and_state_size() {
     assert_eq!(report["state_elements"], 2 * 4 * 16 * 16);
     assert_eq!(report["tied_embeddings"], true);
     let text = String::from_utf8(coil(&["inspect"]).stdout).unwrap();
-    assert!(text.contains("embedded default") && text.contains("N_S"), "{text}");
+    assert!(text.contains("<embedded passkey-n16>") && text.contains("N_S"), "{text}");
 }
 
 /// The acceptance path: `score --mitigate ... --logits-out` against the f64 reference.

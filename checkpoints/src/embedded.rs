@@ -33,11 +33,25 @@ macro_rules! embed {
 }
 
 /// The checkpoint commands use without `--model`.
-pub(crate) const DEFAULT: &str = "default";
+pub(crate) const DEFAULT: &str = "passkey-n16";
 
-pub(crate) const FAMILY: &[Embedded] = &[embed!("default")];
+/// Every embedded checkpoint: the passkey family (trained by `checkpoints/train_passkey.py`,
+/// differing only in state size), and `random`, the random-weight checkpoint the HF fixtures
+/// check bit for bit (`checkpoints/default/`).
+pub(crate) const FAMILY: &[Embedded] = &[
+    embed!("passkey-n16", trained),
+    embed!("passkey-n32", trained),
+    Embedded { name: "random", ..embed!("default") },
+];
 
-/// Names of the embedded checkpoints, default first.
+/// Names of the embedded checkpoints, the default first.
 pub fn embedded_names() -> Vec<&'static str> {
     FAMILY.iter().map(|e| e.name).collect()
+}
+
+/// The embedded passkey family, smallest state first: what a sweep without `--model` covers.
+pub fn embedded_family() -> Vec<&'static str> {
+    let mut family: Vec<&'static str> = FAMILY.iter().map(|e| e.name).filter(|n| n.starts_with("passkey-")).collect();
+    family.sort_by_key(|n| n.trim_start_matches("passkey-n").parse::<usize>().unwrap_or(usize::MAX));
+    family
 }

@@ -17,7 +17,7 @@ mod torch_zip;
 mod weights;
 
 pub use config::{Config, Dialect};
-pub use embedded::embedded_names;
+pub use embedded::{embedded_family, embedded_names};
 pub use error::LoadError;
 pub use export::{convert_to_hf, Exported};
 pub use source::{Checkpoint, Source};

@@ -19,7 +19,7 @@ pub struct Loaded {
 /// `--model` values: a folder, or `embedded:NAME` for a checkpoint compiled into the binary.
 pub fn source_of(model: Option<&std::path::Path>) -> Source {
     match model {
-        None => Source::Embedded("default".into()),
+        None => Source::Embedded(coil::embedded_names()[0].into()),
         Some(path) => match path.to_str().and_then(|p| p.strip_prefix("embedded:")) {
             Some(name) => Source::Embedded(name.to_owned()),
             None => Source::Dir(path.to_owned()),

@@ -20,7 +20,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
     // Without --model: every embedded checkpoint (the family of state sizes).
     let sources: Vec<Option<std::path::PathBuf>> = if args.models.is_empty() {
-        coil::embedded_names().into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()
+        coil::embedded_family().into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()
     } else {
         args.models.iter().cloned().map(Some).collect()
     };
