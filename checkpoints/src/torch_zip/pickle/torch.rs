@@ -9,12 +9,20 @@ use super::machine::Machine;
 use super::values::{Global, Value};
 use super::{Error, StateDict, StorageRecord, TensorRecord};
 
+/// More dimensions than any weight has; torch itself allows more, but a state dict never needs them.
+const MAX_DIMENSIONS: usize = 64;
+
 impl Machine<'_> {
     pub(super) fn call(&mut self, callable: Value, args: Value) -> Result<Value, Error> {
         let Value::Global(global) = callable else {
             return Err(self.error(format!("REDUCE calls a {}, not a known function", callable.kind())));
         };
-        let args = self.sequence(&args, "REDUCE's arguments")?.to_vec();
+        let args = self.sequence(&args, "REDUCE's arguments")?;
+        // Every allowed call takes at most 7 arguments; check before copying them.
+        if args.len() > 7 {
+            return Err(self.error(format!("a call with {} arguments", args.len())));
+        }
+        let args = args.to_vec();
         match global {
             Global::OrderedDict if args.is_empty() => {
                 self.dicts.push(Vec::new());
@@ -34,8 +42,8 @@ impl Machine<'_> {
                     return Err(self.error(format!("torch._utils._rebuild_tensor_v2 with {} arguments, expected 6 or 7", args.len())));
                 }
                 let offset = self.non_negative(offset, "a tensor's storage offset")?;
-                let shape = self.sequence(shape, "a tensor's size")?.iter().map(|v| self.non_negative(v, "a tensor's size")).collect::<Result<Vec<_>, _>>()?;
-                let stride = self.sequence(stride, "a tensor's stride")?.iter().map(|v| self.non_negative(v, "a tensor's stride")).collect::<Result<Vec<_>, _>>()?;
+                let shape = self.dimensions(shape, "size")?;
+                let stride = self.dimensions(stride, "stride")?;
                 if shape.len() != stride.len() {
                     return Err(self.error(format!("a tensor with {} sizes but {} strides", shape.len(), stride.len())));
                 }
@@ -44,6 +52,16 @@ impl Machine<'_> {
             }
             Global::Storage(kind) => Err(self.error(format!("torch.{} called directly; storages come only from persistent ids", kind.class_name()))),
         }
+    }
+
+    /// A size or stride tuple. One memoised tuple can be passed to any number of calls, so its
+    /// length is bounded before it is copied: a small pickle cannot make each call copy a huge one.
+    fn dimensions(&self, value: &Value, what: &str) -> Result<Vec<u64>, Error> {
+        let items = self.sequence(value, &format!("a tensor's {what}"))?;
+        if items.len() > MAX_DIMENSIONS {
+            return Err(self.error(format!("a tensor {what} with {} dimensions (at most {MAX_DIMENSIONS} are read)", items.len())));
+        }
+        items.iter().map(|v| self.non_negative(v, &format!("a tensor's {what}"))).collect()
     }
 
     /// `('storage', torch.<Kind>Storage, key, location, numel)`: a storage in `data/<key>`.
