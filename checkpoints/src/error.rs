@@ -34,7 +34,7 @@ pub enum LoadError {
     Unsupported { path: PathBuf, message: String },
 
     /// A `pytorch_model.bin` that cannot be read safely (malformed, lying, or asking for code).
-    #[error("{}: not a readable PyTorch checkpoint: {error}", path.display())]
+    #[error("{}: not a readable PyTorch checkpoint: {}", path.display(), printable(&error.to_string()))]
     TorchZip { path: PathBuf, error: crate::torch_zip::Error },
 }
 
@@ -42,4 +42,23 @@ impl LoadError {
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         LoadError::Config { path: path.into(), message: message.into() }
     }
+}
+
+/// A message quoting names from an untrusted file, made safe to print: control characters (a
+/// terminal escape sequence hidden in a tensor name) are escaped and the length is bounded.
+fn printable(text: &str) -> String {
+    const LIMIT: usize = 2000;
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == LIMIT {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

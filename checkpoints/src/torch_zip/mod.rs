@@ -3,6 +3,7 @@
 //! byte ranges of the storage entries, checked against the file before anything is read.
 
 mod pickle;
+mod reader;
 mod zip;
 
 use std::ops::Range;

@@ -300,6 +300,7 @@ fn views_past_their_storage_or_overflowing_are_refused() {
     assert!(case(5, &[0], &[1]).contains("past the end"));
     assert!(case(-1, &[1], &[1]).contains("negative"));
     assert!(case(0, &[2], &[1, 1]).contains("1 sizes but 2 strides"));
+    assert!(case(0, &[1; 65], &[1; 65]).contains("65 dimensions (at most 64"));
 }
 
 #[test]
@@ -451,4 +452,13 @@ fn every_truncation_and_byte_flip_of_a_small_file_is_an_error_or_a_valid_read() 
             }
         }
     }
+}
+
+#[test]
+fn names_from_the_file_are_printed_safely() {
+    let name = format!("\u{1b}[31mred{}", "x".repeat(5000));
+    let pickle = Pickle::new().op(b"}(").str(&name).op(b"Nu.").bytes();
+    let error = store(torch_file(&pickle, &[])).err().expect("an error").to_string();
+    assert!(error.contains("\\u{1b}[31mred") && !error.contains('\u{1b}'), "{error}");
+    assert!(error.len() < 2200 && error.ends_with("..."), "{} bytes", error.len());
 }
