@@ -46,7 +46,7 @@ fn forked_state_answers_equal_from_scratch_runs() {
 fn sigkilled_sweep_resumes_with_every_cell_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
-    let args = ["passkey", "--lengths", "4k..32k", "--depths", "6", "--mitigate", "none", "--mitigate", "rri:lambda=0.99", "--out", out.to_str().unwrap()];
+    let args = ["passkey", "--model", "embedded:passkey-n16", "--lengths", "4k..32k", "--depths", "6", "--mitigate", "none", "--mitigate", "rri:lambda=0.99", "--out", out.to_str().unwrap()];
     let mut child = Command::new(env!("CARGO_BIN_EXE_coil")).args(args).stderr(std::process::Stdio::null()).spawn().unwrap();
     let results = out.join("results.jsonl");
     let started = Instant::now();
