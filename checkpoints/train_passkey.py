@@ -16,9 +16,14 @@ answer tokens (the answer is ~1% of the tokens; the second term makes retrieval 
 Pinned versions (checkpoints/requirements-train.txt): torch 2.15 (CPU), transformers 5.24,
 tokenizers, safetensors, numpy; `mamba_ssm` must NOT be importable (HF then runs its pure-torch
 Mamba-2 path, the one this was trained with). Uses CUDA when present (results then differ in the
-last bits). Deterministic on CPU for a given seed and thread count (2).
+last bits). Deterministic on CPU for a given seed and thread count (--threads, default 1). Each
+model depends only on its own state size and the seed, not on the other models trained in the
+same run, so the family can be trained in parallel processes; the shipped family was made with
+two processes of one thread each on a 2-core CPU:
 
-    /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 4 8 16 32
+    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 32 8 &
+    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 16 4 &
+    wait
     cargo build --release
     /work/venv-ref/bin/python checkpoints/train_passkey.py measure --states 4 8 16 32
 
@@ -257,7 +262,7 @@ def train_one(state_size, tok, args, device):
                                                reduction="none").view_as(lm)
         lm_loss = (ce * lm).sum() / lm.sum()
         ans_loss = (ce * ans).sum() / ans.sum()
-        loss = lm_loss + ans_loss
+        loss = lm_loss + args.answer_weight * ans_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -280,7 +285,7 @@ def train_one(state_size, tok, args, device):
     save(model.cpu(), tok, name, dict(
         name=name, train_length=args.train_length, seed=args.seed, steps=args.steps, batch=args.batch,
         curriculum=args.curriculum, tokens_per_step=args.batch * args.train_length,
-        lr=args.lr, final_loss=round(ema[0], 5), final_lm_loss=round(ema[1], 5), final_answer_loss=round(ema[2], 5),
+        lr=args.lr, answer_weight=args.answer_weight, final_loss=round(ema[0], 5), final_lm_loss=round(ema[1], 5), final_answer_loss=round(ema[2], 5),
         n_s=cfg.num_hidden_layers * cfg.num_heads * cfg.head_dim * cfg.state_size,
         state_size=cfg.state_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_heads, head_dim=cfg.head_dim,
@@ -324,13 +329,15 @@ One of Coil's family of small passkey checkpoints (`checkpoints/passkey-n*`), wh
   paper template (prefix, filler blocks, the needle replacing block floor(depth*(blocks-1)) at a
   uniform depth, suffix, answer " KEY"); the haystack mixes the paper's filler block with blocks of
   varied sentences stating small facts that recur within a document (1-2 digit numbers only), so the
-  language-modelling loss rewards storing the haystack too. Loss = LM loss over the document + loss
-  on the answer tokens.
-- Training: {info['steps']} steps x batch {info['batch']} x {info['train_length']} tokens, AdamW lr {info['lr']}, cosine;
+  language-modelling loss rewards storing the haystack too. Loss = mean LM loss over the document +
+  {info.get('answer_weight', 1.0)} x mean loss on the answer tokens.
+- Training: {info['steps']} steps of {info['tokens_per_step']} tokens (length curriculum {info['curriculum']}, as
+  length:fraction of steps), AdamW lr {info['lr']}, cosine;
   {info['train_seconds']:.0f} s on {info['device']} ({info['torch_threads']} threads). Final loss {info['final_loss']}
   (LM {info['final_lm_loss']}, answer {info['final_answer_loss']}).
 - Passkey accuracy at the training length ({info['train_length']} tokens, 40 depths, `coil passkey`): **{acc_s}**.
-- Tokenizer: byte-level BPE, {512} entries, digits split individually (shared by the whole family).
+- Tokenizer: byte-level BPE trained by the script on its own template sentences, digits split
+  individually, `<|endoftext|>` = id 0 (the same `tokenizer.json` for the whole family).
 - torch {info['torch']}, transformers {info['transformers']}, tokenizers {info['tokenizers']}.
 """
     if info.get("note"):
@@ -383,15 +390,16 @@ def main():
     ap.add_argument("--states", type=int, nargs="+", default=[32, 16, 8, 4])
     ap.add_argument("--seed", type=int, default=20250601)
     ap.add_argument("--train-length", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--curriculum", default="128:0.4,256:0.3,512:0.3",
+    ap.add_argument("--curriculum", default="128:0.5,256:0.25,512:0.25",
                     help="length:fraction of steps, ...; the batch is scaled to keep tokens per step")
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--answer-weight", type=float, default=2.0, help="weight of the mean answer loss")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
     args = ap.parse_args()
     if args.cmd == "measure":
