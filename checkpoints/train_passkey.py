@@ -1,0 +1,423 @@
+#!/usr/bin/env python3
+"""Train Coil's family of small passkey checkpoints (checkpoints/passkey-n<N>/).
+
+A family of tiny HF `Mamba2ForCausalLM` models trained from scratch that differ ONLY in
+`state_size` (N), all at one training length, on passkey documents laid out with exactly the
+rules of Coil's evaluator (`eval/src/passkey/prompt.rs`, paper template of
+docs long-context.md): prefix + filler blocks, the needle replacing block
+floor(depth*(blocks-1)), + suffix, every part tokenized separately and concatenated; the answer is
+" KEY". Unlike the evaluator's haystack (the paper's one repeated filler block), the training
+haystack mixes that block with varied sentences that state small facts ("Tom has 17 apples.")
+which are repeated later in the same document, so the language-modelling loss over the whole
+document rewards writing the haystack into the state (competing with the key for it). Distractor
+numbers have 1-2 digits, never 5. Loss = mean LM loss over the document + mean loss over the
+answer tokens (the answer is ~1% of the tokens; the second term makes retrieval learn quickly).
+
+Pinned versions (checkpoints/requirements-train.txt): torch 2.15 (CPU), transformers 5.24,
+tokenizers, safetensors, numpy; `mamba_ssm` must NOT be importable (HF then runs its pure-torch
+Mamba-2 path, the one this was trained with). Uses CUDA when present (results then differ in the
+last bits). Deterministic on CPU for a given seed and thread count (--threads, default 1). Each
+model depends only on its own state size and the seed, not on the other models trained in the
+same run, so the family can be trained in parallel processes; the shipped family was made with
+two processes of one thread each on a 2-core CPU:
+
+    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 32 8 &
+    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 16 4 &
+    wait
+    cargo build --release
+    /work/venv-ref/bin/python checkpoints/train_passkey.py measure --states 4 8 16 32
+
+`measure` runs `target/release/coil passkey` at the training length with 40 depths on each
+checkpoint and records the accuracy in its training.json and README.md.
+"""
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+import tokenizers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import Mamba2Config, Mamba2ForCausalLM  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CKPT = os.path.join(ROOT, "checkpoints")
+
+# Paper template (eval/src/passkey/template.rs `Template::paper`), verbatim.
+PREFIX = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it.\n\n"
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.\n"
+NEEDLE = "The passkey is {key}. Remember it. {key} is the passkey.\n"
+SUFFIX = "\nWhat is the pass key? The passkey is"
+
+NAMES = ["Tom", "Anna", "Ben", "Lisa", "Sam", "Mia", "Max", "Eva", "Leo", "Zoe", "Tim", "Ida",
+         "Jon", "Amy", "Dan", "Kim", "Bob", "Sue", "Ned", "Ivy", "Ray", "Fay", "Gus", "Liv"]
+THINGS = ["apples", "books", "coins", "cats", "cups", "hats", "keys", "pens", "shoes", "stones",
+          "birds", "boats"]
+NOUNS = ["grass", "sky", "sun", "sea", "tree", "road", "house", "river", "moon", "field", "door",
+         "wall", "cloud", "hill", "lake", "bird"]
+ADJS = ["green", "blue", "yellow", "red", "white", "black", "old", "new", "big", "small", "warm",
+        "cold", "long", "quiet", "wide", "dark"]
+PHRASES = ["Here we go.", "There and back again.", "So it goes.", "Time passes.", "All is well.",
+           "Nothing happens.", "The day goes on.", "We walk on."]
+
+
+def fact_sentence(name, n, thing):
+    return f"{name} has {n} {thing}."
+
+
+def generic_sentence(rng):
+    if rng.random() < 0.3:
+        return rng.choice(PHRASES)
+    return f"The {rng.choice(NOUNS)} is {rng.choice(ADJS)}."
+
+
+def tokenizer_corpus():
+    rng = random.Random(1)
+    lines = [PREFIX, FILLER * 4, SUFFIX + " 12345.\n"] * 5
+    for _ in range(40):
+        k = f"{rng.randrange(100000):05d}"
+        lines.append(NEEDLE.format(key=k))
+    for name in NAMES:
+        for thing in THINGS:
+            lines.append(fact_sentence(name, rng.randrange(1, 100), thing) + "\n")
+    for noun in NOUNS:
+        for adj in ADJS:
+            lines.append(f"The {noun} is {adj}.\n")
+    lines += [p + "\n" for p in PHRASES] * 5
+    return lines
+
+
+def build_tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=2, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    return tok
+
+
+class Docs:
+    """Passkey training documents in tokens, laid out like the evaluator's prompts."""
+
+    def __init__(self, tok, train_length):
+        self.tok = tok
+        self.T = train_length
+        self.enc_cache = {}
+        self.prefix = self.enc(PREFIX)
+        self.filler = self.enc(FILLER)
+        self.suffix = self.enc(SUFFIX)
+        self.eos = tok.token_to_id("<|endoftext|>")
+
+    def enc(self, s):
+        ids = self.enc_cache.get(s)
+        if ids is None:
+            ids = self.tok.encode(s).ids
+            self.enc_cache[s] = ids
+        return ids
+
+    def sample(self, rng, T=None):
+        """(ids[T], lm_mask[T-1], answer_mask[T-1]); the masks are aligned to the targets ids[1:]."""
+        T = T or self.T
+        key = f"{rng.randrange(100000):05d}"
+        needle = self.enc(NEEDLE.format(key=key))
+        answer = self.enc(" " + key) + self.enc(".\n")
+        # Prompt length: the train length (70%) or shorter, down to a quarter of it.
+        budget = T - len(answer) - len(needle) - 1  # the needle replaces a block of any length
+        if rng.random() < 0.3:
+            budget = rng.randint(T // 4, budget)
+        # Haystack: the paper's block mixed with blocks of varied sentences and repeated facts.
+        paper_frac = 1.0 if rng.random() < 0.25 else rng.uniform(0.0, 0.8)
+        facts = [(n, rng.randrange(1, 100), rng.choice(THINGS)) for n in rng.sample(NAMES, rng.randint(3, 10))]
+        blocks = []
+        used = len(self.prefix) + len(self.suffix)
+        while True:
+            if rng.random() < paper_frac:
+                b = self.filler
+            else:
+                sents = []
+                for _ in range(rng.randint(2, 5)):
+                    if rng.random() < 0.5:
+                        sents.append(fact_sentence(*rng.choice(facts)))
+                    else:
+                        sents.append(generic_sentence(rng))
+                b = self.enc(" ".join(sents) + "\n")
+            if used + len(b) > budget:
+                break
+            blocks.append(b)
+            used += len(b)
+        if not blocks:
+            blocks = [self.filler]
+        depth = rng.random()
+        blocks[int(depth * (len(blocks) - 1))] = needle  # the evaluator's placement
+        ids = list(self.prefix)
+        for b in blocks:
+            ids += b
+        ids += self.suffix
+        n_prompt = len(ids)
+        ids += answer
+        n_doc = len(ids)
+        assert n_doc <= T
+        ids += [self.eos] * (T - len(ids))
+        # target j predicts ids[j+1]
+        lm = [1.0 if j + 1 < n_doc else 0.0 for j in range(T - 1)]
+        ans = [1.0 if n_prompt <= j + 1 < n_prompt + len(answer) - len(self.enc(".\n")) else 0.0
+               for j in range(T - 1)]
+        return ids, lm, ans
+
+    def batch(self, rng, n, T=None):
+        ids, lm, ans = zip(*(self.sample(rng, T) for _ in range(n)))
+        return torch.tensor(ids), torch.tensor(lm), torch.tensor(ans)
+
+    def eval_prompt(self, key, depth, length):
+        """The evaluator's exact prompt (paper filler only)."""
+        fixed = len(self.prefix) + len(self.suffix)
+        blocks = (length - fixed) // len(self.filler)
+        nb = min(int(depth * (blocks - 1)), blocks - 1)
+        ids = list(self.prefix)
+        for i in range(blocks):
+            ids += self.enc(NEEDLE.format(key=key)) if i == nb else self.filler
+        return ids + self.suffix
+
+
+def make_config(state_size, vocab, args):
+    return Mamba2Config(
+        hidden_size=args.hidden, num_hidden_layers=args.layers, num_heads=args.hidden * 2 // args.head_dim,
+        head_dim=args.head_dim, state_size=state_size, n_groups=1, expand=2, conv_kernel=4,
+        chunk_size=64, vocab_size=vocab, tie_word_embeddings=True, use_bias=False, use_conv_bias=True,
+        time_step_limit=(0.0, float("inf")), layer_norm_epsilon=1e-5, residual_in_fp32=True,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+
+
+@torch.no_grad()
+def quick_eval(model, docs, device, length, n=40, seed=7):
+    """Passkey accuracy on the evaluator's prompts (paper filler, n depths), Python-side, for
+    monitoring: teacher-forced, a prompt counts when the argmax at every answer position is the
+    answer token (what greedy decoding then reproduces)."""
+    model.eval()
+    rng = random.Random(seed)
+    rows, answers = [], []
+    for i in range(n):
+        key = f"{rng.randrange(100000):05d}"
+        p = docs.eval_prompt(key, (i + 0.5) / n, length)
+        a = docs.enc(" " + key)
+        rows.append(p + a)
+        answers.append((len(p), a))
+    ids = torch.tensor(rows, device=device)
+    pred = model(ids, use_cache=False).logits.argmax(-1)
+    ok = sum(all(int(pred[r, s - 1 + j]) == t for j, t in enumerate(a)) for r, (s, a) in enumerate(answers))
+    model.train()
+    return ok / n
+
+
+def train_one(state_size, tok, args, device):
+    name = f"passkey-n{state_size}"
+    n_tok = tok.get_vocab_size(with_added_tokens=True)
+    vocab = (n_tok + 15) // 16 * 16
+    cfg = make_config(state_size, vocab, args)
+    torch.manual_seed(args.seed)
+    model = Mamba2ForCausalLM(cfg).float().to(device)
+    model.train()
+    docs = Docs(tok, args.train_length)
+    rng = random.Random(args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warm = min(100, args.steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    t0 = time.time()
+    ema = None
+    hist = []
+    # Length curriculum: the first steps use shorter documents (more of them per step, same tokens).
+    phases = [(int(t), float(f)) for t, f in (p.split(":") for p in args.curriculum.split(","))]
+    assert phases[-1][0] == args.train_length
+
+    def length_at(step):
+        acc = 0.0
+        for t, f in phases:
+            acc += f
+            if step <= acc * args.steps + 1e-9:
+                return t
+        return phases[-1][0]
+
+    for step in range(1, args.steps + 1):
+        T = length_at(step)
+        ids, lm, ans = docs.batch(rng, args.batch * args.train_length // T, T)
+        ids, lm, ans = ids.to(device), lm.to(device), ans.to(device)
+        logits = model(ids[:, :-1], use_cache=False).logits.float()
+        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                               reduction="none").view_as(lm)
+        lm_loss = (ce * lm).sum() / lm.sum()
+        ans_loss = (ce * ans).sum() / ans.sum()
+        loss = lm_loss + args.answer_weight * ans_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        v = (loss.item(), lm_loss.item(), ans_loss.item())
+        ema = v if ema is None else tuple(0.95 * a + 0.05 * b for a, b in zip(ema, v))
+        if step % args.log_every == 0 or step == args.steps:
+            line = f"[{name}] step {step} loss {ema[0]:.4f} lm {ema[1]:.4f} ans {ema[2]:.4f} {time.time() - t0:.0f}s"
+            if step % (args.log_every * 5) == 0 and step != args.steps:
+                acc = quick_eval(model, docs, device, args.train_length, n=20)
+                line += f" py-acc@{args.train_length} {acc:.2f}"
+                hist.append(dict(step=step, loss=ema[0], acc=acc))
+            print(line, flush=True)
+    secs = time.time() - t0
+    model.eval()
+    acc = quick_eval(model, docs, device, args.train_length, n=40)
+    print(f"[{name}] done in {secs:.0f}s, python-side greedy passkey acc at {args.train_length} (40 depths): {acc:.3f}",
+          flush=True)
+    save(model.cpu(), tok, name, dict(
+        name=name, train_length=args.train_length, seed=args.seed, steps=args.steps, batch=args.batch,
+        curriculum=args.curriculum, tokens_per_step=args.batch * args.train_length,
+        lr=args.lr, answer_weight=args.answer_weight, final_loss=round(ema[0], 5), final_lm_loss=round(ema[1], 5), final_answer_loss=round(ema[2], 5),
+        n_s=cfg.num_hidden_layers * cfg.num_heads * cfg.head_dim * cfg.state_size,
+        state_size=cfg.state_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim,
+        parameters=sum(p.numel() for p in model.parameters()),
+        train_seconds=round(secs, 1), device=str(device), torch_threads=torch.get_num_threads(),
+        python_passkey_accuracy_at_train_length=acc, passkey_accuracy_at_train_length=None,
+        torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__,
+        history=hist,
+    ))
+
+
+def save(model, tok, name, info):
+    out = os.path.join(CKPT, name)
+    if os.path.isdir(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    model.save_pretrained(out, safe_serialization=True)
+    gen = os.path.join(out, "generation_config.json")
+    if os.path.exists(gen):
+        os.remove(gen)
+    with open(os.path.join(out, "tokenizer.json"), "w") as f:
+        f.write(tok.to_str(pretty=True) + "\n")
+    write_info(out, info)
+
+
+def write_info(out, info):
+    with open(os.path.join(out, "training.json"), "w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
+    acc = info["passkey_accuracy_at_train_length"]
+    acc_s = "not measured yet (run `train_passkey.py measure`)" if acc is None else f"{acc * 100:.1f}%"
+    card = f"""# {info['name']}: a tiny Mamba-2 trained for passkey retrieval
+
+One of Coil's family of small passkey checkpoints (`checkpoints/passkey-n*`), which differ only in
+`state_size`. Trained from scratch by `checkpoints/train_passkey.py` (seed {info['seed']}).
+
+- Architecture: Mamba-2, HF dialect, float32, {info['parameters']} parameters: hidden {info['hidden_size']},
+  {info['num_hidden_layers']} layers, {info['num_heads']} heads x head_dim {info['head_dim']}, state_size **{info['state_size']}**,
+  n_groups 1, tied embeddings. State elements N_S = layers*heads*head_dim*state_size = **{info['n_s']}**.
+- Data: passkey documents of at most {info['train_length']} tokens laid out with the evaluator's rules and the
+  paper template (prefix, filler blocks, the needle replacing block floor(depth*(blocks-1)) at a
+  uniform depth, suffix, answer " KEY"); the haystack mixes the paper's filler block with blocks of
+  varied sentences stating small facts that recur within a document (1-2 digit numbers only), so the
+  language-modelling loss rewards storing the haystack too. Loss = mean LM loss over the document +
+  {info.get('answer_weight', 1.0)} x mean loss on the answer tokens.
+- Training: {info['steps']} steps of {info['tokens_per_step']} tokens (length curriculum {info['curriculum']}, as
+  length:fraction of steps), AdamW lr {info['lr']}, cosine;
+  {info['train_seconds']:.0f} s on {info['device']} ({info['torch_threads']} threads). Final loss {info['final_loss']}
+  (LM {info['final_lm_loss']}, answer {info['final_answer_loss']}).
+- Passkey accuracy at the training length ({info['train_length']} tokens, 40 depths, `coil passkey`): **{acc_s}**.
+- Tokenizer: byte-level BPE trained by the script on its own template sentences, digits split
+  individually, `<|endoftext|>` = id 0 (the same `tokenizer.json` for the whole family).
+- torch {info['torch']}, transformers {info['transformers']}, tokenizers {info['tokenizers']}.
+"""
+    if info.get("note"):
+        card += "\n" + info["note"] + "\n"
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(card)
+
+
+def measure(args):
+    coil = os.path.join(ROOT, "target", "release", "coil")
+    for n in args.states:
+        out = os.path.join(CKPT, f"passkey-n{n}")
+        with open(os.path.join(out, "training.json")) as f:
+            info = json.load(f)
+        L = info["train_length"]
+        res = f"/tmp/coil-passkey-measure-n{n}"
+        shutil.rmtree(res, ignore_errors=True)
+        cmd = [coil, "passkey", "--model", out, "--lengths", str(L), "--depths", "40", "--mitigate", "none", "--out", res]
+        print(" ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+        acc = read_accuracy(res)
+        print(f"passkey-n{n}: coil accuracy at {L}: {acc}", flush=True)
+        info["passkey_accuracy_at_train_length"] = acc
+        write_info(out, info)
+
+
+def read_accuracy(res):
+    """Mean correctness over the cells in a coil passkey output folder."""
+    ok = tot = 0
+    for root, _, files in os.walk(res):
+        for fn in files:
+            if fn.endswith(".jsonl"):
+                with open(os.path.join(root, fn)) as f:
+                    for line in f:
+                        line = line.strip()
+                        if not line:
+                            continue
+                        r = json.loads(line)
+                        if "correct" in r:
+                            ok += bool(r["correct"])
+                            tot += 1
+    if tot == 0:
+        raise SystemExit(f"no results with 'correct' in {res}")
+    return ok / tot
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("cmd", choices=["train", "measure"])
+    ap.add_argument("--states", type=int, nargs="+", default=[32, 16, 8, 4])
+    ap.add_argument("--seed", type=int, default=20250601)
+    ap.add_argument("--train-length", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--curriculum", default="128:0.5,256:0.25,512:0.25",
+                    help="length:fraction of steps, ...; the batch is scaled to keep tokens per step")
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--answer-weight", type=float, default=2.0, help="weight of the mean answer loss")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--head-dim", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--log-every", type=int, default=10)
+    args = ap.parse_args()
+    if args.cmd == "measure":
+        return measure(args)
+    try:
+        import mamba_ssm  # noqa: F401
+        sys.exit("mamba_ssm is importable: HF would use its kernels; train with the pure-torch path")
+    except ImportError:
+        pass
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = build_tokenizer()
+    assert tok.to_str() == build_tokenizer().to_str(), "BPE training is not deterministic"
+    assert tok.token_to_id("<|endoftext|>") == 0
+    for n in args.states:
+        train_one(n, tok, args, device)
+
+
+if __name__ == "__main__":
+    main()
