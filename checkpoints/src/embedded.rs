@@ -40,6 +40,8 @@ pub(crate) const DEFAULT: &str = "passkey-n16";
 /// check bit for bit (`checkpoints/default/`).
 pub(crate) const FAMILY: &[Embedded] = &[
     embed!("passkey-n16", trained),
+    embed!("passkey-n4", trained),
+    embed!("passkey-n8", trained),
     embed!("passkey-n32", trained),
     Embedded { name: "random", ..embed!("default") },
 ];
