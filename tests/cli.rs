@@ -72,8 +72,9 @@ fn score_logits_out_matches_hf_and_nll_follows_from_them() {
     }
 }
 
-#[test]
-fn state_saved_by_one_process_continues_in_another() {
+/// Prefill 45 ids and save the state in one process, continue with 20 more and generate 12 in
+/// another; returns that output and the output of one process doing all of it.
+fn split_across_processes(extra: &[&str]) -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, ids: &[u32]| {
         let path = dir.path().join(name);
@@ -86,13 +87,22 @@ fn state_saved_by_one_process_continues_in_another() {
     let (a, b, ab) = (write("a.txt", &first), write("b.txt", &second), write("ab.txt", &both));
     let state = dir.path().join("state.safetensors");
     let model = fixture("g1_tied");
-    let model = model.to_str().unwrap();
+    let run = |ids: &str, new_tokens: &str, state_flag: &[&str]| {
+        let mut args = vec!["run", "--model", model.to_str().unwrap(), "--token-ids", ids, "--max-new-tokens", new_tokens];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(state_flag);
+        coil(&args).stdout
+    };
+    run(&a, "0", &["--state-out", state.to_str().unwrap()]);
+    let resumed = run(&b, "12", &["--state-in", state.to_str().unwrap()]);
+    (resumed, run(&ab, "12", &[]))
+}
 
-    coil(&["run", "--model", model, "--token-ids", &a, "--max-new-tokens", "0", "--state-out", state.to_str().unwrap()]);
-    let resumed = coil(&["run", "--model", model, "--token-ids", &b, "--max-new-tokens", "12", "--state-in", state.to_str().unwrap()]);
-    let direct = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "12"]);
-    assert_eq!(String::from_utf8_lossy(&resumed.stdout), String::from_utf8_lossy(&direct.stdout));
-    assert_eq!(String::from_utf8_lossy(&direct.stdout).split_whitespace().count(), 12);
+#[test]
+fn state_saved_by_one_process_continues_in_another() {
+    let (resumed, direct) = split_across_processes(&[]);
+    assert_eq!(String::from_utf8_lossy(&resumed), String::from_utf8_lossy(&direct));
+    assert_eq!(String::from_utf8_lossy(&direct).split_whitespace().count(), 12);
 }
 
 #[test]
@@ -189,26 +199,11 @@ fn score_with_mitigations_matches_the_f64_reference() {
 
 #[test]
 fn windowed_state_continues_across_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, ids: &[u32]| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let first: Vec<u32> = (0..45).map(|i| (i * 37 + 5) % 96).collect();
-    let second: Vec<u32> = (0..20).map(|i| (i * 11 + 3) % 96).collect();
-    let both: Vec<u32> = first.iter().chain(&second).copied().collect();
-    let (a, b, ab) = (write("a.txt", &first), write("b.txt", &second), write("ab.txt", &both));
-    let state = dir.path().join("w.state");
-    let model = fixture("g1_tied");
-    let model = model.to_str().unwrap();
-    let window = "window:size=12,granularity=5";
-    coil(&["run", "--model", model, "--token-ids", &a, "--max-new-tokens", "0", "--mitigate", window, "--state-out", state.to_str().unwrap()]);
-    let resumed = coil(&["run", "--model", model, "--token-ids", &b, "--max-new-tokens", "8", "--mitigate", window, "--state-in", state.to_str().unwrap()]);
-    let direct = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "8", "--mitigate", window]);
-    assert_eq!(resumed.stdout, direct.stdout);
-    let plain = coil(&["run", "--model", model, "--token-ids", &ab, "--max-new-tokens", "8"]);
-    assert_ne!(plain.stdout, direct.stdout, "a 12-token window changes what a 65-token prompt generates");
+    let window = ["--mitigate", "window:size=12,granularity=5"];
+    let (resumed, direct) = split_across_processes(&window);
+    assert_eq!(resumed, direct);
+    let (_, plain) = split_across_processes(&[]);
+    assert_ne!(plain, direct, "a 12-token window changes what a 65-token prompt generates");
 }
 
 #[test]
