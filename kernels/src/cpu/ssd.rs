@@ -183,8 +183,24 @@ pub(crate) fn retract_inputs(shape: SsmShape, state: &mut [f32], xdt: &[f32], b:
     if count == 0 {
         return;
     }
+    // A few inputs (the sliding window at granularity 1 retracts one per token) are rank-one
+    // updates: plain loops beat a GEMM's setup there.
+    const DIRECT_MAX: usize = 4;
     state.par_chunks_mut(p_len * n_len).enumerate().for_each(|(h, state_head)| {
         let g = shape.group_of(h);
+        if count <= DIRECT_MAX {
+            for k in 0..count {
+                let w = weights[k * heads + h];
+                let b_k = &b[k * bc + g * n_len..][..n_len];
+                for (row, &x) in state_head.chunks_exact_mut(n_len).zip(&xdt[k * inner + h * p_len..][..p_len]) {
+                    let v = w * x;
+                    for (s, &b_n) in row.iter_mut().zip(b_k) {
+                        *s -= v * b_n;
+                    }
+                }
+            }
+            return;
+        }
         // lhs[p, k] = -weights[k, h] * xdt[k, h, p], stored [K, P].
         let mut lhs = vec![0.0f32; count * p_len];
         for k in 0..count {
