@@ -151,16 +151,26 @@ pub(crate) fn linear_few_rows(
 ) {
     use rayon::prelude::*;
     let rows = input.len() / in_features;
-    // Outputs are computed feature-major into `scratch` so each task owns a contiguous slice.
     const BLOCK: usize = 64;
+    let dot_row = |j: usize, t: usize| {
+        dot_dispatch(&input[t * in_features..(t + 1) * in_features], &weight[j * in_features..(j + 1) * in_features]) + bias.map_or(0.0, |b| b[j])
+    };
+    if rows == 1 {
+        // One token (decode): the output row is already feature-major; no scratch, no allocation.
+        out.par_chunks_mut(BLOCK).enumerate().for_each(|(block, chunk)| {
+            for (i, o) in chunk.iter_mut().enumerate() {
+                *o = dot_row(block * BLOCK + i, 0);
+            }
+        });
+        return;
+    }
+    // Outputs are computed feature-major into `scratch` so each task owns a contiguous slice.
     let mut scratch = vec![0.0f32; rows * out_features];
     scratch.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(block, chunk)| {
         let first = block * BLOCK;
         for (i, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
-            let j = first + i;
-            let w = &weight[j * in_features..(j + 1) * in_features];
             for (t, o) in out_j.iter_mut().enumerate() {
-                *o = dot_dispatch(&input[t * in_features..(t + 1) * in_features], w) + bias.map_or(0.0, |b| b[j]);
+                *o = dot_row(first + i, t);
             }
         }
     });
