@@ -13,6 +13,29 @@ pub struct PlotError {
     pub message: String,
 }
 
+type Canvas<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+type Drawn = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Checks the file name, draws on a white SVG canvas and writes it, naming the file in any error.
+fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Canvas) -> Drawn) -> Result<(), PlotError> {
+    check_svg(path)?;
+    let drawn = (|| -> Drawn {
+        let root = SVGBackend::new(path, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+        Ok(())
+    })();
+    drawn.map_err(|e| failed(path, e))
+}
+
+/// The frame every plot shares: title, margin and axis label areas.
+fn frame<'a, 'b>(root: &'a Canvas<'b>, title: &str, y_label_area: u32) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder.caption(title, ("sans-serif", 18)).margin(15).x_label_area_size(45).y_label_area_size(y_label_area);
+    builder
+}
+
 fn check_svg(path: &Path) -> Result<(), PlotError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => Ok(()),
@@ -26,20 +49,13 @@ fn failed(path: &Path, error: impl std::fmt::Display) -> PlotError {
 
 /// One line per `(label, points)`, log-scaled y, an optional dashed vertical marker.
 pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(u64, f32)>)], marker: Option<u64>) -> Result<(), PlotError> {
-    check_svg(path)?;
     let points = series.iter().flat_map(|(_, p)| p.iter());
     let (x_max, y_min, y_max) = points.fold((1u64, f32::INFINITY, 0f32), |(x, lo, hi), &(px, py)| {
         (x.max(px), if py > 0.0 { lo.min(py) } else { lo }, hi.max(py))
     });
     let (y_min, y_max) = if y_min.is_finite() { (y_min * 0.8, (y_max * 1.25).max(y_min * 1.01)) } else { (1e-3, 1.0) };
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(70)
+    render(path, (960, 600), |root| {
+        let mut chart = frame(root, title, 70)
             .build_cartesian_2d(0u64..x_max, (y_min..y_max).log_scale().with_key_points(log_ticks(y_min, y_max)))?;
         chart.configure_mesh().x_desc(x_label).y_desc(y_label).y_labels(10).y_label_formatter(&|v| tick_label(*v as f64)).draw()?;
         for (i, (label, points)) in series.iter().enumerate() {
@@ -53,10 +69,8 @@ pub fn lines(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(
             chart.draw_series(DashedLineSeries::new(vec![(x, y_min), (x, y_max)], 6, 4, BLACK.mix(0.5).into()))?;
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
-        root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| failed(path, e))
+    })
 }
 
 /// `0.0123`, `14.79`, or `3.2e-7` when plain digits would not fit.
@@ -77,19 +91,12 @@ fn log_ticks(low: f32, high: f32) -> Vec<f32> {
 /// Accuracy (0..1) against length on a log2 x axis, one line per series, the training length
 /// dashed when known.
 pub fn accuracy_curves(path: &Path, title: &str, series: &[(String, Vec<(usize, f64)>)], train_length: Option<usize>) -> Result<(), PlotError> {
-    check_svg(path)?;
     let lengths = series.iter().flat_map(|(_, p)| p.iter().map(|&(l, _)| l as f64));
     let (x_min, x_max) = lengths.fold((f64::INFINITY, 1.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
     let x_min = if x_min.is_finite() { x_min / 1.2 } else { 1.0 };
     let x_max = (x_max * 1.2).max(x_min * 2.0);
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(55)
+    render(path, (900, 560), |root| {
+        let mut chart = frame(root, title, 55)
             .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..1.02f64)?;
         chart
             .configure_mesh()
@@ -110,24 +117,15 @@ pub fn accuracy_curves(path: &Path, title: &str, series: &[(String, Vec<(usize, 
             chart.draw_series(DashedLineSeries::new(vec![(t as f64, 0.0), (t as f64, 1.02)], 6, 4, BLACK.mix(0.5).into()))?;
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::LowerLeft).draw()?;
-        root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| failed(path, e))
+    })
 }
 
 /// Accuracy per (depth bin, length) as coloured cells, red (0) to green (1); empty cells grey.
 pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<f64>>]) -> Result<(), PlotError> {
-    check_svg(path)?;
     let (columns, rows) = (lengths.len(), cells.len());
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(55)
+    render(path, (900, 560), |root| {
+        let mut chart = frame(root, title, 55)
             .build_cartesian_2d(0f64..columns as f64, 0f64..rows as f64)?;
         chart
             .configure_mesh()
@@ -148,27 +146,18 @@ pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<
                 chart.draw_series(std::iter::once(Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], color.filled())))?;
             }
         }
-        root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| failed(path, e))
+    })
 }
 
 /// Capacity (thousands of tokens) against N_S (millions): measured points per arm, each arm's
 /// fitted `a (b^N_S - 1) + c`, and the paper's fit.
 pub fn capacity(path: &Path, points: &[(String, Vec<(f64, f64)>)], fits: &[(String, f64, f64, f64)]) -> Result<(), PlotError> {
-    check_svg(path)?;
     let x_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(0.1f64, f64::max) * 1.3;
     let y_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1.0f64, f64::max) * 1.3;
     let paper = |x: f64| 4.756 * (1.365f64.powf(x) - 1.0) - 0.742;
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("passkey capacity against state size", ("sans-serif", 18))
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
+    render(path, (900, 560), |root| {
+        let mut chart = frame(root, "passkey capacity against state size", 60)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
         chart.configure_mesh().x_desc("N_S (million state elements)").y_desc("capacity (thousand tokens)").draw()?;
         let curve = |f: &dyn Fn(f64) -> f64| (0..=200).map(|i| x_max * i as f64 / 200.0).map(|x| (x, f(x))).filter(|p| p.1 >= 0.0 && p.1 <= y_max).collect::<Vec<_>>();
@@ -188,10 +177,8 @@ pub fn capacity(path: &Path, points: &[(String, Vec<(f64, f64)>)], fits: &[(Stri
             }
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;
-        root.present()?;
         Ok(())
-    };
-    draw().map_err(|e| failed(path, e))
+    })
 }
 
 /// `512`, `4k`, `1m`.
