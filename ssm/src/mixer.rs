@@ -210,6 +210,10 @@ impl Block {
         let ends_after = |i: usize| plan.state_norm.as_ref().is_some_and(|n| (position + i as u64 + 1) % n.every == 0);
         let window_moves = |p: u64| window.is_some_and(|w| p > 0 && w.start(p) != w.start(p - 1));
 
+        // One token's dt * x for the window's ring, reused across segments (Q = 1 makes every
+        // token a segment).
+        let mut xdt = vec![0.0f32; if layer.ring.is_some() { inner } else { 0 }];
+        let mut retract_scratch = RetractScratch::default();
         let mut start = 0;
         while start < tokens {
             let mut end = start + 1;
@@ -220,7 +224,7 @@ impl Block {
             if let (Some(w), Some(ring)) = (window, layer.ring.as_deref_mut()) {
                 if window_moves(first) {
                     debug_assert_eq!(ring.oldest_position, w.start(first - 1));
-                    retract(backend, &shape, layer.ssm, ring, (w.start(first) - w.start(first - 1)) as usize, layer.log_decay_total);
+                    retract(backend, &shape, layer.ssm, ring, (w.start(first) - w.start(first - 1)) as usize, layer.log_decay_total, &mut retract_scratch);
                 }
             }
             let segment = inputs.slice(&shape, start..end);
@@ -231,7 +235,6 @@ impl Block {
                 backend.ssd_scan(shape, *recurrence, segment, layer.ssm, chunk, y);
             }
             // Running log-decay sums (f64), the window's lagged inputs and dt statistics.
-            let mut xdt = vec![0.0f32; if layer.ring.is_some() { inner } else { 0 }];
             for t in start..end {
                 let dt = &inputs.dt[t * heads..(t + 1) * heads];
                 for h in 0..heads {
@@ -259,12 +262,22 @@ impl Block {
 
 /// Takes the ring's oldest `count` inputs out of the state, each decayed from when it was written
 /// to now: weight `exp(L_now - L_k)`, a difference of f64 running sums.
-fn retract(backend: &dyn Backend, shape: &SsmShape, state: &mut [f32], ring: &mut Ring, count: usize, log_now: &[f64]) {
-    let (mut xdt, mut b, mut log_cum) = (Vec::new(), Vec::new(), Vec::new());
-    ring.pop_oldest(count, &mut xdt, &mut b, &mut log_cum);
+fn retract(backend: &dyn Backend, shape: &SsmShape, state: &mut [f32], ring: &mut Ring, count: usize, log_now: &[f64], scratch: &mut RetractScratch) {
+    let RetractScratch { xdt, b, log_cum, weights } = scratch;
+    ring.pop_oldest(count, xdt, b, log_cum);
     let heads = shape.heads;
-    let weights: Vec<f32> = log_cum.iter().enumerate().map(|(i, &l)| (log_now[i % heads] - l).exp() as f32).collect();
-    backend.retract_inputs(*shape, state, &xdt, &b, &weights);
+    weights.clear();
+    weights.extend(log_cum.iter().enumerate().map(|(i, &l)| (log_now[i % heads] - l).exp() as f32));
+    backend.retract_inputs(*shape, state, xdt, b, weights);
+}
+
+/// Buffers of [`retract`], kept across the window moves of one forward pass.
+#[derive(Default)]
+struct RetractScratch {
+    xdt: Vec<f32>,
+    b: Vec<f32>,
+    log_cum: Vec<f64>,
+    weights: Vec<f32>,
 }
 
 /// Splits conv output rows `[x | B | C]` into three contiguous buffers.
