@@ -34,3 +34,19 @@ pub use coil_ssm::{
     calibrate, read_thresholds, write_thresholds, Error, HeadStats, IndexSet, LogitRows, Mitigation, Model, Plan, Sampler,
     SamplingConfig, Scope, Session, State, StateShape, Thresholds,
 };
+/// Where a model computes, and the op interface the devices implement.
+pub use coil_kernels::{Backend, Cpu, Device, Reference};
+/// Why a device could not be opened; the wgpu adapters present (`coil devices`).
+pub use coil_gpu::{adapters, cuda_devices, Adapter, AdapterKind, DeviceError};
+
+/// The backend of `device` (`Device::Auto`: CUDA, else a hardware GPU through wgpu, else the
+/// CPU). Give it to [`Model::with_backend`]; one backend serves any number of models.
+///
+/// ```
+/// let cpu = coil::open_device(coil::Device::Cpu)?;
+/// assert_eq!(cpu.name(), "cpu");
+/// # Ok::<(), coil::DeviceError>(())
+/// ```
+pub fn open_device(device: Device) -> Result<std::sync::Arc<dyn Backend>, DeviceError> {
+    coil_gpu::open(device)
+}

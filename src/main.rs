@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         Command::Passkey(args) => cli::passkey::passkey(args),
         Command::Report(args) => cli::passkey::report(args),
         Command::Convert(args) => cli::convert(args),
+        Command::Devices => cli::devices(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use coil_ssm::{Checkpoint, LogitRows, Model, Reference, Session, State};
+use coil_ssm::{Backend, Checkpoint, LogitRows, Model, Reference, Session, State};
 use safetensors::SafeTensors;
 
 const LOGIT_TOLERANCE: f32 = 1e-4;
@@ -66,21 +66,39 @@ fn assert_state(case: &str, state: &State, golden: &Golden) {
     assert_close(&format!("{case} conv state"), state.conv(), &golden.conv_states, 1e-5 * scale(&golden.conv_states));
 }
 
-fn load(case: &str) -> Arc<Model> {
+fn load_on(case: &str, backend: Arc<dyn Backend>) -> Model {
     let checkpoint = Checkpoint::open_dir(&fixture_dir(case)).unwrap_or_else(|e| panic!("{case}: {e}"));
-    Arc::new(Model::from_checkpoint(checkpoint))
+    Model::from_checkpoint(checkpoint).with_backend(backend)
 }
 
-/// Every path of the engine against every golden output of one case.
+fn load(case: &str) -> Arc<Model> {
+    Arc::new(load_on(case, Arc::new(coil_ssm::Cpu)))
+}
+
+/// Every path of the engine on the CPU, and the naive reference, against every golden output.
 fn check_case(case: &str) {
+    check_case_on(case, Arc::new(coil_ssm::Cpu), &[1, 3, 64]);
+    // The naive reference backend reproduces HF too (it is the oracle of the fast ops).
     let golden = read_golden(case);
-    let model = load(case);
+    let reference = load_on(case, Arc::new(Reference));
+    let mut state = reference.new_state();
+    let logits = reference.forward(&mut state, &golden.input_ids, LogitRows::All).unwrap();
+    assert_close(&format!("{case} reference-backend logits"), &logits, &golden.logits, LOGIT_TOLERANCE);
+}
+
+/// Every path of the engine on `backend` against every golden output of one case: chunked
+/// prefill at the checkpoint's chunk length and at `chunks`, steps, prefill then steps, pieces.
+fn check_case_on(case: &str, backend: Arc<dyn Backend>, chunks: &[usize]) {
+    let golden = read_golden(case);
+    let model = Arc::new(load_on(case, backend.clone()));
     let vocab = model.vocab_size();
     let tokens = &golden.input_ids;
+    let fixture = case;
+    let case = &format!("{case} on {}", backend.name());
 
     // Chunked prefill with all logits, at the checkpoint's chunk size and at awkward ones.
-    for chunk in [model.config().chunk_size, 1, 3, 64] {
-        let model = Model::from_checkpoint(Checkpoint::open_dir(&fixture_dir(case)).unwrap()).with_chunk_size(chunk);
+    for &chunk in [model.config().chunk_size].iter().chain(chunks) {
+        let model = load_on(fixture, backend.clone()).with_chunk_size(chunk);
         let mut state = model.new_state();
         let logits = model.forward(&mut state, tokens, LogitRows::All).unwrap();
         assert_close(&format!("{case} chunked logits (chunk {chunk})"), &logits, &golden.logits, LOGIT_TOLERANCE);
@@ -113,12 +131,22 @@ fn check_case(case: &str) {
     let last = session.prefill(tokens).unwrap().to_vec();
     assert_close(&format!("{case} piecewise prefill last logits"), &last, &golden.logits[(tokens.len() - 1) * vocab..], LOGIT_TOLERANCE);
     assert_state(case, session.state(), &golden);
+}
 
-    // The naive reference backend reproduces HF too (it is the oracle of the fast ops).
-    let reference = Model::from_checkpoint(Checkpoint::open_dir(&fixture_dir(case)).unwrap()).with_backend(Arc::new(Reference));
-    let mut state = reference.new_state();
-    let logits = reference.forward(&mut state, tokens, LogitRows::All).unwrap();
-    assert_close(&format!("{case} reference-backend logits"), &logits, &golden.logits, LOGIT_TOLERANCE);
+/// The whole golden suite on the GPU backend (`COIL_TEST_DEVICE`, default wgpu: lavapipe here).
+mod gpu {
+    use super::*;
+
+    fn check(case: &str) {
+        check_case_on(case, coil_gpu::test_backend(), &[]);
+    }
+
+    #[test]
+    fn every_case_matches_hf() {
+        for case in ["g1_tied", "g4_untied_bias", "k3_limit", "len1", "chunk_minus1", "odd_shapes", "bf16_weights", "f16_weights", "mamba_ssm_dialect", "sharded"] {
+            check(case);
+        }
+    }
 }
 
 #[test]

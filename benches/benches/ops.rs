@@ -1,7 +1,7 @@
 //! Each CPU op at mamba2-130m's sizes (D 768, H 24, P 64, N 128, G 1, K 4), prefill-shaped
 //! (T = 256 and 1024) and decode-shaped (T = 1).
 
-use coil_kernels::{Backend, Cpu, Recurrence, ScanInputs, SsmShape};
+use coil_kernels::{Backend, Cpu, Matrix, Recurrence, ScanInputs, SsmShape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,14 +16,14 @@ fn random(len: usize, scale: f32) -> Vec<f32> {
 
 fn linear(c: &mut Criterion) {
     let rows = SHAPE.inner() * 2 + 2 * SHAPE.bc_width() + SHAPE.heads; // in_proj
-    let weight = random(rows * D_MODEL, 0.05);
+    let weight = Matrix::new(random(rows * D_MODEL, 0.05), rows, D_MODEL);
     let mut group = c.benchmark_group("linear_in_proj");
     for tokens in [1usize, 256] {
         let input = random(tokens * D_MODEL, 1.0);
         let mut out = vec![0.0; tokens * rows];
         group.throughput(Throughput::Elements(tokens as u64));
         group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
-            b.iter(|| Cpu.linear(&input, &weight, None, D_MODEL, rows, &mut out))
+            b.iter(|| Cpu.linear(&input, &weight, None, &mut out))
         });
     }
     group.finish();

@@ -1,4 +1,4 @@
-use crate::{DtLimit, Recurrence, ScanInputs, SsmShape};
+use crate::{DtLimit, Matrix, Recurrence, ScanInputs, SsmShape};
 
 /// The ops of a Mamba-2 forward pass, on row-major f32 buffers in host memory.
 ///
@@ -10,15 +10,7 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias[n])`.
-    fn linear(
-        &self,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        in_features: usize,
-        out_features: usize,
-        out: &mut [f32],
-    );
+    fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]);
 
     /// `out[t] = x[t] * rsqrt(mean(x[t]²) + eps) * weight` over rows of `weight.len()`.
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]);

@@ -3,11 +3,16 @@
 //! a naive [`Reference`] backend, kept as the oracle for tests, and the fast [`Cpu`] backend.
 
 mod backend;
+pub mod conformance;
+mod device;
+mod matrix;
 pub mod cpu;
 pub mod reference;
 mod shape;
 
 pub use backend::Backend;
+pub use device::Device;
+pub use matrix::Matrix;
 pub use cpu::Cpu;
 pub use reference::Reference;
 pub use shape::{DtLimit, Recurrence, ScanInputs, SsmShape};

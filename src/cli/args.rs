@@ -27,6 +27,8 @@ pub enum Command {
     Passkey(PasskeyArgs),
     /// Merge sweep results (shards, several folders) into accuracy tables, capacity and plots.
     Report(ReportArgs),
+    /// List the devices `--device` can take: CUDA devices and wgpu adapters.
+    Devices,
     /// Write a checkpoint (either dialect, safetensors or pytorch_model.bin) as an HF-dialect
     /// folder: config.json + model.safetensors (+ tokenizer.json).
     Convert(ConvertArgs),
@@ -69,6 +71,9 @@ pub struct PasskeyArgs {
     pub threads: Option<usize>,
     #[arg(long, value_name = "Q")]
     pub chunk_size: Option<usize>,
+    /// auto, cpu, cuda[:N] or wgpu[:N].
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: coil::Device,
 }
 
 #[derive(Args, Debug)]
@@ -108,6 +113,10 @@ pub struct ModelArgs {
     /// Tokens per prefill pass; memory grows with it, not with the input.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub piece_len: usize,
+    /// Where to compute: auto (CUDA, else a hardware GPU through wgpu, else the CPU), cpu,
+    /// cuda[:N] or wgpu[:N] (`coil devices` lists them).
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    pub device: coil::Device,
 }
 
 #[derive(Args, Debug)]

@@ -45,11 +45,23 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let stored_dtype = checkpoint.weights.stored_dtype.to_string();
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
-    let mut model = Model::from_checkpoint(checkpoint);
+    let mut model = Model::from_checkpoint(checkpoint).with_backend(backend(args.device)?);
     if let Some(chunk) = args.chunk_size {
         model = model.with_chunk_size(chunk);
     }
     Ok(Loaded { model: Arc::new(model), tokenizer, source, stored_dtype, train_length })
+}
+
+/// The backend of `device`, opened once per process (a sweep loads several models onto it).
+fn backend(device: coil::Device) -> Result<Arc<dyn coil::Backend>> {
+    static OPENED: std::sync::Mutex<Vec<(coil::Device, Arc<dyn coil::Backend>)>> = std::sync::Mutex::new(Vec::new());
+    let mut opened = OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, backend)) = opened.iter().find(|(d, _)| *d == device) {
+        return Ok(backend.clone());
+    }
+    let backend = coil::open_device(device).with_context(|| format!("--device {device}"))?;
+    opened.push((device, backend.clone()));
+    Ok(backend)
 }
 
 impl Loaded {

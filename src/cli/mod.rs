@@ -3,6 +3,7 @@
 pub mod args;
 pub mod calibrate;
 mod convert;
+mod devices;
 mod input;
 mod inspect;
 mod load;
@@ -15,6 +16,7 @@ mod score;
 pub mod stats;
 
 pub use convert::convert;
+pub use devices::devices;
 pub use inspect::inspect;
 pub use run::run;
 pub use score::score;

@@ -32,6 +32,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             threads: if i == 0 { args.threads } else { None },
             chunk_size: args.chunk_size,
             piece_len: 1024,
+            device: args.device,
         };
         let mut loaded = load(&model_args)?;
         let name = match &loaded.source {

@@ -1,26 +1,38 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
-use coil_kernels::{Backend, DtLimit, Recurrence, ScanInputs, SsmShape};
+use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape};
 
 use crate::mitigation::LayerPlan;
 use crate::state::{LayerState, Ring};
 use crate::Config;
 
-/// A block's weights, arranged for the ops: in_proj split into its `z | xBC | dt` row blocks,
-/// A precomputed from A_log.
+/// A block's weights, arranged for the ops: in_proj split into its `z | xBC | dt` row blocks so
+/// each product lands in its own contiguous buffer.
 pub(crate) struct Block {
     norm: Vec<f32>,
-    in_proj: Vec<f32>,              // [I + C + H, D]
-    in_proj_bias: Option<Vec<f32>>, // [I + C + H]
-    conv_weight: Vec<f32>,          // [C, K]
+    z_proj: Projection,   // [I, D]
+    xbc_proj: Projection, // [C, D]
+    dt_proj: Projection,  // [H, D]
+    conv_weight: Vec<f32>, // [C, K]
     conv_bias: Option<Vec<f32>>,
     dt_bias: Vec<f32>,
     a_log: Vec<f32>, // [H]; A = -exp(A_log) is formed by the plan
     d: Vec<f32>,
     mixer_norm: Vec<f32>,
-    out_proj: Vec<f32>, // [D, I]
-    out_proj_bias: Option<Vec<f32>>,
+    out_proj: Projection, // [D, I]
+}
+
+/// A linear layer's weight and optional bias.
+struct Projection {
+    weight: Matrix,
+    bias: Option<Vec<f32>>,
+}
+
+impl Projection {
+    fn apply(&self, backend: &dyn Backend, input: &[f32], out: &mut [f32]) {
+        backend.linear(input, &self.weight, self.bias.as_deref(), out);
+    }
 }
 
 /// Sizes every block shares.
@@ -120,19 +132,30 @@ impl Block {
         &self.dt_bias
     }
 
-    pub fn new(w: LayerWeights) -> Block {
+    pub fn new(w: LayerWeights, dims: &Dims) -> Block {
+        let d_model = dims.d_model;
+        let rows = [dims.inner(), dims.conv_dim, dims.ssm.heads];
+        let mut start = 0;
+        let [z_proj, xbc_proj, dt_proj] = rows.map(|count| {
+            let range = start..start + count;
+            start += count;
+            Projection {
+                weight: Matrix::new(w.in_proj[range.start * d_model..range.end * d_model].to_vec(), count, d_model),
+                bias: w.in_proj_bias.as_ref().map(|b| b[range].to_vec()),
+            }
+        });
         Block {
             norm: w.norm,
-            in_proj: w.in_proj,
-            in_proj_bias: w.in_proj_bias,
+            z_proj,
+            xbc_proj,
+            dt_proj,
             conv_weight: w.conv_weight,
             conv_bias: w.conv_bias,
             dt_bias: w.dt_bias,
             a_log: w.a_log,
             d: w.d,
             mixer_norm: w.mixer_norm,
-            out_proj: w.out_proj,
-            out_proj_bias: w.out_proj_bias,
+            out_proj: Projection { weight: Matrix::new(w.out_proj, d_model, dims.inner()), bias: w.out_proj_bias },
         }
     }
 
@@ -152,19 +175,16 @@ impl Block {
         chunk: usize,
         act: &mut Activations,
     ) {
-        let (d_model, inner, conv_dim, heads) = (dims.d_model, dims.inner(), dims.conv_dim, dims.ssm.heads);
+        let (d_model, inner, conv_dim) = (dims.d_model, dims.inner(), dims.conv_dim);
         let tokens = hidden.len() / d_model;
         debug_assert_eq!(act.tokens(dims), tokens);
 
         backend.rms_norm(hidden, &self.norm, dims.eps, &mut act.normed);
 
-        // in_proj, one GEMM per row block so each output is contiguous: z | xBC | dt.
-        let bias = |range: std::ops::Range<usize>| self.in_proj_bias.as_ref().map(|b| &b[range]);
-        let w = |rows: std::ops::Range<usize>| &self.in_proj[rows.start * d_model..rows.end * d_model];
-        let (z_rows, xbc_rows, dt_rows) = (0..inner, inner..inner + conv_dim, inner + conv_dim..inner + conv_dim + heads);
-        backend.linear(&act.normed, w(z_rows.clone()), bias(z_rows), d_model, inner, &mut act.z);
-        backend.linear(&act.normed, w(xbc_rows.clone()), bias(xbc_rows), d_model, conv_dim, &mut act.xbc_raw);
-        backend.linear(&act.normed, w(dt_rows.clone()), bias(dt_rows), d_model, heads, &mut act.dt_raw);
+        // in_proj, one product per row block so each output is contiguous: z | xBC | dt.
+        self.z_proj.apply(backend, &act.normed, &mut act.z);
+        self.xbc_proj.apply(backend, &act.normed, &mut act.xbc_raw);
+        self.dt_proj.apply(backend, &act.normed, &mut act.dt_raw);
 
         backend.causal_conv1d(&act.xbc_raw, layer.conv, &self.conv_weight, self.conv_bias.as_deref(), conv_dim, &mut act.xbc);
         split_xbc(&act.xbc, conv_dim, inner, dims.ssm.bc_width(), &mut act.x, &mut act.b, &mut act.c);
@@ -180,7 +200,7 @@ impl Block {
 
         // Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I).
         backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, inner / dims.ssm.groups, dims.eps, &mut act.u);
-        backend.linear(&act.u, &self.out_proj, self.out_proj_bias.as_deref(), inner, d_model, &mut act.out);
+        self.out_proj.apply(backend, &act.u, &mut act.out);
         for (h, o) in hidden.iter_mut().zip(&act.out) {
             *h += o;
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use coil_checkpoints::{Checkpoint, Weights};
-use coil_kernels::{Backend, Cpu};
+use coil_kernels::{Backend, Cpu, Matrix};
 
 use crate::mixer::{Activations, Block, Dims};
 use crate::mitigation::Plan;
@@ -26,10 +26,10 @@ pub struct Model {
     config: Config,
     dims: Dims,
     backend: Arc<dyn Backend>,
-    embedding: Vec<f32>, // [V, D]
+    embedding: Matrix, // [V, D]
     blocks: Vec<Block>,
     norm_f: Vec<f32>,
-    lm_head: Option<Vec<f32>>, // [V, D]; None = tied to the embedding
+    lm_head: Option<Matrix>, // [V, D]; None = tied to the embedding
     chunk_size: usize,
     parameters: usize,
     plain: Plan,
@@ -66,10 +66,10 @@ impl Model {
             chunk_size: config.chunk_size,
             dims,
             backend,
-            embedding: weights.embedding,
-            blocks: weights.layers.into_iter().map(Block::new).collect(),
+            embedding: Matrix::new(weights.embedding, config.vocab_size, config.d_model),
+            blocks: weights.layers.into_iter().map(|layer| Block::new(layer, &dims)).collect(),
             norm_f: weights.norm_f,
-            lm_head: weights.lm_head,
+            lm_head: weights.lm_head.map(|head| Matrix::new(head, config.vocab_size, config.d_model)),
             config,
         };
         model.plain = Plan::plain(&model);
@@ -207,8 +207,7 @@ impl Model {
         workspace.resize(&self.dims, tokens.len());
         let d = self.dims.d_model;
         for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
-            let t = token as usize;
-            row.copy_from_slice(&self.embedding[t * d..(t + 1) * d]);
+            row.copy_from_slice(self.embedding.row(token as usize));
         }
         let position = state.position();
         for (i, block) in self.blocks.iter().enumerate() {
@@ -235,8 +234,8 @@ impl Model {
         workspace.normed.resize(hidden_rows.len(), 0.0);
         self.backend.rms_norm(hidden_rows, &self.norm_f, self.dims.eps, &mut workspace.normed);
         workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
-        let head = self.lm_head.as_deref().unwrap_or(&self.embedding);
-        self.backend.linear(&workspace.normed, head, None, d, vocab, &mut workspace.logits);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        self.backend.linear(&workspace.normed, head, None, &mut workspace.logits);
         if workspace.logits.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFiniteLogits { position: state.position() });
         }

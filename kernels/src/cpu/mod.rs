@@ -9,7 +9,7 @@ pub(crate) mod simd;
 mod ssd;
 mod step;
 
-use crate::{Backend, Recurrence, ScanInputs, SsmShape};
+use crate::{Backend, Matrix, Recurrence, ScanInputs, SsmShape};
 
 /// The CPU backend. Threads come from rayon's global pool (`RAYON_NUM_THREADS`, or the CLI's
 /// `--threads`).
@@ -21,16 +21,8 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn linear(
-        &self,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        in_features: usize,
-        out_features: usize,
-        out: &mut [f32],
-    ) {
-        matmul::linear(input, weight, bias, in_features, out_features, out);
+    fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+        matmul::linear(input, weight.data(), bias, weight.cols(), weight.rows(), out);
     }
 
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -2,7 +2,7 @@
 //! maths reads, with no blocking, chunking or threads. Slow; it is the oracle the fast paths are
 //! tested against and is kept that way.
 
-use crate::{silu, Backend, Recurrence, ScanInputs, SsmShape};
+use crate::{silu, Backend, Matrix, Recurrence, ScanInputs, SsmShape};
 
 /// The naive reference backend.
 #[derive(Clone, Copy, Debug, Default)]
@@ -13,16 +13,8 @@ impl Backend for Reference {
         "reference"
     }
 
-    fn linear(
-        &self,
-        input: &[f32],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        in_features: usize,
-        out_features: usize,
-        out: &mut [f32],
-    ) {
-        assert_eq!(weight.len(), in_features * out_features);
+    fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+        let (in_features, out_features, weight) = (weight.cols(), weight.rows(), weight.data());
         let rows = input.len() / in_features;
         assert_eq!(out.len(), rows * out_features);
         for t in 0..rows {

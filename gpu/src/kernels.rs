@@ -1,0 +1,360 @@
+//! The CubeCL kernels. Every buffer is a flat, row-major f32 array; sizes the kernels loop over
+//! at run time are `u32` arguments, sizes that shape registers and shared memory are comptime.
+//! Each kernel bounds-checks its own work items, so launches may round the grid up.
+
+use cubecl::prelude::*;
+
+/// Rows and columns of the output tile one cube of [`linear_tiled`] computes.
+pub const TILE: u32 = 64;
+/// Depth of the input slice staged in shared memory per step.
+const TILE_K: u32 = 16;
+/// Threads per side of a [`linear_tiled`] cube; each computes a 4 x 4 block of outputs.
+pub const TILE_THREADS: u32 = 16;
+
+/// `out[r, j] = Σ_k input[r, k] · weight[j, k] (+ bias[j])`, one 64 x 64 output tile per cube
+/// (cube x: column tile, cube y: row tile), 16 x 16 threads of 4 x 4 outputs each.
+#[cube(launch_unchecked)]
+pub fn linear_tiled(
+    input: &Array<f32>,
+    weight: &Array<f32>,
+    bias: &Array<f32>,
+    out: &mut Array<f32>,
+    rows: u32,
+    k_len: u32,
+    n_len: u32,
+    #[comptime] has_bias: bool,
+) {
+    let tx = UNIT_POS_X;
+    let ty = UNIT_POS_Y;
+    let thread = ty * TILE_THREADS + tx;
+    let row0 = CUBE_POS_Y * TILE;
+    let col0 = CUBE_POS_X * TILE;
+    let mut a_tile = SharedMemory::<f32>::new(1024usize); // [64 rows][16 k]
+    let mut w_tile = SharedMemory::<f32>::new(1024usize); // [64 columns][16 k]
+    let mut acc = Array::<f32>::new(16usize);
+    #[unroll]
+    for i in 0..16u32 {
+        acc[i as usize] = 0.0;
+    }
+    let mut k0 = 0u32;
+    while k0 < k_len {
+        #[unroll]
+        for s in 0..4u32 {
+            let idx = thread + s * 256;
+            let r = idx / TILE_K;
+            let gk = k0 + idx % TILE_K;
+            let mut a = 0.0f32;
+            if row0 + r < rows && gk < k_len {
+                a = input[((row0 + r) * k_len + gk) as usize];
+            }
+            a_tile[idx as usize] = a;
+            let mut w = 0.0f32;
+            if col0 + r < n_len && gk < k_len {
+                w = weight[((col0 + r) * k_len + gk) as usize];
+            }
+            w_tile[idx as usize] = w;
+        }
+        sync_cube();
+        for kk in 0..TILE_K {
+            #[unroll]
+            for i in 0..4u32 {
+                let a = a_tile[((ty * 4 + i) * TILE_K + kk) as usize];
+                #[unroll]
+                for j in 0..4u32 {
+                    acc[(i * 4 + j) as usize] += a * w_tile[((tx * 4 + j) * TILE_K + kk) as usize];
+                }
+            }
+        }
+        sync_cube();
+        k0 += TILE_K;
+    }
+    #[unroll]
+    for i in 0..4u32 {
+        let r = row0 + ty * 4 + i;
+        #[unroll]
+        for j in 0..4u32 {
+            let c = col0 + tx * 4 + j;
+            if r < rows && c < n_len {
+                let mut v = acc[(i * 4 + j) as usize];
+                if has_bias {
+                    v += bias[c as usize];
+                }
+                out[(r * n_len + c) as usize] = v;
+            }
+        }
+    }
+}
+
+/// Threads per cube of the reduction kernels ([`linear_few_rows`], [`rms_norm`]).
+pub const REDUCE_THREADS: u32 = 128;
+
+/// Tree sum of `values[0..CUBE_DIM_X]` (a power of two) in shared memory; every thread gets the
+/// total.
+#[cube]
+fn cube_sum(values: &mut SharedMemory<f32>, thread: u32) -> f32 {
+    sync_cube();
+    let mut stride = CUBE_DIM_X / 2;
+    while stride > 0 {
+        if thread < stride {
+            values[thread as usize] = values[thread as usize] + values[(thread + stride) as usize];
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = values[0];
+    sync_cube();
+    total
+}
+
+/// The cube's linear index in a grid spread over x and y.
+#[cube]
+fn cube_index() -> u32 {
+    CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
+}
+
+/// `linear` for a few rows (decode): one cube per output feature `j`, its threads striding over
+/// `k` for each of the `rows` (at most 4, comptime) inputs, then a tree sum.
+#[cube(launch_unchecked)]
+pub fn linear_few_rows(
+    input: &Array<f32>,
+    weight: &Array<f32>,
+    bias: &Array<f32>,
+    out: &mut Array<f32>,
+    k_len: u32,
+    n_len: u32,
+    #[comptime] rows: u32,
+    #[comptime] has_bias: bool,
+) {
+    let j = cube_index();
+    let thread = UNIT_POS_X;
+    let mut partial = SharedMemory::<f32>::new(128usize);
+    let mut acc = Array::<f32>::new(4usize);
+    #[unroll]
+    for r in 0..rows {
+        acc[r as usize] = 0.0;
+    }
+    if j < n_len {
+        let mut k = thread;
+        while k < k_len {
+            let w = weight[(j * k_len + k) as usize];
+            #[unroll]
+            for r in 0..rows {
+                acc[r as usize] += w * input[(r * k_len + k) as usize];
+            }
+            k += REDUCE_THREADS;
+        }
+    }
+    #[unroll]
+    for r in 0..rows {
+        partial[thread as usize] = acc[r as usize];
+        let total = cube_sum(&mut partial, thread);
+        if thread == 0 && j < n_len {
+            let mut v = total;
+            if has_bias {
+                v += bias[j as usize];
+            }
+            out[(r * n_len + j) as usize] = v;
+        }
+    }
+}
+
+/// RMSNorm over groups of `group` channels, one cube per (row, group): `out = x * rsqrt(mean(x²)
+/// + eps) * weight`, where with `gated` x is first `y * silu(z)` (norm_before_gate = false).
+#[cube(launch_unchecked)]
+pub fn rms_norm(
+    x: &Array<f32>,
+    z: &Array<f32>,
+    weight: &Array<f32>,
+    out: &mut Array<f32>,
+    items: u32,
+    group: u32,
+    width: u32,
+    eps: f32,
+    #[comptime] gated: bool,
+) {
+    let item = cube_index();
+    let thread = UNIT_POS_X;
+    let mut partial = SharedMemory::<f32>::new(128usize);
+    // One item is one group of one row: rows are `width` wide, groups `group` wide.
+    let groups_per_row = width / group;
+    let start = (item / groups_per_row) * width + (item % groups_per_row) * group;
+    let weight_start = (item % groups_per_row) * group;
+    let mut sum = 0.0f32;
+    if item < items {
+        let mut i = thread;
+        while i < group {
+            let v = gate(x, z, start + i, gated);
+            sum += v * v;
+            i += REDUCE_THREADS;
+        }
+    }
+    partial[thread as usize] = sum;
+    let total = cube_sum(&mut partial, thread);
+    if item < items {
+        let scale = 1.0f32 / f32::sqrt(total / f32::cast_from(group) + eps);
+        let mut i = thread;
+        while i < group {
+            out[(start + i) as usize] = gate(x, z, start + i, gated) * scale * weight[(weight_start + i) as usize];
+            i += REDUCE_THREADS;
+        }
+    }
+}
+
+#[cube]
+fn silu(v: f32) -> f32 {
+    v / (1.0f32 + f32::exp(-v))
+}
+
+#[cube]
+fn gate(x: &Array<f32>, z: &Array<f32>, i: u32, #[comptime] gated: bool) -> f32 {
+    let mut v = x[i as usize];
+    if gated {
+        v *= silu(z[i as usize]);
+    }
+    v
+}
+
+/// The raw input at tap position `u` of a causal window: `u >= K` is token `u - K` of this call,
+/// below that the conv state's slot `u` (the state holds the K inputs before the call).
+#[cube]
+fn conv_input(xbc: &Array<f32>, state: &Array<f32>, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
+    let mut v = 0.0f32;
+    if u >= taps {
+        v = xbc[((u - taps) * channels + c) as usize];
+    }
+    if u < taps {
+        v = state[(c * taps + u) as usize];
+    }
+    v
+}
+
+/// Causal depthwise conv plus SiLU, one thread per (token, channel): output t reads taps at
+/// positions t+1 .. t+K of the state-then-inputs sequence.
+#[cube(launch_unchecked)]
+pub fn causal_conv1d(
+    xbc: &Array<f32>,
+    state: &Array<f32>,
+    weight: &Array<f32>,
+    bias: &Array<f32>,
+    out: &mut Array<f32>,
+    tokens: u32,
+    channels: u32,
+    #[comptime] taps: u32,
+    #[comptime] has_bias: bool,
+) {
+    let id = ABSOLUTE_POS as u32;
+    if id < tokens * channels {
+        let t = id / channels;
+        let c = id % channels;
+        let mut acc = 0.0f32;
+        if has_bias {
+            acc = bias[c as usize];
+        }
+        #[unroll]
+        for i in 0..taps {
+            acc += weight[(c * taps + i) as usize] * conv_input(xbc, state, t + 1 + i, c, channels, taps);
+        }
+        out[id as usize] = silu(acc);
+    }
+}
+
+/// The conv state after the call: slot i holds position T + i of the state-then-inputs sequence.
+#[cube(launch_unchecked)]
+pub fn conv_state_update(
+    xbc: &Array<f32>,
+    state: &Array<f32>,
+    new_state: &mut Array<f32>,
+    tokens: u32,
+    channels: u32,
+    #[comptime] taps: u32,
+) {
+    let id = ABSOLUTE_POS as u32;
+    if id < channels * taps {
+        let c = id / taps;
+        let i = id % taps;
+        new_state[id as usize] = conv_input(xbc, state, tokens + i, c, channels, taps);
+    }
+}
+
+/// The selective scan, sequential in time: one thread per (head, channel) keeps its `[N]` row
+/// of the state in registers; the cube (one head, cube x: channel block, cube y: head) stages
+/// each token's `B` and `C` of the head's group in shared memory.
+/// `S = exp(dt·A + offset) S + (dt·x) B`, `y = S·C + D x`. `unroll` unrolls the loop over the
+/// state row (fast on real GPUs; lavapipe's shader compiler takes seconds over it).
+#[cube(launch_unchecked)]
+pub fn selective_scan(
+    x: &Array<f32>,
+    dt: &Array<f32>,
+    a: &Array<f32>,
+    log_offset: &Array<f32>,
+    b: &Array<f32>,
+    c: &Array<f32>,
+    d: &Array<f32>,
+    state: &mut Array<f32>,
+    y: &mut Array<f32>,
+    tokens: u32,
+    heads: u32,
+    head_dim: u32,
+    groups: u32,
+    #[comptime] d_state: u32,
+    #[comptime] d_per_channel: bool,
+    #[comptime] unroll: bool,
+) {
+    let h = CUBE_POS_Y;
+    let p = CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X;
+    let active = p < head_dim;
+    let g = h / (heads / groups);
+    let inner = heads * head_dim;
+    let bc_width = groups * d_state;
+    let mut bc = SharedMemory::<f32>::new(comptime!(2 * d_state as usize));
+    let mut s = Array::<f32>::new(comptime!(d_state as usize));
+    let row = (h * head_dim + p) * d_state;
+    #[unroll]
+    for n in 0..d_state {
+        let mut v = 0.0f32;
+        if active {
+            v = state[(row + n) as usize];
+        }
+        s[n as usize] = v;
+    }
+    let a_h = a[h as usize];
+    let offset = log_offset[h as usize];
+    let mut d_skip = 0.0f32;
+    if d_per_channel {
+        if active {
+            d_skip = d[(h * head_dim + p) as usize];
+        }
+    } else {
+        d_skip = d[h as usize];
+    }
+    for t in 0..tokens {
+        let mut i = UNIT_POS_X;
+        while i < d_state {
+            bc[i as usize] = b[(t * bc_width + g * d_state + i) as usize];
+            bc[(d_state + i) as usize] = c[(t * bc_width + g * d_state + i) as usize];
+            i += CUBE_DIM_X;
+        }
+        sync_cube();
+        if active {
+            let step = dt[(t * heads + h) as usize];
+            let decay = f32::exp(step * a_h + offset);
+            let xv = x[(t * inner + h * head_dim + p) as usize];
+            let input = xv * step;
+            let mut acc = 0.0f32;
+            #[unroll(unroll)]
+            for n in 0..d_state {
+                let v = s[n as usize] * decay + input * bc[n as usize];
+                s[n as usize] = v;
+                acc += v * bc[(d_state + n) as usize];
+            }
+            y[(t * inner + h * head_dim + p) as usize] = acc + d_skip * xv;
+        }
+        sync_cube();
+    }
+    if active {
+        #[unroll]
+        for n in 0..d_state {
+            state[(row + n) as usize] = s[n as usize];
+        }
+    }
+}
