@@ -19,6 +19,13 @@ if ((${#missing[@]})); then
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
+# The GPU kernels are tested on wgpu; without a GPU that is Mesa's software Vulkan driver
+# (lavapipe, from bookworm-backports: Debian 12's own truncates long shader loops). Set
+# COIL_TEST_DEVICE=cuda to test them on an NVIDIA GPU instead.
+if [[ ${COIL_TEST_DEVICE:-wgpu} == wgpu* ]]; then
+    "$(dirname "$0")/install-lavapipe.sh"
+fi
+
 # One release build serves the tests, the benchmarks' compile check and the README's main command.
 cargo test --release --locked
 cargo build --release --locked -p coil-benches --benches --bins

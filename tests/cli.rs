@@ -32,9 +32,14 @@ fn golden_ids(case: &str) -> Vec<i64> {
     view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
+/// The GPU device the tests use: `COIL_TEST_DEVICE`, default wgpu (lavapipe without a GPU).
+fn gpu_device() -> String {
+    std::env::var("COIL_TEST_DEVICE").unwrap_or_else(|_| "wgpu".into())
+}
+
 #[test]
 fn score_logits_out_matches_hf_and_nll_follows_from_them() {
-    for case in ["mamba_ssm_dialect", "k3_limit", "odd_shapes"] {
+    for (case, device) in [("mamba_ssm_dialect", "cpu".to_string()), ("k3_limit", "cpu".into()), ("odd_shapes", "cpu".into()), ("odd_shapes", gpu_device()), ("g4_untied_bias", gpu_device())] {
         let dir = tempfile::tempdir().unwrap();
         let ids = golden_ids(case);
         let ids_path = dir.path().join("ids.txt");
@@ -43,10 +48,11 @@ fn score_logits_out_matches_hf_and_nll_follows_from_them() {
         let model = fixture(case);
         let output = coil(&[
             "score", "--model", model.to_str().unwrap(), "--token-ids", ids_path.to_str().unwrap(),
-            "--logits-out", out.to_str().unwrap(), "--json", "--piece-len", "7",
+            "--logits-out", out.to_str().unwrap(), "--json", "--piece-len", "7", "--device", &device,
         ]);
+        let case = format!("{case} on {device}");
         let (shape, ours) = f32_tensor(&std::fs::read(&out).unwrap(), "logits");
-        let golden = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+        let golden = std::fs::read(model.join("golden.safetensors")).unwrap();
         let (golden_shape, theirs) = f32_tensor(&golden, "logits");
         assert_eq!(shape, golden_shape, "{case}");
         let diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
@@ -69,6 +75,17 @@ fn score_logits_out_matches_hf_and_nll_follows_from_them() {
             assert!((a - b).abs() < 2e-4, "{case}: nll {a} vs {b}");
         }
         assert_eq!(report["tokens"], ids.len());
+    }
+}
+
+#[test]
+fn a_missing_or_unknown_device_is_a_clear_error() {
+    for (device, expected) in [("cuda:99", "no CUDA device 99"), ("wgpu:99", "no wgpu adapter wgpu:99"), ("tpu", "unknown device")] {
+        let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(["run", "--prompt", "hi", "--max-new-tokens", "1", "--device", device]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--device {device} succeeded");
+        assert!(stderr.contains(expected), "--device {device}: {stderr}");
+        assert!(!stderr.contains("panicked"), "--device {device} panicked: {stderr}");
     }
 }
 

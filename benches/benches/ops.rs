@@ -1,7 +1,10 @@
-//! Each CPU op at mamba2-130m's sizes (D 768, H 24, P 64, N 128, G 1, K 4), prefill-shaped
+//! Each op at mamba2-130m's sizes (D 768, H 24, P 64, N 128, G 1, K 4) on each backend of
+//! `COIL_BENCH_DEVICES` (default cpu,wgpu), prefill-shaped
 //! (T = 256 and 1024) and decode-shaped (T = 1).
 
-use coil_kernels::{Backend, Cpu, Matrix, Recurrence, ScanInputs, SsmShape};
+use std::sync::Arc;
+
+use coil_kernels::{Backend, Device, Matrix, Recurrence, ScanInputs, SsmShape};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -14,6 +17,19 @@ fn random(len: usize, scale: f32) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
+/// The backends to compare: `COIL_BENCH_DEVICES` (default `cpu,wgpu`, plus `cuda` on an NVIDIA
+/// machine); a device that cannot be opened is skipped with a note.
+fn backends() -> Vec<Arc<dyn Backend>> {
+    let wanted = std::env::var("COIL_BENCH_DEVICES").unwrap_or_else(|_| "cpu,wgpu".into());
+    wanted
+        .split(',')
+        .filter_map(|name| {
+            let device: Device = name.trim().parse().unwrap_or_else(|e| panic!("COIL_BENCH_DEVICES: {e}"));
+            coil_gpu::open(device).map_err(|e| eprintln!("skipping {device}: {e}")).ok()
+        })
+        .collect()
+}
+
 fn linear(c: &mut Criterion) {
     let rows = SHAPE.inner() * 2 + 2 * SHAPE.bc_width() + SHAPE.heads; // in_proj
     let weight = Matrix::new(random(rows * D_MODEL, 0.05), rows, D_MODEL);
@@ -22,9 +38,11 @@ fn linear(c: &mut Criterion) {
         let input = random(tokens * D_MODEL, 1.0);
         let mut out = vec![0.0; tokens * rows];
         group.throughput(Throughput::Elements(tokens as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
-            b.iter(|| Cpu.linear(&input, &weight, None, &mut out))
-        });
+        for backend in backends() {
+            group.bench_with_input(BenchmarkId::new(backend.name(), tokens), &tokens, |b, _| {
+                b.iter(|| backend.linear(&input, &weight, None, &mut out))
+            });
+        }
     }
     group.finish();
 }
@@ -43,11 +61,13 @@ fn scan(c: &mut Criterion) {
         let mut state = vec![0.0; SHAPE.state_len()];
         let mut y = vec![0.0; tokens * SHAPE.inner()];
         group.throughput(Throughput::Elements(tokens as u64));
-        group.bench_with_input(BenchmarkId::new("chunk256", tokens), &tokens, |bench, _| {
-            let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
-            let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &cm };
-            bench.iter(|| Cpu.ssd_scan(SHAPE, recurrence, inputs, &mut state, 256, &mut y))
-        });
+        for backend in backends() {
+            group.bench_with_input(BenchmarkId::new(backend.name(), tokens), &tokens, |bench, _| {
+                let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
+                let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &cm };
+                bench.iter(|| backend.ssd_scan(SHAPE, recurrence, inputs, &mut state, 256, &mut y))
+            });
+        }
     }
     group.finish();
 
@@ -59,7 +79,9 @@ fn scan(c: &mut Criterion) {
     let mut y = vec![0.0; SHAPE.inner()];
     let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
     let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &cm };
-    c.bench_function("ssm_step", |bench| bench.iter(|| Cpu.ssm_step(SHAPE, recurrence, inputs, &mut state, &mut y)));
+    for backend in backends() {
+        c.bench_function(&format!("ssm_step/{}", backend.name()), |bench| bench.iter(|| backend.ssm_step(SHAPE, recurrence, inputs, &mut state, &mut y)));
+    }
 }
 
 fn conv_and_norms(c: &mut Criterion) {
@@ -70,16 +92,20 @@ fn conv_and_norms(c: &mut Criterion) {
     for tokens in [1usize, 256] {
         let xbc = random(tokens * channels, 1.0);
         let mut out = vec![0.0; tokens * channels];
-        c.bench_function(&format!("causal_conv1d/{tokens}"), |b| {
-            b.iter(|| Cpu.causal_conv1d(&xbc, &mut conv_state, &weight, Some(&bias), channels, &mut out))
-        });
+        for backend in backends() {
+            c.bench_function(&format!("causal_conv1d/{}/{tokens}", backend.name()), |b| {
+                b.iter(|| backend.causal_conv1d(&xbc, &mut conv_state, &weight, Some(&bias), channels, &mut out))
+            });
+        }
         let y = random(tokens * SHAPE.inner(), 1.0);
         let z = random(tokens * SHAPE.inner(), 1.0);
         let norm = random(SHAPE.inner(), 1.0);
         let mut u = vec![0.0; tokens * SHAPE.inner()];
-        c.bench_function(&format!("gated_rms_norm/{tokens}"), |b| {
-            b.iter(|| Cpu.gated_rms_norm(&y, &z, &norm, SHAPE.inner(), 1e-5, &mut u))
-        });
+        for backend in backends() {
+            c.bench_function(&format!("gated_rms_norm/{}/{tokens}", backend.name()), |b| {
+                b.iter(|| backend.gated_rms_norm(&y, &z, &norm, SHAPE.inner(), 1e-5, &mut u))
+            });
+        }
     }
 }
 

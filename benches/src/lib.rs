@@ -38,5 +38,10 @@ pub fn released_shape(name: &str) -> Option<Config> {
 
 /// A CPU model of `config`'s shape with deterministic random weights.
 pub fn random_model(config: &Config) -> Arc<Model> {
-    Arc::new(Model::new(config.clone(), random_weights(config, 0), Arc::new(coil_kernels::Cpu)))
+    random_model_on(config, Arc::new(coil_kernels::Cpu))
+}
+
+/// [`random_model`] on another backend.
+pub fn random_model_on(config: &Config, backend: Arc<dyn coil_kernels::Backend>) -> Arc<Model> {
+    Arc::new(Model::new(config.clone(), random_weights(config, 0), backend))
 }

@@ -104,8 +104,16 @@ impl<R: Runtime> Gpu<R> {
         self.download(y, out);
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// RMSNorm (gated when `z` is given) in launches of whole rows below the 32-bit index limit.
     fn norm(&self, x: &[f32], z: Option<&[f32]>, weight: &[f32], group: usize, eps: f32, out: &mut [f32]) {
+        let block = (MAX_LAUNCH_ELEMENTS / weight.len()).max(1) * weight.len();
+        for (i, (x, out)) in x.chunks(block).zip(out.chunks_mut(block)).enumerate() {
+            let z = z.map(|z| &z[i * block..i * block + x.len()]);
+            self.norm_launch(x, z, weight, group, eps, out);
+        }
+    }
+
+    fn norm_launch(&self, x: &[f32], z: Option<&[f32]>, weight: &[f32], group: usize, eps: f32, out: &mut [f32]) {
         let width = weight.len();
         let items = x.len() / group;
         let (x_handle, w_handle, y_handle) = (self.upload(x), self.upload(weight), self.empty(x.len()));
@@ -162,6 +170,39 @@ impl<R: Runtime> Backend for Gpu<R> {
     }
 
     fn causal_conv1d(&self, xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, channels: usize, out: &mut [f32]) {
+        // The conv continues from its state, so a long input runs as consecutive launches.
+        let block = (MAX_LAUNCH_ELEMENTS / channels).max(1) * channels;
+        for (xbc, out) in xbc.chunks(block).zip(out.chunks_mut(block)) {
+            self.conv_launch(xbc, conv_state, weight, bias, channels, out);
+        }
+    }
+
+    fn ssd_scan(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], _chunk: usize, y: &mut [f32]) {
+        let tokens = inputs.tokens(&shape);
+        assert_eq!(y.len(), tokens * shape.inner(), "y length");
+        assert_eq!(state.len(), shape.state_len(), "state length");
+        // The scan continues from its state, so a long input runs as consecutive launches.
+        let block = (MAX_LAUNCH_ELEMENTS / shape.inner().max(shape.bc_width())).max(1);
+        let mut start = 0;
+        while start < tokens {
+            let end = tokens.min(start + block);
+            let y = &mut y[start * shape.inner()..end * shape.inner()];
+            self.scan_launch(shape, recurrence, inputs.slice(&shape, start..end), state, y);
+            start = end;
+        }
+    }
+
+    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
+        self.ssd_scan(shape, recurrence, inputs, state, 1, y);
+    }
+
+    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
+        Cpu.retract_inputs(shape, state, xdt, b, weights);
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    fn conv_launch(&self, xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, channels: usize, out: &mut [f32]) {
         let taps = conv_state.len() / channels;
         let tokens = xbc.len() / channels;
         let (x, state, w) = (self.upload(xbc), self.upload(conv_state), self.upload(weight));
@@ -199,13 +240,8 @@ impl<R: Runtime> Backend for Gpu<R> {
         self.download(new_state, conv_state);
     }
 
-    fn ssd_scan(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], _chunk: usize, y: &mut [f32]) {
+    fn scan_launch(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
         let tokens = inputs.tokens(&shape);
-        assert_eq!(y.len(), tokens * shape.inner(), "y length");
-        assert_eq!(state.len(), shape.state_len(), "state length");
-        if tokens == 0 {
-            return;
-        }
         let handles = [inputs.x, inputs.dt, recurrence.a, recurrence.log_decay_offset, inputs.b, inputs.c, recurrence.d].map(|v| (self.upload(v), v.len()));
         let state_handle = self.upload(state);
         let y_handle = self.empty(y.len());
@@ -237,13 +273,5 @@ impl<R: Runtime> Backend for Gpu<R> {
         }
         self.download(y_handle, y);
         self.download(state_handle, state);
-    }
-
-    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
-        self.ssd_scan(shape, recurrence, inputs, state, 1, y);
-    }
-
-    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
-        Cpu.retract_inputs(shape, state, xdt, b, weights);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coil_ssm::{random_weights, Config, Dialect, LogitRows, Model, Reference, Session, State};
+use coil_ssm::{random_weights, Backend, Config, Dialect, LogitRows, Model, Reference, Session, State};
 
 fn config(d_model: usize, heads: usize, head_dim: usize, d_state: usize, groups: usize, conv_kernel: usize) -> Config {
     Config {
@@ -64,6 +64,17 @@ fn assert_states_close(what: &str, a: &State, b: &State) {
 
 #[test]
 fn step_chunked_split_and_reference_agree() {
+    paths_agree_on(Arc::new(coil_ssm::Cpu));
+}
+
+/// The same on the GPU backend (`COIL_TEST_DEVICE`, default wgpu: lavapipe without a GPU).
+#[test]
+fn step_chunked_split_and_reference_agree_on_the_gpu() {
+    paths_agree_on(coil_gpu::test_backend());
+}
+
+fn paths_agree_on(backend: Arc<dyn Backend>) {
+    let model = |config: &Config, seed: u64| crate::model(config, seed).with_backend(backend.clone());
     for (i, config) in configs().iter().enumerate() {
         let seed = i as u64 + 11;
         let base = model(config, seed);
@@ -98,7 +109,7 @@ fn step_chunked_split_and_reference_agree() {
             }
 
             // The naive reference backend.
-            let reference = model(config, seed).with_backend(Arc::new(Reference));
+            let reference = crate::model(config, seed).with_backend(Arc::new(Reference));
             let mut state = reference.new_state();
             let logits = reference.forward(&mut state, &input, LogitRows::All).unwrap();
             assert!(max_diff(&logits, &stepped) < TOLERANCE, "config {i} T={length} reference");

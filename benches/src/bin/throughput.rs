@@ -1,36 +1,56 @@
 //! Prefill and decode throughput of a released model shape with random weights, for notes and
 //! for side-by-side comparisons with other engines:
-//! `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 [threads] [mitigations]`
-//! (mitigations as `--mitigate` specs joined by `;`, e.g. `window:size=1024,granularity=256`).
+//!
+//! `throughput SHAPE PREFILL DECODE [THREADS] [MITIGATIONS] [--device D] [--batch B]`
+//!
+//! e.g. `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 2`. MITIGATIONS are
+//! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
+//! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences at
+//! once (B sessions forked from the prefilled one, stepped concurrently from B threads sharing
+//! the model) and reports their aggregate tokens/s. Prints `prefill:` and `decode:` lines.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use coil_benches::{random_model, released_shape};
-use std::sync::Arc;
-
+use coil_benches::{random_model_on, released_shape};
+use coil_kernels::Device;
 use coil_ssm::{Mitigation, Plan, Session};
 
+fn fail(message: String) -> ! {
+    eprintln!("throughput: {message}");
+    std::process::exit(2);
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let shape = args.first().map_or("130m", String::as_str);
-    let prefill: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2048);
-    let decode: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
-    if let Some(threads) = args.get(3).and_then(|a| a.parse().ok()) {
+    let mut positional = Vec::new();
+    let (mut device, mut batch) = (Device::Cpu, 1usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--device" => device = args.next().unwrap_or_default().parse().unwrap_or_else(|e: String| fail(e)),
+            "--batch" => batch = args.next().and_then(|b| b.parse().ok()).filter(|&b| b > 0).unwrap_or_else(|| fail("--batch takes a positive number".into())),
+            _ => positional.push(arg),
+        }
+    }
+    let shape = positional.first().map_or("130m", String::as_str);
+    let prefill: usize = positional.get(1).and_then(|a| a.parse().ok()).unwrap_or(2048);
+    let decode: usize = positional.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
+    if let Some(threads) = positional.get(3).and_then(|a| a.parse().ok()).filter(|&t: &usize| t > 0) {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("thread pool");
     }
-    let Some(config) = released_shape(shape) else {
-        eprintln!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b");
-        std::process::exit(2);
-    };
-    let model = random_model(&config);
-    let specs = args.get(4).map_or("none", String::as_str);
-    let mitigations = Mitigation::parse_list(specs).expect("valid mitigation specs");
+    let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b")) };
+    let backend = coil_gpu::open(device).unwrap_or_else(|e| fail(e.to_string()));
+    let model = random_model_on(&config, backend);
+    let specs = positional.get(4).map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("none");
+    let mitigations = Mitigation::parse_list(specs).unwrap_or_else(|e| fail(e.to_string()));
     let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % 50277).collect();
     // state-norm:calibrate=T calibrates on these same tokens (T <= the prefill length).
     let plan = Arc::new(Plan::resolve(&model, &mitigations, Some(&tokens), std::path::Path::new(".")).expect("plan resolves"));
 
-    // Warm up (page in the weights, spin up the pool).
-    Session::new(model.clone()).prefill(&tokens[..tokens.len().min(256)]).expect("warm-up");
+    // Warm up (page in the weights, upload them to a device, compile kernels, spin up the pool).
+    let mut warm = Session::new(model.clone());
+    warm.prefill(&tokens[..tokens.len().min(256)]).expect("warm-up");
+    warm.step(1).expect("warm-up step");
 
     let mut session = Session::with_plan(model.clone(), plan.clone());
     let started = Instant::now();
@@ -38,15 +58,29 @@ fn main() {
     let prefill_seconds = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    for i in 0..decode {
-        session.step((i as u32 * 31) % 50277).expect("step");
+    if batch == 1 {
+        for i in 0..decode {
+            session.step((i as u32 * 31) % 50277).expect("step");
+        }
+    } else {
+        let sessions: Vec<Session> = (0..batch).map(|_| session.fork()).collect();
+        std::thread::scope(|scope| {
+            for (b, mut s) in sessions.into_iter().enumerate() {
+                scope.spawn(move || {
+                    for i in 0..decode {
+                        s.step(((i + b) as u32 * 31) % 50277).expect("step");
+                    }
+                });
+            }
+        });
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     println!(
-        "shape {shape} f32, {} threads, mitigation {}: prefill {prefill} tokens {:.1} tok/s; decode {decode} tokens {:.2} tok/s",
+        "shape {shape} f32 on {}, {} threads, mitigation {}",
+        model.backend_name(),
         rayon::current_num_threads(),
-        plan.describe(),
-        prefill as f64 / prefill_seconds,
-        decode as f64 / decode_seconds
+        plan.describe()
     );
+    println!("prefill: {prefill} tokens {:.1} tok/s", prefill as f64 / prefill_seconds);
+    println!("decode: batch {batch} x {decode} tokens {:.2} tok/s aggregate", (batch * decode) as f64 / decode_seconds);
 }
