@@ -14,6 +14,9 @@ pub enum Error {
     #[error("the input is empty: at least one token is needed")]
     EmptyInput,
 
+    #[error("a batch step got {states} states and {tokens} tokens: one token per state is needed")]
+    BatchMismatch { states: usize, tokens: usize },
+
     #[error("the state does not fit this model: {message}")]
     StateMismatch { message: String },
 

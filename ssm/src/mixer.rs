@@ -121,6 +121,20 @@ impl Activations {
     pub fn tokens(&self, dims: &Dims) -> usize {
         self.out.len() / dims.d_model
     }
+
+    /// Makes these one-token buffers hold row `i` of `batch`'s in_proj outputs.
+    fn copy_inputs_from(&mut self, batch: &Activations, dims: &Dims, i: usize) {
+        let (c, h) = (dims.conv_dim, dims.ssm.heads);
+        self.resize(dims, 1);
+        self.xbc_raw.copy_from_slice(&batch.xbc_raw[i * c..(i + 1) * c]);
+        self.dt_raw.copy_from_slice(&batch.dt_raw[i * h..(i + 1) * h]);
+    }
+
+    /// Stores these one-token buffers' scan output as row `i` of `self`.
+    fn copy_output_from(&mut self, row: &Activations, dims: &Dims, i: usize) {
+        let inner = dims.inner();
+        self.y[i * inner..(i + 1) * inner].copy_from_slice(&row.y);
+    }
 }
 
 impl Block {
@@ -175,17 +189,53 @@ impl Block {
         chunk: usize,
         act: &mut Activations,
     ) {
-        let (d_model, inner, conv_dim) = (dims.d_model, dims.inner(), dims.conv_dim);
-        let tokens = hidden.len() / d_model;
+        let tokens = hidden.len() / dims.d_model;
         debug_assert_eq!(act.tokens(dims), tokens);
+        self.project_in(backend, dims, hidden, act);
+        self.mix(backend, dims, layer, plan, position, chunk, act);
+        self.project_out(backend, dims, hidden, act);
+    }
 
+    /// One decode step of B independent sequences: row `i` of `hidden: [B, D]` is the next token
+    /// of the sequence whose state is `layers[i]`, at stream position `positions[i]`. The
+    /// projections run once over all B rows (one pass over the weights); the conv and the scan
+    /// run per sequence on its own state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_batch(
+        &self,
+        backend: &dyn Backend,
+        dims: &Dims,
+        hidden: &mut [f32],
+        layers: Vec<LayerState>,
+        plan: &LayerPlan,
+        positions: &[u64],
+        act: &mut Activations,
+        row: &mut Activations,
+    ) {
+        debug_assert_eq!(act.tokens(dims), layers.len());
+        self.project_in(backend, dims, hidden, act);
+        for (i, (layer, &position)) in layers.into_iter().zip(positions).enumerate() {
+            row.copy_inputs_from(act, dims, i);
+            self.mix(backend, dims, layer, plan, position, 1, row);
+            act.copy_output_from(row, dims, i);
+        }
+        self.project_out(backend, dims, hidden, act);
+    }
+
+    /// Pre-norm and in_proj: `act.z`, `act.xbc_raw`, `act.dt_raw` for every row of `hidden`.
+    fn project_in(&self, backend: &dyn Backend, dims: &Dims, hidden: &[f32], act: &mut Activations) {
         backend.rms_norm(hidden, &self.norm, dims.eps, &mut act.normed);
-
-        // in_proj, one product per row block so each output is contiguous: z | xBC | dt.
+        // One product per row block so each output is contiguous: z | xBC | dt.
         self.z_proj.apply(backend, &act.normed, &mut act.z);
         self.xbc_proj.apply(backend, &act.normed, &mut act.xbc_raw);
         self.dt_proj.apply(backend, &act.normed, &mut act.dt_raw);
+    }
 
+    /// The recurrent part for consecutive tokens of one sequence: conv, dt, the scan from and
+    /// into `layer`, leaving `act.y`.
+    #[allow(clippy::too_many_arguments)]
+    fn mix(&self, backend: &dyn Backend, dims: &Dims, layer: LayerState, plan: &LayerPlan, position: u64, chunk: usize, act: &mut Activations) {
+        let (inner, conv_dim) = (dims.inner(), dims.conv_dim);
         backend.causal_conv1d(&act.xbc_raw, layer.conv, &self.conv_weight, self.conv_bias.as_deref(), conv_dim, &mut act.xbc);
         split_xbc(&act.xbc, conv_dim, inner, dims.ssm.bc_width(), &mut act.x, &mut act.b, &mut act.c);
 
@@ -197,9 +247,12 @@ impl Block {
         }
         let recurrence = Recurrence { a: &plan.a, log_decay_offset: &plan.log_decay_offset, d: &self.d };
         self.scan(backend, dims, layer, plan, &recurrence, position, chunk, act);
+    }
 
-        // Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I).
-        backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, inner / dims.ssm.groups, dims.eps, &mut act.u);
+    /// Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I),
+    /// out_proj, and the residual add into `hidden`.
+    fn project_out(&self, backend: &dyn Backend, dims: &Dims, hidden: &mut [f32], act: &mut Activations) {
+        backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, dims.inner() / dims.ssm.groups, dims.eps, &mut act.u);
         self.out_proj.apply(backend, &act.u, &mut act.out);
         for (h, o) in hidden.iter_mut().zip(&act.out) {
             *h += o;

@@ -233,3 +233,61 @@ fn state_norm_invariant_holds_at_every_clamp_and_only_there() {
     }
     assert!(saw_unclamped, "the threshold must bite between clamps for this test to mean anything");
 }
+
+/// A batch step of sequences at different positions equals each sequence's own step: plain, and
+/// with mitigations whose behaviour depends on the position (window, state-norm clamp).
+#[test]
+fn batched_step_equals_separate_steps() {
+    batched_step_on(Arc::new(coil_ssm::Cpu));
+}
+
+#[test]
+fn batched_step_equals_separate_steps_on_the_gpu() {
+    batched_step_on(coil_gpu::test_backend());
+}
+
+fn batched_step_on(backend: Arc<dyn Backend>) {
+    use coil_ssm::{Mitigation, Plan, Scope, Thresholds};
+    for (i, config) in configs().iter().enumerate() {
+        let m = crate::model(config, 40 + i as u64).with_backend(backend.clone());
+        let state_norm = Mitigation::StateNorm { thresholds: Thresholds::Values(vec![vec![0.05; config.n_heads]; config.n_layer]), every: 3, scope: Scope::all() };
+        for (spec, mitigations) in [
+            ("none", vec![]),
+            ("window", Mitigation::parse_list("window:size=6,granularity=2").unwrap()),
+            ("state-norm", vec![state_norm]),
+            ("rri", Mitigation::parse_list("rri:lambda=0.99,beta=0.8").unwrap()),
+        ] {
+            let plan = Plan::resolve(&m, &mitigations, None, ".".as_ref()).unwrap();
+            // Five sequences with prefixes of different lengths (one empty).
+            let prefixes: Vec<Vec<u32>> = (0..5).map(|s| tokens(s * 4, config.vocab_size, s as u64 + 1)).collect();
+            let mut batched: Vec<State> = prefixes
+                .iter()
+                .map(|p| {
+                    let mut state = m.new_state_for(&plan);
+                    if !p.is_empty() {
+                        m.forward_with(&plan, &mut state, p, LogitRows::None).unwrap();
+                    }
+                    state
+                })
+                .collect();
+            let mut separate = batched.clone();
+            for step in 0..3u32 {
+                let next: Vec<u32> = (0..5).map(|s| (s * 5 + step * 3) % config.vocab_size as u32).collect();
+                let mut refs: Vec<&mut State> = batched.iter_mut().collect();
+                let logits = m.step_batch(&plan, &mut refs, &next).unwrap();
+                for (s, state) in separate.iter_mut().enumerate() {
+                    let one = m.forward_with(&plan, state, &next[s..s + 1], LogitRows::Last).unwrap();
+                    let row = &logits[s * config.vocab_size..(s + 1) * config.vocab_size];
+                    let d = max_diff(row, &one);
+                    assert!(d < 1e-4, "config {i} [{spec}] sequence {s} step {step}: {d:e}");
+                    assert_states_close(&format!("config {i} [{spec}] sequence {s} step {step}"), &batched[s], state);
+                }
+            }
+        }
+    }
+    // A batch needs one token per state.
+    let m = crate::model(&configs()[0], 1);
+    let mut a = m.new_state();
+    let err = m.step_batch(m.plain_plan(), &mut [&mut a], &[1, 2]).unwrap_err();
+    assert!(err.to_string().contains("1 states and 2 tokens"), "{err}");
+}

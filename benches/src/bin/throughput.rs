@@ -5,9 +5,9 @@
 //!
 //! e.g. `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 2`. MITIGATIONS are
 //! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
-//! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences at
-//! once (B sessions forked from the prefilled one, stepped concurrently from B threads sharing
-//! the model) and reports their aggregate tokens/s. Prints `prefill:` and `decode:` lines.
+//! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences
+//! together (`Model::step_batch`, B copies of the prefilled state) and reports their aggregate
+//! tokens/s. Prints `prefill:` and `decode:` lines.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,16 +63,12 @@ fn main() {
             session.step((i as u32 * 31) % 50277).expect("step");
         }
     } else {
-        let sessions: Vec<Session> = (0..batch).map(|_| session.fork()).collect();
-        std::thread::scope(|scope| {
-            for (b, mut s) in sessions.into_iter().enumerate() {
-                scope.spawn(move || {
-                    for i in 0..decode {
-                        s.step(((i + b) as u32 * 31) % 50277).expect("step");
-                    }
-                });
-            }
-        });
+        let mut states: Vec<_> = (0..batch).map(|_| session.state().clone()).collect();
+        for i in 0..decode {
+            let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % 50277).collect();
+            let mut refs: Vec<_> = states.iter_mut().collect();
+            model.step_batch(&plan, &mut refs, &next).expect("batch step");
+        }
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     println!(

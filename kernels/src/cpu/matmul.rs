@@ -110,6 +110,9 @@ pub(crate) fn linear(
     if rows <= DOT_PRODUCT_MAX_ROWS {
         return linear_few_rows(input, weight, bias, in_features, out_features, out);
     }
+    if rows <= SMALL_BATCH_MAX_ROWS {
+        return linear_small_batch(input, weight, bias, in_features, out_features, out);
+    }
     let keep = match bias {
         Some(bias) => {
             assert_eq!(bias.len(), out_features, "bias length");
@@ -182,3 +185,101 @@ pub(crate) fn linear_few_rows(
 }
 
 super::simd::simd_dispatch!(fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 => super::simd::dot);
+
+/// Rows up to which `linear` streams the weight once through register-blocked dot products
+/// instead of the GEMM (batched decode): at these sizes packing the weight for the GEMM costs as
+/// much as the arithmetic.
+pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 64;
+
+/// `linear` for 5..=64 rows: each task takes a block of output features and computes them for
+/// every input row, four input rows by two weight rows at a time (eight vector accumulators), so
+/// each weight row is read from memory once per call and from L1 for the other rows.
+pub(crate) fn linear_small_batch(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_features: usize,
+    out_features: usize,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let rows = input.len() / in_features;
+    const BLOCK: usize = 32;
+    // Feature-major scratch so each task owns a contiguous slice; transposed at the end.
+    let mut scratch = vec![0.0f32; rows * out_features];
+    let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
+    let task = |(block, chunk): (usize, &mut [f32])| {
+        let first = block * BLOCK;
+        let features = chunk.len() / rows;
+        block_dots_dispatch(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
+        if let Some(b) = bias {
+            for (j, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
+                out_j.iter_mut().for_each(|o| *o += b[first + j]);
+            }
+        }
+    };
+    if parallel {
+        scratch.par_chunks_mut(BLOCK * rows).enumerate().for_each(task);
+    } else {
+        scratch.chunks_mut(BLOCK * rows).enumerate().for_each(task);
+    }
+    for (j, values) in scratch.chunks_exact(rows).enumerate() {
+        for (t, &v) in values.iter().enumerate() {
+            out[t * out_features + j] = v;
+        }
+    }
+}
+
+super::simd::simd_dispatch!(fn block_dots_dispatch(input: &[f32], weight: &[f32], k: usize, out: &mut [f32]) => block_dots);
+
+/// `out[j * rows + t] = input[t] · weight[j]` for every input row t and weight row j.
+#[inline(always)]
+fn block_dots(input: &[f32], weight: &[f32], k: usize, out: &mut [f32]) {
+    const R: usize = 4; // input rows per block
+    const C: usize = 2; // weight rows per block
+    const W: usize = 8; // lanes
+    let rows = input.len() / k;
+    let features = weight.len() / k;
+    let split = k / W * W;
+    let row = |t: usize| &input[t * k..(t + 1) * k];
+    let mut j = 0;
+    while j + C <= features {
+        let w: [&[f32]; C] = std::array::from_fn(|c| &weight[(j + c) * k..(j + c + 1) * k]);
+        let mut t = 0;
+        while t + R <= rows {
+            let x: [&[f32]; R] = std::array::from_fn(|r| row(t + r));
+            let mut acc = [[[0.0f32; W]; C]; R];
+            for base in (0..split).step_by(W) {
+                let wv: [&[f32; W]; C] = std::array::from_fn(|c| w[c][base..base + W].try_into().unwrap());
+                for r in 0..R {
+                    let xv: &[f32; W] = x[r][base..base + W].try_into().unwrap();
+                    for c in 0..C {
+                        for l in 0..W {
+                            // mul_add: one FMA per lane under AVX2 (the dispatched build); the
+                            // baseline build (CPUs without FMA) pays a libm call, correct but slow.
+                            acc[r][c][l] = xv[l].mul_add(wv[c][l], acc[r][c][l]);
+                        }
+                    }
+                }
+            }
+            for r in 0..R {
+                for c in 0..C {
+                    let tail: f32 = x[r][split..].iter().zip(&w[c][split..]).map(|(a, b)| a * b).sum();
+                    out[(j + c) * rows + t + r] = acc[r][c].iter().sum::<f32>() + tail;
+                }
+            }
+            t += R;
+        }
+        for t in t..rows {
+            for c in 0..C {
+                out[(j + c) * rows + t] = super::simd::dot(row(t), w[c]);
+            }
+        }
+        j += C;
+    }
+    for j in j..features {
+        for t in 0..rows {
+            out[j * rows + t] = super::simd::dot(row(t), &weight[j * k..(j + 1) * k]);
+        }
+    }
+}
