@@ -29,13 +29,13 @@
 pub use coil_eval::passkey;
 /// Long-context text probes (the passkey filler, newlines) and per-position loss.
 pub use coil_eval::{loss, probes};
-pub use coil_checkpoints::{convert_to_hf, embedded_family, embedded_names, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
+pub use coil_checkpoints::{convert_to_hf, DType, embedded_family, embedded_names, Checkpoint, Config, Dialect, Exported, LoadError, Source, Tokenizer};
 pub use coil_ssm::{
     calibrate, read_thresholds, write_thresholds, Error, HeadStats, IndexSet, LogitRows, Mitigation, Model, Plan, Sampler,
     SamplingConfig, Scope, Session, State, StateShape, Thresholds,
 };
 /// Where a model computes, and the op interface the devices implement.
-pub use coil_kernels::{Backend, Cpu, Device, Reference};
+pub use coil_kernels::{Backend, Cpu, Device, Reference, WeightDtype};
 /// Why a device could not be opened; the wgpu adapters present (`coil devices`).
 pub use coil_gpu::{adapters, cuda_devices, Adapter, AdapterKind, DeviceError};
 

@@ -184,6 +184,24 @@ fn bf16_weights() {
     check_case("bf16_weights");
 }
 
+/// The bf16 checkpoint held in bf16 (what `--weights auto` does for it): every path still within
+/// 1e-4 of HF, since the values are the same and only the kernels reading them differ.
+#[test]
+fn bf16_weights_held_in_bf16() {
+    let golden = read_golden("bf16_weights");
+    let model = load_on("bf16_weights", Arc::new(coil_ssm::Cpu)).with_weight_dtype(coil_ssm::WeightDtype::Bf16);
+    assert_eq!(model.weight_dtype(), coil_ssm::WeightDtype::Bf16);
+    let mut state = model.new_state();
+    let logits = model.forward(&mut state, &golden.input_ids, LogitRows::All).unwrap();
+    assert_close("bf16 held in bf16: chunked logits", &logits, &golden.logits, LOGIT_TOLERANCE);
+    let mut state = model.new_state();
+    let mut stepped = Vec::new();
+    for &t in &golden.input_ids {
+        stepped.extend(model.step(&mut state, t).unwrap());
+    }
+    assert_close("bf16 held in bf16: step logits", &stepped, &golden.logits_step, LOGIT_TOLERANCE);
+}
+
 #[test]
 fn f16_weights() {
     check_case("f16_weights");

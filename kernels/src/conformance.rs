@@ -74,6 +74,12 @@ pub fn linear(backend: &dyn Backend) {
         let mut again = vec![f32::NAN; rows * n];
         backend.linear(&input, &weight, bias.as_deref(), &mut again);
         assert_eq!(again, fast, "{}: linear {rows}x{k}x{n} repeated", backend.name());
+        // Held in bf16: the reference widens the same rounded values.
+        let weight = weight.to_dtype(crate::WeightDtype::Bf16);
+        backend.linear(&input, &weight, bias.as_deref(), &mut fast);
+        Reference.linear(&input, &weight, bias.as_deref(), &mut slow);
+        let err = relative_error(&fast, &slow);
+        assert!(err < 1e-5, "{}: bf16 linear {rows}x{k}x{n}: {err}", backend.name());
     }
 }
 

@@ -12,7 +12,7 @@ mod shape;
 
 pub use backend::Backend;
 pub use device::Device;
-pub use matrix::Matrix;
+pub use matrix::{bf16_to_f32, f32_to_bf16, Matrix, Values, WeightDtype};
 pub use cpu::Cpu;
 pub use reference::Reference;
 pub use shape::{DtLimit, Recurrence, ScanInputs, SsmShape};

@@ -2,14 +2,16 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// A weight matrix `[rows, cols]`, row-major f32, as [`crate::Backend::linear`] takes it.
+/// A weight matrix `[rows, cols]`, row-major, as [`crate::Backend::linear`] takes it: f32, or
+/// bf16 (half the memory and the bandwidth of decode; every backend widens to f32 inside its
+/// kernels and accumulates in f32).
 ///
 /// A backend that computes away from host memory (a GPU) keeps its own copy of the matrix, made
 /// on first use and dropped with the matrix: [`Matrix::resident`]. The copy is tagged with the
 /// backend instance that made it, so a matrix used by two devices is never served the other's
 /// buffer.
 pub struct Matrix {
-    data: Vec<f32>,
+    data: Storage,
     rows: usize,
     cols: usize,
     resident: Mutex<Option<Resident>>,
@@ -17,21 +19,102 @@ pub struct Matrix {
 
 type Resident = (u64, Arc<dyn Any + Send + Sync>);
 
+enum Storage {
+    F32(Vec<f32>),
+    /// bf16 bit patterns (the top half of an f32).
+    Bf16(Vec<u16>),
+}
+
+/// The element type a [`Matrix`] is held in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
+}
+
+/// A matrix's values as stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Values<'a> {
+    F32(&'a [f32]),
+    /// bf16 bit patterns: value = `f32::from_bits((bits as u32) << 16)`.
+    Bf16(&'a [u16]),
+}
+
+/// One bf16 bit pattern as f32 (exact).
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// f32 to bf16 bits, rounding to nearest even (NaN stays NaN).
+pub fn f32_to_bf16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
 impl Matrix {
     /// Panics unless `data.len() == rows * cols` (a caller bug: loaders check shapes first).
     pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Matrix {
         assert_eq!(data.len(), rows * cols, "matrix data does not hold {rows} x {cols} values");
-        Matrix { data, rows, cols, resident: Mutex::new(None) }
+        Matrix { data: Storage::F32(data), rows, cols, resident: Mutex::new(None) }
     }
 
-    /// The values, row-major.
-    pub fn data(&self) -> &[f32] {
-        &self.data
+    /// The same matrix held as `dtype` (to bf16: rounded to nearest even; values that were
+    /// bf16 already come back exactly).
+    pub fn to_dtype(&self, dtype: WeightDtype) -> Matrix {
+        let data = match (&self.data, dtype) {
+            (Storage::F32(v), WeightDtype::Bf16) => Storage::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
+            (Storage::Bf16(v), WeightDtype::F32) => Storage::F32(v.iter().map(|&b| bf16_to_f32(b)).collect()),
+            (Storage::F32(v), WeightDtype::F32) => Storage::F32(v.clone()),
+            (Storage::Bf16(v), WeightDtype::Bf16) => Storage::Bf16(v.clone()),
+        };
+        Matrix { data, rows: self.rows, cols: self.cols, resident: Mutex::new(None) }
     }
 
-    /// Row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
+    pub fn dtype(&self) -> WeightDtype {
+        match self.data {
+            Storage::F32(_) => WeightDtype::F32,
+            Storage::Bf16(_) => WeightDtype::Bf16,
+        }
+    }
+
+    /// The values as stored, row-major.
+    pub fn values(&self) -> Values<'_> {
+        match &self.data {
+            Storage::F32(v) => Values::F32(v),
+            Storage::Bf16(v) => Values::Bf16(v),
+        }
+    }
+
+    /// Rows `range` as f32 into `out` (resized to fit).
+    pub fn rows_f32(&self, range: std::ops::Range<usize>, out: &mut Vec<f32>) {
+        let span = range.start * self.cols..range.end * self.cols;
+        out.clear();
+        match &self.data {
+            Storage::F32(v) => out.extend_from_slice(&v[span]),
+            Storage::Bf16(v) => out.extend(v[span].iter().map(|&b| bf16_to_f32(b))),
+        }
+    }
+
+    /// Row `i` as f32 into `out` (`cols` long).
+    pub fn row_f32(&self, i: usize, out: &mut [f32]) {
+        let span = i * self.cols..(i + 1) * self.cols;
+        match &self.data {
+            Storage::F32(v) => out.copy_from_slice(&v[span]),
+            Storage::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, &b)| *o = bf16_to_f32(b)),
+        }
+    }
+
+    /// Bytes the values take.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Storage::F32(v) => v.len() * 4,
+            Storage::Bf16(v) => v.len() * 2,
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -45,7 +128,7 @@ impl Matrix {
     /// The copy that backend `owner` keeps of this matrix, made by `make` on first use. `owner`
     /// must identify one backend instance for its whole life (a device buffer means nothing to
     /// another device); when another owner's copy is held, that one is replaced.
-    pub fn resident<T: Any + Send + Sync>(&self, owner: u64, make: impl FnOnce(&[f32]) -> T) -> Arc<T> {
+    pub fn resident<T: Any + Send + Sync>(&self, owner: u64, make: impl FnOnce(&Matrix) -> T) -> Arc<T> {
         let mut slot = self.resident.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((held_by, copy)) = slot.as_ref() {
             if *held_by == owner {
@@ -54,7 +137,7 @@ impl Matrix {
                 }
             }
         }
-        let copy = Arc::new(make(&self.data));
+        let copy = Arc::new(make(self));
         *slot = Some((owner, copy.clone() as Arc<dyn Any + Send + Sync>));
         copy
     }
@@ -63,12 +146,35 @@ impl Matrix {
 impl Clone for Matrix {
     /// Clones the values; a device copy is not shared with the clone.
     fn clone(&self) -> Matrix {
-        Matrix::new(self.data.clone(), self.rows, self.cols)
+        self.to_dtype(self.dtype())
     }
 }
 
 impl fmt::Debug for Matrix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Matrix({} x {})", self.rows, self.cols)
+        write!(f, "Matrix({} x {}, {:?})", self.rows, self.cols, self.dtype())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_round_trips() {
+        for x in [0.0f32, -0.0, 1.0, -2.5, 3.140625, 1e-30, 6.5e37, f32::INFINITY, f32::NEG_INFINITY] {
+            let b = f32_to_bf16(x);
+            assert_eq!(bf16_to_f32(b).to_bits() >> 16, b as u32, "{x}");
+            assert_eq!(bf16_to_f32(f32_to_bf16(bf16_to_f32(b))), bf16_to_f32(b), "{x}: not a fixed point");
+        }
+        // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties go to the even mantissa (1).
+        assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 1.0 / 256.0)), 1.0);
+        assert_eq!(bf16_to_f32(f32_to_bf16(1.0 + 3.0 / 256.0)), 1.0 + 4.0 / 256.0);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        let m = Matrix::new(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3).to_dtype(WeightDtype::Bf16);
+        let mut row = vec![0.0; 3];
+        m.row_f32(1, &mut row);
+        assert_eq!(row, [4.0, 5.0, 6.0]);
+        assert_eq!((m.bytes(), m.dtype()), (12, WeightDtype::Bf16));
     }
 }

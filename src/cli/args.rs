@@ -74,6 +74,9 @@ pub struct PasskeyArgs {
     /// auto, cpu, cuda[:N] or wgpu[:N].
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: coil::Device,
+    /// auto (bf16 for bf16 checkpoints), f32 or bf16.
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    pub weights: WeightsArg,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +120,17 @@ pub struct ModelArgs {
     /// cuda[:N] or wgpu[:N] (`coil devices` lists them).
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: coil::Device,
+    /// How weight matrices are held: auto (bf16 for a bf16 checkpoint, else f32), f32, or bf16
+    /// (half the memory and decode bandwidth; f32 weights are rounded to bf16).
+    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
+    pub weights: WeightsArg,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightsArg {
+    Auto,
+    F32,
+    Bf16,
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use coil::{Checkpoint, Model, Source, Tokenizer};
 
-use super::args::ModelArgs;
+use super::args::{ModelArgs, WeightsArg};
 
 pub struct Loaded {
     pub model: Arc<Model>,
@@ -43,9 +43,15 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let source = source_of(args.model.as_deref());
     let checkpoint = Checkpoint::load(&source).with_context(|| format!("cannot load the checkpoint {source}"))?;
     let stored_dtype = checkpoint.weights.stored_dtype.to_string();
+    let weight_dtype = match args.weights {
+        WeightsArg::F32 => coil::WeightDtype::F32,
+        WeightsArg::Bf16 => coil::WeightDtype::Bf16,
+        WeightsArg::Auto if stored_dtype == coil::DType::BF16.to_string() => coil::WeightDtype::Bf16,
+        WeightsArg::Auto => coil::WeightDtype::F32,
+    };
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
-    let mut model = Model::from_checkpoint(checkpoint).with_backend(backend(args.device)?);
+    let mut model = Model::from_checkpoint(checkpoint).with_backend(backend(args.device)?).with_weight_dtype(weight_dtype);
     if let Some(chunk) = args.chunk_size {
         model = model.with_chunk_size(chunk);
     }

@@ -33,6 +33,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             chunk_size: args.chunk_size,
             piece_len: 1024,
             device: args.device,
+            weights: args.weights,
         };
         let mut loaded = load(&model_args)?;
         let name = match &loaded.source {

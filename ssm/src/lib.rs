@@ -12,7 +12,7 @@ mod session;
 mod state;
 
 pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
-pub use coil_kernels::{Backend, Cpu, Reference};
+pub use coil_kernels::{Backend, Cpu, Reference, WeightDtype};
 pub use error::Error;
 pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mitigation, Plan, Scope, Thresholds};
 pub use model::{LogitRows, Model};

@@ -1,7 +1,7 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
-use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape};
+use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
 
 use crate::mitigation::LayerPlan;
 use crate::state::{LayerState, Ring};
@@ -32,6 +32,12 @@ struct Projection {
 impl Projection {
     fn apply(&self, backend: &dyn Backend, input: &[f32], out: &mut [f32]) {
         backend.linear(input, &self.weight, self.bias.as_deref(), out);
+    }
+
+    fn convert(&mut self, dtype: WeightDtype) {
+        if self.weight.dtype() != dtype {
+            self.weight = self.weight.to_dtype(dtype);
+        }
     }
 }
 
@@ -140,6 +146,18 @@ impl Activations {
 impl Block {
     pub fn a_log(&self) -> &[f32] {
         &self.a_log
+    }
+
+    /// Holds the projection matrices (the bulk of the weights) as `dtype`.
+    pub fn convert_weights(&mut self, dtype: WeightDtype) {
+        for projection in [&mut self.z_proj, &mut self.xbc_proj, &mut self.dt_proj, &mut self.out_proj] {
+            projection.convert(dtype);
+        }
+    }
+
+    /// Bytes of the projection matrices.
+    pub fn matrix_bytes(&self) -> usize {
+        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj].iter().map(|p| p.weight.bytes()).sum()
     }
 
     pub fn dt_bias(&self) -> &[f32] {

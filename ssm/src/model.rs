@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use coil_checkpoints::{Checkpoint, Weights};
-use coil_kernels::{Backend, Cpu, Matrix};
+use coil_kernels::{Backend, Cpu, Matrix, WeightDtype};
 
 use crate::mixer::{Activations, Block, Dims};
 use crate::mitigation::Plan;
@@ -80,6 +80,33 @@ impl Model {
     pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Model {
         self.backend = backend;
         self
+    }
+
+    /// Holds the weight matrices (projections, embedding, lm_head) as `dtype`: bf16 halves the
+    /// memory and what decode reads per token; products still accumulate in f32. Converting f32
+    /// weights to bf16 rounds them (to nearest even); a bf16 checkpoint loaded as f32 converts
+    /// back exactly.
+    pub fn with_weight_dtype(mut self, dtype: WeightDtype) -> Model {
+        for block in &mut self.blocks {
+            block.convert_weights(dtype);
+        }
+        if self.embedding.dtype() != dtype {
+            self.embedding = self.embedding.to_dtype(dtype);
+        }
+        if let Some(head) = self.lm_head.as_mut().filter(|h| h.dtype() != dtype) {
+            *head = head.to_dtype(dtype);
+        }
+        self
+    }
+
+    /// The dtype the weight matrices are held in.
+    pub fn weight_dtype(&self) -> WeightDtype {
+        self.embedding.dtype()
+    }
+
+    /// Bytes of the weight matrices as held (what decode reads per token, about).
+    pub fn weight_bytes(&self) -> usize {
+        self.blocks.iter().map(Block::matrix_bytes).sum::<usize>() + self.embedding.bytes() + self.lm_head.as_ref().map_or(0, Matrix::bytes)
     }
 
     /// Sets the SSD chunk length of prefill (default: the checkpoint's `chunk_size`). Any positive
@@ -211,7 +238,7 @@ impl Model {
         let mut workspace = self.workspace(batch);
         let mut row = Activations::new(&self.dims, 1);
         for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
-            hidden.copy_from_slice(self.embedding.row(token as usize));
+            self.embedding.row_f32(token as usize, hidden);
         }
         let positions: Vec<u64> = states.iter().map(|s| s.position()).collect();
         for (i, block) in self.blocks.iter().enumerate() {
@@ -270,7 +297,7 @@ impl Model {
         workspace.resize(&self.dims, tokens.len());
         let d = self.dims.d_model;
         for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
-            row.copy_from_slice(self.embedding.row(token as usize));
+            self.embedding.row_f32(token as usize, row);
         }
         let position = state.position();
         for (i, block) in self.blocks.iter().enumerate() {

@@ -7,7 +7,8 @@
 //! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
 //! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences
 //! together (`Model::step_batch`, B copies of the prefilled state) and reports their aggregate
-//! tokens/s. Prints `prefill:` and `decode:` lines.
+//! tokens/s. `--weights bf16` holds the weight matrices in bf16. Prints `prefill:` and `decode:`
+//! lines.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,11 +24,18 @@ fn fail(message: String) -> ! {
 
 fn main() {
     let mut positional = Vec::new();
-    let (mut device, mut batch) = (Device::Cpu, 1usize);
+    let (mut device, mut batch, mut weights) = (Device::Cpu, 1usize, coil_kernels::WeightDtype::F32);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--device" => device = args.next().unwrap_or_default().parse().unwrap_or_else(|e: String| fail(e)),
+            "--weights" => {
+                weights = match args.next().as_deref() {
+                    Some("f32") => coil_kernels::WeightDtype::F32,
+                    Some("bf16") => coil_kernels::WeightDtype::Bf16,
+                    other => fail(format!("--weights takes f32 or bf16, not {other:?}")),
+                }
+            }
             "--batch" => batch = args.next().and_then(|b| b.parse().ok()).filter(|&b| b > 0).unwrap_or_else(|| fail("--batch takes a positive number".into())),
             _ => positional.push(arg),
         }
@@ -40,7 +48,7 @@ fn main() {
     }
     let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b")) };
     let backend = coil_gpu::open(device).unwrap_or_else(|e| fail(e.to_string()));
-    let model = random_model_on(&config, backend);
+    let model = std::sync::Arc::new(std::sync::Arc::into_inner(random_model_on(&config, backend)).expect("one owner").with_weight_dtype(weights));
     let specs = positional.get(4).map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("none");
     let mitigations = Mitigation::parse_list(specs).unwrap_or_else(|e| fail(e.to_string()));
     let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % 50277).collect();
@@ -72,7 +80,9 @@ fn main() {
     }
     let decode_seconds = started.elapsed().as_secs_f64();
     println!(
-        "shape {shape} f32 on {}, {} threads, mitigation {}",
+        "shape {shape} {:?} weights ({} MB) on {}, {} threads, mitigation {}",
+        model.weight_dtype(),
+        model.weight_bytes() >> 20,
         model.backend_name(),
         rayon::current_num_threads(),
         plan.describe()

@@ -2,6 +2,8 @@
 
 use gemm::Parallelism;
 
+use crate::{Matrix, Values};
+
 /// A strided matrix view: element `(i, j)` at `offset + i * row_stride + j * col_stride`.
 #[derive(Clone, Copy)]
 pub(crate) struct Layout {
@@ -91,6 +93,38 @@ fn dst_fill(dst: &mut [f32], layout: Layout, keep: f32) {
     }
 }
 
+/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)` for a matrix held in f32 or bf16.
+///
+/// bf16 weights: decode-sized inputs (up to 4 rows) read them directly, widening each lane
+/// inside the dot product, so decode streams half the bytes; larger inputs widen blocks of
+/// weight rows into an L2-sized scratch and run the f32 paths on each block.
+pub(crate) fn linear_matrix(input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (k, n) = (weight.cols(), weight.rows());
+    match weight.values() {
+        Values::F32(w) => linear(input, w, bias, k, n, out),
+        Values::Bf16(w) => {
+            assert_eq!(input.len() % k, 0, "input width");
+            let rows = input.len() / k;
+            assert_eq!(out.len(), rows * n, "output shape");
+            if rows <= DOT_PRODUCT_MAX_ROWS {
+                return few_rows(input, bias, k, n, out, |j, x| dot_bf16_dispatch(x, &w[j * k..(j + 1) * k]));
+            }
+            // Blocks of weight rows: 256 KB of widened weight per block.
+            let block = ((1 << 16) / k).clamp(8, n.max(8));
+            let (mut widened, mut partial) = (Vec::new(), Vec::new());
+            for first in (0..n).step_by(block) {
+                let last = (first + block).min(n);
+                weight.rows_f32(first..last, &mut widened);
+                partial.resize(rows * (last - first), 0.0);
+                linear(input, &widened, bias.map(|b| &b[first..last]), k, last - first, &mut partial);
+                for (out_row, part) in out.chunks_exact_mut(n).zip(partial.chunks_exact(last - first)) {
+                    out_row[first..last].copy_from_slice(part);
+                }
+            }
+        }
+    }
+}
+
 /// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)`.
 pub(crate) fn linear(
     input: &[f32],
@@ -152,12 +186,15 @@ pub(crate) fn linear_few_rows(
     out_features: usize,
     out: &mut [f32],
 ) {
+    few_rows(input, bias, in_features, out_features, out, |j, x| dot_dispatch(x, &weight[j * in_features..(j + 1) * in_features]))
+}
+
+/// [`linear_few_rows`] for any weight storage: `dot(j, x)` is `x · weight[j]`.
+fn few_rows(input: &[f32], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32], dot: impl Fn(usize, &[f32]) -> f32 + Sync) {
     use rayon::prelude::*;
     let rows = input.len() / in_features;
     const BLOCK: usize = 64;
-    let dot_row = |j: usize, t: usize| {
-        dot_dispatch(&input[t * in_features..(t + 1) * in_features], &weight[j * in_features..(j + 1) * in_features]) + bias.map_or(0.0, |b| b[j])
-    };
+    let dot_row = |j: usize, t: usize| dot(j, &input[t * in_features..(t + 1) * in_features]) + bias.map_or(0.0, |b| b[j]);
     if rows == 1 {
         // One token (decode): the output row is already feature-major; no scratch, no allocation.
         out.par_chunks_mut(BLOCK).enumerate().for_each(|(block, chunk)| {
@@ -185,6 +222,7 @@ pub(crate) fn linear_few_rows(
 }
 
 super::simd::simd_dispatch!(fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 => super::simd::dot);
+super::simd::simd_dispatch!(fn dot_bf16_dispatch(a: &[f32], b: &[u16]) -> f32 => super::simd::dot_bf16);
 
 /// Rows up to which `linear` streams the weight once through register-blocked dot products
 /// instead of the GEMM (batched decode): at these sizes packing the weight for the GEMM costs as

@@ -22,7 +22,7 @@ impl Backend for Cpu {
     }
 
     fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
-        matmul::linear(input, weight.data(), bias, weight.cols(), weight.rows(), out);
+        matmul::linear_matrix(input, weight, bias, out);
     }
 
     fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -69,6 +69,24 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     lane_sum(acc) + tail
 }
 
+/// `Σ a_i bf16(b_i)`: [`dot`] with the second operand widened from bf16 bits lane by lane.
+#[inline(always)]
+pub(crate) fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; LANES];
+    let split = a.len() / LANES * LANES;
+    for (ca, cb) in a[..split].chunks_exact(LANES).zip(b[..split].chunks_exact(LANES)) {
+        for i in 0..LANES {
+            acc[i] += ca[i] * crate::bf16_to_f32(cb[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, &y) in a[split..].iter().zip(&b[split..]) {
+        tail += x * crate::bf16_to_f32(y);
+    }
+    lane_sum(acc) + tail
+}
+
 /// Pairwise sum of the lanes.
 #[inline(always)]
 pub(crate) fn lane_sum(mut acc: [f32; LANES]) -> f32 {

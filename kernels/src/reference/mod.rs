@@ -14,7 +14,10 @@ impl Backend for Reference {
     }
 
     fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
-        let (in_features, out_features, weight) = (weight.cols(), weight.rows(), weight.data());
+        let (in_features, out_features) = (weight.cols(), weight.rows());
+        let mut widened = Vec::new();
+        weight.rows_f32(0..out_features, &mut widened);
+        let weight = &widened;
         let rows = input.len() / in_features;
         assert_eq!(out.len(), rows * out_features);
         for t in 0..rows {
