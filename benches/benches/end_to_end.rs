@@ -1,31 +1,62 @@
-//! Prefill and decode end to end on a mamba2-130m-shaped model with random f32 weights.
+//! Prefill and decode end to end on released model shapes with random weights, f32 and bf16.
+//!
+//! `COIL_BENCH_SHAPES` (default `130m`; the full set is `130m,370m`) and
+//! `COIL_BENCH_PREFILL` (default `512,2048`; add `8192,65536` for the long runs, minutes each on
+//! two cores) choose the sizes; decode runs at batch 1, 8 and 32 (`Model::step_batch`, aggregate
+//! tokens per second as the throughput).
+
+use std::sync::Arc;
 
 use coil_benches::{random_model, released_shape};
-use coil_ssm::Session;
+use coil_ssm::{Model, Session, State, WeightDtype};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
+fn list(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+}
+
 fn end_to_end(c: &mut Criterion) {
-    let config = released_shape("130m").expect("known shape");
-    let model = random_model(&config);
+    let prefill: Vec<usize> = list("COIL_BENCH_PREFILL", "512,2048").iter().map(|s| s.parse().expect("COIL_BENCH_PREFILL: token counts")).collect();
+    for shape in list("COIL_BENCH_SHAPES", "130m") {
+        let config = released_shape(&shape).unwrap_or_else(|| panic!("COIL_BENCH_SHAPES: unknown shape {shape}"));
+        let f32_model = random_model(&config);
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+            let model: Arc<Model> = match dtype {
+                WeightDtype::F32 => f32_model.clone(),
+                WeightDtype::Bf16 => Arc::new(Arc::into_inner(random_model(&config)).expect("one owner").with_weight_dtype(dtype)),
+            };
+            let name = format!("{shape}_{}", if dtype == WeightDtype::F32 { "f32" } else { "bf16" });
 
-    let mut group = c.benchmark_group("prefill_130m_f32");
-    group.sample_size(10);
-    for tokens in [512usize, 2048] {
-        let input: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % 50277).collect();
-        group.throughput(Throughput::Elements(tokens as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
-            b.iter(|| Session::new(model.clone()).prefill(&input).map(|l| l[0]).expect("prefill"))
-        });
+            let mut group = c.benchmark_group(format!("prefill_{name}"));
+            group.sample_size(10);
+            for &tokens in &prefill {
+                let input: Vec<u32> = (0..tokens as u32).map(|i| (i * 7919) % 50277).collect();
+                group.throughput(Throughput::Elements(tokens as u64));
+                group.bench_with_input(BenchmarkId::from_parameter(tokens), &tokens, |b, _| {
+                    b.iter(|| Session::new(model.clone()).prefill(&input).map(|l| l[0]).expect("prefill"))
+                });
+            }
+            group.finish();
+
+            let mut group = c.benchmark_group(format!("decode_{name}"));
+            group.sample_size(10);
+            let plan = model.plain_plan().clone();
+            let mut primed = model.new_state();
+            model.forward(&mut primed, &[1, 2, 3], coil_ssm::LogitRows::None).expect("prefill");
+            for batch in [1usize, 8, 32] {
+                let mut states: Vec<State> = vec![primed.clone(); batch];
+                let tokens: Vec<u32> = (0..batch as u32).map(|b| 42 + b).collect();
+                group.throughput(Throughput::Elements(batch as u64));
+                group.bench_with_input(BenchmarkId::new("batch", batch), &batch, |b, _| {
+                    b.iter(|| {
+                        let mut refs: Vec<&mut State> = states.iter_mut().collect();
+                        model.step_batch(&plan, &mut refs, &tokens).map(|l| l[0]).expect("step")
+                    })
+                });
+            }
+            group.finish();
+        }
     }
-    group.finish();
-
-    let mut group = c.benchmark_group("decode_130m_f32");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(1));
-    let mut session = Session::new(model.clone());
-    session.prefill(&[1, 2, 3]).expect("prefill");
-    group.bench_function("batch1", |b| b.iter(|| session.step(42).map(|l| l[0]).expect("step")));
-    group.finish();
 }
 
 criterion_group!(benches, end_to_end);

@@ -1,7 +1,8 @@
 //! Prefill and decode throughput of a released model shape with random weights, for notes and
 //! for side-by-side comparisons with other engines:
 //!
-//! `throughput SHAPE PREFILL DECODE [THREADS] [MITIGATIONS] [--device D] [--batch B]`
+//! `throughput SHAPE PREFILL DECODE [THREADS] [MITIGATIONS] [--device D] [--batch B]
+//! [--weights f32|bf16] [--model DIR]`
 //!
 //! e.g. `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 2`. MITIGATIONS are
 //! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
@@ -25,6 +26,7 @@ fn fail(message: String) -> ! {
 fn main() {
     let mut positional = Vec::new();
     let (mut device, mut batch, mut weights) = (Device::Cpu, 1usize, coil_kernels::WeightDtype::F32);
+    let mut model_dir: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -36,6 +38,7 @@ fn main() {
                     other => fail(format!("--weights takes f32 or bf16, not {other:?}")),
                 }
             }
+            "--model" => model_dir = args.next(),
             "--batch" => batch = args.next().and_then(|b| b.parse().ok()).filter(|&b| b > 0).unwrap_or_else(|| fail("--batch takes a positive number".into())),
             _ => positional.push(arg),
         }
@@ -46,12 +49,23 @@ fn main() {
     if let Some(threads) = positional.get(3).and_then(|a| a.parse().ok()).filter(|&t: &usize| t > 0) {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("thread pool");
     }
-    let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b")) };
     let backend = coil_gpu::open(device).unwrap_or_else(|e| fail(e.to_string()));
-    let model = std::sync::Arc::new(std::sync::Arc::into_inner(random_model_on(&config, backend)).expect("one owner").with_weight_dtype(weights));
+    let model = match &model_dir {
+        // A checkpoint folder (the same weights another engine runs), SHAPE then only names it.
+        Some(dir) => {
+            let checkpoint = coil_checkpoints::Checkpoint::open_dir(std::path::Path::new(dir)).unwrap_or_else(|e| fail(e.to_string()));
+            coil_ssm::Model::from_checkpoint(checkpoint).with_backend(backend)
+        }
+        None => {
+            let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b")) };
+            Arc::into_inner(random_model_on(&config, backend)).expect("one owner")
+        }
+    };
+    let model = Arc::new(model.with_weight_dtype(weights));
     let specs = positional.get(4).map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("none");
     let mitigations = Mitigation::parse_list(specs).unwrap_or_else(|e| fail(e.to_string()));
-    let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % 50277).collect();
+    let vocab = model.config().vocab_size_unpadded as u32;
+    let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % vocab).collect();
     // state-norm:calibrate=T calibrates on these same tokens (T <= the prefill length).
     let plan = Arc::new(Plan::resolve(&model, &mitigations, Some(&tokens), std::path::Path::new(".")).expect("plan resolves"));
 
@@ -68,12 +82,12 @@ fn main() {
     let started = Instant::now();
     if batch == 1 {
         for i in 0..decode {
-            session.step((i as u32 * 31) % 50277).expect("step");
+            session.step((i as u32 * 31) % vocab).expect("step");
         }
     } else {
         let mut states: Vec<_> = (0..batch).map(|_| session.state().clone()).collect();
         for i in 0..decode {
-            let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % 50277).collect();
+            let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % vocab).collect();
             let mut refs: Vec<_> = states.iter_mut().collect();
             model.step_batch(&plan, &mut refs, &next).expect("batch step");
         }

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Prefill and decode throughput of Coil and of the other engines present on this machine, on the
+# same mamba2-130m-shaped weights (seeded random, HF dialect), in one run, with ratios.
+#
+#   scripts/compare-engines.sh [THREADS]          (default 2)
+#
+# Engines, each run only when found:
+#   HF transformers  PYTHON (default: python3) with torch + transformers (pip install -r
+#                    checkpoints/requirements-train.txt)
+#   llama.cpp        LLAMA_CPP=path/to/llama.cpp (built; uses its convert_hf_to_gguf.py and
+#                    build/bin/llama-bench). Get it: git clone github.com/ggml-org/llama.cpp &&
+#                    cmake -B build && cmake --build build -j --target llama-bench
+#   candle           CANDLE_MAMBA2=path/to/a binary that takes `--weights DIR --prefill N
+#                    --decode M` and prints the same prefill:/decode: lines (candle's mamba2
+#                    example adapted; candle itself has no such benchmark)
+# Nothing of theirs is committed here. The weights live in ${COMPARE_DIR:-target/compare}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads=${1:-2}
+dir=${COMPARE_DIR:-target/compare}
+weights=$dir/mamba2-130m-random
+python=${PYTHON:-python3}
+mkdir -p "$dir"
+
+cargo build --release --locked -p coil-benches --bin throughput >/dev/null
+have_hf=0
+if "$python" -c "import torch, transformers" 2>/dev/null; then have_hf=1; fi
+if [[ ! -f $weights/model.safetensors ]]; then
+    [[ $have_hf == 1 ]] || { echo "the shared weights are made with transformers: set PYTHON to a python that has it" >&2; exit 1; }
+    "$python" scripts/compare_hf.py make "$weights"
+fi
+
+rows=()
+row() { rows+=("$(printf '%-28s %10s %10s %10s' "$1" "$2" "$3" "$4")"); }
+num() { grep -E "^$1" | sed -E 's/.* ([0-9.]+) tok\/s.*/\1/'; }
+
+for dtype in f32 bf16; do
+    p512=$(./target/release/throughput 130m 512 1 "$threads" "" --model "$weights" --weights "$dtype" | num prefill)
+    out=$(./target/release/throughput 130m 2048 32 "$threads" "" --model "$weights" --weights "$dtype")
+    row "coil $dtype" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
+done
+if [[ $have_hf == 1 ]]; then
+    p512=$("$python" scripts/compare_hf.py bench "$weights" 512 1 "$threads" | num prefill)
+    out=$("$python" scripts/compare_hf.py bench "$weights" 2048 32 "$threads")
+    row "HF transformers f32" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
+fi
+if [[ -n ${LLAMA_CPP:-} ]]; then
+    for dtype in f32 bf16; do
+        gguf=$dir/mamba2-130m-$dtype.gguf
+        [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$dtype" --outfile "$gguf" >/dev/null
+        res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv | tail -n +2)
+        # llama-bench csv: n_prompt, n_gen and avg_ts columns; pick them by header.
+        read -r p512 p2048 dec < <("$python" - "$res" <<'PY'
+import csv, io, sys
+rows = list(csv.DictReader(io.StringIO(sys.argv[1])))
+get = lambda p, n: next((r["avg_ts"] for r in rows if r["n_prompt"] == str(p) and r["n_gen"] == str(n)), "-")
+print(get(512, 0), get(2048, 0), get(0, 32))
+PY
+)
+        row "llama.cpp $dtype" "$p512" "$p2048" "$dec"
+    done
+fi
+if [[ -n ${CANDLE_MAMBA2:-} ]]; then
+    p512=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 512 --decode 1 | num prefill)
+    out=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 2048 --decode 32)
+    row "candle f32" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
+fi
+
+echo
+echo "mamba2-130m shape, random weights, $threads threads, batch 1 ($(date -u +%F), $(nproc) cores)"
+printf '%-28s %10s %10s %10s\n' "engine" "pre 512" "pre 2048" "decode"
+printf '%s\n' "${rows[@]}"
+echo "(tokens/s; ratios: divide coil's row by another's, same run)"
