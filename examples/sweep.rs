@@ -7,6 +7,9 @@ fn main() -> Result<(), coil::Error> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "sweep-example".into()));
     let loaded = coil::load_default()?;
 
+    // The embedded checkpoints were trained on the paper's template only: on this one they find
+    // no passkey at any length, which is what a custom template is for (does retrieval transfer?).
+    // `Template::paper()` gives them back their 100% at the training length.
     let template = Template {
         name: "custom".into(),
         prefix: "Remember the secret number hidden in this story.\n".into(),

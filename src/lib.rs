@@ -62,6 +62,8 @@
 //! `#[non_exhaustive]` so new cases are not breaking. The [`checkpoint`] and [`backend`] modules
 //! expose the engine's internals and change more often than the rest.
 
+#![warn(missing_docs)]
+
 mod diagnostics;
 mod error;
 mod load;
