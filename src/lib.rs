@@ -46,7 +46,7 @@
 //!
 //! - Loading: [`load`], [`load_default`], [`load_bytes`], [`Loaded`]; [`Checkpoint`], [`Source`],
 //!   [`Config`], [`Tokenizer`] for finer control; [`convert_to_hf`].
-//! - Devices: [`Device`], [`open_device`], [`devices`](adapters) present.
+//! - Devices: [`Device`], [`open_device`]; [`adapters`] and [`cuda_devices`] list what is present.
 //! - Running: [`Model`], [`Session`], [`State`], [`Sampler`], [`LogitRows`].
 //! - Mitigations: [`Mitigation`], [`parse_mitigations`], [`Plan`], thresholds.
 //! - Diagnostics: [`prefill_with_diagnostics`], [`State::record_stats`].
@@ -314,7 +314,7 @@ pub use coil_ssm::Thresholds;
 /// assert_eq!(thresholds.len(), loaded.model().config().n_layer);
 ///
 /// let path = std::env::temp_dir().join(format!("coil-doc-thresholds-{}.json", std::process::id()));
-/// coil::write_thresholds(&path, &thresholds, serde_json::json!({"note": "doc test"}))?;
+/// coil::write_thresholds(&path, &thresholds, coil::serde_json::json!({"note": "doc test"}))?;
 /// assert_eq!(coil::read_thresholds(&path)?, thresholds);
 /// # std::fs::remove_file(&path).ok();
 /// # Ok::<(), coil::Error>(())
@@ -338,13 +338,23 @@ pub use coil_ssm::read_thresholds;
 ///
 /// ```
 /// let path = std::env::temp_dir().join(format!("coil-doc-write-thresholds-{}.json", std::process::id()));
-/// coil::write_thresholds(&path, &[vec![3.0]], serde_json::json!({"source": "by hand"}))?;
+/// coil::write_thresholds(&path, &[vec![3.0]], coil::serde_json::json!({"source": "by hand"}))?;
 /// assert_eq!(coil::read_thresholds(&path)?, vec![vec![3.0]]);
 /// # std::fs::remove_file(&path).ok();
 /// # Ok::<(), coil::Error>(())
 /// ```
 #[doc(inline)]
 pub use coil_ssm::write_thresholds;
+
+/// The JSON library of [`write_thresholds`]' provenance argument, re-exported so that its version
+/// always matches the one Coil uses: a public dependency, covered by the semver policy.
+///
+/// ```
+/// let provenance = coil::serde_json::json!({"calibrated_on": "filler", "tokens": 8192});
+/// assert_eq!(provenance["tokens"], 8192);
+/// ```
+#[doc(no_inline)]
+pub use serde_json;
 
 /// Parses `--mitigate` specs (`a;b;c`, applied in that order; `none` or empty is the plain model)
 /// into typed [`Mitigation`]s. docs/mitigations.md lists every spec.
