@@ -2,40 +2,49 @@
 //! `cargo run --release --example resume -- save /tmp/long.state 1000000`, then
 //! `cargo run --release --example resume -- resume /tmp/long.state`
 
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use coil::{Checkpoint, Model, Sampler, SamplingConfig, Session, State};
+use coil::{Sampler, SamplingConfig, Session, State};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), coil::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (mode, path) = match args.as_slice() {
-        [mode, path, ..] => (mode.as_str(), std::path::PathBuf::from(path)),
-        _ => return Err("usage: resume (save PATH [TOKENS] | resume PATH)".into()),
+    let usage = || -> ! {
+        eprintln!("usage: resume (save PATH [TOKENS] | resume PATH)");
+        std::process::exit(2)
     };
-    let mut checkpoint = Checkpoint::embedded_default()?;
-    let tokenizer = checkpoint.tokenizer.take().ok_or("the checkpoint has no tokenizer")?;
-    let model = Arc::new(Model::from_checkpoint(checkpoint));
+    let (mode, path) = match args.as_slice() {
+        [mode, path, ..] => (mode.as_str(), PathBuf::from(path)),
+        _ => usage(),
+    };
+    let loaded = coil::load_default()?;
     match mode {
         "save" => {
-            let tokens: usize = args.get(2).map_or(Ok(100_000), |t| t.parse())?;
-            let block = tokenizer.encode("The grass is green. The sky is blue. The sun is yellow.\n")?;
-            let mut session = Session::new(model);
+            let tokens: usize = args.get(2).map_or(Some(1_000_000), |t| t.parse().ok()).unwrap_or_else(|| usage());
+            let block = loaded.encode("The grass is green. The sky is blue. The sun is yellow.\n")?;
             let piece: Vec<u32> = block.iter().copied().cycle().take(8192).collect();
+            let mut session = loaded.session();
+            let started = std::time::Instant::now();
             while (session.position() as usize) < tokens {
                 let n = piece.len().min(tokens - session.position() as usize);
                 session.prefill(&piece[..n])?; // constant memory, however long
             }
+            let seconds = started.elapsed().as_secs_f64();
             session.state().save(&path)?;
-            println!("saved the state after {} tokens to {}", session.position(), path.display());
+            println!(
+                "saved the state after {} tokens ({:.0} tokens/s) to {}",
+                session.position(),
+                session.position() as f64 / seconds,
+                path.display()
+            );
         }
         "resume" => {
-            let state = State::load(&path, model.state_shape())?;
-            let mut session = Session::with_state(model, state)?;
-            session.prefill(&tokenizer.encode(" And then")?)?;
-            let ids = session.generate(&mut Sampler::new(SamplingConfig::default()), 8, tokenizer.vocab_size(), |_| true)?;
-            println!("resumed at token {}: {:?}", session.position(), tokenizer.decode(&ids)?);
+            let state = State::load(&path, loaded.model().state_shape())?;
+            let mut session = Session::with_state(loaded.model().clone(), state)?;
+            session.prefill(&loaded.encode(" And then")?)?;
+            let ids = session.generate(&mut Sampler::new(SamplingConfig::default()), 8, loaded.vocab_limit(), |_| true)?;
+            println!("resumed at token {}: {:?}", session.position(), loaded.decode(&ids)?);
         }
-        other => return Err(format!("unknown mode `{other}`").into()),
+        _ => usage(),
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ impl std::fmt::Display for Dialect {
 /// A Mamba-2 language model's hyper-parameters, whatever dialect they came from.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The dialect the file was written in.
     pub dialect: Dialect,
     /// D.
     pub d_model: usize,
@@ -53,6 +54,7 @@ pub struct Config {
     pub norm_eps: f32,
     /// in_proj and out_proj carry biases.
     pub use_bias: bool,
+    /// Whether the causal conv has a bias.
     pub use_conv_bias: bool,
     /// `Some(true)`: lm_head is the embedding; `None`: the config does not say, and the weights
     /// decide (a missing `lm_head.weight` means tied).

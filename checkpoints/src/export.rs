@@ -14,10 +14,13 @@ use crate::{Config, DType, LoadError, TensorStore, Tokenizer, Weights};
 /// What [`convert_to_hf`] wrote.
 #[derive(Clone, Debug)]
 pub struct Exported {
+    /// The `config.json` written.
     pub config: PathBuf,
+    /// The `model.safetensors` written.
     pub model: PathBuf,
     /// `tokenizer.json` when the source had one.
     pub tokenizer: Option<PathBuf>,
+    /// Tensors written.
     pub tensors: usize,
     /// The dtypes written: each tensor keeps the one it was stored in (f64 becomes f32).
     pub dtypes: Vec<DType>,

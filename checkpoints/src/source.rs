@@ -29,15 +29,20 @@ impl std::fmt::Display for Source {
 
 /// A loaded checkpoint: config, f32 weights, and the tokenizer when it has one.
 pub struct Checkpoint {
+    /// Where it was loaded from.
     pub source: Source,
+    /// Its `config.json`, validated.
     pub config: Config,
+    /// Its weights, widened to f32.
     pub weights: Weights,
+    /// Its `tokenizer.json`, when it has one.
     pub tokenizer: Option<Tokenizer>,
     /// `train_length` from the checkpoint's `training.json`, when it has one.
     pub train_length: Option<usize>,
 }
 
 impl Checkpoint {
+    /// Loads the checkpoint at `source` (a folder, or one compiled in).
     pub fn load(source: &Source) -> Result<Checkpoint, LoadError> {
         match source {
             Source::Dir(dir) => Checkpoint::open_dir(dir),
@@ -46,6 +51,7 @@ impl Checkpoint {
         }
     }
 
+    /// Loads a checkpoint folder: `config.json`, the weights (`model.safetensors`, shards, or `pytorch_model.bin`) and `tokenizer.json` when present.
     pub fn open_dir(dir: &Path) -> Result<Checkpoint, LoadError> {
         if !dir.is_dir() {
             return Err(LoadError::Io {

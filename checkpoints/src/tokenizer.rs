@@ -12,6 +12,7 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Reads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Tokenizer, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
         Tokenizer::from_bytes(&bytes, path)
@@ -35,6 +36,7 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The file it was read from (for messages).
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -27,6 +27,7 @@ pub struct Gpu<R: Runtime> {
 const MAX_LAUNCH_ELEMENTS: usize = 1 << 31;
 
 impl<R: Runtime> Gpu<R> {
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
     pub(crate) fn new(client: ComputeClient<R>, name: &'static str, unroll: bool) -> Gpu<R> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Gpu { client, id: NEXT_ID.fetch_add(1, Ordering::Relaxed), name, unroll }

@@ -4,11 +4,11 @@
 
 use cubecl::prelude::*;
 
-/// Rows and columns of the output tile one cube of [`linear_tiled`] computes.
+/// Rows and columns of the output tile one cube of `linear_tiled` computes.
 pub const TILE: u32 = 64;
 /// Depth of the input slice staged in shared memory per step.
 const TILE_K: u32 = 16;
-/// Threads per side of a [`linear_tiled`] cube; each computes a 4 x 4 block of outputs.
+/// Threads per side of a `linear_tiled` cube; each computes a 4 x 4 block of outputs.
 pub const TILE_THREADS: u32 = 16;
 
 /// `out[r, j] = Σ_k input[r, k] · weight[j, k] (+ bias[j])`, one 64 x 64 output tile per cube
@@ -85,7 +85,7 @@ pub fn linear_tiled(
     }
 }
 
-/// Threads per cube of the reduction kernels ([`linear_few_rows`], [`rms_norm`]).
+/// Threads per cube of the reduction kernels (`linear_few_rows`, `rms_norm`).
 pub const REDUCE_THREADS: u32 = 128;
 
 /// Tree sum of `values[0..CUBE_DIM_X]` (a power of two) in shared memory; every thread gets the

@@ -46,7 +46,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let weight_dtype = match args.weights {
         WeightsArg::F32 => coil::WeightDtype::F32,
         WeightsArg::Bf16 => coil::WeightDtype::Bf16,
-        WeightsArg::Auto if stored_dtype == coil::DType::BF16.to_string() => coil::WeightDtype::Bf16,
+        WeightsArg::Auto if stored_dtype == coil::checkpoint::DType::BF16.to_string() => coil::WeightDtype::Bf16,
         WeightsArg::Auto => coil::WeightDtype::F32,
     };
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);

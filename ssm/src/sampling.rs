@@ -12,6 +12,7 @@ pub struct SamplingConfig {
     pub top_k: usize,
     /// Keep the smallest set of most likely tokens whose probability reaches p (1: all).
     pub top_p: f32,
+    /// Seed of the random generator: the same seed and logits give the same tokens.
     pub seed: u64,
 }
 
@@ -29,6 +30,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler whose random generator starts from `config.seed`.
     pub fn new(config: SamplingConfig) -> Sampler {
         let rng = SmallRng::seed_from_u64(config.seed);
         Sampler { config, rng, candidates: Vec::new() }

@@ -63,10 +63,12 @@ impl Session {
         self.piece_len = piece_len.max(1);
     }
 
+    /// The model this session runs.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
+    /// The state after the tokens consumed so far: clone it for a snapshot to [`Session::restore`], or [`State::save`] it.
     pub fn state(&self) -> &State {
         &self.state
     }
@@ -76,10 +78,12 @@ impl Session {
         &mut self.state
     }
 
+    /// The mitigations this session applies (the plain model's plan when it has none).
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
     }
 
+    /// Ends the session, keeping its state (to save, or to continue in another session).
     pub fn into_state(self) -> State {
         self.state
     }

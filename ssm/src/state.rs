@@ -12,15 +12,22 @@ use crate::{Config, Error};
 /// The sizes a state must have to belong to a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateShape {
+    /// Layers (`n_layer`).
     pub layers: usize,
+    /// Channels of the causal conv: `d_inner + 2 * n_groups * d_state`.
     pub conv_dim: usize,
+    /// The conv kernel's width `K`.
     pub conv_kernel: usize,
+    /// SSM heads per layer, `H`.
     pub heads: usize,
+    /// Channels per head, `P`.
     pub head_dim: usize,
+    /// State size per channel, `N`.
     pub d_state: usize,
 }
 
 impl StateShape {
+    /// The state sizes of a model with `config`.
     pub fn of(config: &Config) -> StateShape {
         StateShape {
             layers: config.n_layer,
@@ -72,9 +79,13 @@ pub struct State {
 /// dt and decay statistics of one head since they were last taken ([`State::take_stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct HeadStats {
+    /// Tokens these statistics cover.
     pub tokens: u64,
+    /// Sum of `dt` over those tokens (after the bias, softplus and clamp).
     pub dt_sum: f64,
+    /// Smallest `dt`.
     pub dt_min: f32,
+    /// Largest `dt`.
     pub dt_max: f32,
     /// Sum of `alpha = exp(dt * A + offset)`.
     pub decay_sum: f64,
@@ -281,6 +292,7 @@ impl State {
             .collect()
     }
 
+    /// The sizes this state was made for.
     pub fn shape(&self) -> StateShape {
         self.shape
     }

@@ -35,11 +35,17 @@ pub trait Subject {
 
 /// A Coil model with a mitigation plan.
 pub struct CoilSubject {
+    /// The model, shared.
     pub model: Arc<Model>,
+    /// The mitigations of this arm.
     pub plan: Arc<Plan>,
+    /// The model's tokenizer (prompts are built in its tokens).
     pub tokenizer: Arc<Tokenizer>,
+    /// The checkpoint's name in results.
     pub name: String,
+    /// The arm's name in results ([`Plan::describe`]).
     pub mitigation: String,
+    /// The checkpoint's training length, when known (marked on the plots).
     pub train_length: Option<usize>,
 }
 

@@ -57,16 +57,24 @@ pub fn fit_capacity(points: &[(f64, f64)]) -> Option<CapacityFit> {
 /// Accuracy of one model x arm x length.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AccuracyRow {
+    /// The checkpoint's name.
     pub model: String,
+    /// Its state size N_S, in elements.
     pub n_s: usize,
+    /// The mitigation arm.
     pub mitigation: String,
+    /// Prompt length, tokens.
     pub length: usize,
+    /// Cells (depths) run.
     pub cells: usize,
+    /// Cells answered correctly.
     pub correct: usize,
+    /// Mean exact prompt length of the cells, tokens.
     pub mean_tokens: f64,
 }
 
 impl AccuracyRow {
+    /// Fraction of cells answered correctly.
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.cells.max(1) as f64
     }
@@ -75,17 +83,22 @@ impl AccuracyRow {
 /// Everything the report says.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// Accuracy a length must reach to count toward capacity.
     pub threshold: f64,
+    /// Accuracy per model x arm x length.
     pub accuracy: Vec<AccuracyRow>,
     /// (model, n_s, mitigation, capacity, train_length)
     pub capacity: Vec<(String, usize, String, Option<usize>, Option<usize>)>,
     /// Per mitigation arm, fitted across models.
     pub fits: Vec<(String, Option<CapacityFit>)>,
+    /// Cells in the results.
     pub cells: usize,
+    /// Seconds the cells took to run.
     pub seconds: f64,
 }
 
 impl Report {
+    /// The report of `records`, with capacity at accuracy `threshold`.
     pub fn build(records: &[CellRecord], threshold: f64) -> Report {
         let mut groups: BTreeMap<(String, String, usize), AccuracyRow> = BTreeMap::new();
         let mut train = BTreeMap::new();

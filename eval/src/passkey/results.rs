@@ -51,15 +51,19 @@ pub(crate) fn cell_id(model: &str, mitigation: &str, template: &str, seed: u64, 
 /// Shard `index` of `count` (a cluster job array's task), as `I/N` with 0 <= I < N.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
+    /// This shard's index, from 0.
     pub index: usize,
+    /// Shards in all.
     pub count: usize,
 }
 
 impl Shard {
+    /// The whole sweep in one shard.
     pub fn whole() -> Shard {
         Shard { index: 0, count: 1 }
     }
 
+    /// Parses `I/N`.
     pub fn parse(text: &str) -> Result<Shard, EvalError> {
         let bad = || EvalError::Arguments(format!("--shard `{text}`: expected I/N with 0 <= I < N"));
         let (i, n) = text.split_once('/').ok_or_else(bad)?;
@@ -70,6 +74,7 @@ impl Shard {
         Ok(Shard { index, count })
     }
 
+    /// The results file this shard writes.
     pub fn file_name(&self) -> String {
         if self.count == 1 {
             "results.jsonl".into()
@@ -111,14 +116,17 @@ impl ResultsFile {
         Ok(ResultsFile { path, file, done })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Whether the cell `id` has a result already.
     pub fn is_done(&self, id: &str) -> bool {
         self.done.contains(id)
     }
 
+    /// Cells with a result.
     pub fn done_count(&self) -> usize {
         self.done.len()
     }

@@ -11,32 +11,43 @@ use super::{EvalError, Subject, Template};
 /// What to sweep, besides the arms.
 #[derive(Clone, Debug)]
 pub struct SweepConfig {
+    /// Prompt lengths in tokens.
     pub lengths: Vec<usize>,
+    /// Needle depths per length, spread evenly over the prompt.
     pub depths: usize,
+    /// Seed of the keys.
     pub seed: u64,
+    /// The prompt template.
     pub template: Template,
+    /// Which part of the sweep this process runs.
     pub shard: Shard,
 }
 
 /// Progress after each cell.
 #[derive(Clone, Copy, Debug)]
 pub struct SweepProgress {
+    /// Cells finished, this run and earlier ones.
     pub cells_done: usize,
+    /// Cells in this shard.
     pub cells_total: usize,
     /// Tokens the model consumed so far in this run.
     pub tokens: u64,
+    /// Seconds since the run started.
     pub seconds: f64,
 }
 
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct SweepSummary {
+    /// Cells run now.
     pub cells_run: usize,
+    /// Cells skipped because an earlier run had finished them.
     pub cells_skipped: usize,
     /// Tokens actually consumed (shared passes once, plus each fork's tail and answer).
     pub tokens_processed: u64,
     /// Tokens the same cells would have cost run one prompt at a time.
     pub tokens_unshared: u64,
+    /// Seconds the run took.
     pub seconds: f64,
 }
 

@@ -10,11 +10,15 @@ use crate::passkey::EvalError;
 /// The four parts of a passkey prompt; `{key}` in `needle` is replaced by the key.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct Template {
+    /// The template's name in results.
     pub name: String,
+    /// Text before the filler.
     pub prefix: String,
     /// One filler block, repeated to reach the length.
     pub filler: String,
+    /// The needle; `{key}` is replaced by the key.
     pub needle: String,
+    /// Text after the filler, which the model answers.
     pub suffix: String,
 }
 

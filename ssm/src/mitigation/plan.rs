@@ -95,6 +95,7 @@ impl Plan {
         }
     }
 
+    /// Whether the plan includes the sliding window (its states carry lagged inputs).
     pub fn has_window(&self) -> bool {
         self.layers.iter().any(|l| l.window.is_some())
     }

@@ -10,18 +10,22 @@ use std::str::FromStr;
 pub struct IndexSet(Option<Vec<RangeInclusive<usize>>>);
 
 impl IndexSet {
+    /// Every index.
     pub fn all() -> IndexSet {
         IndexSet(None)
     }
 
+    /// The indices in `ranges` (inclusive).
     pub fn of(ranges: Vec<RangeInclusive<usize>>) -> IndexSet {
         IndexSet(Some(ranges))
     }
 
+    /// Whether `index` is in the set.
     pub fn contains(&self, index: usize) -> bool {
         self.0.as_ref().is_none_or(|ranges| ranges.iter().any(|r| r.contains(&index)))
     }
 
+    /// Whether the set is every index.
     pub fn is_all(&self) -> bool {
         self.0.is_none()
     }
@@ -69,15 +73,19 @@ impl fmt::Display for IndexSet {
 /// Which layers and heads a mitigation touches.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scope {
+    /// The layers touched.
     pub layers: IndexSet,
+    /// The heads touched, in each touched layer.
     pub heads: IndexSet,
 }
 
 impl Scope {
+    /// Every layer and head.
     pub fn all() -> Scope {
         Scope::default()
     }
 
+    /// Whether head `head` of layer `layer` is touched.
     pub fn contains(&self, layer: usize, head: usize) -> bool {
         self.layers.contains(layer) && self.heads.contains(head)
     }
@@ -116,6 +124,7 @@ pub enum Mitigation {
 }
 
 impl Mitigation {
+    /// The layers and heads this mitigation touches.
     pub fn scope(&self) -> &Scope {
         match self {
             Mitigation::DtScale { scope, .. }
