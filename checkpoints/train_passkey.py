@@ -27,8 +27,22 @@ two processes of one thread each on a 2-core CPU:
     cargo build --release
     /work/venv-ref/bin/python checkpoints/train_passkey.py measure --states 4 8 16 32
 
-`measure` runs `target/release/coil passkey` at the training length with 40 depths on each
-checkpoint and records the accuracy in its training.json and README.md.
+`measure` runs `target/release/coil passkey` (or `--coil BIN`) at the training length with 40
+depths on each checkpoint and records the accuracy in its training.json and README.md.
+
+The defaults are recipe 1, the shipped family (`--haystack mixed`). Recipe 2 (`--haystack recall`,
+issue 6) replaces the haystack with a dense stream of facts that are rebound (must be overwritten)
+and recalled later, plus attribute sentences in the paper filler's own grammar ("The NOUN is ADJ.",
+random per document), so that the evaluator's filler looks like information; its knobs are
+--paper-frac, --p-new, --p-recall, --p-attr, --p-rebind. It did NOT make capacity depend on state
+size in the runs tried (the cards' "Capacity vs state size" section has the numbers): none of the
+models learned in-context recall of the haystack facts in 1-1.6K steps, so the key keeps a
+write-gated store of its own and survives about 1.5-2x the training length at every state size.
+Pilots write elsewhere with --out-dir; `sample` prints two training documents. E.g. run D:
+
+    nice -n 19 python checkpoints/train_passkey.py train --states 4 8 --haystack recall \
+        --train-length 1024 --steps 1600 --batch 4 --curriculum 128:0.35,256:0.15,512:0.15,1024:0.35 \
+        --head-dim 16 --out-dir /tmp/i6/fD
 """
 
 import argparse
@@ -51,6 +65,7 @@ from transformers import Mamba2Config, Mamba2ForCausalLM  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CKPT = os.path.join(ROOT, "checkpoints")
+OUT_DIR = CKPT  # --out-dir
 
 # Paper template (eval/src/passkey/template.rs `Template::paper`), verbatim.
 PREFIX = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it.\n\n"
@@ -113,7 +128,11 @@ def build_tokenizer():
 class Docs:
     """Passkey training documents in tokens, laid out like the evaluator's prompts."""
 
-    def __init__(self, tok, train_length):
+    def __init__(self, tok, train_length, haystack="mixed", paper_frac=0.1, p_new=0.35, p_recall=0.35,
+                 p_attr=0.22, p_rebind=0.0):
+        self.haystack = haystack
+        self.paper_frac, self.p_new, self.p_recall = paper_frac, p_new, p_recall
+        self.p_attr, self.p_rebind = p_attr, p_rebind
         self.tok = tok
         self.T = train_length
         self.enc_cache = {}
@@ -178,8 +197,79 @@ class Docs:
                for j in range(T - 1)]
         return ids, lm, ans
 
+    def sample_recall(self, rng, T=None):
+        """Recipe 2 ("recall" haystack): a dense stream of facts that later sentences recall.
+
+        Every line of the haystack holds 2-5 sentences, each one of: a new fact
+        "NAME has N THINGS." (binding NAME -> (N, THINGS); a NAME bound before is rebound, i.e.
+        the old value must be overwritten), a recall restating the CURRENT binding of a NAME
+        stated earlier (any lag), an attribute "The NOUN is ADJ." with a per-document random
+        binding NOUN -> ADJ (restated identically later), or a stock phrase. The paper's filler
+        sentences are attribute sentences and phrases of this grammar, so the model cannot know
+        that "The grass is green." carries nothing: it writes the evaluator's filler into its state
+        as it writes facts. A fraction of the documents (--paper-frac) use the paper's block only.
+        """
+        T = T or self.T
+        key = f"{rng.randrange(100000):05d}"
+        needle = self.enc(NEEDLE.format(key=key))
+        answer = self.enc(" " + key) + self.enc(".\n")
+        budget = T - len(answer) - len(needle) - 1
+        if rng.random() < 0.3:
+            budget = rng.randint(T // 4, budget)
+        paper = rng.random() < self.paper_frac
+        bind, attr = {}, {}
+        blocks = []
+        used = len(self.prefix) + len(self.suffix)
+        while True:
+            if paper:
+                b = self.filler
+            else:
+                sents = []
+                for _ in range(rng.randint(2, 5)):
+                    r = rng.random()
+                    if r < self.p_new or not bind:
+                        name = rng.choice(NAMES)
+                        bind[name] = (rng.randrange(1, 100), rng.choice(THINGS))
+                        sents.append(fact_sentence(name, *bind[name]))
+                    elif r < self.p_new + self.p_recall:
+                        name = rng.choice(list(bind))
+                        sents.append(fact_sentence(name, *bind[name]))
+                    elif r < self.p_new + self.p_recall + self.p_attr:
+                        noun = rng.choice(NOUNS)
+                        if noun not in attr or rng.random() < self.p_rebind:
+                            attr[noun] = rng.choice(ADJS)
+                        sents.append(f"The {noun} is {attr[noun]}.")
+                    else:
+                        sents.append(rng.choice(PHRASES))
+                b = self.enc(" ".join(sents) + "\n")
+            if used + len(b) > budget:
+                break
+            blocks.append(b)
+            used += len(b)
+        if not blocks:
+            blocks = [self.filler]
+        depth = rng.random()
+        blocks[int(depth * (len(blocks) - 1))] = needle
+        return self._finish(blocks, answer, T)
+
+    def _finish(self, blocks, answer, T):
+        ids = list(self.prefix)
+        for b in blocks:
+            ids += b
+        ids += self.suffix
+        n_prompt = len(ids)
+        ids += answer
+        n_doc = len(ids)
+        assert n_doc <= T
+        ids += [self.eos] * (T - len(ids))
+        lm = [1.0 if j + 1 < n_doc else 0.0 for j in range(T - 1)]
+        ans = [1.0 if n_prompt <= j + 1 < n_prompt + len(answer) - len(self.enc(".\n")) else 0.0
+               for j in range(T - 1)]
+        return ids, lm, ans
+
     def batch(self, rng, n, T=None):
-        ids, lm, ans = zip(*(self.sample(rng, T) for _ in range(n)))
+        f = self.sample_recall if self.haystack == "recall" else self.sample
+        ids, lm, ans = zip(*(f(rng, T) for _ in range(n)))
         return torch.tensor(ids), torch.tensor(lm), torch.tensor(ans)
 
     def eval_prompt(self, key, depth, length):
@@ -232,7 +322,7 @@ def train_one(state_size, tok, args, device):
     torch.manual_seed(args.seed)
     model = Mamba2ForCausalLM(cfg).float().to(device)
     model.train()
-    docs = Docs(tok, args.train_length)
+    docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind)
     rng = random.Random(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warm = min(100, args.steps // 10)
@@ -298,7 +388,7 @@ def train_one(state_size, tok, args, device):
 
 
 def save(model, tok, name, info):
-    out = os.path.join(CKPT, name)
+    out = os.path.join(OUT_DIR, name)
     if os.path.isdir(out):
         shutil.rmtree(out)
     os.makedirs(out)
@@ -347,9 +437,9 @@ One of Coil's family of small passkey checkpoints (`checkpoints/passkey-n*`), wh
 
 
 def measure(args):
-    coil = os.path.join(ROOT, "target", "release", "coil")
+    coil = args.coil or os.path.join(ROOT, "target", "release", "coil")
     for n in args.states:
-        out = os.path.join(CKPT, f"passkey-n{n}")
+        out = os.path.join(OUT_DIR, f"passkey-n{n}")
         with open(os.path.join(out, "training.json")) as f:
             info = json.load(f)
         L = info["train_length"]
@@ -386,7 +476,7 @@ def read_accuracy(res):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["train", "measure"])
+    ap.add_argument("cmd", choices=["train", "measure", "sample"])
     ap.add_argument("--states", type=int, nargs="+", default=[32, 16, 8, 4])
     ap.add_argument("--seed", type=int, default=20250601)
     ap.add_argument("--train-length", type=int, default=512)
@@ -399,9 +489,20 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=16)
+    ap.add_argument("--haystack", choices=["mixed", "recall"], default="mixed",
+                    help="mixed: recipe 1 (paper block + a few recurring facts); recall: recipe 2 (dense fact stream with rebinding and recalls)")
+    ap.add_argument("--paper-frac", type=float, default=0.1, help="recall haystack: fraction of documents with the paper block only")
+    ap.add_argument("--p-new", type=float, default=0.35, help="recall haystack: probability of a new (re)binding sentence")
+    ap.add_argument("--p-recall", type=float, default=0.35, help="recall haystack: probability of a recall sentence")
+    ap.add_argument("--p-attr", type=float, default=0.22, help="recall haystack: probability of an attribute sentence (the rest: stock phrases)")
+    ap.add_argument("--p-rebind", type=float, default=0.0, help="recall haystack: probability that an attribute sentence rebinds its noun")
+    ap.add_argument("--coil", default=None, help="measure: the coil binary (default: target/release/coil)")
+    ap.add_argument("--out-dir", default=CKPT, help="where passkey-n<N>/ folders are written (pilots: elsewhere)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=10)
     args = ap.parse_args()
+    global OUT_DIR
+    OUT_DIR = args.out_dir
     if args.cmd == "measure":
         return measure(args)
     try:
@@ -413,6 +514,12 @@ def main():
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = build_tokenizer()
+    if args.cmd == "sample":
+        docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind)
+        ids, lm, ans = docs.batch(random.Random(args.seed), 2)
+        for row in ids.tolist():
+            print(repr(tok.decode([t for t in row if t != 0])), "\n")
+        return
     assert tok.to_str() == build_tokenizer().to_str(), "BPE training is not deterministic"
     assert tok.token_to_id("<|endoftext|>") == 0
     for n in args.states:
