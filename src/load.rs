@@ -167,12 +167,7 @@ impl Loaded {
     /// # Ok::<(), coil::Error>(())
     /// ```
     pub fn vocab_limit(&self) -> usize {
-        let vocab = self.model.vocab_size();
-        let declared = self.model.config().vocab_size_unpadded;
-        match &self.tokenizer {
-            Some(t) => t.vocab_size().min(vocab).min(declared).max(1),
-            None => declared.min(vocab),
-        }
+        self.model.vocab_limit(self.tokenizer.as_ref().map(|t| t.vocab_size()))
     }
 
     /// Text to token ids with the checkpoint's tokenizer.

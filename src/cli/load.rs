@@ -79,11 +79,6 @@ impl Loaded {
     /// Logit columns that are real tokens: the tokenizer's size when it is smaller than the
     /// (padded) embedding, else all of them.
     pub fn vocab_limit(&self) -> usize {
-        let vocab = self.model.vocab_size();
-        let declared = self.model.config().vocab_size_unpadded;
-        match &self.tokenizer {
-            Some(t) => t.vocab_size().min(vocab).min(declared).max(1),
-            None => declared.min(vocab),
-        }
+        self.model.vocab_limit(self.tokenizer.as_ref().map(|t| t.vocab_size()))
     }
 }

@@ -129,6 +129,17 @@ impl Model {
         self.config.vocab_size
     }
 
+    /// Logit columns that are real tokens, for a tokenizer of `tokenizer_size` entries (if any):
+    /// the smallest of the tokenizer, the declared unpadded vocabulary and the embedding, so
+    /// padding rows are never sampled.
+    pub fn vocab_limit(&self, tokenizer_size: Option<usize>) -> usize {
+        let limit = self.config.vocab_size_unpadded.min(self.config.vocab_size);
+        match tokenizer_size {
+            Some(size) => size.min(limit).max(1),
+            None => limit,
+        }
+    }
+
     pub fn state_shape(&self) -> StateShape {
         StateShape::of(&self.config)
     }
