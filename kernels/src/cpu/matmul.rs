@@ -204,21 +204,43 @@ fn few_rows(input: &[f32], bias: Option<&[f32]>, in_features: usize, out_feature
         });
         return;
     }
-    // Outputs are computed feature-major into `scratch` so each task owns a contiguous slice.
-    let mut scratch = vec![0.0f32; rows * out_features];
-    scratch.par_chunks_mut(BLOCK * rows).enumerate().for_each(|(block, chunk)| {
-        let first = block * BLOCK;
+    feature_major(rows, out_features, BLOCK, true, out, |first, chunk| {
         for (i, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
             for (t, o) in out_j.iter_mut().enumerate() {
                 *o = dot_row(first + i, t);
             }
         }
     });
+}
+
+thread_local! {
+    /// [`feature_major`]'s scratch, kept per calling thread so decode steps allocate nothing
+    /// (it holds the largest `rows x out_features` product seen on the thread).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Computes `out[rows, out_features]` through a feature-major scratch, so each task owns a
+/// contiguous slice: `fill(first, chunk)` writes features `first..` into `chunk`, `rows` values
+/// per feature, in blocks of `block` features (over rayon when `parallel`); then transposes.
+fn feature_major(rows: usize, out_features: usize, block: usize, parallel: bool, out: &mut [f32], fill: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    // Taken, not borrowed: a nested call (rayon may run another job here meanwhile) gets an
+    // empty vector instead of a borrow conflict.
+    let mut scratch = SCRATCH.with(std::cell::Cell::take);
+    scratch.clear();
+    scratch.resize(rows * out_features, 0.0);
+    let task = |(i, chunk): (usize, &mut [f32])| fill(i * block, chunk);
+    if parallel {
+        scratch.par_chunks_mut(block * rows).enumerate().for_each(task);
+    } else {
+        scratch.chunks_mut(block * rows).enumerate().for_each(task);
+    }
     for (j, values) in scratch.chunks_exact(rows).enumerate() {
         for (t, &v) in values.iter().enumerate() {
             out[t * out_features + j] = v;
         }
     }
+    SCRATCH.with(|cell| cell.set(scratch));
 }
 
 super::simd::simd_dispatch!(fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 => super::simd::dot);
@@ -240,14 +262,10 @@ pub(crate) fn linear_small_batch(
     out_features: usize,
     out: &mut [f32],
 ) {
-    use rayon::prelude::*;
     let rows = input.len() / in_features;
     const BLOCK: usize = 32;
-    // Feature-major scratch so each task owns a contiguous slice; transposed at the end.
-    let mut scratch = vec![0.0f32; rows * out_features];
     let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
-    let task = |(block, chunk): (usize, &mut [f32])| {
-        let first = block * BLOCK;
+    feature_major(rows, out_features, BLOCK, parallel, out, |first, chunk| {
         let features = chunk.len() / rows;
         block_dots_dispatch(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
         if let Some(b) = bias {
@@ -255,17 +273,7 @@ pub(crate) fn linear_small_batch(
                 out_j.iter_mut().for_each(|o| *o += b[first + j]);
             }
         }
-    };
-    if parallel {
-        scratch.par_chunks_mut(BLOCK * rows).enumerate().for_each(task);
-    } else {
-        scratch.chunks_mut(BLOCK * rows).enumerate().for_each(task);
-    }
-    for (j, values) in scratch.chunks_exact(rows).enumerate() {
-        for (t, &v) in values.iter().enumerate() {
-            out[t * out_features + j] = v;
-        }
-    }
+    });
 }
 
 super::simd::simd_dispatch!(fn block_dots_dispatch(input: &[f32], weight: &[f32], k: usize, out: &mut [f32]) => block_dots);
