@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use coil::{Checkpoint, LogitRows, Mitigation, Model, Plan, Session, State};
+use coil::{Backend, Checkpoint, LogitRows, Mitigation, Model, Plan, Session, State};
 use safetensors::SafeTensors;
 
 fn fixtures() -> PathBuf {
@@ -61,14 +61,16 @@ fn plan(model: &Model, case: &Case) -> Plan {
     Plan::resolve(model, &mitigations, None, &fixtures().join("mitigations").join(&case.checkpoint)).unwrap()
 }
 
-fn check(case: &Case) {
+/// Chunked prefill at the checkpoint's chunk 16 and at `more_chunks`, then token-by-token steps,
+/// on `backend`, against the f64 reference.
+fn check_prefill_and_steps(case: &Case, backend: Arc<dyn Backend>, more_chunks: &[usize]) {
     let (ids, golden, golden_state) = read(case);
-    let what = format!("{}/{} [{}]", case.checkpoint, case.label, case.specs.join("; "));
+    let what = format!("{}/{} [{}] on {}", case.checkpoint, case.label, case.specs.join("; "), backend.name());
     let state_scale = golden_state.iter().fold(1.0f32, |m, v| m.max(v.abs()));
 
-    // Chunked prefill of the whole input at several chunk sizes.
-    for chunk in [3, 16, 64] {
-        let m = model(&case.checkpoint, chunk);
+    // Chunked prefill of the whole input (K and Q do not divide the chunks).
+    for &chunk in [16].iter().chain(more_chunks) {
+        let m = model(&case.checkpoint, chunk).with_backend(backend.clone());
         let p = plan(&m, case);
         let mut state = m.new_state_for(&p);
         let logits = m.forward_with(&p, &mut state, &ids, LogitRows::All).unwrap();
@@ -78,18 +80,25 @@ fn check(case: &Case) {
         assert!(s < 1e-4 * state_scale, "{what}: chunked (chunk {chunk}) final state differs by {s:e}");
     }
 
-    let m = Arc::new(model(&case.checkpoint, 16));
-    let p = Arc::new(plan(&m, case));
-    let vocab = m.vocab_size();
-
     // Token by token.
-    let mut session = Session::with_plan(m.clone(), p.clone());
+    let m = Arc::new(model(&case.checkpoint, 16).with_backend(backend));
+    let mut session = Session::with_plan(m.clone(), Arc::new(plan(&m, case)));
     let mut stepped = Vec::new();
     for &t in &ids {
         stepped.extend_from_slice(session.step(t).unwrap());
     }
     let d = max_diff(&stepped, &golden);
     assert!(d < 1e-4, "{what}: step logits differ by {d:e}");
+}
+
+/// Every path on the CPU: chunks 3, 16, 64, steps, and a prefill split, saved and resumed.
+fn check(case: &Case) {
+    check_prefill_and_steps(case, Arc::new(coil::backend::Cpu), &[3, 64]);
+    let (ids, golden, _) = read(case);
+    let what = format!("{}/{} [{}]", case.checkpoint, case.label, case.specs.join("; "));
+    let m = Arc::new(model(&case.checkpoint, 16));
+    let p = Arc::new(plan(&m, case));
+    let vocab = m.vocab_size();
 
     // Prefill split at an odd point, the state saved, reloaded and continued by steps and prefill.
     let split = 37;
@@ -127,25 +136,7 @@ fn every_mitigation_matches_the_f64_reference_in_every_path() {
 fn every_mitigation_matches_the_f64_reference_on_the_gpu() {
     let backend = coil_gpu::test_backend();
     for case in &cases() {
-        let (ids, golden, golden_state) = read(case);
-        let what = format!("{}/{} [{}] on {}", case.checkpoint, case.label, case.specs.join("; "), backend.name());
-        let m = Arc::new(model(&case.checkpoint, 16).with_backend(backend.clone()));
-        let p = Arc::new(plan(&m, case));
-        let mut state = m.new_state_for(&p);
-        let logits = m.forward_with(&p, &mut state, &ids, LogitRows::All).unwrap();
-        let d = max_diff(&logits, &golden);
-        assert!(d < 1e-4, "{what}: chunked logits differ by {d:e}");
-        let state_scale = golden_state.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let s = max_diff(state.ssm(), &golden_state);
-        assert!(s < 1e-4 * state_scale, "{what}: chunked final state differs by {s:e}");
-
-        let mut session = Session::with_plan(m.clone(), p.clone());
-        let mut stepped = Vec::new();
-        for &t in &ids {
-            stepped.extend_from_slice(session.step(t).unwrap());
-        }
-        let d = max_diff(&stepped, &golden);
-        assert!(d < 1e-4, "{what}: step logits differ by {d:e}");
+        check_prefill_and_steps(case, backend.clone(), &[]);
     }
 }
 
