@@ -182,20 +182,7 @@ class Docs:
             blocks = [self.filler]
         depth = rng.random()
         blocks[int(depth * (len(blocks) - 1))] = needle  # the evaluator's placement
-        ids = list(self.prefix)
-        for b in blocks:
-            ids += b
-        ids += self.suffix
-        n_prompt = len(ids)
-        ids += answer
-        n_doc = len(ids)
-        assert n_doc <= T
-        ids += [self.eos] * (T - len(ids))
-        # target j predicts ids[j+1]
-        lm = [1.0 if j + 1 < n_doc else 0.0 for j in range(T - 1)]
-        ans = [1.0 if n_prompt <= j + 1 < n_prompt + len(answer) - len(self.enc(".\n")) else 0.0
-               for j in range(T - 1)]
-        return ids, lm, ans
+        return self._finish(blocks, answer, T)
 
     def sample_recall(self, rng, T=None):
         """Recipe 2 ("recall" haystack): a dense stream of facts that later sentences recall.
@@ -253,6 +240,8 @@ class Docs:
         return self._finish(blocks, answer, T)
 
     def _finish(self, blocks, answer, T):
+        """Prefix, blocks, suffix, answer, padding; the LM mask (target j predicts ids[j+1]) and
+        the answer mask."""
         ids = list(self.prefix)
         for b in blocks:
             ids += b
