@@ -9,7 +9,8 @@ use crate::kernels;
 /// The ops on one CubeCL device (`R`: CUDA or wgpu).
 ///
 /// Each op uploads its inputs, launches its kernels and reads the result back; weight matrices
-/// are uploaded once per matrix and kept ([`Matrix::resident`]). Two mitigation ops, the state
+/// are uploaded once per matrix and kept ([`Matrix::resident`]); a matrix past 2^31 values (beyond
+/// the kernels' 32-bit indexing) is multiplied on the CPU instead. Two mitigation ops, the state
 /// norm clamp and the window's retraction, run on the CPU: they touch the state a few times per
 /// window step, never per token and channel.
 pub struct Gpu<R: Runtime> {
@@ -160,7 +161,11 @@ impl<R: Runtime> Backend for Gpu<R> {
         if rows == 0 {
             return;
         }
-        assert!(n * k < MAX_LAUNCH_ELEMENTS, "{}: a {n} x {k} weight is past 32-bit indexing", self.name);
+        if n * k >= MAX_LAUNCH_ELEMENTS {
+            // One buffer this size is past the kernels' 32-bit indexing (a vocabulary of 256K x
+            // 8192, say): that product runs on the CPU rather than failing.
+            return Cpu.linear(input, weight, bias, out);
+        }
         let w = self.matrix(weight);
         let bias = bias.map(|b| self.upload(b));
         // Row blocks small enough that no launch indexes past 2^31 values.
