@@ -60,10 +60,12 @@ pub fn linear(backend: &dyn Backend) {
         (64, 16, 64, true),
         (65, 17, 63, false),
         (129, 31, 64, true),
-        // Wide inputs: a bf16 weight is widened in blocks of 65536 / k rows, so these take
-        // several blocks (the last one short) on the small-batch and the GEMM paths.
+        // Wide inputs: the small-batch path tiles 4 rows by 3 features with 8-lane tails; the
+        // GEMM path widens a bf16 weight in blocks of 2^20 values, so the last case takes two
+        // (the last one short).
         (6, 700, 200, true),
         (70, 700, 100, false),
+        (70, 1100, 1000, true),
     ] {
         let input = rng.vec(rows * k, 1.0);
         let weight = Matrix::new(rng.vec(n * k, 0.5), n, k);

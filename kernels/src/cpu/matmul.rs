@@ -1,6 +1,9 @@
-//! A safe, bounds-checked front to the `gemm` crate.
+//! Matrix products: `linear` (every projection, weights f32 or bf16) and a safe, bounds-checked
+//! front to the `gemm` crate (also used by the chunked scan).
 
 use gemm::Parallelism;
+
+use super::simd::{self, Weight};
 
 use crate::{Matrix, Values};
 
@@ -94,41 +97,24 @@ fn dst_fill(dst: &mut [f32], layout: Layout, keep: f32) {
 }
 
 /// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)` for a matrix held in f32 or bf16.
-///
-/// bf16 weights: decode-sized inputs (up to 4 rows) read them directly, widening each lane
-/// inside the dot product, so decode streams half the bytes; larger inputs widen blocks of
-/// weight rows into an L2-sized scratch and run the f32 paths on each block.
 pub(crate) fn linear_matrix(input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
     let (k, n) = (weight.cols(), weight.rows());
     match weight.values() {
         Values::F32(w) => linear(input, w, bias, k, n, out),
-        Values::Bf16(w) => {
-            assert_eq!(input.len() % k, 0, "input width");
-            let rows = input.len() / k;
-            assert_eq!(out.len(), rows * n, "output shape");
-            if rows <= DOT_PRODUCT_MAX_ROWS {
-                return few_rows(input, bias, k, n, out, |j, x| dot_bf16_dispatch(x, &w[j * k..(j + 1) * k]));
-            }
-            // Blocks of weight rows: 256 KB of widened weight per block.
-            let block = ((1 << 16) / k).clamp(8, n.max(8));
-            let (mut widened, mut partial) = (Vec::new(), Vec::new());
-            for first in (0..n).step_by(block) {
-                let last = (first + block).min(n);
-                weight.rows_f32(first..last, &mut widened);
-                partial.resize(rows * (last - first), 0.0);
-                linear(input, &widened, bias.map(|b| &b[first..last]), k, last - first, &mut partial);
-                for (out_row, part) in out.chunks_exact_mut(n).zip(partial.chunks_exact(last - first)) {
-                    out_row[first..last].copy_from_slice(part);
-                }
-            }
-        }
+        Values::Bf16(w) => linear(input, w, bias, k, n, out),
     }
 }
 
-/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)`.
-pub(crate) fn linear(
+/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)`, by the number of input rows:
+/// - up to [`DOT_PRODUCT_MAX_ROWS`] (decode): dot products straight off the weight, which is
+///   read once, in its own dtype (bf16 streams half the bytes);
+/// - up to [`SMALL_BATCH_MAX_ROWS`] (batched decode): register tiles of input rows by weight
+///   rows, the weight still read once in its own dtype;
+/// - beyond (prefill): the `gemm` crate, bf16 weights widened first in blocks of up to
+///   [`WIDEN_MAX_VALUES`] (widening costs one pass over the weight, the product `T` passes).
+pub(crate) fn linear<W: Weight>(
     input: &[f32],
-    weight: &[f32],
+    weight: &[W],
     bias: Option<&[f32]>,
     in_features: usize,
     out_features: usize,
@@ -147,30 +133,40 @@ pub(crate) fn linear(
     if rows <= SMALL_BATCH_MAX_ROWS {
         return linear_small_batch(input, weight, bias, in_features, out_features, out);
     }
-    let keep = match bias {
-        Some(bias) => {
-            assert_eq!(bias.len(), out_features, "bias length");
-            for row in out.chunks_exact_mut(out_features) {
-                row.copy_from_slice(bias);
-            }
-            1.0
+    if let Some(bias) = bias {
+        for row in out.chunks_exact_mut(out_features) {
+            row.copy_from_slice(bias);
         }
-        None => 0.0,
+    }
+    let keep = if bias.is_some() { 1.0 } else { 0.0 };
+    let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
+    let product = |out: &mut [f32], weight: &[f32], first: usize| {
+        let features = weight.len() / in_features;
+        // weightᵀ as a view: element (k, j) = weight[j * in_features + k]; the block of output
+        // columns first..first + features of the row-major output.
+        let weight_t = Layout { rows: in_features, cols: features, row_stride: 1, col_stride: in_features, offset: 0 };
+        let out_block = Layout { rows, cols: features, row_stride: out_features, col_stride: 1, offset: first };
+        gemm(out, out_block, keep, input, Layout::row_major(rows, in_features), weight, weight_t, parallel);
     };
-    // weightᵀ as a view: element (k, j) = weight[j * in_features + k].
-    let weight_t = Layout { rows: in_features, cols: out_features, row_stride: 1, col_stride: in_features, offset: 0 };
-    let work = rows * in_features * out_features;
-    gemm(
-        out,
-        Layout::row_major(rows, out_features),
-        keep,
-        input,
-        Layout::row_major(rows, in_features),
-        weight,
-        weight_t,
-        work >= super::PARALLEL_MIN_WORK,
-    );
+    if let Some(weight) = W::as_f32(weight) {
+        return product(out, weight, 0);
+    }
+    let block = (WIDEN_MAX_VALUES / in_features).clamp(1, out_features);
+    WIDENED.with(|cell| {
+        // Taken, not borrowed, as in `feature_major`.
+        let mut widened = cell.take();
+        for (i, rows_of_weight) in weight.chunks(block * in_features).enumerate() {
+            widened.clear();
+            widened.extend(rows_of_weight.iter().map(|w| w.to_f32()));
+            product(out, &widened, i * block);
+        }
+        cell.set(widened);
+    });
 }
+
+/// Most weight values widened to f32 at once for a GEMM (4 MB of f32, a few blocks per
+/// projection of the released shapes): each block costs the GEMM one more packing of the input.
+const WIDEN_MAX_VALUES: usize = 1 << 20;
 
 /// Rows at or below which `linear` runs as dot products (decode): a GEMM's packing costs more
 /// than it saves when each weight is used only this many times.
@@ -178,23 +174,13 @@ pub(crate) const DOT_PRODUCT_MAX_ROWS: usize = 4;
 
 /// `out[t, j] = input[t] · weight[j] (+ bias[j])` for a few rows, split over blocks of output
 /// features so each thread streams its own part of the weight once.
-pub(crate) fn linear_few_rows(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    in_features: usize,
-    out_features: usize,
-    out: &mut [f32],
-) {
-    few_rows(input, bias, in_features, out_features, out, |j, x| dot_dispatch(x, &weight[j * in_features..(j + 1) * in_features]))
-}
-
-/// [`linear_few_rows`] for any weight storage: `dot(j, x)` is `x · weight[j]`.
-fn few_rows(input: &[f32], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32], dot: impl Fn(usize, &[f32]) -> f32 + Sync) {
+fn linear_few_rows<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32]) {
     use rayon::prelude::*;
     let rows = input.len() / in_features;
     const BLOCK: usize = 64;
-    let dot_row = |j: usize, t: usize| dot(j, &input[t * in_features..(t + 1) * in_features]) + bias.map_or(0.0, |b| b[j]);
+    let dot_row = |j: usize, t: usize| {
+        simd::dot(&input[t * in_features..(t + 1) * in_features], &weight[j * in_features..(j + 1) * in_features]) + bias.map_or(0.0, |b| b[j])
+    };
     if rows == 1 {
         // One token (decode): the output row is already feature-major; no scratch, no allocation.
         out.par_chunks_mut(BLOCK).enumerate().for_each(|(block, chunk)| {
@@ -217,6 +203,9 @@ thread_local! {
     /// [`feature_major`]'s scratch, kept per calling thread so decode steps allocate nothing
     /// (it holds the largest `rows x out_features` product seen on the thread).
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+
+    /// [`linear`]'s widened bf16 weight block, kept per calling thread.
+    static WIDENED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Computes `out[rows, out_features]` through a feature-major scratch, so each task owns a
@@ -243,89 +232,25 @@ fn feature_major(rows: usize, out_features: usize, block: usize, parallel: bool,
     SCRATCH.with(|cell| cell.set(scratch));
 }
 
-super::simd::simd_dispatch!(fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 => super::simd::dot);
-super::simd::simd_dispatch!(fn dot_bf16_dispatch(a: &[f32], b: &[u16]) -> f32 => super::simd::dot_bf16);
-
 /// Rows up to which `linear` streams the weight once through register-blocked dot products
 /// instead of the GEMM (batched decode): at these sizes packing the weight for the GEMM costs as
 /// much as the arithmetic.
 pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 64;
 
 /// `linear` for 5..=64 rows: each task takes a block of output features and computes them for
-/// every input row, four input rows by two weight rows at a time (eight vector accumulators), so
+/// every input row, four input rows by three weight rows at a time (twelve vector accumulators), so
 /// each weight row is read from memory once per call and from L1 for the other rows.
-pub(crate) fn linear_small_batch(
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    in_features: usize,
-    out_features: usize,
-    out: &mut [f32],
-) {
+fn linear_small_batch<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32]) {
     let rows = input.len() / in_features;
     const BLOCK: usize = 32;
     let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
     feature_major(rows, out_features, BLOCK, parallel, out, |first, chunk| {
         let features = chunk.len() / rows;
-        block_dots_dispatch(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
+        simd::block_dots(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
         if let Some(b) = bias {
             for (j, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
                 out_j.iter_mut().for_each(|o| *o += b[first + j]);
             }
         }
     });
-}
-
-super::simd::simd_dispatch!(fn block_dots_dispatch(input: &[f32], weight: &[f32], k: usize, out: &mut [f32]) => block_dots);
-
-/// `out[j * rows + t] = input[t] · weight[j]` for every input row t and weight row j.
-#[inline(always)]
-fn block_dots(input: &[f32], weight: &[f32], k: usize, out: &mut [f32]) {
-    const R: usize = 4; // input rows per block
-    const C: usize = 2; // weight rows per block
-    const W: usize = 8; // lanes
-    let rows = input.len() / k;
-    let features = weight.len() / k;
-    let split = k / W * W;
-    let row = |t: usize| &input[t * k..(t + 1) * k];
-    let mut j = 0;
-    while j + C <= features {
-        let w: [&[f32]; C] = std::array::from_fn(|c| &weight[(j + c) * k..(j + c + 1) * k]);
-        let mut t = 0;
-        while t + R <= rows {
-            let x: [&[f32]; R] = std::array::from_fn(|r| row(t + r));
-            let mut acc = [[[0.0f32; W]; C]; R];
-            for base in (0..split).step_by(W) {
-                let wv: [&[f32; W]; C] = std::array::from_fn(|c| w[c][base..base + W].try_into().unwrap());
-                for r in 0..R {
-                    let xv: &[f32; W] = x[r][base..base + W].try_into().unwrap();
-                    for c in 0..C {
-                        for l in 0..W {
-                            // mul_add: one FMA per lane under AVX2 (the dispatched build); the
-                            // baseline build (CPUs without FMA) pays a libm call, correct but slow.
-                            acc[r][c][l] = xv[l].mul_add(wv[c][l], acc[r][c][l]);
-                        }
-                    }
-                }
-            }
-            for r in 0..R {
-                for c in 0..C {
-                    let tail: f32 = x[r][split..].iter().zip(&w[c][split..]).map(|(a, b)| a * b).sum();
-                    out[(j + c) * rows + t + r] = acc[r][c].iter().sum::<f32>() + tail;
-                }
-            }
-            t += R;
-        }
-        for t in t..rows {
-            for c in 0..C {
-                out[(j + c) * rows + t] = super::simd::dot(row(t), w[c]);
-            }
-        }
-        j += C;
-    }
-    for j in j..features {
-        for t in 0..rows {
-            out[j * rows + t] = super::simd::dot(row(t), &weight[j * k..(j + 1) * k]);
-        }
-    }
 }

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{lane_sum, simd_dispatch, LANES};
+use super::simd::update_row;
 use crate::{Recurrence, ScanInputs, SsmShape};
 
 pub(crate) fn ssm_step(shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
@@ -29,28 +29,4 @@ pub(crate) fn ssm_step(shape: SsmShape, recurrence: Recurrence, inputs: ScanInpu
                 *y_p = update_row(row, b_g, c_g, decay, dt[h] * x_hp) + recurrence.skip(&shape, h, p) * x_hp;
             }
         });
-}
-
-simd_dispatch!(
-    /// One state row: `s = decay * s + input * b`, returning `s · c`.
-    fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 => update_row_lanes
-);
-
-#[inline(always)]
-fn update_row_lanes(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
-    let mut acc = [0.0f32; LANES];
-    let split = row.len() / LANES * LANES;
-    let (head, tail) = row.split_at_mut(split);
-    for ((s, b), c) in head.chunks_exact_mut(LANES).zip(b.chunks_exact(LANES)).zip(c.chunks_exact(LANES)) {
-        for i in 0..LANES {
-            s[i] = decay * s[i] + input * b[i];
-            acc[i] += s[i] * c[i];
-        }
-    }
-    let mut rest = 0.0f32;
-    for ((s, &b), &c) in tail.iter_mut().zip(&b[split..]).zip(&c[split..]) {
-        *s = decay * *s + input * b;
-        rest += *s * c;
-    }
-    lane_sum(acc) + rest
 }
