@@ -19,9 +19,18 @@ fn subject(mitigation: &str) -> CoilSubject {
 
 #[test]
 fn forked_state_answers_equal_from_scratch_runs() {
+    forked_answers_equal_from_scratch(false);
+}
+
+#[test]
+fn batched_fork_answers_equal_from_scratch_runs() {
+    forked_answers_equal_from_scratch(true);
+}
+
+fn forked_answers_equal_from_scratch(batch_forks: bool) {
     let dir = tempfile::tempdir().unwrap();
     let subjects = vec![subject("none"), subject("window:size=300,granularity=16")];
-    let config = SweepConfig { lengths: vec![700, 1500], depths: 5, seed: 3, template: Template::paper(), shard: Shard::whole() };
+    let config = SweepConfig { lengths: vec![700, 1500], depths: 5, seed: 3, template: Template::paper(), shard: Shard::whole(), batch_forks };
     run_sweep(&subjects, &config, &mut ResultsFile::open(dir.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
     let records = read_results(&[dir.path().to_owned()]).unwrap();
     assert_eq!(records.len(), 2 * 2 * 5);

@@ -66,7 +66,7 @@ impl Subject for Fake {
 }
 
 fn config(lengths: &str, depths: usize) -> SweepConfig {
-    SweepConfig { lengths: parse_lengths(lengths).unwrap(), depths, seed: 7, template: Template::paper(), shard: Shard::whole() }
+    SweepConfig { lengths: parse_lengths(lengths).unwrap(), depths, seed: 7, template: Template::paper(), shard: Shard::whole(), batch_forks: false }
 }
 
 fn fakes() -> Vec<Fake> {
@@ -148,6 +148,28 @@ fn fake_model_capacity_comes_out_exactly() {
     assert!(md.contains("| m1200 |") && md.contains("## Capacity law"));
     for plot in ["capacity.svg", "accuracy-m300.svg", "heatmap-m5000-none.svg"] {
         assert!(std::fs::read_to_string(dir.path().join(plot)).unwrap().starts_with("<svg"), "{plot}");
+    }
+}
+
+/// Streams fed in step give every cell the same prompt, answer and token count as forks run one
+/// after another (a fake recalls only its last `memory` tokens, so a tail a block off would
+/// flip the cells near that edge; the token counts must match too).
+#[test]
+fn batched_forks_give_the_same_cells() {
+    let fakes = fakes();
+    let run = |batch_forks: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SweepConfig { batch_forks, ..config("256..8k", 7) };
+        let summary = run_sweep(&fakes, &config, &mut ResultsFile::open(dir.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
+        let mut records = read_results(&[dir.path().to_owned()]).unwrap();
+        records.sort_by_key(CellRecord::id);
+        (summary, records)
+    };
+    let ((one, sequential), (together, batched)) = (run(false), run(true));
+    assert_eq!((one.tokens_processed, one.tokens_unshared), (together.tokens_processed, together.tokens_unshared));
+    assert_eq!(sequential.len(), 3 * 6 * 7);
+    for (a, b) in sequential.iter().zip(&batched) {
+        assert_eq!((a.id(), &a.prediction, a.correct, a.tokens, a.needle_block), (b.id(), &b.prediction, b.correct, b.tokens, b.needle_block));
     }
 }
 

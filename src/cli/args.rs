@@ -67,6 +67,10 @@ pub struct PasskeyArgs {
     /// Run only shard I of N (0-based), e.g. a cluster array task; merge with `coil report`.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
+    /// Feed all depths of a length together, one batched pass over the weights per piece
+    /// (worth it on a GPU); a length's cells are then written together when it ends.
+    #[arg(long)]
+    pub batch_forks: bool,
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     #[arg(long, value_name = "Q")]

@@ -60,7 +60,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             });
         }
     }
-    let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard };
+    let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard, batch_forks: args.batch_forks };
     let mut results = ResultsFile::open(&args.out, shard, args.resume)?;
     let total_groups = subjects.len() * config.lengths.len();
     let cells = (0..total_groups).filter(|g| g % shard.count == shard.index).count() * config.depths;

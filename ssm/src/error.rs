@@ -14,8 +14,14 @@ pub enum Error {
     #[error("the input is empty: at least one token is needed")]
     EmptyInput,
 
-    #[error("a batch step got {states} states and {tokens} tokens: one token per state is needed")]
+    #[error("a batch got {states} states and {tokens} token sequences: one per state is needed")]
     BatchMismatch { states: usize, tokens: usize },
+
+    #[error("session {index} of the batch runs another model or plan than the first: a batch shares both")]
+    BatchMixed { index: usize },
+
+    #[error("a batch needs sequences of one length: the first has {first} tokens, sequence {index} has {len}")]
+    BatchLengths { first: usize, index: usize, len: usize },
 
     #[error("the state does not fit this model: {message}")]
     StateMismatch { message: String },

@@ -129,17 +129,17 @@ impl Activations {
     }
 
     /// Makes these one-token buffers hold row `i` of `batch`'s in_proj outputs.
-    fn copy_inputs_from(&mut self, batch: &Activations, dims: &Dims, i: usize) {
+    fn copy_inputs_from(&mut self, batch: &Activations, dims: &Dims, rows: std::ops::Range<usize>) {
         let (c, h) = (dims.conv_dim, dims.ssm.heads);
-        self.resize(dims, 1);
-        self.xbc_raw.copy_from_slice(&batch.xbc_raw[i * c..(i + 1) * c]);
-        self.dt_raw.copy_from_slice(&batch.dt_raw[i * h..(i + 1) * h]);
+        self.resize(dims, rows.len());
+        self.xbc_raw.copy_from_slice(&batch.xbc_raw[rows.start * c..rows.end * c]);
+        self.dt_raw.copy_from_slice(&batch.dt_raw[rows.start * h..rows.end * h]);
     }
 
-    /// Stores these one-token buffers' scan output as row `i` of `self`.
-    fn copy_output_from(&mut self, row: &Activations, dims: &Dims, i: usize) {
+    /// Stores these buffers' scan output as rows `first..` of `self`.
+    fn copy_output_from(&mut self, part: &Activations, dims: &Dims, first: usize) {
         let inner = dims.inner();
-        self.y[i * inner..(i + 1) * inner].copy_from_slice(&row.y);
+        self.y[first * inner..first * inner + part.y.len()].copy_from_slice(&part.y);
     }
 }
 
@@ -214,10 +214,10 @@ impl Block {
         self.project_out(backend, dims, hidden, act);
     }
 
-    /// One decode step of B independent sequences: row `i` of `hidden: [B, D]` is the next token
-    /// of the sequence whose state is `layers[i]`, at stream position `positions[i]`. The
-    /// projections run once over all B rows (one pass over the weights); the conv and the scan
-    /// run per sequence on its own state.
+    /// B independent sequences of T tokens each: rows `i*T..(i+1)*T` of `hidden: [B*T, D]`
+    /// continue the sequence whose state is `layers[i]`, at stream position `positions[i]`. The
+    /// projections run once over all B*T rows (one pass over the weights); the conv and the scan
+    /// run per sequence on its own state, through `part`'s buffers.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_batch(
         &self,
@@ -227,15 +227,17 @@ impl Block {
         layers: Vec<LayerState>,
         plan: &LayerPlan,
         positions: &[u64],
+        chunk: usize,
         act: &mut Activations,
-        row: &mut Activations,
+        part: &mut Activations,
     ) {
-        debug_assert_eq!(act.tokens(dims), layers.len());
+        let tokens = act.tokens(dims) / layers.len();
+        debug_assert_eq!(act.tokens(dims), layers.len() * tokens);
         self.project_in(backend, dims, hidden, act);
         for (i, (layer, &position)) in layers.into_iter().zip(positions).enumerate() {
-            row.copy_inputs_from(act, dims, i);
-            self.mix(backend, dims, layer, plan, position, 1, row);
-            act.copy_output_from(row, dims, i);
+            part.copy_inputs_from(act, dims, i * tokens..(i + 1) * tokens);
+            self.mix(backend, dims, layer, plan, position, chunk, part);
+            act.copy_output_from(part, dims, i * tokens);
         }
         self.project_out(backend, dims, hidden, act);
     }

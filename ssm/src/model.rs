@@ -235,31 +235,54 @@ impl Model {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
-        if tokens.is_empty() {
+        let sequences: Vec<&[u32]> = tokens.chunks(1).collect();
+        self.prefill_batch(plan, states, &sequences)
+    }
+
+    /// Feeds `tokens[i]` to `states[i]` for every sequence `i`, all sequences the same length,
+    /// in one pass per layer (chunked SSD per sequence, the projections over all B*T rows at
+    /// once). Returns each sequence's last-position logits, `[B, V]`. The results equal B
+    /// separate [`Model::forward_with`] calls up to f32 rounding; activation memory grows with
+    /// B*T (split long inputs, as [`crate::Session::prefill_batch`] does).
+    ///
+    /// Ids are checked before any state moves; a state that overflows stops the batch with
+    /// [`Error::StateOverflow`] (the states have then consumed the tokens).
+    pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]]) -> Result<Vec<f32>, Error> {
+        if states.len() != tokens.len() {
+            return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
+        }
+        let Some(len) = tokens.first().map(|t| t.len()) else { return Err(Error::EmptyInput) };
+        if len == 0 {
             return Err(Error::EmptyInput);
         }
+        if let Some(index) = tokens.iter().position(|t| t.len() != len) {
+            return Err(Error::BatchLengths { first: len, index, len: tokens[index].len() });
+        }
         let vocab = self.config.vocab_size;
-        for (state, &token) in states.iter_mut().zip(tokens) {
+        for (state, sequence) in states.iter_mut().zip(tokens) {
             self.prepare_state(plan, state)?;
-            if token as usize >= vocab {
-                return Err(Error::TokenOutOfRange { token, position: state.position(), vocab });
+            if let Some(i) = sequence.iter().position(|&t| t as usize >= vocab) {
+                return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
             }
         }
         let (batch, d) = (tokens.len(), self.dims.d_model);
-        let mut workspace = self.workspace(batch);
-        let mut row = Activations::new(&self.dims, 1);
-        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
+        let mut workspace = self.workspace(batch * len);
+        let mut part = Activations::new(&self.dims, len);
+        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.iter())) {
             self.embedding.row_f32(token as usize, hidden);
         }
         let positions: Vec<u64> = states.iter().map(|s| s.position()).collect();
         for (i, block) in self.blocks.iter().enumerate() {
             let layers = states.iter_mut().map(|s| s.layer_mut(i)).collect();
-            block.forward_batch(&*self.backend, &self.dims, &mut workspace.hidden, layers, &plan.layers[i], &positions, &mut workspace.act, &mut row);
+            let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
+            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], &positions, self.chunk_size, act, &mut part);
         }
         for state in states.iter_mut() {
-            state.advance(1);
+            state.advance(len);
         }
-        for (hidden, state) in workspace.hidden.chunks_exact(d).zip(states.iter()) {
+        // Each sequence's last row.
+        let last: Vec<f32> = workspace.hidden.chunks_exact(len * d).flat_map(|rows| rows[(len - 1) * d..].iter().copied()).collect();
+        for (hidden, state) in last.chunks_exact(d).zip(states.iter()) {
             if hidden.iter().any(|v| !v.is_finite()) {
                 return Err(match state.first_non_finite_layer() {
                     Some(layer) => Error::StateOverflow { layer, position: state.position() },
@@ -269,7 +292,7 @@ impl Model {
         }
         let mut logits = vec![0.0; batch * vocab];
         let mut normed = vec![0.0; batch * d];
-        self.backend.rms_norm(&workspace.hidden, &self.norm_f, self.dims.eps, &mut normed);
+        self.backend.rms_norm(&last, &self.norm_f, self.dims.eps, &mut normed);
         self.backend.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embedding), None, &mut logits);
         if let Some(i) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
             return Err(Error::NonFiniteLogits { position: states[i].position() });

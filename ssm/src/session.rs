@@ -144,6 +144,48 @@ impl Session {
         Ok(&self.workspace.logits)
     }
 
+    /// Feeds `tokens[i]` to `sessions[i]` for every i, all the same length, together: each
+    /// projection reads its weights once per piece for the whole batch (see
+    /// [`Model::prefill_batch`]). The sessions must share one model and one plan. Pieces hold
+    /// about the first session's piece length of tokens in all, so memory stays bounded however
+    /// long the input. Afterwards each session holds its own last-position logits.
+    pub fn prefill_batch(sessions: &mut [&mut Session], tokens: &[&[u32]]) -> Result<(), Error> {
+        if sessions.len() != tokens.len() {
+            return Err(Error::BatchMismatch { states: sessions.len(), tokens: tokens.len() });
+        }
+        let Some(first) = sessions.first() else { return Err(Error::EmptyInput) };
+        let (model, plan) = (first.model.clone(), first.plan.clone());
+        let same_plan = |other: &Arc<Plan>| Arc::ptr_eq(other, &plan) || **other == *plan;
+        if let Some(index) = sessions.iter().position(|s| !Arc::ptr_eq(&s.model, &model) || !same_plan(&s.plan)) {
+            return Err(Error::BatchMixed { index });
+        }
+        let len = tokens[0].len();
+        if let Some(index) = tokens.iter().position(|t| t.len() != len) {
+            return Err(Error::BatchLengths { first: len, index, len: tokens[index].len() });
+        }
+        if len == 0 {
+            return Err(Error::EmptyInput);
+        }
+        let piece = (first.piece_len / sessions.len()).max(1);
+        for session in sessions.iter_mut() {
+            session.has_logits = false;
+        }
+        let mut logits = Vec::new();
+        for start in (0..len).step_by(piece) {
+            let end = (start + piece).min(len);
+            let pieces: Vec<&[u32]> = tokens.iter().map(|t| &t[start..end]).collect();
+            let mut states: Vec<&mut State> = sessions.iter_mut().map(|s| &mut s.state).collect();
+            logits = model.prefill_batch(&plan, &mut states, &pieces)?;
+        }
+        for (session, row) in sessions.iter_mut().zip(logits.chunks_exact(model.vocab_size())) {
+            session.workspace.logits.clear();
+            session.workspace.logits.extend_from_slice(row);
+            session.step_workspace.logits.clear();
+            session.has_logits = true;
+        }
+        Ok(())
+    }
+
     /// Consumes `tokens` and hands every position's logits to `on_row(position, logits)`,
     /// one piece at a time, so memory stays bounded however long the input.
     pub fn score(&mut self, tokens: &[u32], mut on_row: impl FnMut(u64, &[f32])) -> Result<(), Error> {

@@ -237,16 +237,16 @@ fn state_norm_invariant_holds_at_every_clamp_and_only_there() {
 /// A batch step of sequences at different positions equals each sequence's own step: plain, and
 /// with mitigations whose behaviour depends on the position (window, state-norm clamp).
 #[test]
-fn batched_step_equals_separate_steps() {
-    batched_step_on(Arc::new(coil_ssm::Cpu));
+fn batched_steps_and_prefills_equal_separate_ones() {
+    batched_on(Arc::new(coil_ssm::Cpu));
 }
 
 #[test]
-fn batched_step_equals_separate_steps_on_the_gpu() {
-    batched_step_on(coil_gpu::test_backend());
+fn batched_steps_and_prefills_equal_separate_ones_on_the_gpu() {
+    batched_on(coil_gpu::test_backend());
 }
 
-fn batched_step_on(backend: Arc<dyn Backend>) {
+fn batched_on(backend: Arc<dyn Backend>) {
     use coil_ssm::{Mitigation, Plan, Scope, Thresholds};
     for (i, config) in configs().iter().enumerate() {
         let m = crate::model(config, 40 + i as u64).with_backend(backend.clone());
@@ -271,12 +271,19 @@ fn batched_step_on(backend: Arc<dyn Backend>) {
                 })
                 .collect();
             let mut separate = batched.clone();
-            for step in 0..3u32 {
-                let next: Vec<u32> = (0..5).map(|s| (s * 5 + step * 3) % config.vocab_size as u32).collect();
+            // Steps of one token, then batched prefills of 7 (several segments of the window
+            // and the state-norm clamp) and 2.
+            for (step, len) in [(0u32, 1usize), (1, 1), (2, 7), (3, 1), (4, 2)] {
+                let next: Vec<Vec<u32>> =
+                    (0..5u32).map(|s| (0..len as u32).map(|t| (s * 5 + step * 3 + t * 11) % config.vocab_size as u32).collect()).collect();
                 let mut refs: Vec<&mut State> = batched.iter_mut().collect();
-                let logits = m.step_batch(&plan, &mut refs, &next).unwrap();
+                let logits = if len == 1 {
+                    m.step_batch(&plan, &mut refs, &next.concat()).unwrap()
+                } else {
+                    m.prefill_batch(&plan, &mut refs, &next.iter().map(Vec::as_slice).collect::<Vec<_>>()).unwrap()
+                };
                 for (s, state) in separate.iter_mut().enumerate() {
-                    let one = m.forward_with(&plan, state, &next[s..s + 1], LogitRows::Last).unwrap();
+                    let one = m.forward_with(&plan, state, &next[s], LogitRows::Last).unwrap();
                     let row = &logits[s * config.vocab_size..(s + 1) * config.vocab_size];
                     let d = max_diff(row, &one);
                     assert!(d < 1e-4, "config {i} [{spec}] sequence {s} step {step}: {d:e}");
@@ -285,9 +292,46 @@ fn batched_step_on(backend: Arc<dyn Backend>) {
             }
         }
     }
-    // A batch needs one token per state.
+    // A batch needs one sequence per state, all of one length, and leaves the states alone
+    // when it refuses.
     let m = crate::model(&configs()[0], 1);
-    let mut a = m.new_state();
+    let (mut a, mut b) = (m.new_state(), m.new_state());
     let err = m.step_batch(m.plain_plan(), &mut [&mut a], &[1, 2]).unwrap_err();
-    assert!(err.to_string().contains("1 states and 2 tokens"), "{err}");
+    assert!(err.to_string().contains("1 states and 2 token sequences"), "{err}");
+    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[&[1, 2], &[3]]).unwrap_err();
+    assert!(err.to_string().contains("sequence 1 has 1"), "{err}");
+    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[&[1, 2], &[3, u32::MAX]]).unwrap_err();
+    assert!(err.to_string().contains(&u32::MAX.to_string()), "{err}");
+    assert_eq!((a.position(), b.position()), (0, 0));
+}
+
+/// Sessions fed together, in pieces smaller than the input, hold what separate prefills give.
+#[test]
+fn session_batches_equal_separate_sessions() {
+    use coil_ssm::Session;
+    let config = &configs()[1];
+    let m = Arc::new(crate::model(config, 77));
+    let prompt = tokens(23, config.vocab_size, 5);
+    let mut separate: Vec<Session> = (0..3).map(|_| Session::new(m.clone())).collect();
+    for (s, session) in separate.iter_mut().enumerate() {
+        session.prefill(&prompt[..5 + s]).unwrap();
+    }
+    let mut batched: Vec<Session> = separate.iter().map(Session::fork).collect();
+    for session in &mut batched {
+        session.set_piece_len(8); // pieces of 8 / 3 = 2 tokens per sequence
+    }
+    let tails: Vec<Vec<u32>> = (0..3).map(|s| tokens(9, config.vocab_size, 10 + s as u64)).collect();
+    let tail_refs: Vec<&[u32]> = tails.iter().map(Vec::as_slice).collect();
+    Session::prefill_batch(&mut batched.iter_mut().collect::<Vec<_>>(), &tail_refs).unwrap();
+    for (s, (one, together)) in separate.iter_mut().zip(&batched).enumerate() {
+        let want = one.prefill(&tails[s]).unwrap().to_vec();
+        let d = max_diff(together.logits().unwrap(), &want);
+        assert!(d < 1e-4, "session {s}: {d:e}");
+        assert_states_close(&format!("session {s}"), together.state(), one.state());
+    }
+    // Sessions of another model cannot join.
+    let other = Arc::new(crate::model(config, 78));
+    let mut stranger = Session::new(other);
+    let err = Session::prefill_batch(&mut [&mut batched[0], &mut stranger], &[&[1], &[2]]).unwrap_err();
+    assert!(err.to_string().contains("session 1"), "{err}");
 }

@@ -29,6 +29,10 @@ pub trait Subject {
     fn fork(&self, state: &Self::State) -> Self::State;
     /// Consumes tokens.
     fn feed(&self, state: &mut Self::State, tokens: &[u32]) -> Result<(), EvalError>;
+    /// Consumes the same tokens in every state; a model that can batch does them in one pass.
+    fn feed_all(&self, states: &mut [&mut Self::State], tokens: &[u32]) -> Result<(), EvalError> {
+        states.iter_mut().try_for_each(|state| self.feed(state, tokens))
+    }
     /// Consumes `tail`, then greedily generates `count` tokens.
     fn answer(&self, state: &mut Self::State, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError>;
 }
@@ -87,6 +91,14 @@ impl Subject for CoilSubject {
     fn feed(&self, state: &mut Session, tokens: &[u32]) -> Result<(), EvalError> {
         if !tokens.is_empty() {
             state.prefill(tokens)?;
+        }
+        Ok(())
+    }
+
+    fn feed_all(&self, states: &mut [&mut Session], tokens: &[u32]) -> Result<(), EvalError> {
+        if !tokens.is_empty() && !states.is_empty() {
+            let sequences = vec![tokens; states.len()];
+            Session::prefill_batch(states, &sequences)?;
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Running a sweep: cells grouped by (arm, length); in each group one streamed state runs the
 //! shared filler once and forks at every needle (depths sorted), so n depths cost the shared pass
-//! plus n tails instead of n whole prompts.
+//! plus n tails instead of n whole prompts. With `batch_forks` the tails run together: every
+//! stream reads the same filler blocks, so all of them advance in one batched call per piece.
 
 use std::time::Instant;
 
@@ -21,6 +22,10 @@ pub struct SweepConfig {
     pub template: Template,
     /// Which part of the sweep this process runs.
     pub shard: Shard,
+    /// Feed the streams of one length together ([`Subject::feed_all`]): the shared pass and
+    /// every fork past its needle read the same filler, so each piece is one batched pass over
+    /// the weights. The cells of a length then finish together, at its end.
+    pub batch_forks: bool,
 }
 
 /// Progress after each cell.
@@ -136,7 +141,8 @@ pub fn run_sweep<S: Subject>(
             templates[s] = Some(TokenizedTemplate::new(&config.template, |t| subject.encode(t))?);
         }
         let template = templates[s].as_ref().expect("just tokenized");
-        let group = run_group(subject, template, config, length, &pending, |record, tokens| {
+        let run = if config.batch_forks { run_group_batched::<S, _> } else { run_group::<S, _> };
+        let group = run(subject, template, config, length, &pending, &mut |record, tokens| {
             results.append(&record)?;
             summary.tokens_processed += tokens;
             summary.cells_run += 1;
@@ -156,26 +162,78 @@ struct GroupCost {
     unshared_tokens: u64,
 }
 
-/// One (arm, length): the shared pass with a fork at each pending depth's needle.
-fn run_group<S: Subject>(
-    subject: &S,
-    template: &TokenizedTemplate,
-    config: &SweepConfig,
-    length: usize,
-    pending: &[usize],
-    mut finished: impl FnMut(CellRecord, u64) -> Result<(), EvalError>,
-) -> Result<GroupCost, EvalError> {
-    // Each depth's layout, key and needle, needles in order of position.
-    let mut cells: Vec<(usize, Layout, String, Vec<u32>)> = pending
+/// One pending cell of a group.
+struct Cell {
+    depth_index: usize,
+    layout: Layout,
+    key: String,
+    needle: Vec<u32>,
+}
+
+/// Each pending depth's layout, key and needle, needles in order of position.
+fn cells_of<S: Subject>(subject: &S, template: &TokenizedTemplate, config: &SweepConfig, length: usize, pending: &[usize]) -> Result<Vec<Cell>, EvalError> {
+    let mut cells: Vec<Cell> = pending
         .iter()
         .map(|&i| {
             let layout = template.layout(length, depth(i, config.depths))?;
             let key = key(config.seed, length, i);
             let needle = subject.encode(&config.template.needle_for(&key))?;
-            Ok((i, layout, key, needle))
+            Ok(Cell { depth_index: i, layout, key, needle })
         })
         .collect::<Result<_, EvalError>>()?;
-    cells.sort_by_key(|c| (c.1.needle_block, c.0));
+    cells.sort_by_key(|c| (c.layout.needle_block, c.depth_index));
+    Ok(cells)
+}
+
+/// Asks the question of a stream that has read a cell's whole prompt up to the suffix, and
+/// makes the cell's record (`seconds` so far, plus the answer's time). Returns it with the
+/// number of tokens generated.
+fn answer_cell<S: Subject>(
+    subject: &S,
+    template: &TokenizedTemplate,
+    config: &SweepConfig,
+    length: usize,
+    cell: &Cell,
+    stream: &mut S::State,
+    seconds: f64,
+) -> Result<(CellRecord, u64), EvalError> {
+    let started = Instant::now();
+    // As many new tokens as the key takes after a space, at least the paper's 5.
+    let answer_tokens = subject.encode(&format!(" {}", cell.key))?.len().max(5);
+    let answer = subject.answer(stream, &template.suffix, answer_tokens)?;
+    let prediction = subject.decode(&answer)?;
+    let record = CellRecord {
+        model: subject.model_name().into(),
+        n_s: subject.state_elements(),
+        mitigation: subject.mitigation().into(),
+        template: config.template.name.clone(),
+        seed: config.seed,
+        length,
+        tokens: template.prompt_tokens(cell.layout, cell.needle.len()),
+        depth: depth(cell.depth_index, config.depths),
+        depth_index: cell.depth_index,
+        depths: config.depths,
+        needle_block: cell.layout.needle_block,
+        correct: prediction.contains(cell.key.as_str()),
+        key: cell.key.clone(),
+        prediction,
+        seconds: seconds + started.elapsed().as_secs_f64(),
+        train_length: subject.train_length(),
+    };
+    Ok((record, answer.len() as u64))
+}
+
+/// One (arm, length): the shared pass with a fork at each pending depth's needle, each fork
+/// running its tail and answer before the shared pass goes on.
+fn run_group<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
+    subject: &S,
+    template: &TokenizedTemplate,
+    config: &SweepConfig,
+    length: usize,
+    pending: &[usize],
+    finished: &mut F,
+) -> Result<GroupCost, EvalError> {
+    let cells = cells_of(subject, template, config, length, pending)?;
 
     // The shared pass's time is charged to the cell whose needle it ran up to, so a group's
     // cells add up to its wall time.
@@ -186,45 +244,101 @@ fn run_group<S: Subject>(
     let mut blocks_fed = 0;
     let mut unshared_tokens = 0u64;
 
-    for (i, layout, key, needle) in &cells {
-        shared_tokens += feed_blocks(subject, &mut shared, &template.block, layout.needle_block - blocks_fed)?;
-        blocks_fed = layout.needle_block;
+    for cell in &cells {
+        shared_tokens += feed_blocks(subject, &mut shared, &template.block, cell.layout.needle_block - blocks_fed)?;
+        blocks_fed = cell.layout.needle_block;
         let shared_seconds = shared_started.elapsed().as_secs_f64();
 
         let cell_started = Instant::now();
         let mut fork = subject.fork(&shared);
-        subject.feed(&mut fork, needle)?;
-        let tail_blocks = layout.blocks - layout.needle_block - 1;
-        let mut tokens = needle.len() as u64 + feed_blocks(subject, &mut fork, &template.block, tail_blocks)?;
-        // As many new tokens as the key takes after a space, at least the paper's 5.
-        let answer_tokens = subject.encode(&format!(" {key}"))?.len().max(5);
-        let answer = subject.answer(&mut fork, &template.suffix, answer_tokens)?;
-        tokens += (template.suffix.len() + answer.len()) as u64;
-        let prediction = subject.decode(&answer)?;
-        let prompt_tokens = template.prompt_tokens(*layout, needle.len());
-        unshared_tokens += (prompt_tokens + answer.len()) as u64;
-        let record = CellRecord {
-            model: subject.model_name().into(),
-            n_s: subject.state_elements(),
-            mitigation: subject.mitigation().into(),
-            template: config.template.name.clone(),
-            seed: config.seed,
-            length,
-            tokens: prompt_tokens,
-            depth: depth(*i, config.depths),
-            depth_index: *i,
-            depths: config.depths,
-            needle_block: layout.needle_block,
-            correct: prediction.contains(key.as_str()),
-            key: key.clone(),
-            prediction,
-            seconds: cell_started.elapsed().as_secs_f64() + shared_seconds,
-            train_length: subject.train_length(),
-        };
-        finished(record, tokens)?;
+        subject.feed(&mut fork, &cell.needle)?;
+        let tail_blocks = cell.layout.blocks - cell.layout.needle_block - 1;
+        let tokens = cell.needle.len() as u64 + feed_blocks(subject, &mut fork, &template.block, tail_blocks)?;
+        let seconds = shared_seconds + cell_started.elapsed().as_secs_f64();
+        let (record, generated) = answer_cell(subject, template, config, length, cell, &mut fork, seconds)?;
+        unshared_tokens += record.tokens as u64 + generated;
+        finished(record, tokens + template.suffix.len() as u64 + generated)?;
         shared_started = Instant::now();
     }
     Ok(GroupCost { shared_tokens, unshared_tokens })
+}
+
+/// [`run_group`] with the streams in step: the shared pass and every fork made so far read
+/// each filler piece together ([`Subject::feed_all`]). A fork has read exactly the filler the
+/// shared pass read since its needle, so when the shared pass ends (blocks - 1 filler blocks)
+/// every fork has read its whole tail. The group's time is shared evenly among the streams of
+/// each call, the shared pass's part going to the next cell it forks.
+fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
+    subject: &S,
+    template: &TokenizedTemplate,
+    config: &SweepConfig,
+    length: usize,
+    pending: &[usize],
+    finished: &mut F,
+) -> Result<GroupCost, EvalError> {
+    let cells = cells_of(subject, template, config, length, pending)?;
+    let started = Instant::now();
+    let mut shared = subject.start()?;
+    subject.feed(&mut shared, &template.prefix)?;
+    let mut shared_seconds = started.elapsed().as_secs_f64();
+    let mut shared_tokens = template.prefix.len() as u64;
+    // (stream, seconds charged to it, tokens it read after forking)
+    let mut forks: Vec<(S::State, f64, u64)> = Vec::with_capacity(cells.len());
+    let mut blocks_fed = 0;
+
+    // Feeds `count` blocks to the forks (and the shared pass while it is still needed).
+    let advance = |shared: Option<&mut S::State>, forks: &mut Vec<(S::State, f64, u64)>, shared_seconds: &mut f64, count: usize| -> Result<u64, EvalError> {
+        let started = Instant::now();
+        let with_shared = shared.is_some();
+        let mut streams: Vec<&mut S::State> = shared.into_iter().chain(forks.iter_mut().map(|f| &mut f.0)).collect();
+        let tokens = feed_blocks_together(subject, &mut streams, &template.block, count)?;
+        let share = started.elapsed().as_secs_f64() / streams.len().max(1) as f64;
+        for fork in forks.iter_mut() {
+            fork.1 += share;
+            fork.2 += tokens;
+        }
+        if with_shared {
+            *shared_seconds += share;
+        }
+        Ok(tokens)
+    };
+    for cell in &cells {
+        shared_tokens += advance(Some(&mut shared), &mut forks, &mut shared_seconds, cell.layout.needle_block - blocks_fed)?;
+        blocks_fed = cell.layout.needle_block;
+        let needle_started = Instant::now();
+        let mut fork = subject.fork(&shared);
+        subject.feed(&mut fork, &cell.needle)?;
+        forks.push((fork, std::mem::take(&mut shared_seconds) + needle_started.elapsed().as_secs_f64(), cell.needle.len() as u64));
+    }
+    drop(shared);
+    let blocks = cells.first().map_or(0, |c| c.layout.blocks);
+    advance(None, &mut forks, &mut shared_seconds, blocks.saturating_sub(1) - blocks_fed)?;
+
+    let mut unshared_tokens = 0;
+    for (cell, (mut stream, seconds, tokens)) in cells.iter().zip(forks) {
+        debug_assert_eq!(cell.layout.blocks, blocks);
+        let (record, generated) = answer_cell(subject, template, config, length, cell, &mut stream, seconds)?;
+        unshared_tokens += record.tokens as u64 + generated;
+        finished(record, tokens + template.suffix.len() as u64 + generated)?;
+    }
+    Ok(GroupCost { shared_tokens, unshared_tokens })
+}
+
+/// Feeds `count` filler blocks to every stream together, in pieces of a few thousand tokens in
+/// all: constant memory at any length.
+fn feed_blocks_together<S: Subject>(subject: &S, streams: &mut [&mut S::State], block: &[u32], count: usize) -> Result<u64, EvalError> {
+    if streams.is_empty() {
+        return Ok(0);
+    }
+    let per_piece = (4096 / (block.len() * streams.len())).max(1);
+    let piece: Vec<u32> = block.iter().copied().cycle().take(block.len() * per_piece.min(count.max(1))).collect();
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(per_piece);
+        subject.feed_all(streams, &piece[..n * block.len()])?;
+        left -= n;
+    }
+    Ok((count * block.len()) as u64)
 }
 
 /// Feeds `count` filler blocks in pieces of a few thousand tokens: constant memory at any length.

@@ -9,13 +9,13 @@ use super::spec::{Mitigation, Thresholds};
 use crate::{Error, Model};
 
 /// One step of the per-token dt transform, per head.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum DtStep {
     Clamp { min: Vec<f32>, max: Vec<f32> },
     Scale(Vec<f32>),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct StateNormPlan {
     pub every: u64,
     /// `[H]`; infinite for heads out of scope.
@@ -36,7 +36,7 @@ impl WindowPlan {
 }
 
 /// What one layer runs with.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct LayerPlan {
     /// `[H]` A after every A transform.
     pub a: Vec<f32>,
@@ -74,7 +74,7 @@ impl LayerPlan {
 }
 
 /// Mitigations resolved for a model. Cheap to share (`Arc`) between sessions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub(crate) layers: Vec<LayerPlan>,
     mitigations: Vec<Mitigation>,
