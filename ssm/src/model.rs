@@ -33,6 +33,16 @@ pub struct Model {
     chunk_size: usize,
     parameters: usize,
     plain: Plan,
+    /// Buffers of the batched passes, kept between calls (a batch step would otherwise have
+    /// the kernel zero megabytes of fresh pages every token).
+    batch_buffers: std::sync::Mutex<Vec<BatchBuffers>>,
+}
+
+/// What one batched pass works in.
+struct BatchBuffers {
+    workspace: Workspace,
+    part: Activations,
+    last: Vec<f32>,
 }
 
 /// Buffers for a forward pass, reused between calls of any length.
@@ -62,6 +72,7 @@ impl Model {
         let parameters = weights.parameter_count();
         let mut model = Model {
             plain: Plan::empty(),
+            batch_buffers: Default::default(),
             parameters,
             chunk_size: config.chunk_size,
             dims,
@@ -232,11 +243,19 @@ impl Model {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn step_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[u32]) -> Result<Vec<f32>, Error> {
+        let mut logits = Vec::new();
+        self.step_batch_into(plan, states, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Model::step_batch`] into `logits` (resized to `[B, V]`), so a decode loop that keeps
+    /// the vector allocates nothing per step.
+    pub fn step_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[u32], logits: &mut Vec<f32>) -> Result<(), Error> {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
         let sequences: Vec<&[u32]> = tokens.chunks(1).collect();
-        self.prefill_batch(plan, states, &sequences)
+        self.prefill_batch_into(plan, states, &sequences, logits)
     }
 
     /// Feeds `tokens[i]` to `states[i]` for every sequence `i`, all sequences the same length,
@@ -248,6 +267,13 @@ impl Model {
     /// Ids are checked before any state moves; a state that overflows stops the batch with
     /// [`Error::StateOverflow`] (the states have then consumed the tokens).
     pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]]) -> Result<Vec<f32>, Error> {
+        let mut logits = Vec::new();
+        self.prefill_batch_into(plan, states, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Model::prefill_batch`] into `logits` (resized to `[B, V]`).
+    pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]], logits: &mut Vec<f32>) -> Result<(), Error> {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
@@ -265,9 +291,20 @@ impl Model {
                 return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
             }
         }
-        let (batch, d) = (tokens.len(), self.dims.d_model);
-        let mut workspace = self.workspace(batch * len);
-        let mut part = Activations::new(&self.dims, len);
+        let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
+        let mut buffers =
+            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), part: Activations::new(&self.dims, 0), last: Vec::new() });
+        let result = self.batch_pass(plan, states, tokens, &mut buffers, logits);
+        if let Ok(mut pool) = self.batch_buffers.lock() {
+            pool.push(buffers);
+        }
+        result
+    }
+
+    fn batch_pass(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]], buffers: &mut BatchBuffers, logits: &mut Vec<f32>) -> Result<(), Error> {
+        let (batch, len, d, vocab) = (tokens.len(), tokens[0].len(), self.dims.d_model, self.config.vocab_size);
+        let BatchBuffers { workspace, part, last } = buffers;
+        workspace.resize(&self.dims, batch * len);
         for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.iter())) {
             self.embedding.row_f32(token as usize, hidden);
         }
@@ -275,13 +312,14 @@ impl Model {
         for (i, block) in self.blocks.iter().enumerate() {
             let layers = states.iter_mut().map(|s| s.layer_mut(i)).collect();
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], &positions, self.chunk_size, act, &mut part);
+            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], &positions, self.chunk_size, act, part);
         }
         for state in states.iter_mut() {
             state.advance(len);
         }
         // Each sequence's last row.
-        let last: Vec<f32> = workspace.hidden.chunks_exact(len * d).flat_map(|rows| rows[(len - 1) * d..].iter().copied()).collect();
+        last.clear();
+        last.extend(workspace.hidden.chunks_exact(len * d).flat_map(|rows| rows[(len - 1) * d..].iter().copied()));
         for (hidden, state) in last.chunks_exact(d).zip(states.iter()) {
             if hidden.iter().any(|v| !v.is_finite()) {
                 return Err(match state.first_non_finite_layer() {
@@ -290,14 +328,14 @@ impl Model {
                 });
             }
         }
-        let mut logits = vec![0.0; batch * vocab];
-        let mut normed = vec![0.0; batch * d];
-        self.backend.rms_norm(&last, &self.norm_f, self.dims.eps, &mut normed);
-        self.backend.linear(&normed, self.lm_head.as_ref().unwrap_or(&self.embedding), None, &mut logits);
+        logits.resize(batch * vocab, 0.0);
+        workspace.normed.resize(batch * d, 0.0);
+        self.backend.rms_norm(last, &self.norm_f, self.dims.eps, &mut workspace.normed);
+        self.backend.linear(&workspace.normed, self.lm_head.as_ref().unwrap_or(&self.embedding), None, logits);
         if let Some(i) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
             return Err(Error::NonFiniteLogits { position: states[i].position() });
         }
-        Ok(logits)
+        Ok(())
     }
 
     pub(crate) fn workspace(&self, tokens: usize) -> Workspace {

@@ -175,7 +175,7 @@ impl Session {
             let end = (start + piece).min(len);
             let pieces: Vec<&[u32]> = tokens.iter().map(|t| &t[start..end]).collect();
             let mut states: Vec<&mut State> = sessions.iter_mut().map(|s| &mut s.state).collect();
-            logits = model.prefill_batch(&plan, &mut states, &pieces)?;
+            model.prefill_batch_into(&plan, &mut states, &pieces, &mut logits)?;
         }
         for (session, row) in sessions.iter_mut().zip(logits.chunks_exact(model.vocab_size())) {
             session.workspace.logits.clear();

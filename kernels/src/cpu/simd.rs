@@ -230,34 +230,39 @@ mod avx2 {
         let features = weight.len() / k;
         let split = k / 8 * 8;
         let row = |t: usize| &input[t * k..(t + 1) * k];
+        // bf16 weight rows are widened once per C rows here, not once per tile.
+        let mut widened = Vec::new();
         let mut j = 0;
-        while j + C <= features {
+        while j < features {
+            let c_len = C.min(features - j);
+            let w: &[f32] = match W::as_f32(weight) {
+                Some(w) => &w[j * k..(j + c_len) * k],
+                None => {
+                    widened.clear();
+                    widened.extend(weight[j * k..(j + c_len) * k].iter().map(|w| w.to_f32()));
+                    &widened
+                }
+            };
             let mut t = 0;
-            while t + R <= rows {
-                // SAFETY: rows t..t+R and j..j+C are whole rows of `input` and `weight`.
-                let sums = unsafe { tile(input.as_ptr().add(t * k), weight.as_ptr().add(j * k), k, split) };
+            while c_len == C && t + R <= rows {
+                // SAFETY: rows t..t+R of `input` and the C rows of `w` are whole rows of `k`.
+                let sums = unsafe { tile(input.as_ptr().add(t * k), w.as_ptr(), k, split) };
                 for c in 0..C {
-                    let w_tail = &weight[(j + c) * k + split..(j + c + 1) * k];
+                    let w_tail = &w[c * k + split..(c + 1) * k];
                     for r in 0..R {
-                        let tail: f32 = row(t + r)[split..].iter().zip(w_tail).map(|(x, y)| x * y.to_f32()).sum();
+                        let tail: f32 = row(t + r)[split..].iter().zip(w_tail).map(|(x, y)| x * y).sum();
                         out[(j + c) * rows + t + r] = sums[r][c] + tail;
                     }
                 }
                 t += R;
             }
             for t in t..rows {
-                for c in 0..C {
+                for c in 0..c_len {
                     // SAFETY: AVX2 and FMA are present (this function's own requirement).
-                    out[(j + c) * rows + t] = unsafe { dot(row(t), &weight[(j + c) * k..(j + c + 1) * k]) };
+                    out[(j + c) * rows + t] = unsafe { dot(row(t), &w[c * k..(c + 1) * k]) };
                 }
             }
-            j += C;
-        }
-        for j in j..features {
-            for t in 0..rows {
-                // SAFETY: as above.
-                out[j * rows + t] = unsafe { dot(row(t), &weight[j * k..(j + 1) * k]) };
-            }
+            j += c_len;
         }
     }
 
@@ -265,12 +270,12 @@ mod avx2 {
     /// values (a multiple of 8): twelve accumulators, each weight vector loaded once for R rows.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<W: Weight>(x: *const f32, w: *const W, k: usize, split: usize) -> [[f32; C]; R] {
+    unsafe fn tile(x: *const f32, w: *const f32, k: usize, split: usize) -> [[f32; C]; R] {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
         let mut i = 0;
         while i < split {
             // SAFETY: the caller guarantees R rows at `x` and C rows at `w`, each `k >= split` long.
-            let wv: [__m256; C] = std::array::from_fn(|c| unsafe { W::load8(w.add(c * k + i)) });
+            let wv: [__m256; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(w.add(c * k + i)) });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let xv = unsafe { _mm256_loadu_ps(x.add(r * k + i)) };
                 for c in 0..C {
