@@ -219,14 +219,13 @@ impl Block {
     /// projections run once over all B*T rows (one pass over the weights); the conv and the scan
     /// run per sequence on its own state, through `part`'s buffers.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_batch(
+    pub fn forward_batch<'s>(
         &self,
         backend: &dyn Backend,
         dims: &Dims,
         hidden: &mut [f32],
-        layers: Vec<LayerState>,
+        layers: impl ExactSizeIterator<Item = (LayerState<'s>, u64)>,
         plan: &LayerPlan,
-        positions: &[u64],
         chunk: usize,
         act: &mut Activations,
         part: &mut Activations,
@@ -234,7 +233,7 @@ impl Block {
         let tokens = act.tokens(dims) / layers.len();
         debug_assert_eq!(act.tokens(dims), layers.len() * tokens);
         self.project_in(backend, dims, hidden, act);
-        for (i, (layer, &position)) in layers.into_iter().zip(positions).enumerate() {
+        for (i, (layer, position)) in layers.enumerate() {
             part.copy_inputs_from(act, dims, i * tokens..(i + 1) * tokens);
             self.mix(backend, dims, layer, plan, position, chunk, part);
             act.copy_output_from(part, dims, i * tokens);

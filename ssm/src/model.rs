@@ -254,8 +254,7 @@ impl Model {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
-        let sequences: Vec<&[u32]> = tokens.chunks(1).collect();
-        self.prefill_batch_into(plan, states, &sequences, logits)
+        self.prefill_batch_into(plan, states, tokens.as_chunks::<1>().0, logits)
     }
 
     /// Feeds `tokens[i]` to `states[i]` for every sequence `i`, all sequences the same length,
@@ -266,26 +265,27 @@ impl Model {
     ///
     /// Ids are checked before any state moves; a state that overflows stops the batch with
     /// [`Error::StateOverflow`] (the states have then consumed the tokens).
-    pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]]) -> Result<Vec<f32>, Error> {
+    pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>]) -> Result<Vec<f32>, Error> {
         let mut logits = Vec::new();
         self.prefill_batch_into(plan, states, tokens, &mut logits)?;
         Ok(logits)
     }
 
     /// [`Model::prefill_batch`] into `logits` (resized to `[B, V]`).
-    pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]], logits: &mut Vec<f32>) -> Result<(), Error> {
+    pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>], logits: &mut Vec<f32>) -> Result<(), Error> {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
-        let Some(len) = tokens.first().map(|t| t.len()) else { return Err(Error::EmptyInput) };
+        let Some(len) = tokens.first().map(|t| t.as_ref().len()) else { return Err(Error::EmptyInput) };
         if len == 0 {
             return Err(Error::EmptyInput);
         }
-        if let Some(index) = tokens.iter().position(|t| t.len() != len) {
-            return Err(Error::BatchLengths { first: len, index, len: tokens[index].len() });
+        if let Some(index) = tokens.iter().position(|t| t.as_ref().len() != len) {
+            return Err(Error::BatchLengths { first: len, index, len: tokens[index].as_ref().len() });
         }
         let vocab = self.config.vocab_size;
         for (state, sequence) in states.iter_mut().zip(tokens) {
+            let sequence = sequence.as_ref();
             self.prepare_state(plan, state)?;
             if let Some(i) = sequence.iter().position(|&t| t as usize >= vocab) {
                 return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
@@ -301,18 +301,17 @@ impl Model {
         result
     }
 
-    fn batch_pass(&self, plan: &Plan, states: &mut [&mut State], tokens: &[&[u32]], buffers: &mut BatchBuffers, logits: &mut Vec<f32>) -> Result<(), Error> {
-        let (batch, len, d, vocab) = (tokens.len(), tokens[0].len(), self.dims.d_model, self.config.vocab_size);
+    fn batch_pass(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>], buffers: &mut BatchBuffers, logits: &mut Vec<f32>) -> Result<(), Error> {
+        let (batch, len, d, vocab) = (tokens.len(), tokens[0].as_ref().len(), self.dims.d_model, self.config.vocab_size);
         let BatchBuffers { workspace, part, last } = buffers;
         workspace.resize(&self.dims, batch * len);
-        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.iter())) {
+        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.as_ref().iter())) {
             self.embedding.row_f32(token as usize, hidden);
         }
-        let positions: Vec<u64> = states.iter().map(|s| s.position()).collect();
         for (i, block) in self.blocks.iter().enumerate() {
-            let layers = states.iter_mut().map(|s| s.layer_mut(i)).collect();
+            let layers = states.iter_mut().map(|s| (s.position(), s)).map(|(position, s)| (s.layer_mut(i), position));
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], &positions, self.chunk_size, act, part);
+            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], self.chunk_size, act, part);
         }
         for state in states.iter_mut() {
             state.advance(len);

@@ -149,7 +149,7 @@ impl Session {
     /// [`Model::prefill_batch`]). The sessions must share one model and one plan. Pieces hold
     /// about the first session's piece length of tokens in all, so memory stays bounded however
     /// long the input. Afterwards each session holds its own last-position logits.
-    pub fn prefill_batch(sessions: &mut [&mut Session], tokens: &[&[u32]]) -> Result<(), Error> {
+    pub fn prefill_batch(sessions: &mut [&mut Session], tokens: &[impl AsRef<[u32]>]) -> Result<(), Error> {
         if sessions.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: sessions.len(), tokens: tokens.len() });
         }
@@ -159,9 +159,9 @@ impl Session {
         if let Some(index) = sessions.iter().position(|s| !Arc::ptr_eq(&s.model, &model) || !same_plan(&s.plan)) {
             return Err(Error::BatchMixed { index });
         }
-        let len = tokens[0].len();
-        if let Some(index) = tokens.iter().position(|t| t.len() != len) {
-            return Err(Error::BatchLengths { first: len, index, len: tokens[index].len() });
+        let len = tokens[0].as_ref().len();
+        if let Some(index) = tokens.iter().position(|t| t.as_ref().len() != len) {
+            return Err(Error::BatchLengths { first: len, index, len: tokens[index].as_ref().len() });
         }
         if len == 0 {
             return Err(Error::EmptyInput);
@@ -173,7 +173,7 @@ impl Session {
         let mut logits = Vec::new();
         for start in (0..len).step_by(piece) {
             let end = (start + piece).min(len);
-            let pieces: Vec<&[u32]> = tokens.iter().map(|t| &t[start..end]).collect();
+            let pieces: Vec<&[u32]> = tokens.iter().map(|t| &t.as_ref()[start..end]).collect();
             let mut states: Vec<&mut State> = sessions.iter_mut().map(|s| &mut s.state).collect();
             model.prefill_batch_into(&plan, &mut states, &pieces, &mut logits)?;
         }

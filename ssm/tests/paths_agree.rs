@@ -298,9 +298,9 @@ fn batched_on(backend: Arc<dyn Backend>) {
     let (mut a, mut b) = (m.new_state(), m.new_state());
     let err = m.step_batch(m.plain_plan(), &mut [&mut a], &[1, 2]).unwrap_err();
     assert!(err.to_string().contains("1 states and 2 token sequences"), "{err}");
-    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[&[1, 2], &[3]]).unwrap_err();
+    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[&[1, 2][..], &[3]]).unwrap_err();
     assert!(err.to_string().contains("sequence 1 has 1"), "{err}");
-    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[&[1, 2], &[3, u32::MAX]]).unwrap_err();
+    let err = m.prefill_batch(m.plain_plan(), &mut [&mut a, &mut b], &[[1, 2], [3, u32::MAX]]).unwrap_err();
     assert!(err.to_string().contains(&u32::MAX.to_string()), "{err}");
     assert_eq!((a.position(), b.position()), (0, 0));
 }
