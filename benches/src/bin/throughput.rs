@@ -9,7 +9,8 @@
 //! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences
 //! together (`Model::step_batch`, B copies of the prefilled state) and reports their aggregate
 //! tokens/s. `--weights bf16` holds the weight matrices in bf16. Prints `prefill:` and `decode:`
-//! lines.
+//! lines, and on Linux a `memory:` line (resident MB before the prefill, peak after it: flat in
+//! the prompt length, as the prefill streams in pieces).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,9 +76,14 @@ fn main() {
     warm.step(1).expect("warm-up step");
 
     let mut session = Session::with_plan(model.clone(), plan.clone());
+    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS, so the peak below is
+    // the prefill's, not the model build's.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let resident_before = memory_mb("VmRSS:");
     let started = Instant::now();
     session.prefill(&tokens).expect("prefill");
     let prefill_seconds = started.elapsed().as_secs_f64();
+    let peak_after_prefill = memory_mb("VmHWM:");
 
     // The batch's states are copied (and their pages touched) before the clock starts.
     let mut states: Vec<_> = (1..batch).map(|_| session.state().clone()).collect();
@@ -106,4 +112,14 @@ fn main() {
     );
     println!("prefill: {prefill} tokens {:.1} tok/s", prefill as f64 / prefill_seconds);
     println!("decode: batch {batch} x {decode} tokens {:.2} tok/s aggregate", (batch * decode) as f64 / decode_seconds);
+    if let (Some(before), Some(peak)) = (resident_before, peak_after_prefill) {
+        println!("memory: {before:.0} MB resident before the prefill, peak {peak:.0} MB after it");
+    }
+}
+
+/// A `/proc/self/status` line (`VmRSS:`, `VmHWM:`) in MB, where there is one (Linux).
+fn memory_mb(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
