@@ -38,6 +38,35 @@ pub struct Model {
     batch_buffers: std::sync::Mutex<Vec<BatchBuffers>>,
 }
 
+/// The token sequences of a batch, one per state.
+trait Sequences {
+    fn count(&self) -> usize;
+    fn sequence(&self, i: usize) -> &[u32];
+}
+
+impl<S: AsRef<[u32]>> Sequences for [S] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn sequence(&self, i: usize) -> &[u32] {
+        self[i].as_ref()
+    }
+}
+
+/// One token per state (a batched decode step).
+struct OneEach<'a>(&'a [u32]);
+
+impl Sequences for OneEach<'_> {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn sequence(&self, i: usize) -> &[u32] {
+        std::slice::from_ref(&self.0[i])
+    }
+}
+
 /// What one batched pass works in.
 struct BatchBuffers {
     workspace: Workspace,
@@ -254,7 +283,7 @@ impl Model {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
-        self.prefill_batch_into(plan, states, tokens.as_chunks::<1>().0, logits)
+        self.batch_into(plan, states, &OneEach(tokens), logits)
     }
 
     /// Feeds `tokens[i]` to `states[i]` for every sequence `i`, all sequences the same length,
@@ -273,19 +302,26 @@ impl Model {
 
     /// [`Model::prefill_batch`] into `logits` (resized to `[B, V]`).
     pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>], logits: &mut Vec<f32>) -> Result<(), Error> {
-        if states.len() != tokens.len() {
-            return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
+        self.batch_into(plan, states, tokens, logits)
+    }
+
+    fn batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &(impl Sequences + ?Sized), logits: &mut Vec<f32>) -> Result<(), Error> {
+        if states.len() != tokens.count() {
+            return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.count() });
         }
-        let Some(len) = tokens.first().map(|t| t.as_ref().len()) else { return Err(Error::EmptyInput) };
+        if tokens.count() == 0 {
+            return Err(Error::EmptyInput);
+        }
+        let len = tokens.sequence(0).len();
         if len == 0 {
             return Err(Error::EmptyInput);
         }
-        if let Some(index) = tokens.iter().position(|t| t.as_ref().len() != len) {
-            return Err(Error::BatchLengths { first: len, index, len: tokens[index].as_ref().len() });
+        if let Some(index) = (0..tokens.count()).find(|&i| tokens.sequence(i).len() != len) {
+            return Err(Error::BatchLengths { first: len, index, len: tokens.sequence(index).len() });
         }
         let vocab = self.config.vocab_size;
-        for (state, sequence) in states.iter_mut().zip(tokens) {
-            let sequence = sequence.as_ref();
+        for (i, state) in states.iter_mut().enumerate() {
+            let sequence = tokens.sequence(i);
             self.prepare_state(plan, state)?;
             if let Some(i) = sequence.iter().position(|&t| t as usize >= vocab) {
                 return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
@@ -301,11 +337,18 @@ impl Model {
         result
     }
 
-    fn batch_pass(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>], buffers: &mut BatchBuffers, logits: &mut Vec<f32>) -> Result<(), Error> {
-        let (batch, len, d, vocab) = (tokens.len(), tokens[0].as_ref().len(), self.dims.d_model, self.config.vocab_size);
+    fn batch_pass(
+        &self,
+        plan: &Plan,
+        states: &mut [&mut State],
+        tokens: &(impl Sequences + ?Sized),
+        buffers: &mut BatchBuffers,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), Error> {
+        let (batch, len, d, vocab) = (tokens.count(), tokens.sequence(0).len(), self.dims.d_model, self.config.vocab_size);
         let BatchBuffers { workspace, part, last } = buffers;
         workspace.resize(&self.dims, batch * len);
-        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens.iter().flat_map(|t| t.as_ref().iter())) {
+        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip((0..batch).flat_map(|i| tokens.sequence(i))) {
             self.embedding.row_f32(token as usize, hidden);
         }
         for (i, block) in self.blocks.iter().enumerate() {
