@@ -8,11 +8,10 @@
 #   HF transformers  PYTHON (default: python3) with torch + transformers (pip install -r
 #                    checkpoints/requirements-train.txt)
 #   llama.cpp        LLAMA_CPP=path/to/llama.cpp (built; uses its convert_hf_to_gguf.py and
-#                    build/bin/llama-bench). Get it: git clone github.com/ggml-org/llama.cpp &&
-#                    cmake -B build && cmake --build build -j --target llama-bench
-#   candle           CANDLE_MAMBA2=path/to/a binary that takes `--weights DIR --prefill N
-#                    --decode M` and prints the same prefill:/decode: lines (candle's mamba2
-#                    example adapted; candle itself has no such benchmark)
+#                    build/bin/llama-bench)
+#   candle           CANDLE_MAMBA2=path/to/benches/engines/candle-mamba2 built (an adapter over
+#                    candle-transformers' models::mamba2 printing the same prefill:/decode: lines)
+# scripts/get-engines.sh builds both outside the repo and prints the two variables.
 # Nothing of theirs is committed here. The weights live in ${COMPARE_DIR:-target/compare}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +47,7 @@ if [[ -n ${LLAMA_CPP:-} ]]; then
     for dtype in f32 bf16; do
         gguf=$dir/mamba2-130m-$dtype.gguf
         [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$dtype" --outfile "$gguf" >/dev/null
-        res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv | tail -n +2)
+        res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv)
         # llama-bench csv: n_prompt, n_gen and avg_ts columns; pick them by header.
         read -r p512 p2048 dec < <("$python" - "$res" <<'PY'
 import csv, io, sys
@@ -61,8 +60,9 @@ PY
     done
 fi
 if [[ -n ${CANDLE_MAMBA2:-} ]]; then
-    p512=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 512 --decode 1 | num prefill)
-    out=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 2048 --decode 32)
+    # candle's chunked-SSD prefill (forward_prefill); its per-token path is `--mode step`.
+    p512=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 512 --decode 1 --threads "$threads" | num prefill)
+    out=$("$CANDLE_MAMBA2" --weights "$weights" --prefill 2048 --decode 32 --threads "$threads")
     row "candle f32" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
 fi
 
@@ -70,4 +70,20 @@ echo
 echo "mamba2-130m shape, random weights, $threads threads, batch 1 ($(date -u +%F), $(nproc) cores)"
 printf '%-28s %10s %10s %10s\n' "engine" "pre 512" "pre 2048" "decode"
 printf '%s\n' "${rows[@]}"
-echo "(tokens/s; ratios: divide coil's row by another's, same run)"
+echo "(tokens/s, same run)"
+# Coil over each other engine at the same weight dtype (f32 rows against coil f32).
+printf '%s\n' "${rows[@]}" | awk '
+    { name = substr($0, 1, 28); sub(/ +$/, "", name); p5[name] = $(NF-2); p2[name] = $(NF-1); dec[name] = $NF; order[++n] = name }
+    END {
+        for (i = 1; i <= n; i++) {
+            name = order[i]; if (name ~ /^coil/) continue
+            dtype = (name ~ /bf16/) ? "bf16" : "f32"; coil = "coil " dtype
+            if (!(coil in p5) || p5[name] + 0 == 0) continue
+            printf "coil %s / %s: prefill 512 %.2fx, prefill 2048 %.2fx, decode %.2fx\n", dtype, name, p5[coil] / p5[name], p2[coil] / p2[name], dec[coil] / dec[name]
+        }
+    }'
+# Peak memory of Coil'"'"'s prefill at two prompt lengths (flat: the prefill streams in pieces).
+for n in 10240 102400; do
+    [[ ${COMPARE_MEMORY:-1} == 1 ]] || break
+    echo "coil bf16 prefill $n: $(./target/release/throughput 130m "$n" 1 "$threads" "" --model "$weights" --weights bf16 | grep memory:)"
+done

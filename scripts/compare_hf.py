@@ -8,6 +8,7 @@ Prints `prefill: N tokens X tok/s` and `decode: batch 1 x M tokens Y tok/s`, the
 Rust `throughput` binary prints. Needs torch and transformers (checkpoints/requirements-train.txt).
 """
 import sys
+import inspect
 import time
 
 import torch
@@ -29,18 +30,26 @@ def bench(path, prefill, decode, threads):
     torch.set_num_threads(threads)
     model = Mamba2ForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
     ids = (torch.arange(prefill) * 7919 % 50277).unsqueeze(0)
+    # transformers >= 5 names the cache `cache` (`cache_params` before); only the last
+    # position's logits are computed, as Coil's prefill does.
+    new_api = "cache" in inspect.signature(model.forward).parameters
+
+    def run(input_ids, cache):
+        kwargs = {"cache": cache} if new_api else {"cache_params": cache}
+        if cache is not None and not new_api:
+            kwargs["cache_position"] = torch.tensor([prefill])
+        out = model(input_ids, use_cache=True, logits_to_keep=1, **kwargs)
+        return out, (out.cache if new_api else out.cache_params)
+
     with torch.no_grad():
-        model(ids[:, :64])  # warm-up
+        run(ids[:, :64], None)  # warm-up
         start = time.perf_counter()
-        out = model(ids, use_cache=True)
+        out, cache = run(ids, None)
         prefill_s = time.perf_counter() - start
-        cache = out.cache_params
-        token = ids[:, -1:]
+        token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for i in range(decode):
-            position = torch.tensor([prefill + i])
-            out = model(token, cache_params=cache, use_cache=True, cache_position=position)
-            cache = out.cache_params
+            out, cache = run(token, cache)
             token = out.logits[:, -1:].argmax(-1)
         decode_s = time.perf_counter() - start
     print(f"prefill: {prefill} tokens {prefill / prefill_s:.1f} tok/s")

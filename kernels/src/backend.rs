@@ -9,6 +9,15 @@ pub trait Backend: Send + Sync {
     /// A short name for logs and reports.
     fn name(&self) -> &'static str;
 
+    /// Runs `work` (a forward pass: many ops) where this backend's ops are cheapest to issue.
+    /// The CPU backend moves it onto a thread of its pool, so each op's fork-join stays inside
+    /// the pool; issued from an outside thread, every op would hand off to the pool and block
+    /// on it, tens of microseconds each (a decode step issues about a hundred). Default: runs
+    /// it on the calling thread.
+    fn run(&self, work: &mut (dyn FnMut() + Send)) {
+        work()
+    }
+
     /// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias[n])`.
     fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]);
 

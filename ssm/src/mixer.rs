@@ -7,13 +7,10 @@ use crate::mitigation::LayerPlan;
 use crate::state::{LayerState, Ring};
 use crate::Config;
 
-/// A block's weights, arranged for the ops: in_proj split into its `z | xBC | dt` row blocks so
-/// each product lands in its own contiguous buffer.
+/// A block's weights, arranged for the ops.
 pub(crate) struct Block {
     norm: Vec<f32>,
-    z_proj: Projection,   // [I, D]
-    xbc_proj: Projection, // [C, D]
-    dt_proj: Projection,  // [H, D]
+    in_proj: Projection,   // [I + C + H, D]: z | xBC | dt
     conv_weight: Vec<f32>, // [C, K]
     conv_bias: Option<Vec<f32>>,
     dt_bias: Vec<f32>,
@@ -68,6 +65,7 @@ impl Dims {
 /// Per-call activations for T tokens, reused across blocks.
 pub(crate) struct Activations {
     normed: Vec<f32>, // [T, D]
+    zxbcdt: Vec<f32>, // [T, I + C + H], in_proj's output before the split
     z: Vec<f32>,      // [T, I]
     xbc_raw: Vec<f32>,
     xbc: Vec<f32>, // [T, C]
@@ -85,6 +83,7 @@ impl Activations {
     pub fn new(dims: &Dims, tokens: usize) -> Activations {
         let mut act = Activations {
             normed: Vec::new(),
+            zxbcdt: Vec::new(),
             z: Vec::new(),
             xbc_raw: Vec::new(),
             xbc: Vec::new(),
@@ -107,6 +106,7 @@ impl Activations {
         let (d, i, c, h, bc) = (dims.d_model, dims.inner(), dims.conv_dim, dims.ssm.heads, dims.ssm.bc_width());
         for (buffer, width) in [
             (&mut self.normed, d),
+            (&mut self.zxbcdt, i + c + h),
             (&mut self.z, i),
             (&mut self.xbc_raw, c),
             (&mut self.xbc, c),
@@ -150,14 +150,14 @@ impl Block {
 
     /// Holds the projection matrices (the bulk of the weights) as `dtype`.
     pub fn convert_weights(&mut self, dtype: WeightDtype) {
-        for projection in [&mut self.z_proj, &mut self.xbc_proj, &mut self.dt_proj, &mut self.out_proj] {
+        for projection in [&mut self.in_proj, &mut self.out_proj] {
             projection.convert(dtype);
         }
     }
 
     /// Bytes of the projection matrices.
     pub fn matrix_bytes(&self) -> usize {
-        [&self.z_proj, &self.xbc_proj, &self.dt_proj, &self.out_proj].iter().map(|p| p.weight.bytes()).sum()
+        [&self.in_proj, &self.out_proj].iter().map(|p| p.weight.bytes()).sum()
     }
 
     pub fn dt_bias(&self) -> &[f32] {
@@ -166,21 +166,10 @@ impl Block {
 
     pub fn new(w: LayerWeights, dims: &Dims) -> Block {
         let d_model = dims.d_model;
-        let rows = [dims.inner(), dims.conv_dim, dims.ssm.heads];
-        let mut start = 0;
-        let [z_proj, xbc_proj, dt_proj] = rows.map(|count| {
-            let range = start..start + count;
-            start += count;
-            Projection {
-                weight: Matrix::new(w.in_proj[range.start * d_model..range.end * d_model].to_vec(), count, d_model),
-                bias: w.in_proj_bias.as_ref().map(|b| b[range].to_vec()),
-            }
-        });
+        let rows = dims.inner() + dims.conv_dim + dims.ssm.heads;
         Block {
             norm: w.norm,
-            z_proj,
-            xbc_proj,
-            dt_proj,
+            in_proj: Projection { weight: Matrix::new(w.in_proj, rows, d_model), bias: w.in_proj_bias },
             conv_weight: w.conv_weight,
             conv_bias: w.conv_bias,
             dt_bias: w.dt_bias,
@@ -244,10 +233,16 @@ impl Block {
     /// Pre-norm and in_proj: `act.z`, `act.xbc_raw`, `act.dt_raw` for every row of `hidden`.
     fn project_in(&self, backend: &dyn Backend, dims: &Dims, hidden: &[f32], act: &mut Activations) {
         backend.rms_norm(hidden, &self.norm, dims.eps, &mut act.normed);
-        // One product per row block so each output is contiguous: z | xBC | dt.
-        self.z_proj.apply(backend, &act.normed, &mut act.z);
-        self.xbc_proj.apply(backend, &act.normed, &mut act.xbc_raw);
-        self.dt_proj.apply(backend, &act.normed, &mut act.dt_raw);
+        // One product (one pass over the weights, one fork-join), then each row's z | xBC | dt
+        // into its own contiguous buffer.
+        self.in_proj.apply(backend, &act.normed, &mut act.zxbcdt);
+        let (i, c) = (dims.inner(), dims.conv_dim);
+        let h = dims.ssm.heads;
+        for (t, row) in act.zxbcdt.chunks_exact(i + c + h).enumerate() {
+            act.z[t * i..(t + 1) * i].copy_from_slice(&row[..i]);
+            act.xbc_raw[t * c..(t + 1) * c].copy_from_slice(&row[i..i + c]);
+            act.dt_raw[t * h..(t + 1) * h].copy_from_slice(&row[i + c..]);
+        }
     }
 
     /// The recurrent part for consecutive tokens of one sequence: conv, dt, the scan from and

@@ -39,12 +39,12 @@ pub struct Model {
 }
 
 /// The token sequences of a batch, one per state.
-trait Sequences {
+trait Sequences: Sync {
     fn count(&self) -> usize;
     fn sequence(&self, i: usize) -> &[u32];
 }
 
-impl<S: AsRef<[u32]>> Sequences for [S] {
+impl<S: AsRef<[u32]> + Sync> Sequences for [S] {
     fn count(&self) -> usize {
         self.len()
     }
@@ -294,14 +294,14 @@ impl Model {
     ///
     /// Ids are checked before any state moves; a state that overflows stops the batch with
     /// [`Error::StateOverflow`] (the states have then consumed the tokens).
-    pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>]) -> Result<Vec<f32>, Error> {
+    pub fn prefill_batch(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]> + Sync]) -> Result<Vec<f32>, Error> {
         let mut logits = Vec::new();
         self.prefill_batch_into(plan, states, tokens, &mut logits)?;
         Ok(logits)
     }
 
     /// [`Model::prefill_batch`] into `logits` (resized to `[B, V]`).
-    pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]>], logits: &mut Vec<f32>) -> Result<(), Error> {
+    pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]> + Sync], logits: &mut Vec<f32>) -> Result<(), Error> {
         self.batch_into(plan, states, tokens, logits)
     }
 
@@ -330,7 +330,8 @@ impl Model {
         let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
         let mut buffers =
             taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), part: Activations::new(&self.dims, 0), last: Vec::new() });
-        let result = self.batch_pass(plan, states, tokens, &mut buffers, logits);
+        let mut result = Ok(());
+        self.backend.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
         if let Ok(mut pool) = self.batch_buffers.lock() {
             pool.push(buffers);
         }
@@ -392,6 +393,20 @@ impl Model {
 
     /// [`Model::forward`] into reusable buffers; the logits are left in `workspace.logits`.
     pub(crate) fn forward_in(
+        &self,
+        plan: &Plan,
+        state: &mut State,
+        tokens: &[u32],
+        rows: LogitRows,
+        workspace: &mut Workspace,
+    ) -> Result<(), Error> {
+        let mut result = Ok(());
+        self.backend.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
+        result
+    }
+
+    /// [`Model::forward_in`] on the calling thread.
+    fn forward_here(
         &self,
         plan: &Plan,
         state: &mut State,

@@ -149,7 +149,7 @@ impl Session {
     /// [`Model::prefill_batch`]). The sessions must share one model and one plan. Pieces hold
     /// about the first session's piece length of tokens in all, so memory stays bounded however
     /// long the input. Afterwards each session holds its own last-position logits.
-    pub fn prefill_batch(sessions: &mut [&mut Session], tokens: &[impl AsRef<[u32]>]) -> Result<(), Error> {
+    pub fn prefill_batch(sessions: &mut [&mut Session], tokens: &[impl AsRef<[u32]> + Sync]) -> Result<(), Error> {
         if sessions.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: sessions.len(), tokens: tokens.len() });
         }

@@ -21,6 +21,11 @@ impl Backend for Cpu {
         "cpu"
     }
 
+    fn run(&self, work: &mut (dyn FnMut() + Send)) {
+        // On a pool thread already (a caller's own par_iter, say), `scope` runs it in place.
+        rayon::scope(|_| work());
+    }
+
     fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
         matmul::linear_matrix(input, weight, bias, out);
     }
