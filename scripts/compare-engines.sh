@@ -39,14 +39,14 @@ for dtype in f32 bf16; do
     row "coil $dtype" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
 done
 if [[ $have_hf == 1 ]]; then
-    p512=$("$python" scripts/compare_hf.py bench "$weights" 512 1 "$threads" | num prefill)
-    out=$("$python" scripts/compare_hf.py bench "$weights" 2048 32 "$threads")
+    p512=$("$python" scripts/compare_hf.py bench "$weights" 512 1 "$threads" 2>/dev/null | num prefill)
+    out=$("$python" scripts/compare_hf.py bench "$weights" 2048 32 "$threads" 2>/dev/null)
     row "HF transformers f32" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
 fi
 if [[ -n ${LLAMA_CPP:-} ]]; then
     for dtype in f32 bf16; do
         gguf=$dir/mamba2-130m-$dtype.gguf
-        [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$dtype" --outfile "$gguf" >/dev/null
+        [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$dtype" --outfile "$gguf" >"$dir/convert-$dtype.log" 2>&1
         res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv)
         # llama-bench csv: n_prompt, n_gen and avg_ts columns; pick them by header.
         read -r p512 p2048 dec < <("$python" - "$res" <<'PY'
