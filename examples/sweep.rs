@@ -22,7 +22,7 @@ fn main() -> Result<(), coil::Error> {
         let plan = loaded.plan(&coil::parse_mitigations(specs)?)?;
         arms.push(loaded.passkey_subject("default", plan)?);
     }
-    let config = SweepConfig { lengths: vec![256, 512, 1024], depths: 4, seed: 0, template, shard: Shard::whole() };
+    let config = SweepConfig { lengths: vec![256, 512, 1024], depths: 4, seed: 0, template, shard: Shard::whole(), batch_forks: false };
     // `true`: resume, skipping cells an interrupted run already wrote.
     let mut results = ResultsFile::open(&out, Shard::whole(), true)?;
     let summary = run_sweep(&arms, &config, &mut results, |p| eprint!("\r{}/{} cells", p.cells_done, p.cells_total))?;

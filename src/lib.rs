@@ -666,7 +666,7 @@ pub use coil_gpu::AdapterKind;
 ///     loaded.passkey_subject("default", loaded.plan(&[])?)?,
 ///     loaded.passkey_subject("default", loaded.plan(&coil::parse_mitigations("rri:lambda=0.999,beta=0.75")?)?)?,
 /// ];
-/// let config = SweepConfig { lengths: vec![256], depths: 2, seed: 0, template: Template::paper(), shard: Shard::whole() };
+/// let config = SweepConfig { lengths: vec![256], depths: 2, seed: 0, template: Template::paper(), shard: Shard::whole(), batch_forks: false };
 /// let out = std::env::temp_dir().join(format!("coil-doc-passkey-{}", std::process::id()));
 /// let mut results = ResultsFile::open(&out, Shard::whole(), false)?;
 /// let summary = run_sweep(&arms, &config, &mut results, |_progress| {})?;
