@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use coil_ssm::{random_weights, Config, Dialect, Model, Session};
+use coil_ssm::{random_weights, Config, Model, Session, WeightDtype};
 
 struct Counting;
 
@@ -37,38 +37,28 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+mod common;
+
 /// Wide enough that every product and the scan run split over rayon's threads.
 fn config() -> Config {
-    Config {
-        dialect: Dialect::HuggingFace,
-        d_model: 256,
-        n_layer: 2,
-        vocab_size: 4000,
-        vocab_size_unpadded: 4000,
-        d_state: 64,
-        head_dim: 64,
-        n_heads: 8,
-        n_groups: 1,
-        conv_kernel: 4,
-        chunk_size: 16,
-        norm_eps: 1e-5,
-        use_bias: false,
-        use_conv_bias: true,
-        tie_embeddings: Some(true),
-        time_step_limit: (0.0, f32::INFINITY),
-        d_has_hdim: false,
-    }
+    let mut config = common::config(256, 8, 64, 64, 1, 4);
+    (config.vocab_size, config.vocab_size_unpadded, config.chunk_size) = (4000, 4000, 16);
+    config
 }
 
 #[test]
 fn decode_steps_allocate_nothing() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    pool.install(decode_in_pool);
+    // bf16 weights take other kernels (widened in registers, or per tile in a batch).
+    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        pool.install(|| decode_in_pool(dtype));
+    }
 }
 
-fn decode_in_pool() {
+fn decode_in_pool(dtype: WeightDtype) {
     let config = config();
-    let model = Arc::new(Model::new(config.clone(), random_weights(&config, 3), Arc::new(coil_ssm::Cpu)));
+    let model = Model::new(config.clone(), random_weights(&config, 3), Arc::new(coil_ssm::Cpu));
+    let model = Arc::new(model.with_weight_dtype(dtype));
     let mut session = Session::new(model.clone());
     session.prefill(&[1, 2, 3, 4, 5]).unwrap();
     for token in 0..3 {
@@ -93,5 +83,5 @@ fn decode_in_pool() {
         model.step_batch_into(&plan, &mut refs, &tokens, &mut logits).unwrap();
     }
     let batched = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    assert_eq!((single, batched), (0, 0), "allocations in 20 steps: (single, batch of 8)");
+    assert_eq!((single, batched), (0, 0), "{dtype:?} weights: allocations in 20 steps (single, batch of 8)");
 }

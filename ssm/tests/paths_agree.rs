@@ -7,27 +7,8 @@ use std::sync::Arc;
 
 use coil_ssm::{random_weights, Backend, Config, Dialect, LogitRows, Model, Reference, Session, State};
 
-fn config(d_model: usize, heads: usize, head_dim: usize, d_state: usize, groups: usize, conv_kernel: usize) -> Config {
-    Config {
-        dialect: Dialect::HuggingFace,
-        d_model,
-        n_layer: 2,
-        vocab_size: 37,
-        vocab_size_unpadded: 37,
-        d_state,
-        head_dim,
-        n_heads: heads,
-        n_groups: groups,
-        conv_kernel,
-        chunk_size: 8,
-        norm_eps: 1e-5,
-        use_bias: false,
-        use_conv_bias: true,
-        tie_embeddings: Some(true),
-        time_step_limit: (0.0, f32::INFINITY),
-        d_has_hdim: false,
-    }
-}
+mod common;
+use common::config;
 
 fn configs() -> Vec<Config> {
     let mut with_everything = config(20, 6, 5, 7, 3, 5);

@@ -204,7 +204,8 @@ thread_local! {
     /// (it holds the largest `rows x out_features` product seen on the thread).
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 
-    /// [`linear`]'s widened bf16 weight block, kept per calling thread.
+    /// Widened bf16 weight rows (a GEMM block in [`linear`], a tile's rows in batched decode),
+    /// kept per thread.
     static WIDENED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -246,7 +247,10 @@ fn linear_small_batch<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32
     let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
     feature_major(rows, out_features, BLOCK, parallel, out, |first, chunk| {
         let features = chunk.len() / rows;
-        simd::block_dots(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
+        // Taken, not borrowed, as in `feature_major`.
+        let mut widened = WIDENED.with(std::cell::Cell::take);
+        simd::block_dots(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk, &mut widened);
+        WIDENED.with(|cell| cell.set(widened));
         if let Some(b) = bias {
             for (j, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
                 out_j.iter_mut().for_each(|o| *o += b[first + j]);

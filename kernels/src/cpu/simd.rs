@@ -107,11 +107,12 @@ pub(crate) fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, inpu
 }
 
 /// `out[j * rows + t] = input[t] · weight[j]` for every input row `t` (of `k` values) and weight
-/// row `j`: the batched-decode product, each weight row read from memory once.
-pub(crate) fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32]) {
+/// row `j`: the batched-decode product, each weight row read from memory once. `scratch` holds
+/// widened bf16 rows between calls (no allocation per call once it has grown).
+pub(crate) fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
     assert!(k > 0 && input.len() % k == 0 && weight.len() % k == 0, "block_dots: ragged rows");
     assert_eq!(out.len(), input.len() / k * (weight.len() / k), "block_dots: output size");
-    dispatch!(avx2::block_dots::<W>, portable::block_dots::<W>, input, weight, k, out)
+    dispatch!(avx2::block_dots::<W>, portable::block_dots::<W>, input, weight, k, out, scratch)
 }
 
 mod portable {
@@ -140,7 +141,7 @@ mod portable {
         sum
     }
 
-    pub fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32]) {
+    pub fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], _scratch: &mut Vec<f32>) {
         let rows = input.len() / k;
         for (j, w) in weight.chunks_exact(k).enumerate() {
             for (t, x) in input.chunks_exact(k).enumerate() {
@@ -225,13 +226,12 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA; `input` and `weight` hold whole rows of `k` values and
     /// `out` one value per (weight row, input row) pair.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32]) {
+    pub unsafe fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
         let rows = input.len() / k;
         let features = weight.len() / k;
         let split = k / 8 * 8;
         let row = |t: usize| &input[t * k..(t + 1) * k];
         // bf16 weight rows are widened once per C rows here, not once per tile.
-        let mut widened = Vec::new();
         let mut j = 0;
         while j < features {
             let c_len = C.min(features - j);
@@ -240,7 +240,7 @@ mod avx2 {
                 None => {
                     widened.clear();
                     widened.extend(weight[j * k..(j + c_len) * k].iter().map(|w| w.to_f32()));
-                    &widened
+                    widened
                 }
             };
             let mut t = 0;
@@ -337,18 +337,24 @@ mod tests {
 
     #[test]
     fn block_dots_cover_every_pair() {
-        // Row and feature counts off the 4x3 tile, widths off the 8-lane step; f32 and bf16.
+        // Row and feature counts off the 4x3 tile, widths off the 8-lane step; f32 and bf16; the
+        // dispatched (AVX2 here) and the portable kernel.
         for (rows, features, k) in [(1, 1, 1), (5, 7, 13), (4, 3, 8), (9, 10, 33), (32, 6, 64)] {
             let input = values(rows * k, 6);
             let bits: Vec<u16> = values(features * k, 7).iter().map(|&v| crate::f32_to_bf16(v)).collect();
             let weight: Vec<f32> = bits.iter().map(|&v| crate::bf16_to_f32(v)).collect();
             let (mut from_f32, mut from_bf16) = (vec![f32::NAN; rows * features], vec![f32::NAN; rows * features]);
-            block_dots(&input, &weight, k, &mut from_f32);
-            block_dots(&input, &bits, k, &mut from_bf16);
+            let (mut portable_f32, mut portable_bf16) = (vec![f32::NAN; rows * features], vec![f32::NAN; rows * features]);
+            let mut scratch = Vec::new();
+            block_dots(&input, &weight, k, &mut from_f32, &mut scratch);
+            block_dots(&input, &bits, k, &mut from_bf16, &mut scratch);
+            portable::block_dots(&input, &weight, k, &mut portable_f32, &mut scratch);
+            portable::block_dots(&input, &bits, k, &mut portable_bf16, &mut scratch);
             for j in 0..features {
                 for t in 0..rows {
                     let want = naive_dot(&input[t * k..(t + 1) * k], &weight[j * k..(j + 1) * k]);
-                    for got in [from_f32[j * rows + t], from_bf16[j * rows + t]] {
+                    let i = j * rows + t;
+                    for got in [from_f32[i], from_bf16[i], portable_f32[i], portable_bf16[i]] {
                         assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{features}x{k} at ({t}, {j})");
                     }
                 }
