@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coil_ssm::{random_weights, Backend, Config, Dialect, LogitRows, Model, Reference, Session, State};
+use coil_ssm::{random_weights, Backend, Config, LogitRows, Model, Reference, Session, State};
 
 mod common;
 use common::config;
