@@ -330,25 +330,24 @@ fn feed_blocks_together<S: Subject>(subject: &S, streams: &mut [&mut S::State], 
     if streams.is_empty() {
         return Ok(0);
     }
-    let per_piece = (4096 / (block.len() * streams.len())).max(1);
-    let piece: Vec<u32> = block.iter().copied().cycle().take(block.len() * per_piece.min(count.max(1))).collect();
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(per_piece);
-        subject.feed_all(streams, &piece[..n * block.len()])?;
-        left -= n;
-    }
-    Ok((count * block.len()) as u64)
+    let streams_len = streams.len();
+    in_pieces(block, count, streams_len, |piece| subject.feed_all(streams, piece))
 }
 
 /// Feeds `count` filler blocks in pieces of a few thousand tokens: constant memory at any length.
 fn feed_blocks<S: Subject>(subject: &S, state: &mut S::State, block: &[u32], count: usize) -> Result<u64, EvalError> {
-    let per_piece = (4096 / block.len()).max(1);
+    in_pieces(block, count, 1, |piece| subject.feed(state, piece))
+}
+
+/// Hands `count` filler blocks to `feed` in pieces of whole blocks, about 4096 tokens across
+/// `streams` streams per piece; returns the tokens per stream.
+fn in_pieces(block: &[u32], count: usize, streams: usize, mut feed: impl FnMut(&[u32]) -> Result<(), EvalError>) -> Result<u64, EvalError> {
+    let per_piece = (4096 / (block.len() * streams)).max(1);
     let piece: Vec<u32> = block.iter().copied().cycle().take(block.len() * per_piece.min(count.max(1))).collect();
     let mut left = count;
     while left > 0 {
         let n = left.min(per_piece);
-        subject.feed(state, &piece[..n * block.len()])?;
+        feed(&piece[..n * block.len()])?;
         left -= n;
     }
     Ok((count * block.len()) as u64)
