@@ -150,39 +150,23 @@ class Docs:
 
     def sample(self, rng, T=None):
         """(ids[T], lm_mask[T-1], answer_mask[T-1]); the masks are aligned to the targets ids[1:]."""
-        T = T or self.T
-        key = f"{rng.randrange(100000):05d}"
-        needle = self.enc(NEEDLE.format(key=key))
-        answer = self.enc(" " + key) + self.enc(".\n")
-        # Prompt length: the train length (70%) or shorter, down to a quarter of it.
-        budget = T - len(answer) - len(needle) - 1  # the needle replaces a block of any length
-        if rng.random() < 0.3:
-            budget = rng.randint(T // 4, budget)
+        T, needle, answer, budget = self._needle(rng, T)
         # Haystack: the paper's block mixed with blocks of varied sentences and repeated facts.
         paper_frac = 1.0 if rng.random() < 0.25 else rng.uniform(0.0, 0.8)
         facts = [(n, rng.randrange(1, 100), rng.choice(THINGS)) for n in rng.sample(NAMES, rng.randint(3, 10))]
-        blocks = []
-        used = len(self.prefix) + len(self.suffix)
-        while True:
+
+        def block():
             if rng.random() < paper_frac:
-                b = self.filler
-            else:
-                sents = []
-                for _ in range(rng.randint(2, 5)):
-                    if rng.random() < 0.5:
-                        sents.append(fact_sentence(*rng.choice(facts)))
-                    else:
-                        sents.append(generic_sentence(rng))
-                b = self.enc(" ".join(sents) + "\n")
-            if used + len(b) > budget:
-                break
-            blocks.append(b)
-            used += len(b)
-        if not blocks:
-            blocks = [self.filler]
-        depth = rng.random()
-        blocks[int(depth * (len(blocks) - 1))] = needle  # the evaluator's placement
-        return self._finish(blocks, answer, T)
+                return self.filler
+            sents = []
+            for _ in range(rng.randint(2, 5)):
+                if rng.random() < 0.5:
+                    sents.append(fact_sentence(*rng.choice(facts)))
+                else:
+                    sents.append(generic_sentence(rng))
+            return self.enc(" ".join(sents) + "\n")
+
+        return self._haystack(rng, T, needle, answer, budget, block)
 
     def sample_recall(self, rng, T=None):
         """Recipe 2 ("recall" haystack): a dense stream of facts that later sentences recall.
@@ -196,39 +180,53 @@ class Docs:
         that "The grass is green." carries nothing: it writes the evaluator's filler into its state
         as it writes facts. A fraction of the documents (--paper-frac) use the paper's block only.
         """
+        T, needle, answer, budget = self._needle(rng, T)
+        paper = rng.random() < self.paper_frac
+        bind, attr = {}, {}
+
+        def block():
+            if paper:
+                return self.filler
+            sents = []
+            for _ in range(rng.randint(2, 5)):
+                r = rng.random()
+                if r < self.p_new or not bind:
+                    name = rng.choice(NAMES)
+                    bind[name] = (rng.randrange(1, 100), rng.choice(THINGS))
+                    sents.append(fact_sentence(name, *bind[name]))
+                elif r < self.p_new + self.p_recall:
+                    name = rng.choice(list(bind))
+                    sents.append(fact_sentence(name, *bind[name]))
+                elif r < self.p_new + self.p_recall + self.p_attr:
+                    noun = rng.choice(NOUNS)
+                    if noun not in attr or rng.random() < self.p_rebind:
+                        attr[noun] = rng.choice(ADJS)
+                    sents.append(f"The {noun} is {attr[noun]}.")
+                else:
+                    sents.append(rng.choice(PHRASES))
+            return self.enc(" ".join(sents) + "\n")
+
+        return self._haystack(rng, T, needle, answer, budget, block)
+
+    def _needle(self, rng, T):
+        """A key's needle and answer, and the haystack's token budget: the train length (70%) or
+        shorter, down to a quarter of it."""
         T = T or self.T
         key = f"{rng.randrange(100000):05d}"
         needle = self.enc(NEEDLE.format(key=key))
         answer = self.enc(" " + key) + self.enc(".\n")
-        budget = T - len(answer) - len(needle) - 1
+        budget = T - len(answer) - len(needle) - 1  # the needle replaces a block of any length
         if rng.random() < 0.3:
             budget = rng.randint(T // 4, budget)
-        paper = rng.random() < self.paper_frac
-        bind, attr = {}, {}
+        return T, needle, answer, budget
+
+    def _haystack(self, rng, T, needle, answer, budget, block):
+        """Blocks from `block()` up to the budget, the needle in place of one of them (the
+        evaluator's placement), then the whole document."""
         blocks = []
         used = len(self.prefix) + len(self.suffix)
         while True:
-            if paper:
-                b = self.filler
-            else:
-                sents = []
-                for _ in range(rng.randint(2, 5)):
-                    r = rng.random()
-                    if r < self.p_new or not bind:
-                        name = rng.choice(NAMES)
-                        bind[name] = (rng.randrange(1, 100), rng.choice(THINGS))
-                        sents.append(fact_sentence(name, *bind[name]))
-                    elif r < self.p_new + self.p_recall:
-                        name = rng.choice(list(bind))
-                        sents.append(fact_sentence(name, *bind[name]))
-                    elif r < self.p_new + self.p_recall + self.p_attr:
-                        noun = rng.choice(NOUNS)
-                        if noun not in attr or rng.random() < self.p_rebind:
-                            attr[noun] = rng.choice(ADJS)
-                        sents.append(f"The {noun} is {attr[noun]}.")
-                    else:
-                        sents.append(rng.choice(PHRASES))
-                b = self.enc(" ".join(sents) + "\n")
+            b = block()
             if used + len(b) > budget:
                 break
             blocks.append(b)
