@@ -2,13 +2,14 @@
 //! for side-by-side comparisons with other engines:
 //!
 //! `throughput SHAPE PREFILL DECODE [THREADS] [MITIGATIONS] [--device D] [--batch B]
-//! [--weights f32|bf16] [--model DIR]`
+//! [--weights f32|bf16] [--model DIR] [--chunk Q]`
 //!
 //! e.g. `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 2`. MITIGATIONS are
 //! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
 //! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences
 //! together (`Model::step_batch`, B copies of the prefilled state) and reports their aggregate
-//! tokens/s. `--weights bf16` holds the weight matrices in bf16. Prints `prefill:` and `decode:`
+//! tokens/s. `--weights bf16` holds the weight matrices in bf16; `--chunk Q` overrides the
+//! checkpoint's SSD chunk length. Prints `prefill:` and `decode:`
 //! lines, and on Linux a `memory:` line (resident MB before the prefill, peak after it: flat in
 //! the prompt length, as the prefill streams in pieces).
 
@@ -28,6 +29,7 @@ fn main() {
     let mut positional = Vec::new();
     let (mut device, mut batch, mut weights) = (Device::Cpu, 1usize, coil_kernels::WeightDtype::F32);
     let mut model_dir: Option<String> = None;
+    let mut chunk: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -40,6 +42,7 @@ fn main() {
                 }
             }
             "--model" => model_dir = args.next(),
+            "--chunk" => chunk = Some(args.next().and_then(|q| q.parse().ok()).filter(|&q| q > 0).unwrap_or_else(|| fail("--chunk takes a positive number".into()))),
             "--batch" => batch = args.next().and_then(|b| b.parse().ok()).filter(|&b| b > 0).unwrap_or_else(|| fail("--batch takes a positive number".into())),
             _ => positional.push(arg),
         }
@@ -62,7 +65,11 @@ fn main() {
             Arc::into_inner(random_model_on(&config, backend)).expect("one owner")
         }
     };
-    let model = Arc::new(model.with_weight_dtype(weights));
+    let model = model.with_weight_dtype(weights);
+    let model = Arc::new(match chunk {
+        Some(q) => model.with_chunk_size(q),
+        None => model,
+    });
     let specs = positional.get(4).map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("none");
     let mitigations = Mitigation::parse_list(specs).unwrap_or_else(|e| fail(e.to_string()));
     let vocab = model.config().vocab_size_unpadded as u32;

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::silu;
+use super::simd;
 
 /// `xbc: [T, C]`, `conv_state: [C, K]` (oldest first), `weight: [C, K]`, `out: [T, C]`.
 pub(crate) fn causal_conv1d(
@@ -59,9 +59,7 @@ pub(crate) fn causal_conv1d(
                 *o += w * v;
             }
         }
-        for o in out_row.iter_mut() {
-            *o = silu(*o);
-        }
+        simd::silu_in_place(out_row);
     });
 
     // The new state is the last K raw rows of (history ++ xbc), stored [C, K].
@@ -94,6 +92,7 @@ pub(crate) fn conv_step(
         state_row.copy_within(1.., 0);
         state_row[kernel - 1] = xbc[c];
         let acc: f32 = state_row.iter().zip(weight_row).map(|(s, w)| s * w).sum();
-        *o = silu(acc + bias.map_or(0.0, |b| b[c]));
+        *o = acc + bias.map_or(0.0, |b| b[c]);
     }
+    simd::silu_in_place(out);
 }

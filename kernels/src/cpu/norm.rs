@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use crate::silu;
+use super::simd;
 
 fn rows_per_task(width: usize) -> usize {
     (super::PARALLEL_MIN_WORK / width.max(1)).max(1)
@@ -42,9 +42,7 @@ pub(crate) fn gated_rms_norm(
         .zip(y.par_chunks(width).zip(z.par_chunks(width)))
         .with_min_len(rows_per_task(width))
         .for_each(|(row_out, (row_y, row_z))| {
-            for ((o, &yv), &zv) in row_out.iter_mut().zip(row_y).zip(row_z) {
-                *o = yv * silu(zv);
-            }
+            simd::gate(row_y, row_z, row_out);
             for (group_out, group_weight) in
                 row_out.chunks_exact_mut(group_size).zip(weight.chunks_exact(group_size))
             {

@@ -115,8 +115,31 @@ pub(crate) fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: 
     dispatch!(avx2::block_dots::<W>, portable::block_dots::<W>, input, weight, k, out, scratch)
 }
 
+/// `values[i] = silu(values[i])` (the conv's activation).
+pub(crate) fn silu_in_place(values: &mut [f32]) {
+    dispatch!(avx2::silu_in_place, portable::silu_in_place, values)
+}
+
+/// `out[i] = y[i] * silu(z[i])` (the mixer's gate, before its norm).
+pub(crate) fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
+    assert!(y.len() == out.len() && z.len() == out.len(), "gate: lengths differ");
+    dispatch!(avx2::gate, portable::gate, y, z, out)
+}
+
 mod portable {
     use super::Weight;
+
+    pub fn silu_in_place(values: &mut [f32]) {
+        for v in values {
+            *v = crate::silu(*v);
+        }
+    }
+
+    pub fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
+        for ((o, &y), &z) in out.iter_mut().zip(y).zip(z) {
+            *o = y * crate::silu(z);
+        }
+    }
 
     const LANES: usize = 16;
 
@@ -216,6 +239,84 @@ mod avx2 {
             rest += *s * c;
         }
         hsum(_mm256_add_ps(acc[0], acc[1])) + rest
+    }
+
+    /// `e^x` in each lane: Cephes' `expf` (x = n ln 2 + r with |r| <= ln 2 / 2, e^r by a
+    /// polynomial, 2^n built in the exponent bits), within 2 ulp of the true value where that is a
+    /// normal float; 0 below that range (where the true value is subnormal), infinity above
+    /// e^88.376 (a little early: f32 overflows at 88.72); NaN passes through.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        const LOW: f32 = -87.336_55; // 2^-126
+        const HIGH: f32 = 88.376_26; // n = 127
+        // `max_ps(a, b)` and `min_ps(a, b)` return `b` when either is NaN: `x` goes second.
+        let clamped = _mm256_min_ps(_mm256_set1_ps(HIGH), _mm256_max_ps(_mm256_set1_ps(LOW), x));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(clamped, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        // ln 2 in two parts (the first exact in 9 bits), so r = x - n ln 2 loses nothing.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), clamped);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for coefficient in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coefficient));
+        }
+        let e_r = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        let e = _mm256_mul_ps(e_r, _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased)));
+        // Outside the clamp: infinity above, zero below (comparisons with NaN keep the NaN).
+        let e = _mm256_blendv_ps(e, _mm256_set1_ps(f32::INFINITY), _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_set1_ps(HIGH)));
+        _mm256_and_ps(e, _mm256_cmp_ps::<_CMP_NLT_UQ>(x, _mm256_set1_ps(LOW)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn silu8(x: __m256) -> __m256 {
+        let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    }
+
+    /// `out[i] = f(a[i], b[i])` for `i < n`, eight lanes at a time, the tail through a padded copy
+    /// (so a value's result does not depend on where it sits). `out` may be `a` or `b`: each group
+    /// of lanes is read before it is written.
+    ///
+    /// # Safety
+    /// `n` values must be readable at `a` and `b` and writable at `out`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn map2(n: usize, a: *const f32, b: *const f32, out: *mut f32, f: impl Fn(__m256, __m256) -> __m256) {
+        let mut i = 0;
+        // SAFETY: every index is below `n` (the caller's guarantee).
+        while i + 8 <= n {
+            unsafe { _mm256_storeu_ps(out.add(i), f(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)))) };
+            i += 8;
+        }
+        if i < n {
+            let (mut pad_a, mut pad_b, mut pad_out) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
+            // SAFETY: `n - i < 8` values remain at each pointer; the arrays hold eight.
+            unsafe {
+                std::ptr::copy_nonoverlapping(a.add(i), pad_a.as_mut_ptr(), n - i);
+                std::ptr::copy_nonoverlapping(b.add(i), pad_b.as_mut_ptr(), n - i);
+                _mm256_storeu_ps(pad_out.as_mut_ptr(), f(_mm256_loadu_ps(pad_a.as_ptr()), _mm256_loadu_ps(pad_b.as_ptr())));
+                std::ptr::copy_nonoverlapping(pad_out.as_ptr(), out.add(i), n - i);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_in_place(values: &mut [f32]) {
+        let p = values.as_mut_ptr();
+        // SAFETY: `values.len()` values at `p`, read and written in place.
+        unsafe { map2(values.len(), p, p, p, |x, _| silu8(x)) };
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; the three slices have equal lengths.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
+        // SAFETY: the three slices hold `out.len()` values each (the caller's guarantee).
+        unsafe { map2(out.len(), y.as_ptr(), z.as_ptr(), out.as_mut_ptr(), |y, z| _mm256_mul_ps(y, silu8(z))) };
     }
 
     /// Register tile of [`block_dots`]: R input rows by C weight rows, 8 lanes each.
@@ -331,6 +432,51 @@ mod tests {
             assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "len {len}");
             for (x, y) in fast.iter().zip(&slow) {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "len {len}: state {x} vs {y}");
+            }
+        }
+    }
+
+    /// Awkward arguments: both signs, both edges of exp's normal range, far outside them, zero,
+    /// NaN. (Below e^-87.34 exp gives 0 where the true value is subnormal: the 1e-35 slack.)
+    fn activation_inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.037).collect();
+        v.extend([0.0, -0.0, 1e-30, -1e-30, 20.0, -20.0, 87.3, -87.3, 88.4, -88.4, 100.0, -100.0, 1e30, -1e30, f32::INFINITY, f32::NAN]);
+        v
+    }
+
+    fn silu_f64(x: f32) -> f64 {
+        let x = x as f64;
+        x / (1.0 + (-x).exp())
+    }
+
+    #[test]
+    fn silu_and_gate_match_f64() {
+        let xs = activation_inputs();
+        let ys = values(xs.len(), 8);
+        for len in [xs.len(), 7, 8, 9, 15, 1] {
+            let xs = &xs[xs.len() - len..];
+            let ys = &ys[..len];
+            let mut fast = xs.to_vec();
+            silu_in_place(&mut fast);
+            let mut slow = xs.to_vec();
+            portable::silu_in_place(&mut slow);
+            let (mut gated, mut gated_slow) = (vec![0.0; len], vec![0.0; len]);
+            gate(ys, xs, &mut gated);
+            portable::gate(ys, xs, &mut gated_slow);
+            for i in 0..len {
+                let want = silu_f64(xs[i]);
+                if want.is_nan() {
+                    assert!(fast[i].is_nan() && slow[i].is_nan() && gated[i].is_nan(), "NaN must pass through");
+                    continue;
+                }
+                let close = |got: f32, want: f64| got as f64 == want || (got as f64 - want).abs() <= 1e-6 * want.abs() + 1e-35;
+                for (got, name) in [(fast[i], "silu"), (slow[i], "portable silu")] {
+                    assert!(close(got, want), "{name}({}) = {got}, want {want}", xs[i]);
+                }
+                let want = ys[i] as f64 * want;
+                for (got, name) in [(gated[i], "gate"), (gated_slow[i], "portable gate")] {
+                    assert!(close(got, want), "{name}({}, {}) = {got}, want {want}", ys[i], xs[i]);
+                }
             }
         }
     }
