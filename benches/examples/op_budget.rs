@@ -20,6 +20,15 @@ fn time(cpu: &coil_kernels::Cpu, mut f: impl FnMut() + Send) -> f64 {
 }
 fn main() {
     let cpu = coil_kernels::Cpu;
+    // Batched decode's products (32 and 64 rows: register tiles; 65: the GEMM).
+    for m in [32usize, 64, 65] {
+        let (k, n) = (768, 3352);
+        let input = rnd(m * k, 1.0);
+        let w = Matrix::new(rnd(n * k, 0.05), n, k);
+        let mut out = vec![0f32; m * n];
+        let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
+        println!("linear {m}x{k}x{n}: {:.2} ms ({:.0} GFLOP/s)", t * 1e3, 2.0 * (m * k * n) as f64 / t / 1e9);
+    }
     let m = 2048usize;
     for (k, n) in [(768usize, 3352usize), (1536, 768)] {
         let input = rnd(m * k, 1.0);

@@ -207,6 +207,9 @@ thread_local! {
     /// Widened bf16 weight rows (a GEMM block in [`linear`], a tile's rows in batched decode),
     /// kept per thread.
     static WIDENED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+
+    /// Batched decode's input, packed into panels once per product, kept per calling thread.
+    static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Computes `out[rows, out_features]` through a feature-major scratch, so each task owns a
@@ -238,18 +241,21 @@ fn feature_major(rows: usize, out_features: usize, block: usize, parallel: bool,
 /// much as the arithmetic.
 pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 64;
 
-/// `linear` for 5..=64 rows: each task takes a block of output features and computes them for
-/// every input row, four input rows by three weight rows at a time (twelve vector accumulators), so
-/// each weight row is read from memory once per call and from L1 for the other rows.
+/// `linear` for 5..=64 rows: the input packed once into panels of 16 rows, then each task takes a
+/// block of output features and computes them for every row, in register tiles of twelve vector
+/// accumulators (a panel by 6 weight rows, or half a panel by 12), so each weight row is read
+/// from memory once per call.
 fn linear_small_batch<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32]) {
     let rows = input.len() / in_features;
-    const BLOCK: usize = 32;
+    const BLOCK: usize = 48; // a multiple of the twelve-row group
     let parallel = rows * in_features * out_features >= super::PARALLEL_MIN_WORK;
+    // Taken, not borrowed, as in `feature_major`.
+    let mut packed = PACKED.with(std::cell::Cell::take);
+    simd::pack_panels(input, in_features, &mut packed);
     feature_major(rows, out_features, BLOCK, parallel, out, |first, chunk| {
         let features = chunk.len() / rows;
-        // Taken, not borrowed, as in `feature_major`.
         let mut widened = WIDENED.with(std::cell::Cell::take);
-        simd::block_dots(input, &weight[first * in_features..(first + features) * in_features], in_features, chunk, &mut widened);
+        simd::panel_dots(&packed, rows, &weight[first * in_features..(first + features) * in_features], in_features, chunk, &mut widened);
         WIDENED.with(|cell| cell.set(widened));
         if let Some(b) = bias {
             for (j, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
@@ -257,4 +263,5 @@ fn linear_small_batch<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32
             }
         }
     });
+    PACKED.with(|cell| cell.set(packed));
 }

@@ -106,13 +106,34 @@ pub(crate) fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, inpu
     dispatch!(avx2::update_row, portable::update_row, row, b, c, decay, input)
 }
 
-/// `out[j * rows + t] = input[t] · weight[j]` for every input row `t` (of `k` values) and weight
-/// row `j`: the batched-decode product, each weight row read from memory once. `scratch` holds
-/// widened bf16 rows between calls (no allocation per call once it has grown).
-pub(crate) fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], scratch: &mut Vec<f32>) {
-    assert!(k > 0 && input.len() % k == 0 && weight.len() % k == 0, "block_dots: ragged rows");
-    assert_eq!(out.len(), input.len() / k * (weight.len() / k), "block_dots: output size");
-    dispatch!(avx2::block_dots::<W>, portable::block_dots::<W>, input, weight, k, out, scratch)
+/// Input rows per panel of [`pack_panels`].
+pub(crate) const PANEL: usize = 16;
+
+/// Packs `input` (`[rows, k]`) for [`panel_dots`]: panels of [`PANEL`] rows, each stored k-major
+/// (value `i` of row `t` at `(t / PANEL) * k * PANEL + i * PANEL + t % PANEL`), rows past the last
+/// zero.
+pub(crate) fn pack_panels(input: &[f32], k: usize, packed: &mut Vec<f32>) {
+    assert!(k > 0 && input.len().is_multiple_of(k), "pack_panels: ragged rows");
+    let rows = input.len() / k;
+    packed.clear();
+    packed.resize(rows.div_ceil(PANEL) * PANEL * k, 0.0);
+    for (t, row) in input.chunks_exact(k).enumerate() {
+        let panel = &mut packed[(t / PANEL) * k * PANEL..][..k * PANEL];
+        for (i, &v) in row.iter().enumerate() {
+            panel[i * PANEL + t % PANEL] = v;
+        }
+    }
+}
+
+/// `out[j * rows + t] = input[t] · weight[j]` for every input row `t` (packed by [`pack_panels`])
+/// and weight row `j` of `k` values: the batched-decode product. Each weight row is read from
+/// memory once and used for all rows; `widened` holds bf16 weight rows widened to f32, a few at a
+/// time (no allocation per call once it has grown).
+pub(crate) fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
+    assert!(k > 0 && weight.len().is_multiple_of(k), "panel_dots: ragged weight rows");
+    assert_eq!(packed.len(), rows.div_ceil(PANEL) * PANEL * k, "panel_dots: packed input size");
+    assert_eq!(out.len(), rows * (weight.len() / k), "panel_dots: output size");
+    dispatch!(avx2::panel_dots::<W>, portable::panel_dots::<W>, packed, rows, weight, k, out, widened)
 }
 
 /// `values[i] = silu(values[i])` (the conv's activation).
@@ -164,11 +185,11 @@ mod portable {
         sum
     }
 
-    pub fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], _scratch: &mut Vec<f32>) {
-        let rows = input.len() / k;
+    pub fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], _widened: &mut Vec<f32>) {
         for (j, w) in weight.chunks_exact(k).enumerate() {
-            for (t, x) in input.chunks_exact(k).enumerate() {
-                out[j * rows + t] = dot(x, w);
+            for t in 0..rows {
+                let panel = &packed[(t / super::PANEL) * k * super::PANEL..][..k * super::PANEL];
+                out[j * rows + t] = w.iter().enumerate().map(|(i, w)| panel[i * super::PANEL + t % super::PANEL] * w.to_f32()).sum();
             }
         }
     }
@@ -178,7 +199,7 @@ mod portable {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::Weight;
+    use super::{Weight, PANEL};
 
     /// Sum of the eight lanes.
     #[inline]
@@ -319,73 +340,103 @@ mod avx2 {
         unsafe { map2(out.len(), y.as_ptr(), z.as_ptr(), out.as_mut_ptr(), |y, z| _mm256_mul_ps(y, silu8(z))) };
     }
 
-    /// Register tile of [`block_dots`]: R input rows by C weight rows, 8 lanes each.
-    const R: usize = 4;
-    const C: usize = 3;
+    /// Weight rows taken at a time by [`panel_dots`]. A panel of more than 8 rows (two vectors)
+    /// goes through register tiles of 16 x 6, a panel of at most 8 rows (a batch of 8, the last
+    /// panel of 40) through tiles of 8 x 12: twelve accumulators either way, no lanes spent on
+    /// absent rows.
+    const GROUP: usize = 12;
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `input` and `weight` hold whole rows of `k` values and
-    /// `out` one value per (weight row, input row) pair.
+    /// The CPU must support AVX2 and FMA; the sizes are [`super::panel_dots`]'s (it checks them).
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn block_dots<W: Weight>(input: &[f32], weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
-        let rows = input.len() / k;
+    pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
         let features = weight.len() / k;
-        let split = k / 8 * 8;
-        let row = |t: usize| &input[t * k..(t + 1) * k];
-        // bf16 weight rows are widened once per C rows here, not once per tile.
         let mut j = 0;
         while j < features {
-            let c_len = C.min(features - j);
+            let cols = GROUP.min(features - j);
             let w: &[f32] = match W::as_f32(weight) {
-                Some(w) => &w[j * k..(j + c_len) * k],
+                Some(w) => &w[j * k..(j + cols) * k],
                 None => {
                     widened.clear();
-                    widened.extend(weight[j * k..(j + c_len) * k].iter().map(|w| w.to_f32()));
+                    widened.extend(weight[j * k..(j + cols) * k].iter().map(|w| w.to_f32()));
                     widened
                 }
             };
-            let mut t = 0;
-            while c_len == C && t + R <= rows {
-                // SAFETY: rows t..t+R of `input` and the C rows of `w` are whole rows of `k`.
-                let sums = unsafe { tile(input.as_ptr().add(t * k), w.as_ptr(), k, split) };
-                for c in 0..C {
-                    let w_tail = &w[c * k + split..(c + 1) * k];
-                    for r in 0..R {
-                        let tail: f32 = row(t + r)[split..].iter().zip(w_tail).map(|(x, y)| x * y).sum();
-                        out[(j + c) * rows + t + r] = sums[r][c] + tail;
+            // Panels of more than 8 rows six weight rows at a time (those 24 KB stay in L1 from one
+            // panel to the next), a last panel of at most 8 rows all twelve at once.
+            for (c0, c_len) in [(0, cols.min(6)), (6, cols.saturating_sub(6))] {
+                for (panel, a) in packed.chunks_exact(k * PANEL).enumerate() {
+                    let (first, valid) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
+                    if valid <= 8 || c_len == 0 {
+                        continue;
+                    }
+                    let mut sums = [[0.0f32; PANEL]; 6];
+                    // SAFETY: `a` holds k * PANEL values and `w` rows c0..c0 + c_len of k.
+                    unsafe { tiles::<2, 6>(a.as_ptr(), w.as_ptr().add(c0 * k), k, &mut sums[..c_len]) };
+                    for (c, sums) in sums[..c_len].iter().enumerate() {
+                        out[(j + c0 + c) * rows + first..][..valid].copy_from_slice(&sums[..valid]);
                     }
                 }
-                t += R;
             }
-            for t in t..rows {
-                for c in 0..c_len {
-                    // SAFETY: AVX2 and FMA are present (this function's own requirement).
-                    out[(j + c) * rows + t] = unsafe { dot(row(t), &w[c * k..(c + 1) * k]) };
+            let last = rows.div_ceil(PANEL) - 1;
+            let (first, valid) = (last * PANEL, rows - last * PANEL);
+            if valid <= 8 {
+                let mut sums = [[0.0f32; PANEL]; GROUP];
+                // SAFETY: the last panel holds k * PANEL values and `w` `cols` rows of k.
+                unsafe { tiles::<1, 12>(packed[last * k * PANEL..].as_ptr(), w.as_ptr(), k, &mut sums[..cols]) };
+                for (c, sums) in sums[..cols].iter().enumerate() {
+                    out[(j + c) * rows + first..][..valid].copy_from_slice(&sums[..valid]);
                 }
             }
-            j += c_len;
+            j += cols;
         }
     }
 
-    /// The R x C dot products of rows at `x` and `w` (row length `k`) over their first `split`
-    /// values (a multiple of 8): twelve accumulators, each weight vector loaded once for R rows.
+    /// `sums[c][t] = Σ_i a[i * PANEL + t] * w[c * k + i]` for the first `8 * V` rows `t` of the
+    /// panel at `a` and every row `c` of `sums`: tiles of `C` weight rows, then one at a time.
+    ///
+    /// # Safety
+    /// `k * PANEL` values readable at `a`, `sums.len()` rows of `k` at `w`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(x: *const f32, w: *const f32, k: usize, split: usize) -> [[f32; C]; R] {
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        let mut i = 0;
-        while i < split {
-            // SAFETY: the caller guarantees R rows at `x` and C rows at `w`, each `k >= split` long.
-            let wv: [__m256; C] = std::array::from_fn(|c| unsafe { _mm256_loadu_ps(w.add(c * k + i)) });
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xv = unsafe { _mm256_loadu_ps(x.add(r * k + i)) };
-                for c in 0..C {
-                    acc[c] = _mm256_fmadd_ps(xv, wv[c], acc[c]);
+    unsafe fn tiles<const V: usize, const C: usize>(a: *const f32, w: *const f32, k: usize, sums: &mut [[f32; PANEL]]) {
+        let mut c = 0;
+        // SAFETY (both calls): rows c.. of `w` exist for every row of `sums` handed on.
+        while c + C <= sums.len() {
+            unsafe { tile::<V, C>(a, w.add(c * k), k, &mut sums[c..c + C]) };
+            c += C;
+        }
+        while c < sums.len() {
+            unsafe { tile::<V, 1>(a, w.add(c * k), k, &mut sums[c..c + 1]) };
+            c += 1;
+        }
+    }
+
+    /// One outer-product register tile: each step `V` vectors of the panel times `C` broadcast
+    /// weights, `V * C` accumulators, no horizontal sums.
+    ///
+    /// # Safety
+    /// `k * PANEL` values readable at `a`, `C` rows of `k` at `w`; `sums` holds `C` rows.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn tile<const V: usize, const C: usize>(a: *const f32, w: *const f32, k: usize, sums: &mut [[f32; PANEL]]) {
+        let mut acc = [[_mm256_setzero_ps(); V]; C];
+        for i in 0..k {
+            // SAFETY: i < k, so every read is inside the caller's bounds.
+            let x: [__m256; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(a.add(i * PANEL + 8 * v)) });
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let b = unsafe { _mm256_broadcast_ss(&*w.add(c * k + i)) };
+                for v in 0..V {
+                    acc[v] = _mm256_fmadd_ps(x[v], b, acc[v]);
                 }
             }
-            i += 8;
         }
-        std::array::from_fn(|r| std::array::from_fn(|c| hsum(acc[r][c])))
+        for (sums, acc) in sums.iter_mut().zip(&acc) {
+            for (v, acc) in acc.iter().enumerate() {
+                // SAFETY: each row of `sums` holds PANEL = 16 >= 8 * V values.
+                unsafe { _mm256_storeu_ps(sums.as_mut_ptr().add(8 * v), *acc) };
+            }
+        }
     }
 }
 
@@ -482,26 +533,27 @@ mod tests {
     }
 
     #[test]
-    fn block_dots_cover_every_pair() {
-        // Row and feature counts off the 4x3 tile, widths off the 8-lane step; f32 and bf16; the
-        // dispatched (AVX2 here) and the portable kernel.
-        for (rows, features, k) in [(1, 1, 1), (5, 7, 13), (4, 3, 8), (9, 10, 33), (32, 6, 64)] {
+    fn panel_dots_cover_every_pair() {
+        // Row counts off the 16-row panel and 8-row half panels, feature counts off the 6- and
+        // 12-row tiles, odd widths; f32 and
+        // bf16; the dispatched (AVX2 here) and the portable kernel.
+        for (rows, features, k) in [(1, 1, 1), (5, 7, 13), (8, 25, 9), (16, 6, 8), (17, 13, 33), (32, 12, 64), (40, 30, 16), (33, 5, 3)] {
             let input = values(rows * k, 6);
             let bits: Vec<u16> = values(features * k, 7).iter().map(|&v| crate::f32_to_bf16(v)).collect();
             let weight: Vec<f32> = bits.iter().map(|&v| crate::bf16_to_f32(v)).collect();
-            let (mut from_f32, mut from_bf16) = (vec![f32::NAN; rows * features], vec![f32::NAN; rows * features]);
-            let (mut portable_f32, mut portable_bf16) = (vec![f32::NAN; rows * features], vec![f32::NAN; rows * features]);
+            let mut packed = Vec::new();
+            pack_panels(&input, k, &mut packed);
+            let mut results = [(); 4].map(|_| vec![f32::NAN; rows * features]);
             let mut scratch = Vec::new();
-            block_dots(&input, &weight, k, &mut from_f32, &mut scratch);
-            block_dots(&input, &bits, k, &mut from_bf16, &mut scratch);
-            portable::block_dots(&input, &weight, k, &mut portable_f32, &mut scratch);
-            portable::block_dots(&input, &bits, k, &mut portable_bf16, &mut scratch);
+            panel_dots(&packed, rows, &weight, k, &mut results[0], &mut scratch);
+            panel_dots(&packed, rows, &bits, k, &mut results[1], &mut scratch);
+            portable::panel_dots(&packed, rows, &weight, k, &mut results[2], &mut scratch);
+            portable::panel_dots(&packed, rows, &bits, k, &mut results[3], &mut scratch);
             for j in 0..features {
                 for t in 0..rows {
                     let want = naive_dot(&input[t * k..(t + 1) * k], &weight[j * k..(j + 1) * k]);
-                    let i = j * rows + t;
-                    for got in [from_f32[i], from_bf16[i], portable_f32[i], portable_bf16[i]] {
-                        assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{features}x{k} at ({t}, {j})");
+                    for got in results.iter().map(|r| r[j * rows + t]) {
+                        assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{rows}x{features}x{k} at ({t}, {j}): {got} vs {want}");
                     }
                 }
             }
