@@ -4,6 +4,8 @@
 #
 #   scripts/compare-engines.sh [THREADS]          (default 2)
 #
+# ROUNDS (default 3): alternating runs of Coil and llama.cpp, medians reported.
+#
 # Engines, each run only when found:
 #   HF transformers  PYTHON (default: python3) with torch + transformers (pip install -r
 #                    checkpoints/requirements-train.txt)
@@ -33,31 +35,53 @@ rows=()
 row() { rows+=("$(printf '%-28s %10s %10s %10s' "$1" "$2" "$3" "$4")"); }
 num() { grep -E "^$1" | sed -E 's/.* ([0-9.]+) tok\/s.*/\1/'; }
 
-for dtype in f32 bf16; do
-    p512=$(./target/release/throughput 130m 512 1 "$threads" "" --model "$weights" --weights "$dtype" | num prefill)
-    out=$(./target/release/throughput 130m 2048 32 "$threads" "" --model "$weights" --weights "$dtype")
-    row "coil $dtype" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
+# Coil and llama.cpp, the close pair, run ROUNDS times (default 3) in alternation and report
+# each figure's median: this machine's bandwidth moves between runs by 20-30%, and alternating
+# spreads that over both. HF and candle are far from both and slow: one run each.
+rounds=${ROUNDS:-3}
+declare -A runs=()
+record() { runs[$1]+="$2 $3 $4;"; }
+median() { tr ' ' '\n' | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+row_of() {
+    local field values=()
+    for field in 1 2 3; do
+        values+=("$(echo "${runs[$1]}" | tr ';' '\n' | awk -v f="$field" 'NF { printf "%s ", $f }' | sed 's/ $//' | median)")
+    done
+    row "$1" "${values[@]}"
+}
+coil_run() {
+    local p512 out
+    p512=$(./target/release/throughput 130m 512 1 "$threads" "" --model "$weights" --weights "$1" | num prefill)
+    out=$(./target/release/throughput 130m 2048 32 "$threads" "" --model "$weights" --weights "$1")
+    record "coil $1" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
+}
+llama_run() {
+    local gguf=$dir/mamba2-130m-$1.gguf res
+    [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$1" --outfile "$gguf" >"$dir/convert-$1.log" 2>&1
+    res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv)
+    # llama-bench csv: n_prompt, n_gen and avg_ts columns; pick them by header.
+    record "llama.cpp $1" $("$python" - "$res" <<'PY'
+import csv, io, sys
+rows = list(csv.DictReader(io.StringIO(sys.argv[1])))
+get = lambda p, n: next((r["avg_ts"] for r in rows if r["n_prompt"] == str(p) and r["n_gen"] == str(n)), "nan")
+print(get(512, 0), get(2048, 0), get(0, 32))
+PY
+)
+}
+for ((round = 1; round <= rounds; round++)); do
+    for dtype in f32 bf16; do
+        coil_run "$dtype"
+        if [[ -n ${LLAMA_CPP:-} ]]; then llama_run "$dtype"; fi
+    done
 done
+for dtype in f32 bf16; do row_of "coil $dtype"; done
+if [[ -n ${LLAMA_CPP:-} ]]; then
+    for dtype in f32 bf16; do row_of "llama.cpp $dtype"; done
+fi
 if [[ $have_hf == 1 ]]; then
     p512=$("$python" scripts/compare_hf.py bench "$weights" 512 1 "$threads" 2>/dev/null | num prefill)
     out=$("$python" scripts/compare_hf.py bench "$weights" 2048 32 "$threads" 2>/dev/null)
     row "HF transformers f32" "$p512" "$(echo "$out" | num prefill)" "$(echo "$out" | num decode)"
-fi
-if [[ -n ${LLAMA_CPP:-} ]]; then
-    for dtype in f32 bf16; do
-        gguf=$dir/mamba2-130m-$dtype.gguf
-        [[ -f $gguf ]] || "$python" "$LLAMA_CPP/convert_hf_to_gguf.py" "$weights" --outtype "$dtype" --outfile "$gguf" >"$dir/convert-$dtype.log" 2>&1
-        res=$("$LLAMA_CPP/build/bin/llama-bench" -m "$gguf" -p 512,2048 -n 32 -t "$threads" -o csv)
-        # llama-bench csv: n_prompt, n_gen and avg_ts columns; pick them by header.
-        read -r p512 p2048 dec < <("$python" - "$res" <<'PY'
-import csv, io, sys
-rows = list(csv.DictReader(io.StringIO(sys.argv[1])))
-get = lambda p, n: next((r["avg_ts"] for r in rows if r["n_prompt"] == str(p) and r["n_gen"] == str(n)), "-")
-print(get(512, 0), get(2048, 0), get(0, 32))
-PY
-)
-        row "llama.cpp $dtype" "$p512" "$p2048" "$dec"
-    done
 fi
 if [[ -n ${CANDLE_MAMBA2:-} ]]; then
     # candle's chunked-SSD prefill (forward_prefill); its per-token path is `--mode step`.
@@ -70,7 +94,7 @@ echo
 echo "mamba2-130m shape, random weights, $threads threads, batch 1 ($(date -u +%F), $(nproc) cores)"
 printf '%-28s %10s %10s %10s\n' "engine" "pre 512" "pre 2048" "decode"
 printf '%s\n' "${rows[@]}"
-echo "(tokens/s, same run)"
+echo "(tokens/s, same run; coil and llama.cpp: medians of $rounds alternating rounds)"
 # Coil over each other engine at the same weight dtype (f32 rows against coil f32).
 printf '%s\n' "${rows[@]}" | awk '
     { name = substr($0, 1, 28); sub(/ +$/, "", name); p5[name] = $(NF-2); p2[name] = $(NF-1); dec[name] = $NF; order[++n] = name }

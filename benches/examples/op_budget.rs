@@ -20,6 +20,14 @@ fn time(cpu: &coil_kernels::Cpu, mut f: impl FnMut() + Send) -> f64 {
 }
 fn main() {
     let cpu = coil_kernels::Cpu;
+    // Decode's products (one row: memory-bound, so GB/s of weights read).
+    for (k, n) in [(768usize, 3352usize), (1536, 768), (768, 50280)] {
+        let input = rnd(k, 1.0);
+        let w = Matrix::new(rnd(n * k, 0.05), n, k);
+        let mut out = vec![0f32; n];
+        let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
+        println!("linear 1x{k}x{n}: {:.3} ms ({:.1} GB/s)", t * 1e3, (n * k * 4) as f64 / t / 1e9);
+    }
     // Batched decode's products (32 and 64 rows: register tiles; 65: the GEMM).
     for m in [32usize, 64, 65] {
         let (k, n) = (768, 3352);

@@ -133,6 +133,9 @@ pub(crate) fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
     assert!(k > 0 && weight.len().is_multiple_of(k), "panel_dots: ragged weight rows");
     assert_eq!(packed.len(), rows.div_ceil(PANEL) * PANEL * k, "panel_dots: packed input size");
     assert_eq!(out.len(), rows * (weight.len() / k), "panel_dots: output size");
+    if rows == 0 {
+        return;
+    }
     dispatch!(avx2::panel_dots::<W>, portable::panel_dots::<W>, packed, rows, weight, k, out, widened)
 }
 
@@ -362,8 +365,9 @@ mod avx2 {
                     widened
                 }
             };
-            // Panels of more than 8 rows six weight rows at a time (those 24 KB stay in L1 from one
-            // panel to the next), a last panel of at most 8 rows all twelve at once.
+            // Panels of more than 8 rows six weight rows at a time (6 rows of k stay in L1 from
+            // one panel to the next: 18 KB at k = 768), a last panel of at most 8 rows all twelve
+            // at once.
             for (c0, c_len) in [(0, cols.min(6)), (6, cols.saturating_sub(6))] {
                 for (panel, a) in packed.chunks_exact(k * PANEL).enumerate() {
                     let (first, valid) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
@@ -534,10 +538,10 @@ mod tests {
 
     #[test]
     fn panel_dots_cover_every_pair() {
-        // Row counts off the 16-row panel and 8-row half panels, feature counts off the 6- and
-        // 12-row tiles, odd widths; f32 and
-        // bf16; the dispatched (AVX2 here) and the portable kernel.
-        for (rows, features, k) in [(1, 1, 1), (5, 7, 13), (8, 25, 9), (16, 6, 8), (17, 13, 33), (32, 12, 64), (40, 30, 16), (33, 5, 3)] {
+        // No rows, row counts off the 16-row panel and 8-row half panels, feature counts off the
+        // 6- and 12-row tiles, odd widths; f32 and bf16; the dispatched (AVX2 here) and the
+        // portable kernel.
+        for (rows, features, k) in [(0, 3, 4), (1, 1, 1), (5, 7, 13), (8, 25, 9), (16, 6, 8), (17, 13, 33), (32, 12, 64), (40, 30, 16), (33, 5, 3)] {
             let input = values(rows * k, 6);
             let bits: Vec<u16> = values(features * k, 7).iter().map(|&v| crate::f32_to_bf16(v)).collect();
             let weight: Vec<f32> = bits.iter().map(|&v| crate::bf16_to_f32(v)).collect();
