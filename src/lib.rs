@@ -571,15 +571,16 @@ pub mod backend {
     pub use coil_kernels::{Backend, Cpu, DtLimit, Matrix, Recurrence, Reference, ScanInputs, SsmShape, Values};
 }
 
-/// How a model holds its weight matrices: f32, or bf16 (half the memory and the bytes decode
-/// reads per token; products still accumulate in f32). See [`Model::with_weight_dtype`].
+/// How a model holds its weight matrices: f32, bf16 or f16 (the 16-bit types take half the
+/// memory and half the bytes decode reads per token; products still accumulate in f32). See
+/// [`Model::with_weight_dtype`].
 ///
 /// ```
 /// use coil::{Checkpoint, Model, WeightDtype};
 ///
 /// let model = Model::from_checkpoint(Checkpoint::embedded_default()?);
 /// let f32_bytes = model.weight_bytes();
-/// let model = model.with_weight_dtype(WeightDtype::Bf16);
+/// let model = model.with_weight_dtype(WeightDtype::Bf16)?;
 /// assert_eq!(model.weight_dtype(), WeightDtype::Bf16);
 /// assert_eq!(model.weight_bytes() * 2, f32_bytes);
 /// # Ok::<(), coil::Error>(())

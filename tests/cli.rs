@@ -183,6 +183,24 @@ fn inspect_reports_dialect_and_state_size() {
     assert!(text.contains("<embedded passkey-n16>") && text.contains("N_S"), "{text}");
 }
 
+/// `--weights auto` holds a 16-bit checkpoint in its own dtype (half the bytes of f32).
+#[test]
+fn weights_auto_keeps_the_stored_dtype() {
+    let mut bytes = Vec::new();
+    for (case, held) in [("f16_weights", "f16"), ("bf16_weights", "bf16"), ("g1_tied", "f32")] {
+        let path = fixture(case);
+        let report = |weights: &str| -> serde_json::Value {
+            let output = coil(&["inspect", "--model", path.to_str().unwrap(), "--json", "--weights", weights]);
+            serde_json::from_slice(&output.stdout).unwrap()
+        };
+        assert_eq!(report("auto")["held_dtype"], held, "{case}");
+        let f32_bytes = report("f32")["weight_bytes"].as_u64().unwrap();
+        assert_eq!(report("f16")["weight_bytes"].as_u64().unwrap() * 2, f32_bytes, "{case}");
+        bytes.push(report("auto")["weight_bytes"].as_u64().unwrap());
+    }
+    assert_eq!((bytes[0], bytes[1]), (bytes[2] / 2, bytes[2] / 2), "f16, bf16 and f32 holds of one shape");
+}
+
 /// The acceptance path: `score --mitigate ... --logits-out` against the f64 reference.
 #[test]
 fn score_with_mitigations_matches_the_f64_reference() {

@@ -184,22 +184,31 @@ fn bf16_weights() {
     check_case("bf16_weights");
 }
 
-/// The bf16 checkpoint held in bf16 (what `--weights auto` does for it): every path still within
-/// 1e-4 of HF, since the values are the same and only the kernels reading them differ.
-#[test]
-fn bf16_weights_held_in_bf16() {
-    let golden = read_golden("bf16_weights");
-    let model = load_on("bf16_weights", Arc::new(coil_ssm::Cpu)).with_weight_dtype(coil_ssm::WeightDtype::Bf16);
-    assert_eq!(model.weight_dtype(), coil_ssm::WeightDtype::Bf16);
+/// A 16-bit checkpoint held in its own dtype (what `--weights auto` does for it): every path
+/// still within 1e-4 of HF, since the values are the same and only the kernels reading them differ.
+fn held_in_own_dtype(case: &str, dtype: coil_ssm::WeightDtype) {
+    let golden = read_golden(case);
+    let model = load_on(case, Arc::new(coil_ssm::Cpu)).with_weight_dtype(dtype).unwrap();
+    assert_eq!(model.weight_dtype(), dtype);
     let mut state = model.new_state();
     let logits = model.forward(&mut state, &golden.input_ids, LogitRows::All).unwrap();
-    assert_close("bf16 held in bf16: chunked logits", &logits, &golden.logits, LOGIT_TOLERANCE);
+    assert_close(&format!("{case} held in {dtype}: chunked logits"), &logits, &golden.logits, LOGIT_TOLERANCE);
     let mut state = model.new_state();
     let mut stepped = Vec::new();
     for &t in &golden.input_ids {
         stepped.extend(model.step(&mut state, t).unwrap());
     }
-    assert_close("bf16 held in bf16: step logits", &stepped, &golden.logits_step, LOGIT_TOLERANCE);
+    assert_close(&format!("{case} held in {dtype}: step logits"), &stepped, &golden.logits_step, LOGIT_TOLERANCE);
+}
+
+#[test]
+fn bf16_weights_held_in_bf16() {
+    held_in_own_dtype("bf16_weights", coil_ssm::WeightDtype::Bf16);
+}
+
+#[test]
+fn f16_weights_held_in_f16() {
+    held_in_own_dtype("f16_weights", coil_ssm::WeightDtype::F16);
 }
 
 #[test]

@@ -23,9 +23,9 @@ fn end_to_end(c: &mut Criterion) {
         for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
             let model: Arc<Model> = match dtype {
                 WeightDtype::F32 => f32_model.clone(),
-                WeightDtype::Bf16 => Arc::new(Arc::into_inner(random_model(&config)).expect("one owner").with_weight_dtype(dtype)),
+                _ => Arc::new(Arc::into_inner(random_model(&config)).expect("one owner").with_weight_dtype(dtype).expect("random weights fit 16 bits")),
             };
-            let name = format!("{shape}_{}", if dtype == WeightDtype::F32 { "f32" } else { "bf16" });
+            let name = format!("{shape}_{dtype}");
 
             let mut group = c.benchmark_group(format!("prefill_{name}"));
             group.sample_size(10);

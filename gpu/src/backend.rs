@@ -55,10 +55,11 @@ impl<R: Runtime> Gpu<R> {
     }
 
     fn matrix(&self, weight: &Matrix) -> std::sync::Arc<Handle> {
-        // Kept as f32 on the device (the kernels read f32); bf16 matrices are widened once here.
+        // Kept as f32 on the device (the kernels read f32); bf16 and f16 matrices are widened once
+        // here.
         weight.resident(self.id, |matrix| match matrix.values() {
             coil_kernels::Values::F32(data) => self.upload(data),
-            coil_kernels::Values::Bf16(_) => {
+            coil_kernels::Values::Bf16(_) | coil_kernels::Values::F16(_) => {
                 let mut widened = Vec::new();
                 matrix.rows_f32(0..matrix.rows(), &mut widened);
                 self.upload(&widened)

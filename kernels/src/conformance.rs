@@ -61,7 +61,7 @@ pub fn linear(backend: &dyn Backend) {
         (65, 17, 63, false),
         (129, 31, 64, true),
         // Wide inputs: the small-batch path tiles 4 rows by 3 features with 8-lane tails; the
-        // GEMM path widens a bf16 weight in blocks of 2^20 values, so the last case takes two
+        // GEMM path widens a 16-bit weight in blocks of 2^20 values, so the last case takes two
         // (the last one short).
         (6, 700, 200, true),
         (70, 700, 100, false),
@@ -80,12 +80,14 @@ pub fn linear(backend: &dyn Backend) {
         let mut again = vec![f32::NAN; rows * n];
         backend.linear(&input, &weight, bias.as_deref(), &mut again);
         assert_eq!(again, fast, "{}: linear {rows}x{k}x{n} repeated", backend.name());
-        // Held in bf16: the reference widens the same rounded values.
-        let weight = weight.to_dtype(crate::WeightDtype::Bf16);
-        backend.linear(&input, &weight, bias.as_deref(), &mut fast);
-        Reference.linear(&input, &weight, bias.as_deref(), &mut slow);
-        let err = relative_error(&fast, &slow);
-        assert!(err < 1e-5, "{}: bf16 linear {rows}x{k}x{n}: {err}", backend.name());
+        // Held in bf16 or f16: the reference widens the same rounded values.
+        for dtype in [crate::WeightDtype::Bf16, crate::WeightDtype::F16] {
+            let weight = weight.to_dtype(dtype);
+            backend.linear(&input, &weight, bias.as_deref(), &mut fast);
+            Reference.linear(&input, &weight, bias.as_deref(), &mut slow);
+            let err = relative_error(&fast, &slow);
+            assert!(err < 1e-5, "{}: {dtype} linear {rows}x{k}x{n}: {err}", backend.name());
+        }
     }
 }
 

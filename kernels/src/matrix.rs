@@ -2,9 +2,9 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-/// A weight matrix `[rows, cols]`, row-major, as [`crate::Backend::linear`] takes it: f32, or
-/// bf16 (half the memory and the bandwidth of decode; every backend widens to f32 inside its
-/// kernels and accumulates in f32).
+/// A weight matrix `[rows, cols]`, row-major, as [`crate::Backend::linear`] takes it: f32, bf16
+/// or f16 (the 16-bit types halve the memory and the bandwidth of decode; every backend widens to
+/// f32 inside its kernels and accumulates in f32).
 ///
 /// A backend that computes away from host memory (a GPU) keeps its own copy of the matrix, made
 /// on first use and dropped with the matrix: [`Matrix::resident`]. The copy is tagged with the
@@ -23,6 +23,7 @@ enum Storage {
     F32(Vec<f32>),
     /// bf16 bit patterns (the top half of an f32).
     Bf16(Vec<u16>),
+    F16(Vec<half::f16>),
 }
 
 /// The element type a [`Matrix`] is held in.
@@ -30,6 +31,19 @@ enum Storage {
 pub enum WeightDtype {
     F32,
     Bf16,
+    /// IEEE half precision: 10 mantissa bits (bf16 has 7) but a range of only ±65504, so an f32
+    /// weight beyond it becomes infinite (`Model::with_weight_dtype` refuses such a model).
+    F16,
+}
+
+impl fmt::Display for WeightDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightDtype::F32 => "f32",
+            WeightDtype::Bf16 => "bf16",
+            WeightDtype::F16 => "f16",
+        })
+    }
 }
 
 /// A matrix's values as stored.
@@ -38,6 +52,7 @@ pub enum Values<'a> {
     F32(&'a [f32]),
     /// bf16 bit patterns: value = `f32::from_bits((bits as u32) << 16)`.
     Bf16(&'a [u16]),
+    F16(&'a [half::f16]),
 }
 
 /// One bf16 bit pattern as f32 (exact).
@@ -63,14 +78,18 @@ impl Matrix {
         Matrix { data: Storage::F32(data), rows, cols, resident: Mutex::new(None) }
     }
 
-    /// The same matrix held as `dtype` (to bf16: rounded to nearest even; values that were
-    /// bf16 already come back exactly).
+    /// The same matrix held as `dtype` (to bf16 or f16: rounded to nearest even, so values that
+    /// were of that type already come back exactly; f16 overflows to ±infinity past ±65504).
     pub fn to_dtype(&self, dtype: WeightDtype) -> Matrix {
         let data = match (&self.data, dtype) {
-            (Storage::F32(v), WeightDtype::Bf16) => Storage::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
-            (Storage::Bf16(v), WeightDtype::F32) => Storage::F32(v.iter().map(|&b| bf16_to_f32(b)).collect()),
             (Storage::F32(v), WeightDtype::F32) => Storage::F32(v.clone()),
             (Storage::Bf16(v), WeightDtype::Bf16) => Storage::Bf16(v.clone()),
+            (Storage::F16(v), WeightDtype::F16) => Storage::F16(v.clone()),
+            (_, WeightDtype::F32) => Storage::F32(self.all_f32()),
+            (Storage::F32(v), WeightDtype::Bf16) => Storage::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
+            (_, WeightDtype::Bf16) => Storage::Bf16(self.all_f32().into_iter().map(f32_to_bf16).collect()),
+            (Storage::F32(v), WeightDtype::F16) => Storage::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
+            (_, WeightDtype::F16) => Storage::F16(self.all_f32().into_iter().map(half::f16::from_f32).collect()),
         };
         Matrix { data, rows: self.rows, cols: self.cols, resident: Mutex::new(None) }
     }
@@ -79,6 +98,22 @@ impl Matrix {
         match self.data {
             Storage::F32(_) => WeightDtype::F32,
             Storage::Bf16(_) => WeightDtype::Bf16,
+            Storage::F16(_) => WeightDtype::F16,
+        }
+    }
+
+    fn all_f32(&self) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.rows_f32(0..self.rows, &mut out);
+        out
+    }
+
+    /// Whether every value is finite (a 16-bit copy of an f32 weight past f16's range is not).
+    pub fn is_finite(&self) -> bool {
+        match &self.data {
+            Storage::F32(v) => v.iter().all(|x| x.is_finite()),
+            Storage::Bf16(v) => v.iter().all(|&b| bf16_to_f32(b).is_finite()),
+            Storage::F16(v) => v.iter().all(|x| x.is_finite()),
         }
     }
 
@@ -87,6 +122,7 @@ impl Matrix {
         match &self.data {
             Storage::F32(v) => Values::F32(v),
             Storage::Bf16(v) => Values::Bf16(v),
+            Storage::F16(v) => Values::F16(v),
         }
     }
 
@@ -97,6 +133,7 @@ impl Matrix {
         match &self.data {
             Storage::F32(v) => out.extend_from_slice(&v[span]),
             Storage::Bf16(v) => out.extend(v[span].iter().map(|&b| bf16_to_f32(b))),
+            Storage::F16(v) => out.extend(v[span].iter().map(|x| x.to_f32())),
         }
     }
 
@@ -106,6 +143,7 @@ impl Matrix {
         match &self.data {
             Storage::F32(v) => out.copy_from_slice(&v[span]),
             Storage::Bf16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, &b)| *o = bf16_to_f32(b)),
+            Storage::F16(v) => out.iter_mut().zip(&v[span]).for_each(|(o, x)| *o = x.to_f32()),
         }
     }
 
@@ -114,6 +152,7 @@ impl Matrix {
         match &self.data {
             Storage::F32(v) => v.len() * 4,
             Storage::Bf16(v) => v.len() * 2,
+            Storage::F16(v) => v.len() * 2,
         }
     }
 
@@ -176,5 +215,29 @@ mod tests {
         m.row_f32(1, &mut row);
         assert_eq!(row, [4.0, 5.0, 6.0]);
         assert_eq!((m.bytes(), m.dtype()), (12, WeightDtype::Bf16));
+    }
+
+    #[test]
+    fn f16_rounds_converts_and_flags_overflow() {
+        // 1 + 2^-11 is halfway between f16 1 and 1 + 2^-10: ties to even; 65504 is the largest f16.
+        let m = Matrix::new(vec![1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, -65504.0, 6.0e-8], 2, 2).to_dtype(WeightDtype::F16);
+        let mut row = vec![0.0; 2];
+        m.row_f32(0, &mut row);
+        assert_eq!(row, [1.0, 1.0 + 2.0 / 1024.0]);
+        m.row_f32(1, &mut row);
+        assert_eq!(row[0], -65504.0);
+        assert!((row[1] - 6.0e-8).abs() < 3.0e-8, "subnormal f16 kept: {}", row[1]);
+        assert_eq!((m.bytes(), m.dtype(), m.is_finite()), (8, WeightDtype::F16, true));
+        // Every dtype pair converts, and a value exact in both 16-bit types survives all of them.
+        let exact = Matrix::new(vec![0.5, -2.0, 3.0, 0.0], 2, 2);
+        for a in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
+            for b in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
+                let back = exact.to_dtype(a).to_dtype(b).to_dtype(WeightDtype::F32);
+                assert_eq!(back.all_f32(), [0.5, -2.0, 3.0, 0.0], "{a} -> {b}");
+            }
+        }
+        let big = Matrix::new(vec![1.0e5, 1.0], 1, 2);
+        assert!(big.is_finite() && big.to_dtype(WeightDtype::Bf16).is_finite());
+        assert!(!big.to_dtype(WeightDtype::F16).is_finite(), "1e5 is past f16's range");
     }
 }

@@ -78,7 +78,7 @@ pub struct PasskeyArgs {
     /// auto, cpu, cuda[:N] or wgpu[:N].
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: coil::Device,
-    /// auto (bf16 for bf16 checkpoints), f32 or bf16.
+    /// auto (the checkpoint's dtype for bf16 and f16 checkpoints, else f32), f32, bf16 or f16.
     #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
     pub weights: WeightsArg,
 }
@@ -124,8 +124,9 @@ pub struct ModelArgs {
     /// cuda[:N] or wgpu[:N] (`coil devices` lists them).
     #[arg(long, value_name = "DEVICE", default_value = "auto")]
     pub device: coil::Device,
-    /// How weight matrices are held: auto (bf16 for a bf16 checkpoint, else f32), f32, or bf16
-    /// (half the memory and decode bandwidth; f32 weights are rounded to bf16).
+    /// How weight matrices are held: auto (bf16 or f16 for a checkpoint stored so, else f32), f32,
+    /// bf16 or f16 (half the memory and decode bandwidth; f32 weights are rounded; f16 keeps more
+    /// mantissa bits than bf16 but only the range ±65504).
     #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
     pub weights: WeightsArg,
 }
@@ -135,6 +136,7 @@ pub enum WeightsArg {
     Auto,
     F32,
     Bf16,
+    F16,
 }
 
 #[derive(Args, Debug)]

@@ -22,6 +22,7 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
             "tied_embeddings": tie, "time_step_limit": [low, if high.is_finite() { Some(high) } else { None }],
             "state_elements": c.state_elements(), "parameters": loaded.model.parameter_count(),
             "stored_dtype": loaded.stored_dtype,
+            "held_dtype": loaded.model.weight_dtype().to_string(), "weight_bytes": loaded.model.weight_bytes(),
             "tokenizer": tokenizer.as_ref().map(|(path, size)| serde_json::json!({"path": path, "vocab_size": size})),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -43,6 +44,8 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     println!("state N_S       {} elements ({:.3} M; L*H*P*N)", c.state_elements(), c.state_elements() as f64 / 1e6);
     println!("parameters      {} ({:.2} M)", loaded.model.parameter_count(), loaded.model.parameter_count() as f64 / 1e6);
     println!("stored dtype    {} (computed in f32)", loaded.stored_dtype);
+    let (held, bytes) = (loaded.model.weight_dtype(), loaded.model.weight_bytes());
+    println!("weights held as {held} ({:.1} MB of matrices; --weights picks)", bytes as f64 / 1e6);
     match tokenizer {
         Some((path, size)) => println!("tokenizer       {path} ({size} entries)"),
         None => println!("tokenizer       none (commands take --token-ids)"),

@@ -46,12 +46,17 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let weight_dtype = match args.weights {
         WeightsArg::F32 => coil::WeightDtype::F32,
         WeightsArg::Bf16 => coil::WeightDtype::Bf16,
+        WeightsArg::F16 => coil::WeightDtype::F16,
         WeightsArg::Auto if stored_dtype == coil::checkpoint::DType::BF16.to_string() => coil::WeightDtype::Bf16,
+        WeightsArg::Auto if stored_dtype == coil::checkpoint::DType::F16.to_string() => coil::WeightDtype::F16,
         WeightsArg::Auto => coil::WeightDtype::F32,
     };
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
-    let mut model = Model::from_checkpoint(checkpoint).with_backend(backend(args.device)?).with_weight_dtype(weight_dtype);
+    let mut model = Model::from_checkpoint(checkpoint)
+        .with_backend(backend(args.device)?)
+        .with_weight_dtype(weight_dtype)
+        .with_context(|| format!("--weights {weight_dtype}"))?;
     if let Some(chunk) = args.chunk_size {
         model = model.with_chunk_size(chunk);
     }

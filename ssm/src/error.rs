@@ -41,6 +41,9 @@ pub enum Error {
     #[error("{}: thresholds: {message}", path.display())]
     Thresholds { path: PathBuf, message: String },
 
+    #[error("weight matrix `{matrix}` has values beyond the range of {dtype} (±65504): hold the weights as bf16 or f32")]
+    WeightRange { dtype: coil_kernels::WeightDtype, matrix: String },
+
     #[error("the model produced non-finite logits at token {position}")]
     NonFiniteLogits { position: u64 },
 }

@@ -122,21 +122,30 @@ impl Model {
         self
     }
 
-    /// Holds the weight matrices (projections, embedding, lm_head) as `dtype`: bf16 halves the
-    /// memory and what decode reads per token; products still accumulate in f32. Converting f32
-    /// weights to bf16 rounds them (to nearest even); a bf16 checkpoint loaded as f32 converts
-    /// back exactly.
-    pub fn with_weight_dtype(mut self, dtype: WeightDtype) -> Model {
-        for block in &mut self.blocks {
-            block.convert_weights(dtype);
+    /// Holds the weight matrices (projections, embedding, lm_head) as `dtype`: bf16 and f16 halve
+    /// the memory and what decode reads per token; products still accumulate in f32. Converting
+    /// to a 16-bit type rounds (to nearest even); a checkpoint stored in that type converts back
+    /// exactly. bf16 has f32's range; f16 holds only ±65504, and a matrix with a value beyond it
+    /// is [`Error::WeightRange`] (the other 16-bit type or f32 then holds it).
+    pub fn with_weight_dtype(mut self, dtype: WeightDtype) -> Result<Model, Error> {
+        let overflow = |matrix: String| Error::WeightRange { dtype, matrix };
+        for (layer, block) in self.blocks.iter_mut().enumerate() {
+            block.convert_weights(dtype).map_err(|name| overflow(format!("layer {layer} {name}")))?;
         }
+        let held = |m: &Matrix| dtype != WeightDtype::F16 || m.is_finite();
         if self.embedding.dtype() != dtype {
             self.embedding = self.embedding.to_dtype(dtype);
+        }
+        if !held(&self.embedding) {
+            return Err(overflow("embedding".into()));
         }
         if let Some(head) = self.lm_head.as_mut().filter(|h| h.dtype() != dtype) {
             *head = head.to_dtype(dtype);
         }
-        self
+        if self.lm_head.as_ref().is_some_and(|head| !held(head)) {
+            return Err(overflow("lm_head".into()));
+        }
+        Ok(self)
     }
 
     /// The dtype the weight matrices are held in.

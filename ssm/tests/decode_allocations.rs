@@ -49,8 +49,8 @@ fn config() -> Config {
 #[test]
 fn decode_steps_allocate_nothing() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    // bf16 weights take other kernels (widened in registers, or per tile in a batch).
-    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+    // 16-bit weights take other kernels (widened in registers, or per tile in a batch).
+    for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
         pool.install(|| decode_in_pool(dtype));
     }
 }
@@ -58,7 +58,7 @@ fn decode_steps_allocate_nothing() {
 fn decode_in_pool(dtype: WeightDtype) {
     let config = config();
     let model = Model::new(config.clone(), random_weights(&config, 3), Arc::new(coil_ssm::Cpu));
-    let model = Arc::new(model.with_weight_dtype(dtype));
+    let model = Arc::new(model.with_weight_dtype(dtype).unwrap());
     let mut session = Session::new(model.clone());
     session.prefill(&[1, 2, 3, 4, 5]).unwrap();
     for token in 0..3 {

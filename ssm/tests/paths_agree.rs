@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use coil_ssm::{random_weights, Backend, Config, LogitRows, Model, Reference, Session, State};
+use coil_ssm::{random_weights, Backend, Config, LogitRows, Model, Reference, Session, State, WeightDtype};
 
 mod common;
 use common::config;
@@ -187,6 +187,31 @@ fn a_diverging_state_is_reported_not_returned_as_nan() {
     let mut session = Session::new(model);
     let err = session.prefill(&tokens(30, config.vocab_size, 1)).unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
+}
+
+#[test]
+fn weights_past_f16_range_are_refused_by_name_and_16_bit_holds_agree() {
+    let config = configs()[2].clone();
+    for (layer, matrix) in [(Some(1), "layer 1 out_proj"), (None, "lm_head")] {
+        let mut weights = random_weights(&config, 4);
+        match layer {
+            Some(l) => weights.layers[l].out_proj[7] = 7.0e4,
+            None => weights.lm_head.as_mut().unwrap()[3] = -1.0e5,
+        }
+        let model = Model::new(config.clone(), weights, Arc::new(coil_ssm::Cpu));
+        let Err(err) = model.with_weight_dtype(WeightDtype::F16) else { panic!("{matrix}: a value past ±65504 held in f16") };
+        let err = err.to_string();
+        assert!(err.contains(&format!("`{matrix}`")) && err.contains("f16"), "{err}");
+    }
+    // In range, f16 and bf16 holds follow the f32 model within their rounding (f16 much closer).
+    let tokens = tokens(23, config.vocab_size, 5);
+    let run = |dtype| {
+        let model = model(&config, 4).with_weight_dtype(dtype).unwrap();
+        model.forward(&mut model.new_state(), &tokens, LogitRows::All).unwrap()
+    };
+    let exact = run(WeightDtype::F32);
+    let (f16, bf16) = (max_diff(&run(WeightDtype::F16), &exact), max_diff(&run(WeightDtype::Bf16), &exact));
+    assert!(f16 > 0.0 && f16 < bf16 && bf16 < 0.1, "f16 {f16:e}, bf16 {bf16:e}");
 }
 
 #[test]

@@ -38,7 +38,8 @@ fn main() {
                 weights = match args.next().as_deref() {
                     Some("f32") => coil_kernels::WeightDtype::F32,
                     Some("bf16") => coil_kernels::WeightDtype::Bf16,
-                    other => fail(format!("--weights takes f32 or bf16, not {other:?}")),
+                    Some("f16") => coil_kernels::WeightDtype::F16,
+                    other => fail(format!("--weights takes f32, bf16 or f16, not {other:?}")),
                 }
             }
             "--model" => model_dir = args.next(),
@@ -65,7 +66,7 @@ fn main() {
             Arc::into_inner(random_model_on(&config, backend)).expect("one owner")
         }
     };
-    let model = model.with_weight_dtype(weights);
+    let model = model.with_weight_dtype(weights).unwrap_or_else(|e| fail(e.to_string()));
     let model = Arc::new(match chunk {
         Some(q) => model.with_chunk_size(q),
         None => model,

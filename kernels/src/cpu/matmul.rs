@@ -1,4 +1,4 @@
-//! Matrix products: `linear` (every projection, weights f32 or bf16) and a safe, bounds-checked
+//! Matrix products: `linear` (every projection, weights f32, bf16 or f16) and a safe, bounds-checked
 //! front to the `gemm` crate (also used by the chunked scan).
 
 use gemm::Parallelism;
@@ -96,21 +96,22 @@ fn dst_fill(dst: &mut [f32], layout: Layout, keep: f32) {
     }
 }
 
-/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)` for a matrix held in f32 or bf16.
+/// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)` for a matrix held in f32, bf16 or f16.
 pub(crate) fn linear_matrix(input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
     let (k, n) = (weight.cols(), weight.rows());
     match weight.values() {
         Values::F32(w) => linear(input, w, bias, k, n, out),
         Values::Bf16(w) => linear(input, w, bias, k, n, out),
+        Values::F16(w) => linear(input, w, bias, k, n, out),
     }
 }
 
 /// `out[T, n] = input[T, k] · weight[n, k]ᵀ (+ bias)`, by the number of input rows:
 /// - up to [`DOT_PRODUCT_MAX_ROWS`] (decode): dot products straight off the weight, which is
-///   read once, in its own dtype (bf16 streams half the bytes);
+///   read once, in its own dtype (bf16 and f16 stream half the bytes);
 /// - up to [`SMALL_BATCH_MAX_ROWS`] (batched decode): register tiles of input rows by weight
 ///   rows, the weight still read once in its own dtype;
-/// - beyond (prefill): the `gemm` crate, bf16 weights widened first in blocks of up to
+/// - beyond (prefill): the `gemm` crate, bf16 and f16 weights widened first in blocks of up to
 ///   [`WIDEN_MAX_VALUES`] (widening costs one pass over the weight, the product `T` passes).
 pub(crate) fn linear<W: Weight>(
     input: &[f32],
@@ -156,8 +157,7 @@ pub(crate) fn linear<W: Weight>(
         // Taken, not borrowed, as in `feature_major`.
         let mut widened = cell.take();
         for (i, rows_of_weight) in weight.chunks(block * in_features).enumerate() {
-            widened.clear();
-            widened.extend(rows_of_weight.iter().map(|w| w.to_f32()));
+            super::simd::widen(rows_of_weight, &mut widened);
             product(out, &widened, i * block);
         }
         cell.set(widened);
@@ -204,8 +204,7 @@ thread_local! {
     /// (it holds the largest `rows x out_features` product seen on the thread).
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 
-    /// Widened bf16 weight rows (a GEMM block in [`linear`], a tile's rows in batched decode),
-    /// kept per thread.
+    /// A GEMM block of bf16 or f16 weight rows widened for [`linear`], kept per thread.
     static WIDENED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 
     /// Batched decode's input, packed into panels once per product, kept per calling thread.
@@ -254,9 +253,7 @@ fn linear_small_batch<W: Weight>(input: &[f32], weight: &[W], bias: Option<&[f32
     simd::pack_panels(input, in_features, &mut packed);
     feature_major(rows, out_features, BLOCK, parallel, out, |first, chunk| {
         let features = chunk.len() / rows;
-        let mut widened = WIDENED.with(std::cell::Cell::take);
-        simd::panel_dots(&packed, rows, &weight[first * in_features..(first + features) * in_features], in_features, chunk, &mut widened);
-        WIDENED.with(|cell| cell.set(widened));
+        simd::panel_dots(&packed, rows, &weight[first * in_features..(first + features) * in_features], in_features, chunk);
         if let Some(b) = bias {
             for (j, out_j) in chunk.chunks_exact_mut(rows).enumerate() {
                 out_j.iter_mut().for_each(|o| *o += b[first + j]);

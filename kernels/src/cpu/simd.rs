@@ -1,4 +1,4 @@
-//! The innermost loops of the hot ops, written twice: with AVX2+FMA intrinsics (picked at run time
+//! The innermost loops of the hot ops, written twice: with AVX2+FMA+F16C intrinsics (x86-64-v3, picked at run time
 //! when the CPU has them) and as portable Rust (always compiled, always correct, used elsewhere).
 //!
 //! Explicit intrinsics, not auto-vectorised lane arrays: LLVM's SLP vectoriser turned the lane
@@ -9,14 +9,15 @@
 
 use std::sync::OnceLock;
 
-/// Whether this CPU has AVX2 and FMA (x86-64-v3).
+/// Whether this CPU has AVX2, FMA and F16C (all part of x86-64-v3).
 #[inline]
 pub(crate) fn has_avx2() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
     *DETECTED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            use std::arch::is_x86_feature_detected as has;
+            has!("avx2") && has!("fma") && has!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -25,14 +26,14 @@ pub(crate) fn has_avx2() -> bool {
     })
 }
 
-/// Runs `$avx2` (an `unsafe` AVX2+FMA function of the same arguments) when the CPU has those
-/// features, else `$portable`.
+/// Runs `$avx2` (an `unsafe` AVX2+FMA+F16C function of the same arguments) when the CPU has
+/// those features, else `$portable`.
 macro_rules! dispatch {
     ($avx2:path, $portable:path, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
         {
             if has_avx2() {
-                // SAFETY: the CPU supports AVX2 and FMA, the only requirement of `$avx2`.
+                // SAFETY: the CPU supports AVX2, FMA and F16C, the only requirement of `$avx2`.
                 return unsafe { $avx2($($arg),*) };
             }
         }
@@ -40,8 +41,9 @@ macro_rules! dispatch {
     }};
 }
 
-/// A weight element the dot-product kernels read directly: f32, or bf16 bits (`u16`, as
-/// [`crate::Matrix`] holds them) widened as they are loaded.
+/// A weight element the dot-product kernels read directly: f32, bf16 bits (`u16`, as
+/// [`crate::Matrix`] holds them) or IEEE half ([`half::f16`]), the last two widened as they are
+/// loaded.
 pub(crate) trait Weight: Copy + Send + Sync + 'static {
     fn to_f32(self) -> f32;
 
@@ -94,6 +96,37 @@ impl Weight for u16 {
     }
 }
 
+impl Weight for half::f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+
+    fn as_f32(_: &[half::f16]) -> Option<&[f32]> {
+        None
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees eight readable values at `p` and an AVX2+F16C context.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+}
+
+/// `out = weights` as f32 (`out` is cleared and refilled): how the GEMM and batched-decode
+/// paths widen bf16 and f16 weight blocks.
+pub(crate) fn widen<W: Weight>(weights: &[W], out: &mut Vec<f32>) {
+    out.clear();
+    if let Some(w) = W::as_f32(weights) {
+        return out.extend_from_slice(w);
+    }
+    out.resize(weights.len(), 0.0);
+    let out = out.as_mut_slice();
+    dispatch!(avx2::widen::<W>, portable::widen::<W>, weights, out)
+}
+
 /// `Σ a_i b_i`.
 pub(crate) fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: lengths differ");
@@ -127,16 +160,16 @@ pub(crate) fn pack_panels(input: &[f32], k: usize, packed: &mut Vec<f32>) {
 
 /// `out[j * rows + t] = input[t] · weight[j]` for every input row `t` (packed by [`pack_panels`])
 /// and weight row `j` of `k` values: the batched-decode product. Each weight row is read from
-/// memory once and used for all rows; `widened` holds bf16 weight rows widened to f32, a few at a
-/// time (no allocation per call once it has grown).
-pub(crate) fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
+/// memory once and used for all rows; 16-bit rows are widened a block at a time on the stack (no
+/// allocation, ever).
+pub(crate) fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32]) {
     assert!(k > 0 && weight.len().is_multiple_of(k), "panel_dots: ragged weight rows");
     assert_eq!(packed.len(), rows.div_ceil(PANEL) * PANEL * k, "panel_dots: packed input size");
     assert_eq!(out.len(), rows * (weight.len() / k), "panel_dots: output size");
     if rows == 0 {
         return;
     }
-    dispatch!(avx2::panel_dots::<W>, portable::panel_dots::<W>, packed, rows, weight, k, out, widened)
+    dispatch!(avx2::panel_dots::<W>, portable::panel_dots::<W>, packed, rows, weight, k, out)
 }
 
 /// `values[i] = silu(values[i])` (the conv's activation).
@@ -167,6 +200,10 @@ mod portable {
 
     const LANES: usize = 16;
 
+    pub fn widen<W: Weight>(weights: &[W], out: &mut [f32]) {
+        out.iter_mut().zip(weights).for_each(|(o, w)| *o = w.to_f32());
+    }
+
     pub fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
         let mut acc = [0.0f32; LANES];
         let split = a.len() / LANES * LANES;
@@ -188,7 +225,7 @@ mod portable {
         sum
     }
 
-    pub fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], _widened: &mut Vec<f32>) {
+    pub fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32]) {
         for (j, w) in weight.chunks_exact(k).enumerate() {
             for t in 0..rows {
                 let panel = &packed[(t / super::PANEL) * k * super::PANEL..][..k * super::PANEL];
@@ -206,7 +243,7 @@ mod avx2 {
 
     /// Sum of the eight lanes.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn hsum(v: __m256) -> f32 {
         let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
@@ -214,8 +251,23 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `a` and `b` have equal lengths.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C; `out` is as long as `weights`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen<W: Weight>(weights: &[W], out: &mut [f32]) {
+        let n = weights.len().min(out.len());
+        let (pw, po) = (weights.as_ptr(), out.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n values exist in both slices.
+            unsafe { _mm256_storeu_ps(po.add(i), W::load8(pw.add(i))) };
+            i += 8;
+        }
+        out[i..n].iter_mut().zip(&weights[i..n]).for_each(|(o, w)| *o = w.to_f32());
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `a` and `b` have equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
         let n = a.len();
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -239,8 +291,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `row`, `b` and `c` have equal lengths.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C; `row`, `b` and `c` have equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
         let n = row.len();
         let (ps, pb, pc) = (row.as_mut_ptr(), b.as_ptr(), c.as_ptr());
@@ -271,7 +323,7 @@ mod avx2 {
     /// (where the true value is subnormal), infinity above e^88.376 (a little early: f32
     /// overflows at 88.72); NaN passes through.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn exp8(x: __m256) -> __m256 {
         const LOW: f32 = -87.336_55; // 2^-126
         const HIGH: f32 = 88.376_26; // n = 127
@@ -294,7 +346,7 @@ mod avx2 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn silu8(x: __m256) -> __m256 {
         let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
         _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), e))
@@ -307,7 +359,7 @@ mod avx2 {
     /// # Safety
     /// `n` values must be readable at `a` and `b` and writable at `out`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn map2(n: usize, a: *const f32, b: *const f32, out: *mut f32, f: impl Fn(__m256, __m256) -> __m256) {
         let mut i = 0;
         // SAFETY: every index is below `n` (the caller's guarantee).
@@ -328,8 +380,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn silu_in_place(values: &mut [f32]) {
         let p = values.as_mut_ptr();
         // SAFETY: `values.len()` values at `p`, read and written in place.
@@ -337,8 +389,8 @@ mod avx2 {
     }
 
     /// # Safety
-    /// The CPU must support AVX2 and FMA; the three slices have equal lengths.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C; the three slices have equal lengths.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
         // SAFETY: the three slices hold `out.len()` values each (the caller's guarantee).
         unsafe { map2(out.len(), y.as_ptr(), z.as_ptr(), out.as_mut_ptr(), |y, z| _mm256_mul_ps(y, silu8(z))) };
@@ -350,69 +402,93 @@ mod avx2 {
     /// absent rows.
     const GROUP: usize = 12;
 
+    /// Values of each weight row that [`panel_dots`] widens at a time from a 16-bit type: the
+    /// group's widened block is 12 KB on the stack and stays in L1 while every panel uses it.
+    const SLICE: usize = 256;
+
     /// # Safety
-    /// The CPU must support AVX2 and FMA; the sizes are [`super::panel_dots`]'s (it checks them).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32], widened: &mut Vec<f32>) {
+    /// The CPU must support AVX2, FMA and F16C; the sizes are [`super::panel_dots`]'s (it checks them).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32]) {
         let features = weight.len() / k;
-        let mut j = 0;
-        while j < features {
+        let f32_weight = W::as_f32(weight);
+        // f32 rows are read in place, whole; 16-bit rows are widened SLICE values at a time and
+        // the tiles accumulate over the slices (through `out`).
+        let slice = if f32_weight.is_some() { k } else { SLICE };
+        let mut block = [0.0f32; GROUP * SLICE];
+        let last = rows.div_ceil(PANEL) - 1;
+        for j in (0..features).step_by(GROUP) {
             let cols = GROUP.min(features - j);
-            let w: &[f32] = match W::as_f32(weight) {
-                Some(w) => &w[j * k..(j + cols) * k],
-                None => {
-                    widened.clear();
-                    widened.extend(weight[j * k..(j + cols) * k].iter().map(|w| w.to_f32()));
-                    widened
-                }
-            };
-            // Panels of more than 8 rows six weight rows at a time (6 rows of k stay in L1 from
-            // one panel to the next: 18 KB at k = 768), a last panel of at most 8 rows all twelve
-            // at once.
-            for (c0, c_len) in [(0, cols.min(6)), (6, cols.saturating_sub(6))] {
-                for (panel, a) in packed.chunks_exact(k * PANEL).enumerate() {
-                    let (first, valid) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
-                    if valid <= 8 || c_len == 0 {
-                        continue;
+            for i0 in (0..k).step_by(slice) {
+                let len = slice.min(k - i0);
+                let (w, stride) = match f32_weight {
+                    Some(w) => (&w[j * k..(j + cols) * k], k),
+                    None => {
+                        for c in 0..cols {
+                            // SAFETY: the caller's CPU has AVX2+FMA+F16C; both slices hold `len` values.
+                            unsafe { widen(&weight[(j + c) * k + i0..][..len], &mut block[c * SLICE..][..len]) };
+                        }
+                        (&block[..], SLICE)
                     }
-                    let mut sums = [[0.0f32; PANEL]; 6];
-                    // SAFETY: `a` holds k * PANEL values and `w` rows c0..c0 + c_len of k.
-                    unsafe { tiles::<2, 6>(a.as_ptr(), w.as_ptr().add(c0 * k), k, &mut sums[..c_len]) };
+                };
+                // The tile at `first` rows of the panel at `a`, weight rows c0..c0 + c_len of the
+                // group: sums start from zero on the first slice and from `out` after it.
+                let mut tile_at = |a: &[f32], first: usize, valid: usize, c0: usize, c_len: usize, wide: bool| {
+                    let mut sums = [[0.0f32; PANEL]; GROUP];
+                    if i0 > 0 {
+                        for (c, sums) in sums[..c_len].iter_mut().enumerate() {
+                            sums[..valid].copy_from_slice(&out[(j + c0 + c) * rows + first..][..valid]);
+                        }
+                    }
+                    let (a, w) = (a[i0 * PANEL..].as_ptr(), w[c0 * stride..].as_ptr());
+                    // SAFETY: `a` holds the panel's values from i0 on (len * PANEL of them), `w`
+                    // rows c0..c0 + c_len of `stride` values, each with `len` from its start.
+                    unsafe {
+                        if wide {
+                            tiles::<2, 6>(a, w, stride, len, i0 > 0, &mut sums[..c_len]);
+                        } else {
+                            tiles::<1, 12>(a, w, stride, len, i0 > 0, &mut sums[..c_len]);
+                        }
+                    }
                     for (c, sums) in sums[..c_len].iter().enumerate() {
                         out[(j + c0 + c) * rows + first..][..valid].copy_from_slice(&sums[..valid]);
                     }
+                };
+                // Panels of more than 8 rows six weight rows at a time (6 rows of the slice stay in
+                // L1 from one panel to the next), a last panel of at most 8 rows all twelve at once.
+                for (c0, c_len) in [(0, cols.min(6)), (6, cols.saturating_sub(6))] {
+                    for (panel, a) in packed.chunks_exact(k * PANEL).enumerate() {
+                        let (first, valid) = (panel * PANEL, PANEL.min(rows - panel * PANEL));
+                        if valid > 8 && c_len > 0 {
+                            tile_at(a, first, valid, c0, c_len, true);
+                        }
+                    }
+                }
+                let (first, valid) = (last * PANEL, rows - last * PANEL);
+                if valid <= 8 {
+                    tile_at(&packed[last * k * PANEL..][..k * PANEL], first, valid, 0, cols, false);
                 }
             }
-            let last = rows.div_ceil(PANEL) - 1;
-            let (first, valid) = (last * PANEL, rows - last * PANEL);
-            if valid <= 8 {
-                let mut sums = [[0.0f32; PANEL]; GROUP];
-                // SAFETY: the last panel holds k * PANEL values and `w` `cols` rows of k.
-                unsafe { tiles::<1, 12>(packed[last * k * PANEL..].as_ptr(), w.as_ptr(), k, &mut sums[..cols]) };
-                for (c, sums) in sums[..cols].iter().enumerate() {
-                    out[(j + c) * rows + first..][..valid].copy_from_slice(&sums[..valid]);
-                }
-            }
-            j += cols;
         }
     }
 
-    /// `sums[c][t] = Σ_i a[i * PANEL + t] * w[c * k + i]` for the first `8 * V` rows `t` of the
-    /// panel at `a` and every row `c` of `sums`: tiles of `C` weight rows, then one at a time.
+    /// `sums[c][t] (+)= Σ_{i < len} a[i * PANEL + t] * w[c * stride + i]` for the first `8 * V`
+    /// rows `t` of the panel at `a` and every row `c` of `sums` (adding to what `sums` holds when
+    /// `accumulate`): tiles of `C` weight rows, then one at a time.
     ///
     /// # Safety
-    /// `k * PANEL` values readable at `a`, `sums.len()` rows of `k` at `w`.
+    /// `len * PANEL` values readable at `a`, `sums.len()` rows of `stride` at `w`, each with `len`.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tiles<const V: usize, const C: usize>(a: *const f32, w: *const f32, k: usize, sums: &mut [[f32; PANEL]]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tiles<const V: usize, const C: usize>(a: *const f32, w: *const f32, stride: usize, len: usize, accumulate: bool, sums: &mut [[f32; PANEL]]) {
         let mut c = 0;
         // SAFETY (both calls): rows c.. of `w` exist for every row of `sums` handed on.
         while c + C <= sums.len() {
-            unsafe { tile::<V, C>(a, w.add(c * k), k, &mut sums[c..c + C]) };
+            unsafe { tile::<V, C>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + C]) };
             c += C;
         }
         while c < sums.len() {
-            unsafe { tile::<V, 1>(a, w.add(c * k), k, &mut sums[c..c + 1]) };
+            unsafe { tile::<V, 1>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + 1]) };
             c += 1;
         }
     }
@@ -421,16 +497,23 @@ mod avx2 {
     /// weights, `V * C` accumulators, no horizontal sums.
     ///
     /// # Safety
-    /// `k * PANEL` values readable at `a`, `C` rows of `k` at `w`; `sums` holds `C` rows.
+    /// `len * PANEL` values readable at `a`, `C` rows of `stride` at `w`, each with `len`;
+    /// `sums` holds `C` rows.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const V: usize, const C: usize>(a: *const f32, w: *const f32, k: usize, sums: &mut [[f32; PANEL]]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<const V: usize, const C: usize>(a: *const f32, w: *const f32, stride: usize, len: usize, accumulate: bool, sums: &mut [[f32; PANEL]]) {
         let mut acc = [[_mm256_setzero_ps(); V]; C];
-        for i in 0..k {
-            // SAFETY: i < k, so every read is inside the caller's bounds.
+        if accumulate {
+            for (acc, sums) in acc.iter_mut().zip(sums.iter()) {
+                // SAFETY: each row of `sums` holds PANEL = 16 >= 8 * V values.
+                *acc = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(sums.as_ptr().add(8 * v)) });
+            }
+        }
+        for i in 0..len {
+            // SAFETY: i < len, so every read is inside the caller's bounds.
             let x: [__m256; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(a.add(i * PANEL + 8 * v)) });
             for (c, acc) in acc.iter_mut().enumerate() {
-                let b = unsafe { _mm256_broadcast_ss(&*w.add(c * k + i)) };
+                let b = unsafe { _mm256_broadcast_ss(&*w.add(c * stride + i)) };
                 for v in 0..V {
                     acc[v] = _mm256_fmadd_ps(x[v], b, acc[v]);
                 }
@@ -474,6 +557,36 @@ mod tests {
             for got in [dot(&a, &bits), portable::dot(&a, &bits)] {
                 assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "bf16 len {len}: {got} vs {want}");
             }
+            let halves: Vec<half::f16> = b.iter().map(|&v| half::f16::from_f32(v)).collect();
+            let widened: Vec<f32> = halves.iter().map(|v| v.to_f32()).collect();
+            let want = naive_dot(&a, &widened);
+            for got in [dot(&a, &halves), portable::dot(&a, &halves)] {
+                assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "f16 len {len}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn widening_is_exact() {
+        // f16 specials and edges (subnormals, ±65504, ±inf, NaN) and bf16 bit patterns across
+        // the range, at lengths off the 8-lane step.
+        let f16_edges = [0.0f32, -0.0, 6.0e-8, -6.1e-5, 1.0, -2.5, 65504.0, -65504.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN];
+        for len in LENGTHS {
+            let halves: Vec<half::f16> = (0..len).map(|i| half::f16::from_f32(if i % 3 == 0 { f16_edges[i % f16_edges.len()] } else { (i as f32 - 500.0) * 0.37 })).collect();
+            let bits: Vec<u16> = (0..len).map(|i| (i as u16).wrapping_mul(40503)).collect();
+            let mut out = vec![f32::NAN; 3];
+            widen(&halves, &mut out);
+            assert_eq!(out.len(), len);
+            for (got, want) in out.iter().zip(&halves) {
+                assert!(got.to_bits() == want.to_f32().to_bits() || (got.is_nan() && want.is_nan()), "f16 {want}: {got}");
+            }
+            widen(&bits, &mut out);
+            for (got, &want) in out.iter().zip(&bits) {
+                assert_eq!(got.to_bits(), (want as u32) << 16, "bf16 {want:#x}");
+            }
+            let floats = values(len, 9);
+            widen(&floats, &mut out);
+            assert_eq!(out, floats);
         }
     }
 
@@ -540,20 +653,25 @@ mod tests {
     #[test]
     fn panel_dots_cover_every_pair() {
         // No rows, row counts off the 16-row panel and 8-row half panels, feature counts off the
-        // 6- and 12-row tiles, odd widths; f32 and bf16; the dispatched (AVX2 here) and the
+        // 6- and 12-row tiles, odd widths, widths over one or several 256-value slices of a
+        // widened 16-bit row; f32, bf16 and f16; the dispatched (AVX2 here) and the
         // portable kernel.
-        for (rows, features, k) in [(0, 3, 4), (1, 1, 1), (5, 7, 13), (8, 25, 9), (16, 6, 8), (17, 13, 33), (32, 12, 64), (40, 30, 16), (33, 5, 3)] {
+        for (rows, features, k) in [(0, 3, 4), (1, 1, 1), (5, 7, 13), (8, 25, 9), (16, 6, 8), (17, 13, 33), (32, 12, 64), (40, 30, 16), (33, 5, 3), (17, 13, 600), (8, 14, 513), (24, 7, 256)] {
             let input = values(rows * k, 6);
             let bits: Vec<u16> = values(features * k, 7).iter().map(|&v| crate::f32_to_bf16(v)).collect();
             let weight: Vec<f32> = bits.iter().map(|&v| crate::bf16_to_f32(v)).collect();
             let mut packed = Vec::new();
             pack_panels(&input, k, &mut packed);
-            let mut results = [(); 4].map(|_| vec![f32::NAN; rows * features]);
-            let mut scratch = Vec::new();
-            panel_dots(&packed, rows, &weight, k, &mut results[0], &mut scratch);
-            panel_dots(&packed, rows, &bits, k, &mut results[1], &mut scratch);
-            portable::panel_dots(&packed, rows, &weight, k, &mut results[2], &mut scratch);
-            portable::panel_dots(&packed, rows, &bits, k, &mut results[3], &mut scratch);
+            // Every value of `weight` is exact in f16 too (8 significant bits, 2^-9 <= |v| <= 1 or 0).
+            let halves: Vec<half::f16> = weight.iter().map(|&v| half::f16::from_f32(v)).collect();
+            assert!(halves.iter().zip(&weight).all(|(h, &w)| h.to_f32() == w));
+            let mut results = [(); 6].map(|_| vec![f32::NAN; rows * features]);
+            panel_dots(&packed, rows, &weight, k, &mut results[0]);
+            panel_dots(&packed, rows, &bits, k, &mut results[1]);
+            panel_dots(&packed, rows, &halves, k, &mut results[2]);
+            portable::panel_dots(&packed, rows, &weight, k, &mut results[3]);
+            portable::panel_dots(&packed, rows, &bits, k, &mut results[4]);
+            portable::panel_dots(&packed, rows, &halves, k, &mut results[5]);
             for j in 0..features {
                 for t in 0..rows {
                     let want = naive_dot(&input[t * k..(t + 1) * k], &weight[j * k..(j + 1) * k]);
