@@ -83,3 +83,33 @@ fn sigkilled_sweep_resumes_with_every_cell_exactly_once() {
     assert_eq!(records.len(), 2 * 4 * 6, "a cell is missing ({before} were done before the kill)");
     assert!(out.join("report.md").exists());
 }
+
+/// Two checkpoint folders of the same name (two training runs' `passkey-n16`) are two models in
+/// the results, named by as much of their paths as differs; one folder given twice is an error.
+#[test]
+fn same_named_checkpoints_get_distinct_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let coil = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_coil")).args(args).output().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/passkey-n16");
+    for run in ["runA", "runB"] {
+        let folder = dir.path().join(run).join("passkey-n16");
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in ["config.json", "model.safetensors", "tokenizer.json", "training.json"] {
+            std::fs::copy(shipped.join(file), folder.join(file)).unwrap();
+        }
+    }
+    let (a, b) = (dir.path().join("runA/passkey-n16"), dir.path().join("runB/passkey-n16"));
+    let out = dir.path().join("sweep");
+    let sweep = |models: [&std::path::Path; 2]| {
+        coil(&["passkey", "--model", models[0].to_str().unwrap(), "--model", models[1].to_str().unwrap(), "--lengths", "256", "--depths", "3", "--out", out.to_str().unwrap()])
+    };
+    let output = sweep([&a, &b]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let records = read_results(std::slice::from_ref(&out)).unwrap();
+    let count = |name: &str| records.iter().filter(|r| r.model == name).count();
+    assert_eq!((count("runA/passkey-n16"), count("runB/passkey-n16"), records.len()), (3, 3, 6));
+
+    let output = sweep([&a, &dir.path().join("runB/../runA/passkey-n16")]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("given twice"), "{err}");
+}

@@ -10,6 +10,37 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
 use super::load::load;
 
+/// The name each swept model goes by in the results (and what a resumed sweep matches cells on):
+/// its folder's name, or as much more of its path as tells apart two folders of the same name
+/// (`runA/passkey-n32` and `runB/passkey-n32`). The same checkpoint twice is an error.
+fn labels(sources: &[&Source]) -> Result<Vec<String>> {
+    let label = |source: &Source, depth: usize| match source {
+        Source::Dir(d) => {
+            let parts: Vec<_> = d.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+            parts[parts.len().saturating_sub(depth)..].join("/")
+        }
+        Source::Embedded(name) => name.clone(),
+        Source::Memory => "memory".to_owned(),
+    };
+    let mut names: Vec<String> = sources.iter().map(|s| label(s, 1)).collect();
+    for i in 0..names.len() {
+        for j in i + 1..names.len() {
+            if names[i] != names[j] {
+                continue;
+            }
+            let same = match (sources[i], sources[j]) {
+                (Source::Dir(a), Source::Dir(b)) => a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a)),
+                (a, b) => label(a, 1) == label(b, 1),
+            };
+            let depth = (2..64).find(|&d| label(sources[i], d) != label(sources[j], d)).filter(|_| !same);
+            let Some(depth) = depth else { bail!("the checkpoint {} is given twice", sources[i]) };
+            let (a, b) = (label(sources[i], depth), label(sources[j], depth));
+            (names[i], names[j]) = (a, b);
+        }
+    }
+    Ok(names)
+}
+
 pub fn passkey(args: PasskeyArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.threshold) {
         bail!("--threshold must be between 0 and 1");
@@ -25,7 +56,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         args.models.iter().cloned().map(Some).collect()
     };
 
-    let mut subjects = Vec::new();
+    let mut models = Vec::new();
     for (i, dir) in sources.iter().enumerate() {
         let model_args = ModelArgs {
             model: dir.clone(),
@@ -35,12 +66,11 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             device: args.device,
             weights: args.weights,
         };
-        let mut loaded = load(&model_args)?;
-        let name = match &loaded.source {
-            Source::Dir(d) => d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned()),
-            Source::Embedded(name) => name.clone(),
-            Source::Memory => "memory".to_owned(),
-        };
+        models.push(load(&model_args)?);
+    }
+    let names = labels(&models.iter().map(|m| &m.source).collect::<Vec<_>>())?;
+    let mut subjects = Vec::new();
+    for (mut loaded, name) in models.into_iter().zip(names) {
         let train_length = loaded.train_length();
         let plans = arms
             .iter()
