@@ -2,16 +2,19 @@
 """Does a passkey checkpoint store its haystack? Mean LM loss (nats) on the value of a fact,
 first mention vs re-statement binned by lag (in sentences), on two probe texts in the grammar of
 train_passkey.py's recall haystack:
-  attributes: "The NOUN is ADJ." with random per-text bindings (16 adjectives: ln 16 = 2.77 = no recall)
+  attributes: "The NOUN is ADJ." with random per-text bindings (16 adjectives: ln 16 = 2.77 = no recall;
+              the 48 nouns of recipe 3 for its checkpoints, the 16 of recipes 1-2 otherwise)
   facts:      "NAME has NN THINGS." with 35% new (re)bindings (2-digit numbers: ~4.5 = no recall)
 A model that writes the haystack into its state has a lower loss on re-statements than on first
 mentions, rising with lag. Usage: python checkpoints/probe_recall.py DIR [DIR ...]
 """
+import json
 import os
 import random
 import sys
 
 import torch
+from tokenizers import Tokenizer
 from transformers import Mamba2ForCausalLM
 from transformers.utils import logging
 
@@ -20,13 +23,14 @@ import train_passkey as tp  # noqa: E402
 
 logging.set_verbosity_error()
 torch.set_num_threads(1)
-tok = tp.build_tokenizer()
+tok = None  # the probed checkpoint's own tokenizer
+nouns = tp.NOUNS
 
 
 def attributes(rng, nsent=60):
     attr, last, ids, marks = {}, {}, tok.encode(tp.PREFIX).ids, []
     for i in range(nsent):
-        noun = rng.choice(tp.NOUNS)
+        noun = rng.choice(nouns)
         kind = "repeat" if noun in attr else "new"
         attr.setdefault(noun, rng.choice(tp.ADJS))
         ids += tok.encode(f"The {noun} is").ids
@@ -71,6 +75,10 @@ def probe(model, make, docs=8):
 
 if __name__ == "__main__":
     for path in sys.argv[1:]:
+        tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        with open(os.path.join(path, "training.json")) as f:
+            recipe3 = json.load(f).get("haystack") == "attr"
+        nouns = tp.NOUNS + tp.MORE_NOUNS if recipe3 else tp.NOUNS
         m = Mamba2ForCausalLM.from_pretrained(path).eval()
         print(path, "attributes", probe(m, attributes))
         print(path, "facts", probe(m, facts))

@@ -38,6 +38,17 @@ random per document), so that the evaluator's filler looks like information; its
 size in the runs tried (the cards' "Capacity vs state size" section has the numbers): none of the
 models learned in-context recall of the haystack facts in 1-1.6K steps, so the key keeps a
 write-gated store of its own and survives about 1.5-2x the training length at every state size.
+Recipe 3 (`--haystack attr`, issue 6) makes the haystack a stream of rebound "The NOUN is ADJ."
+bindings over 48 nouns (MORE_NOUNS join the tokenizer's corpus for it), with one head per layer
+(--head-dim 128) and optionally a loss on the restated values (--recall-weight, from
+--recall-after of the steps on). With the recall loss the models do store the haystack, more so
+with larger N, yet the key's retention past the training length still did not grow with N (the
+cards have the numbers). Run F of the cards:
+
+    nice -n 5 python checkpoints/train_passkey.py train --states 4 --haystack attr --p-recall 0.5 \
+        --paper-frac 0.05 --head-dim 128 --steps 2500 --curriculum 256:0.3,512:0.7 \
+        --recall-weight 1.0 --out-dir /tmp/i6/F
+
 Pilots write elsewhere with --out-dir; `sample` prints two training documents. E.g. run D:
 
     nice -n 19 python checkpoints/train_passkey.py train --states 4 8 --haystack recall \
@@ -81,6 +92,11 @@ NOUNS = ["grass", "sky", "sun", "sea", "tree", "road", "house", "river", "moon",
          "wall", "cloud", "hill", "lake", "bird"]
 ADJS = ["green", "blue", "yellow", "red", "white", "black", "old", "new", "big", "small", "warm",
         "cold", "long", "quiet", "wide", "dark"]
+# Recipe 3 ("--haystack attr") binds many more nouns than a small state has room for.
+MORE_NOUNS = ["stone", "ship", "coat", "bell", "bread", "chair", "cloth", "coin", "crown", "drum",
+              "fence", "flag", "fork", "gate", "glass", "horse", "jar", "kite", "lamp", "leaf",
+              "map", "nest", "oven", "pipe", "ring", "rope", "sail", "shelf", "sock", "tent",
+              "wheel", "wing"]
 PHRASES = ["Here we go.", "There and back again.", "So it goes.", "Time passes.", "All is well.",
            "Nothing happens.", "The day goes on.", "We walk on."]
 
@@ -95,7 +111,7 @@ def generic_sentence(rng):
     return f"The {rng.choice(NOUNS)} is {rng.choice(ADJS)}."
 
 
-def tokenizer_corpus():
+def tokenizer_corpus(more_nouns=False):
     rng = random.Random(1)
     lines = [PREFIX, FILLER * 4, SUFFIX + " 12345.\n"] * 5
     for _ in range(40):
@@ -104,14 +120,15 @@ def tokenizer_corpus():
     for name in NAMES:
         for thing in THINGS:
             lines.append(fact_sentence(name, rng.randrange(1, 100), thing) + "\n")
-    for noun in NOUNS:
+    for noun in NOUNS + (MORE_NOUNS if more_nouns else []):
         for adj in ADJS:
             lines.append(f"The {noun} is {adj}.\n")
     lines += [p + "\n" for p in PHRASES] * 5
     return lines
 
 
-def build_tokenizer():
+def build_tokenizer(more_nouns=False):
+    """The family's BPE; recipe 3 adds MORE_NOUNS to its corpus (recipes 1-2 keep the shipped one)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -121,7 +138,7 @@ def build_tokenizer():
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=512, min_frequency=2, special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus(more_nouns), trainer=trainer)
     return tok
 
 
@@ -129,10 +146,10 @@ class Docs:
     """Passkey training documents in tokens, laid out like the evaluator's prompts."""
 
     def __init__(self, tok, train_length, haystack="mixed", paper_frac=0.1, p_new=0.35, p_recall=0.35,
-                 p_attr=0.22, p_rebind=0.0):
+                 p_attr=0.22, p_rebind=0.0, p_phrase=0.15):
         self.haystack = haystack
         self.paper_frac, self.p_new, self.p_recall = paper_frac, p_new, p_recall
-        self.p_attr, self.p_rebind = p_attr, p_rebind
+        self.p_attr, self.p_rebind, self.p_phrase = p_attr, p_rebind, p_phrase
         self.tok = tok
         self.T = train_length
         self.enc_cache = {}
@@ -208,6 +225,51 @@ class Docs:
 
         return self._haystack(rng, T, needle, answer, budget, block)
 
+    def sample_attr(self, rng, T=None):
+        """Recipe 3 ("attr" haystack): a stream of bindings "The NOUN is ADJ." over 48 nouns and 16
+        adjectives, in the paper filler's own grammar, plus stock phrases (the paper's two among them).
+
+        Each sentence either restates the CURRENT binding of a noun bound earlier in the document
+        (probability --p-recall; lags spread up to the whole document), or binds a random noun to a
+        fresh random adjective (overwriting an older binding of it), or (--p-phrase) is a phrase.
+        The LM loss on restated adjectives rewards holding as many recent bindings as the state
+        has room for: with 48 nouns, keys of N dimensions cannot all stay apart for small N, so the
+        best decay should depend on N. With one head per layer (--head-dim 128 at hidden 64) the
+        key cannot keep a head of its own away from the bindings. --paper-frac of the documents use
+        the paper's block only (itself three consistent bindings and two phrases).
+        """
+        T, needle, answer, budget = self._needle(rng, T)
+        paper = rng.random() < self.paper_frac
+        nouns = NOUNS + MORE_NOUNS
+        attr = {}
+
+        def block():
+            """(ids, offsets of the restated adjectives' tokens): each sentence is tokenized on its
+            own, which the byte-level pre-tokenizer splits at the same places as the joined line."""
+            if paper:
+                return self.filler, []
+            ids, marks = [], []
+            for i in range(rng.randint(2, 5)):
+                sep = "" if i == 0 else " "
+                r = rng.random()
+                if r < self.p_phrase:
+                    ids += self.enc(sep + rng.choice(PHRASES))
+                    continue
+                restated = r < self.p_phrase + self.p_recall and attr
+                if restated:
+                    noun = rng.choice(list(attr))
+                else:
+                    noun = rng.choice(nouns)
+                    attr[noun] = rng.choice(ADJS)
+                ids += self.enc(f"{sep}The {noun} is")
+                adj = self.enc(f" {attr[noun]}")
+                if restated:
+                    marks += range(len(ids), len(ids) + len(adj))
+                ids += adj + self.enc(".")
+            return ids + self.enc("\n"), marks
+
+        return self._haystack(rng, T, needle, answer, budget, block)
+
     def _needle(self, rng, T):
         """A key's needle and answer, and the haystack's token budget: the train length (70%) or
         shorter, down to a quarter of it."""
@@ -222,26 +284,30 @@ class Docs:
 
     def _haystack(self, rng, T, needle, answer, budget, block):
         """Blocks from `block()` up to the budget, the needle in place of one of them (the
-        evaluator's placement), then the whole document."""
+        evaluator's placement), then the whole document. `block()` returns token ids, or
+        (ids, offsets of recall targets in them) for the recall-weighted loss."""
         blocks = []
         used = len(self.prefix) + len(self.suffix)
         while True:
             b = block()
-            if used + len(b) > budget:
+            b = b if isinstance(b, tuple) else (b, [])
+            if used + len(b[0]) > budget:
                 break
             blocks.append(b)
-            used += len(b)
+            used += len(b[0])
         if not blocks:
-            blocks = [self.filler]
+            blocks = [(self.filler, [])]
         depth = rng.random()
-        blocks[int(depth * (len(blocks) - 1))] = needle
+        blocks[int(depth * (len(blocks) - 1))] = (needle, [])
         return self._finish(blocks, answer, T)
 
     def _finish(self, blocks, answer, T):
-        """Prefix, blocks, suffix, answer, padding; the LM mask (target j predicts ids[j+1]) and
-        the answer mask."""
+        """Prefix, blocks, suffix, answer, padding; the LM mask (target j predicts ids[j+1]), the
+        answer mask and the recall mask (restated facts' values), aligned the same way."""
         ids = list(self.prefix)
-        for b in blocks:
+        recall = []
+        for b, marks in blocks:
+            recall += [len(ids) + m for m in marks]
             ids += b
         ids += self.suffix
         n_prompt = len(ids)
@@ -252,12 +318,15 @@ class Docs:
         lm = [1.0 if j + 1 < n_doc else 0.0 for j in range(T - 1)]
         ans = [1.0 if n_prompt <= j + 1 < n_prompt + len(answer) - len(self.enc(".\n")) else 0.0
                for j in range(T - 1)]
-        return ids, lm, ans
+        rec = [0.0] * (T - 1)
+        for pos in recall:
+            rec[pos - 1] = 1.0
+        return ids, lm, ans, rec
 
     def batch(self, rng, n, T=None):
-        f = self.sample_recall if self.haystack == "recall" else self.sample
-        ids, lm, ans = zip(*(f(rng, T) for _ in range(n)))
-        return torch.tensor(ids), torch.tensor(lm), torch.tensor(ans)
+        f = {"recall": self.sample_recall, "attr": self.sample_attr}.get(self.haystack, self.sample)
+        ids, lm, ans, rec = zip(*(f(rng, T) for _ in range(n)))
+        return torch.tensor(ids), torch.tensor(lm), torch.tensor(ans), torch.tensor(rec)
 
     def eval_prompt(self, key, depth, length):
         """The evaluator's exact prompt (paper filler only)."""
@@ -309,7 +378,7 @@ def train_one(state_size, tok, args, device):
     torch.manual_seed(args.seed)
     model = Mamba2ForCausalLM(cfg).float().to(device)
     model.train()
-    docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind)
+    docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind, args.p_phrase)
     rng = random.Random(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     warm = min(100, args.steps // 10)
@@ -332,23 +401,26 @@ def train_one(state_size, tok, args, device):
 
     for step in range(1, args.steps + 1):
         T = length_at(step)
-        ids, lm, ans = docs.batch(rng, args.batch * args.train_length // T, T)
-        ids, lm, ans = ids.to(device), lm.to(device), ans.to(device)
+        ids, lm, ans, rec = docs.batch(rng, args.batch * args.train_length // T, T)
+        ids, lm, ans, rec = ids.to(device), lm.to(device), ans.to(device), rec.to(device)
         logits = model(ids[:, :-1], use_cache=False).logits.float()
         ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                                reduction="none").view_as(lm)
         lm_loss = (ce * lm).sum() / lm.sum()
         ans_loss = (ce * ans).sum() / ans.sum()
         loss = lm_loss + args.answer_weight * ans_loss
+        rec_loss = (ce * rec).sum() / rec.sum().clamp(min=1)
+        if args.recall_weight > 0 and step > args.recall_after * args.steps:
+            loss = loss + args.recall_weight * rec_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        v = (loss.item(), lm_loss.item(), ans_loss.item())
+        v = (loss.item(), lm_loss.item(), ans_loss.item(), rec_loss.item())
         ema = v if ema is None else tuple(0.95 * a + 0.05 * b for a, b in zip(ema, v))
         if step % args.log_every == 0 or step == args.steps:
-            line = f"[{name}] step {step} loss {ema[0]:.4f} lm {ema[1]:.4f} ans {ema[2]:.4f} {time.time() - t0:.0f}s"
+            line = f"[{name}] step {step} loss {ema[0]:.4f} lm {ema[1]:.4f} ans {ema[2]:.4f} recall {ema[3]:.4f} {time.time() - t0:.0f}s"
             if step % (args.log_every * 5) == 0 and step != args.steps:
                 acc = quick_eval(model, docs, device, args.train_length, n=20)
                 line += f" py-acc@{args.train_length} {acc:.2f}"
@@ -362,7 +434,8 @@ def train_one(state_size, tok, args, device):
     save(model.cpu(), tok, name, dict(
         name=name, train_length=args.train_length, seed=args.seed, steps=args.steps, batch=args.batch,
         curriculum=args.curriculum, tokens_per_step=args.batch * args.train_length,
-        lr=args.lr, answer_weight=args.answer_weight, final_loss=round(ema[0], 5), final_lm_loss=round(ema[1], 5), final_answer_loss=round(ema[2], 5),
+        haystack=args.haystack, **haystack_knobs(args),
+        lr=args.lr, answer_weight=args.answer_weight, recall_weight=args.recall_weight, recall_after=args.recall_after, final_loss=round(ema[0], 5), final_lm_loss=round(ema[1], 5), final_answer_loss=round(ema[2], 5),
         n_s=cfg.num_hidden_layers * cfg.num_heads * cfg.head_dim * cfg.state_size,
         state_size=cfg.state_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_heads, head_dim=cfg.head_dim,
@@ -372,6 +445,15 @@ def train_one(state_size, tok, args, device):
         torch=torch.__version__, transformers=transformers.__version__, tokenizers=tokenizers.__version__,
         history=hist,
     ))
+
+
+def haystack_knobs(args):
+    """The recipe knobs that shape the haystack, for training.json (recipe 1 has none)."""
+    return {
+        "recall": dict(paper_frac=args.paper_frac, p_new=args.p_new, p_recall=args.p_recall, p_attr=args.p_attr,
+                       p_rebind=args.p_rebind),
+        "attr": dict(paper_frac=args.paper_frac, p_recall=args.p_recall, p_phrase=args.p_phrase),
+    }.get(args.haystack, {})
 
 
 def save(model, tok, name, info):
@@ -473,15 +555,21 @@ def main():
                     help="length:fraction of steps, ...; the batch is scaled to keep tokens per step")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--answer-weight", type=float, default=2.0, help="weight of the mean answer loss")
+    ap.add_argument("--recall-weight", type=float, default=0.0,
+                    help="attr haystack: weight of the mean loss on restated values (0: LM loss only)")
+    ap.add_argument("--recall-after", type=float, default=0.0,
+                    help="fraction of the steps before the recall loss is added (the key is learned first)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=16)
-    ap.add_argument("--haystack", choices=["mixed", "recall"], default="mixed",
-                    help="mixed: recipe 1 (paper block + a few recurring facts); recall: recipe 2 (dense fact stream with rebinding and recalls)")
-    ap.add_argument("--paper-frac", type=float, default=0.1, help="recall haystack: fraction of documents with the paper block only")
+    ap.add_argument("--haystack", choices=["mixed", "recall", "attr"], default="mixed",
+                    help="mixed: recipe 1 (paper block + a few recurring facts); recall: recipe 2 (dense fact stream with "
+                         "rebinding and recalls); attr: recipe 3 (a stream of rebound NOUN-is-ADJ bindings over 48 nouns)")
+    ap.add_argument("--paper-frac", type=float, default=0.1, help="recall/attr haystack: fraction of documents with the paper block only")
     ap.add_argument("--p-new", type=float, default=0.35, help="recall haystack: probability of a new (re)binding sentence")
-    ap.add_argument("--p-recall", type=float, default=0.35, help="recall haystack: probability of a recall sentence")
+    ap.add_argument("--p-recall", type=float, default=0.35, help="recall/attr haystack: probability of a recall sentence")
     ap.add_argument("--p-attr", type=float, default=0.22, help="recall haystack: probability of an attribute sentence (the rest: stock phrases)")
+    ap.add_argument("--p-phrase", type=float, default=0.15, help="attr haystack: probability of a stock phrase")
     ap.add_argument("--p-rebind", type=float, default=0.0, help="recall haystack: probability that an attribute sentence rebinds its noun")
     ap.add_argument("--coil", default=None, help="measure: the coil binary (default: target/release/coil)")
     ap.add_argument("--out-dir", default=CKPT, help="where passkey-n<N>/ folders are written (pilots: elsewhere)")
@@ -500,14 +588,14 @@ def main():
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = build_tokenizer()
+    tok = build_tokenizer(more_nouns=args.haystack == "attr")
     if args.cmd == "sample":
-        docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind)
-        ids, lm, ans = docs.batch(random.Random(args.seed), 2)
+        docs = Docs(tok, args.train_length, args.haystack, args.paper_frac, args.p_new, args.p_recall, args.p_attr, args.p_rebind, args.p_phrase)
+        ids, lm, ans, rec = docs.batch(random.Random(args.seed), 2)
         for row in ids.tolist():
             print(repr(tok.decode([t for t in row if t != 0])), "\n")
         return
-    assert tok.to_str() == build_tokenizer().to_str(), "BPE training is not deterministic"
+    assert tok.to_str() == build_tokenizer(more_nouns=args.haystack == "attr").to_str(), "BPE training is not deterministic"
     assert tok.token_to_id("<|endoftext|>") == 0
     for n in args.states:
         train_one(n, tok, args, device)

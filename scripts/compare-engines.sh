@@ -4,7 +4,8 @@
 #
 #   scripts/compare-engines.sh [THREADS]          (default 2)
 #
-# ROUNDS (default 3): alternating runs of Coil and llama.cpp, medians reported.
+# ROUNDS (default 3): alternating runs of Coil and llama.cpp, medians reported. DTYPES (default
+# "f32 bf16 f16"): the weight dtypes they run in.
 #
 # Engines, each run only when found:
 #   HF transformers  PYTHON (default: python3) with torch + transformers (pip install -r
@@ -68,15 +69,17 @@ print(get(512, 0), get(2048, 0), get(0, 32))
 PY
 )
 }
+# DTYPES (default "f32 bf16 f16"): the weight dtypes both engines run.
+dtypes=${DTYPES:-f32 bf16 f16}
 for ((round = 1; round <= rounds; round++)); do
-    for dtype in f32 bf16; do
+    for dtype in $dtypes; do
         coil_run "$dtype"
         if [[ -n ${LLAMA_CPP:-} ]]; then llama_run "$dtype"; fi
     done
 done
-for dtype in f32 bf16; do row_of "coil $dtype"; done
+for dtype in $dtypes; do row_of "coil $dtype"; done
 if [[ -n ${LLAMA_CPP:-} ]]; then
-    for dtype in f32 bf16; do row_of "llama.cpp $dtype"; done
+    for dtype in $dtypes; do row_of "llama.cpp $dtype"; done
 fi
 if [[ $have_hf == 1 ]]; then
     p512=$("$python" scripts/compare_hf.py bench "$weights" 512 1 "$threads" 2>/dev/null | num prefill)
@@ -101,7 +104,7 @@ printf '%s\n' "${rows[@]}" | awk '
     END {
         for (i = 1; i <= n; i++) {
             name = order[i]; if (name ~ /^coil/) continue
-            dtype = (name ~ /bf16/) ? "bf16" : "f32"; coil = "coil " dtype
+            dtype = (name ~ /bf16/) ? "bf16" : (name ~ /f16/) ? "f16" : "f32"; coil = "coil " dtype
             if (!(coil in p5) || p5[name] + 0 == 0) continue
             printf "coil %s / %s: prefill 512 %.2fx, prefill 2048 %.2fx, decode %.2fx\n", dtype, name, p5[coil] / p5[name], p2[coil] / p2[name], dec[coil] / dec[name]
         }
