@@ -58,6 +58,9 @@ fn missing_checkpoint_folder_and_files() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
     assert_fails_with(&coil(&["inspect", "--model", missing.to_str().unwrap()]), &["nope", "no such checkpoint folder"]);
+    let out = dir.path().join("out");
+    assert_fails_with(&coil(&["convert", "--model", missing.to_str().unwrap(), "--out", out.to_str().unwrap()]), &["nope", "no such checkpoint folder"]);
+    assert_fails_with(&coil(&["convert", "--model", "embedded:passkey-n16", "--out", out.to_str().unwrap()]), &["embedded:passkey-n16", "compiled into the binary"]);
     assert_fails_with(&coil(&["inspect", "--model", dir.path().to_str().unwrap()]), &["config.json"]);
     std::fs::copy(fixture("g1_tied").join("config.json"), dir.path().join("config.json")).unwrap();
     assert_fails_with(&coil(&["inspect", "--model", dir.path().to_str().unwrap()]), &["model.safetensors", "no such file"]);

@@ -1,11 +1,18 @@
 //! `coil convert`: any checkpoint Coil loads, written out in the HF dialect (safetensors).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use coil::convert_to_hf;
 
 use super::args::ConvertArgs;
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
+    let model = args.model.to_string_lossy();
+    if model.starts_with("embedded:") {
+        bail!("convert reads a checkpoint folder; `{model}` is compiled into the binary (its folder is under checkpoints/ in Coil's source tree)");
+    }
+    if !args.model.is_dir() {
+        bail!("{model}: no such checkpoint folder");
+    }
     let exported = convert_to_hf(&args.model, &args.out)
         .with_context(|| format!("cannot convert {} to {}", args.model.display(), args.out.display()))?;
     let dtypes: Vec<String> = exported.dtypes.iter().map(ToString::to_string).collect();
