@@ -1,4 +1,4 @@
-//! Prefill and decode end to end on released model shapes with random weights, f32 and bf16.
+//! Prefill and decode end to end on released model shapes with random weights, f32, bf16 and f16.
 //!
 //! `COIL_BENCH_SHAPES` (default `130m`; the full set is `130m,370m`) and
 //! `COIL_BENCH_PREFILL` (default `512,2048`; add `8192,65536` for the long runs, minutes each on
@@ -20,7 +20,7 @@ fn end_to_end(c: &mut Criterion) {
     for shape in list("COIL_BENCH_SHAPES", "130m") {
         let config = released_shape(&shape).unwrap_or_else(|| panic!("COIL_BENCH_SHAPES: unknown shape {shape}"));
         let f32_model = random_model(&config);
-        for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
             let model: Arc<Model> = match dtype {
                 WeightDtype::F32 => f32_model.clone(),
                 _ => Arc::new(Arc::into_inner(random_model(&config)).expect("one owner").with_weight_dtype(dtype).expect("random weights fit 16 bits")),

@@ -1,7 +1,7 @@
 //! One layer's prefill ops at mamba2-130m shapes (2048 tokens) on the CPU backend, best of five
 //! runs each: where a prefill's time goes, op by op, and the SSD scan at several chunk lengths.
 //! `RAYON_NUM_THREADS=2 cargo run --release -p coil-benches --example op_budget`
-use coil_kernels::{Backend, Matrix, Recurrence, ScanInputs, SsmShape};
+use coil_kernels::{Backend, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
 use std::time::Instant;
 fn rnd(len: usize, scale: f32) -> Vec<f32> {
     (0..len)
@@ -20,13 +20,16 @@ fn time(cpu: &coil_kernels::Cpu, mut f: impl FnMut() + Send) -> f64 {
 }
 fn main() {
     let cpu = coil_kernels::Cpu;
-    // Decode's products (one row: memory-bound, so GB/s of weights read).
+    // Decode's products (one row: memory-bound, so GB/s of weights read, in each held dtype).
     for (k, n) in [(768usize, 3352usize), (1536, 768), (768, 50280)] {
         let input = rnd(k, 1.0);
-        let w = Matrix::new(rnd(n * k, 0.05), n, k);
+        let f32_weight = Matrix::new(rnd(n * k, 0.05), n, k);
         let mut out = vec![0f32; n];
-        let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
-        println!("linear 1x{k}x{n}: {:.3} ms ({:.1} GB/s)", t * 1e3, (n * k * 4) as f64 / t / 1e9);
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
+            let w = f32_weight.to_dtype(dtype);
+            let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
+            println!("linear 1x{k}x{n} {dtype}: {:.3} ms ({:.1} GB/s)", t * 1e3, w.bytes() as f64 / t / 1e9);
+        }
     }
     // Batched decode's products (32 and 64 rows: register tiles; 65: the GEMM).
     for m in [32usize, 64, 65] {
