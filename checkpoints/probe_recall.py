@@ -23,11 +23,9 @@ import train_passkey as tp  # noqa: E402
 
 logging.set_verbosity_error()
 torch.set_num_threads(1)
-tok = None  # the probed checkpoint's own tokenizer
-nouns = tp.NOUNS
 
 
-def attributes(rng, nsent=60):
+def attributes(rng, tok, nouns, nsent=60):
     attr, last, ids, marks = {}, {}, tok.encode(tp.PREFIX).ids, []
     for i in range(nsent):
         noun = rng.choice(nouns)
@@ -41,7 +39,7 @@ def attributes(rng, nsent=60):
     return ids, marks, (4, 8, 16, 32, 1000)
 
 
-def facts(rng, nsent=120, p_new=0.35):
+def facts(rng, tok, nouns, nsent=120, p_new=0.35):
     bind, last, ids, marks = {}, {}, tok.encode(tp.PREFIX).ids, []
     for i in range(nsent):
         if rng.random() < p_new or not bind:
@@ -61,10 +59,10 @@ def facts(rng, nsent=120, p_new=0.35):
 
 
 @torch.no_grad()
-def probe(model, make, docs=8):
+def probe(model, make, tok, nouns, docs=8):
     rng, stats = random.Random(3), {}
     for _ in range(docs):
-        ids, marks, bins = make(rng)
+        ids, marks, bins = make(rng, tok, nouns)
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
         for pos, n, kind, lag in marks:
             ce = -sum(lp[pos + j - 1, ids[pos + j]].item() for j in range(n))
@@ -80,5 +78,5 @@ if __name__ == "__main__":
             recipe3 = json.load(f).get("haystack") == "attr"
         nouns = tp.NOUNS + tp.MORE_NOUNS if recipe3 else tp.NOUNS
         m = Mamba2ForCausalLM.from_pretrained(path).eval()
-        print(path, "attributes", probe(m, attributes))
-        print(path, "facts", probe(m, facts))
+        print(path, "attributes", probe(m, attributes, tok, nouns))
+        print(path, "facts", probe(m, facts, tok, nouns))

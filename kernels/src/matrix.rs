@@ -85,10 +85,9 @@ impl Matrix {
             (Storage::F32(v), WeightDtype::F32) => Storage::F32(v.clone()),
             (Storage::Bf16(v), WeightDtype::Bf16) => Storage::Bf16(v.clone()),
             (Storage::F16(v), WeightDtype::F16) => Storage::F16(v.clone()),
+            // Any other pair goes through f32, which holds every bf16 and f16 value exactly.
             (_, WeightDtype::F32) => Storage::F32(self.all_f32()),
-            (Storage::F32(v), WeightDtype::Bf16) => Storage::Bf16(v.iter().map(|&x| f32_to_bf16(x)).collect()),
             (_, WeightDtype::Bf16) => Storage::Bf16(self.all_f32().into_iter().map(f32_to_bf16).collect()),
-            (Storage::F32(v), WeightDtype::F16) => Storage::F16(v.iter().map(|&x| half::f16::from_f32(x)).collect()),
             (_, WeightDtype::F16) => Storage::F16(self.all_f32().into_iter().map(half::f16::from_f32).collect()),
         };
         Matrix { data, rows: self.rows, cols: self.cols, resident: Mutex::new(None) }

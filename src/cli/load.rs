@@ -42,15 +42,18 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     }
     let source = source_of(args.model.as_deref());
     let checkpoint = Checkpoint::load(&source).with_context(|| format!("cannot load the checkpoint {source}"))?;
-    let stored_dtype = checkpoint.weights.stored_dtype.to_string();
+    let stored = checkpoint.weights.stored_dtype;
     let weight_dtype = match args.weights {
         WeightsArg::F32 => coil::WeightDtype::F32,
         WeightsArg::Bf16 => coil::WeightDtype::Bf16,
         WeightsArg::F16 => coil::WeightDtype::F16,
-        WeightsArg::Auto if stored_dtype == coil::checkpoint::DType::BF16.to_string() => coil::WeightDtype::Bf16,
-        WeightsArg::Auto if stored_dtype == coil::checkpoint::DType::F16.to_string() => coil::WeightDtype::F16,
-        WeightsArg::Auto => coil::WeightDtype::F32,
+        WeightsArg::Auto => match stored {
+            coil::checkpoint::DType::BF16 => coil::WeightDtype::Bf16,
+            coil::checkpoint::DType::F16 => coil::WeightDtype::F16,
+            _ => coil::WeightDtype::F32,
+        },
     };
+    let stored_dtype = stored.to_string();
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
     let mut model = Model::from_checkpoint(checkpoint)

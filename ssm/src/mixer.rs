@@ -148,21 +148,21 @@ impl Block {
         &self.a_log
     }
 
-    /// Holds the projection matrices (the bulk of the weights) as `dtype`; the error names the
-    /// first one that `dtype` cannot hold (values past f16's range).
-    pub fn convert_weights(&mut self, dtype: WeightDtype) -> Result<(), &'static str> {
-        for (name, projection) in [("in_proj", &mut self.in_proj), ("out_proj", &mut self.out_proj)] {
+    /// Holds the projection matrices (the bulk of the weights) as `dtype`.
+    pub fn convert_weights(&mut self, dtype: WeightDtype) {
+        for projection in [&mut self.in_proj, &mut self.out_proj] {
             projection.convert(dtype);
-            if dtype == WeightDtype::F16 && !projection.weight.is_finite() {
-                return Err(name);
-            }
         }
-        Ok(())
+    }
+
+    /// The projection matrices, by name.
+    pub fn matrices(&self) -> [(&'static str, &Matrix); 2] {
+        [("in_proj", &self.in_proj.weight), ("out_proj", &self.out_proj.weight)]
     }
 
     /// Bytes of the projection matrices.
     pub fn matrix_bytes(&self) -> usize {
-        [&self.in_proj, &self.out_proj].iter().map(|p| p.weight.bytes()).sum()
+        self.matrices().iter().map(|(_, m)| m.bytes()).sum()
     }
 
     pub fn dt_bias(&self) -> &[f32] {

@@ -128,22 +128,26 @@ impl Model {
     /// exactly. bf16 has f32's range; f16 holds only ±65504, and a matrix with a value beyond it
     /// is [`Error::WeightRange`] (the other 16-bit type or f32 then holds it).
     pub fn with_weight_dtype(mut self, dtype: WeightDtype) -> Result<Model, Error> {
-        let overflow = |matrix: String| Error::WeightRange { dtype, matrix };
-        for (layer, block) in self.blocks.iter_mut().enumerate() {
-            block.convert_weights(dtype).map_err(|name| overflow(format!("layer {layer} {name}")))?;
+        for block in &mut self.blocks {
+            block.convert_weights(dtype);
         }
-        let held = |m: &Matrix| dtype != WeightDtype::F16 || m.is_finite();
         if self.embedding.dtype() != dtype {
             self.embedding = self.embedding.to_dtype(dtype);
-        }
-        if !held(&self.embedding) {
-            return Err(overflow("embedding".into()));
         }
         if let Some(head) = self.lm_head.as_mut().filter(|h| h.dtype() != dtype) {
             *head = head.to_dtype(dtype);
         }
-        if self.lm_head.as_ref().is_some_and(|head| !held(head)) {
-            return Err(overflow("lm_head".into()));
+        // Only f16 can lose a value (the loader refuses non-finite weights): name the first
+        // matrix that did.
+        if dtype == WeightDtype::F16 {
+            let layers = self.blocks.iter().enumerate().flat_map(|(layer, block)| {
+                block.matrices().map(|(name, matrix)| (format!("layer {layer} {name}"), matrix))
+            });
+            let others = [("embedding", Some(&self.embedding)), ("lm_head", self.lm_head.as_ref())];
+            let mut all = layers.chain(others.into_iter().filter_map(|(name, m)| Some((name.to_owned(), m?))));
+            if let Some((matrix, _)) = all.find(|(_, m)| !m.is_finite()) {
+                return Err(Error::WeightRange { dtype, matrix });
+            }
         }
         Ok(self)
     }

@@ -1,5 +1,6 @@
-//! The innermost loops of the hot ops, written twice: with AVX2+FMA+F16C intrinsics (x86-64-v3, picked at run time
-//! when the CPU has them) and as portable Rust (always compiled, always correct, used elsewhere).
+//! The innermost loops of the hot ops, written twice: with AVX2+FMA+F16C intrinsics (x86-64-v3,
+//! picked at run time when the CPU has them) and as portable Rust (always compiled, always correct,
+//! used elsewhere).
 //!
 //! Explicit intrinsics, not auto-vectorised lane arrays: LLVM's SLP vectoriser turned the lane
 //! array loops into 2-wide `xmm` code, which held decode to ~60% of memory bandwidth.
@@ -115,8 +116,8 @@ impl Weight for half::f16 {
     }
 }
 
-/// `out = weights` as f32 (`out` is cleared and refilled): how the GEMM and batched-decode
-/// paths widen bf16 and f16 weight blocks.
+/// `out = weights` as f32 (`out` is cleared and refilled): how the GEMM path widens a block of
+/// bf16 or f16 weights (batched decode widens inside [`panel_dots`]).
 pub(crate) fn widen<W: Weight>(weights: &[W], out: &mut Vec<f32>) {
     out.clear();
     if let Some(w) = W::as_f32(weights) {
