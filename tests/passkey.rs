@@ -112,4 +112,12 @@ fn same_named_checkpoints_get_distinct_labels() {
     let output = sweep([&a, &dir.path().join("runB/../runA/passkey-n16")]);
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && err.contains("given twice"), "{err}");
+
+    // A folder named like an embedded checkpoint is another model, not the same one twice.
+    let out = dir.path().join("sweep2");
+    let output = coil(&["passkey", "--model", a.to_str().unwrap(), "--model", "embedded:passkey-n16", "--lengths", "256", "--depths", "2", "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let records = read_results(std::slice::from_ref(&out)).unwrap();
+    let count = |name: &str| records.iter().filter(|r| r.model == name).count();
+    assert_eq!((count("runA/passkey-n16"), count("passkey-n16")), (2, 2));
 }

@@ -30,7 +30,8 @@ fn labels(sources: &[&Source]) -> Result<Vec<String>> {
             }
             let same = match (sources[i], sources[j]) {
                 (Source::Dir(a), Source::Dir(b)) => a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a)),
-                (a, b) => label(a, 1) == label(b, 1),
+                (Source::Embedded(a), Source::Embedded(b)) => a == b,
+                _ => false, // a folder and an embedded checkpoint of the same name
             };
             let depth = (2..64).find(|&d| label(sources[i], d) != label(sources[j], d)).filter(|_| !same);
             let Some(depth) = depth else { bail!("the checkpoint {} is given twice", sources[i]) };
