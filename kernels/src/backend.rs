@@ -61,6 +61,13 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// The SSD chunk length this backend's [`Backend::ssd_scan`] runs fastest at, for models
+    /// whose chunk length was not set explicitly; `None` keeps the checkpoint's `chunk_size`.
+    fn preferred_chunk(&self, shape: SsmShape) -> Option<usize> {
+        let _ = shape;
+        None
+    }
+
     /// The selective scan over T tokens from `state`, leaving the final state in `state`:
     /// per head, `S = exp(dt*A + offset) S + (dt x) ⊗ B`, `y = S·C + D x`. `y: [T, H, P]`;
     /// `state: [H, P, N]`. `chunk` is the SSD chunk length, a tuning knob: every value gives the

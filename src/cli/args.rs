@@ -114,7 +114,8 @@ pub struct ModelArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// SSD chunk length for prefill (default: the checkpoint's chunk_size).
+    /// SSD chunk length for prefill (default: the backend's preferred length, 64 on the CPU;
+    /// else the checkpoint's chunk_size).
     #[arg(long, value_name = "Q")]
     pub chunk_size: Option<usize>,
     /// Tokens per prefill pass; memory grows with it, not with the input.

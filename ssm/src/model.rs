@@ -30,7 +30,7 @@ pub struct Model {
     blocks: Vec<Block>,
     norm_f: Vec<f32>,
     lm_head: Option<Matrix>, // [V, D]; None = tied to the embedding
-    chunk_size: usize,
+    chunk_size: Option<usize>, // set explicitly; else the backend's choice or the checkpoint's
     parameters: usize,
     plain: Plan,
     /// Buffers of the batched passes, kept between calls (a batch step would otherwise have
@@ -103,7 +103,7 @@ impl Model {
             plain: Plan::empty(),
             batch_buffers: Default::default(),
             parameters,
-            chunk_size: config.chunk_size,
+            chunk_size: None,
             dims,
             backend,
             embedding: Matrix::new(weights.embedding, config.vocab_size, config.d_model),
@@ -162,11 +162,16 @@ impl Model {
         self.blocks.iter().map(Block::matrix_bytes).sum::<usize>() + self.embedding.bytes() + self.lm_head.as_ref().map_or(0, Matrix::bytes)
     }
 
-    /// Sets the SSD chunk length of prefill (default: the checkpoint's `chunk_size`). Any positive
-    /// value gives the same results up to f32 rounding.
+    /// Sets the SSD chunk length of prefill (default: the backend's preferred length, else the
+    /// checkpoint's `chunk_size`). Any positive value gives the same results up to f32 rounding.
     pub fn with_chunk_size(mut self, chunk_size: usize) -> Model {
-        self.chunk_size = chunk_size.max(1);
+        self.chunk_size = Some(chunk_size.max(1));
         self
+    }
+
+    /// The SSD chunk length prefill runs with.
+    pub fn chunk_size(&self) -> usize {
+        self.chunk_size.or_else(|| self.backend.preferred_chunk(self.dims.ssm)).unwrap_or(self.config.chunk_size)
     }
 
     pub fn config(&self) -> &Config {
@@ -365,10 +370,11 @@ impl Model {
         for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip((0..batch).flat_map(|i| tokens.sequence(i))) {
             self.embedding.row_f32(token as usize, hidden);
         }
+        let chunk = self.chunk_size();
         for (i, block) in self.blocks.iter().enumerate() {
             let layers = states.iter_mut().map(|s| (s.position(), s)).map(|(position, s)| (s.layer_mut(i), position));
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], self.chunk_size, act, part);
+            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], chunk, act, part);
         }
         for state in states.iter_mut() {
             state.advance(len);
@@ -377,12 +383,7 @@ impl Model {
         last.clear();
         last.extend(workspace.hidden.chunks_exact(len * d).flat_map(|rows| rows[(len - 1) * d..].iter().copied()));
         for (hidden, state) in last.chunks_exact(d).zip(states.iter()) {
-            if hidden.iter().any(|v| !v.is_finite()) {
-                return Err(match state.first_non_finite_layer() {
-                    Some(layer) => Error::StateOverflow { layer, position: state.position() },
-                    None => Error::NonFiniteLogits { position: state.position() },
-                });
-            }
+            check_finite(state, len, hidden)?;
         }
         logits.resize(batch * vocab, 0.0);
         workspace.normed.resize(batch * d, 0.0);
@@ -441,11 +442,11 @@ impl Model {
         for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
             self.embedding.row_f32(token as usize, row);
         }
-        let position = state.position();
+        let (position, chunk) = (state.position(), self.chunk_size());
         for (i, block) in self.blocks.iter().enumerate() {
             let backend: &dyn Backend = &*self.backend;
             let layer = state.layer_mut(i);
-            block.forward(backend, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, self.chunk_size, &mut workspace.act);
+            block.forward(backend, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
         }
         state.advance(tokens.len());
 
@@ -453,12 +454,7 @@ impl Model {
             LogitRows::All => &workspace.hidden[..],
             LogitRows::Last | LogitRows::None => &workspace.hidden[(tokens.len() - 1) * d..],
         };
-        if hidden_rows.iter().any(|v| !v.is_finite()) {
-            return Err(match state.first_non_finite_layer() {
-                Some(layer) => Error::StateOverflow { layer, position: state.position() },
-                None => Error::NonFiniteLogits { position: state.position() },
-            });
-        }
+        check_finite(state, tokens.len(), hidden_rows)?;
         if rows == LogitRows::None {
             workspace.logits.clear();
             return Ok(());
@@ -473,4 +469,22 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// After `tokens` went into `state`: an error if the state holds a non-finite value or `hidden`
+/// (the rows logits are taken from) does. A step's output reads every state value, so a
+/// non-finite one shows there; a chunked pass can leave one that no output shows (a decay of
+/// exactly zero carries it), so after more than one token the state is scanned (a pass over it
+/// per prefill piece).
+fn check_finite(state: &State, tokens: usize, hidden: &[f32]) -> Result<(), Error> {
+    let overflow = || state.first_non_finite_layer().map(|layer| Error::StateOverflow { layer, position: state.position() });
+    if tokens > 1 {
+        if let Some(err) = overflow() {
+            return Err(err);
+        }
+    }
+    if hidden.iter().any(|v| !v.is_finite()) {
+        return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
+    }
+    Ok(())
 }
