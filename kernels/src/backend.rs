@@ -61,6 +61,13 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// Whether the ops of independent sequences (a batch's convs and scans) may be called from
+    /// several threads at once, each splitting its own work further. A device that runs ops in
+    /// submission order gains nothing from it.
+    fn concurrent_sequences(&self) -> bool {
+        false
+    }
+
     /// The SSD chunk length this backend's [`Backend::ssd_scan`] runs fastest at, for models
     /// whose chunk length was not set explicitly; `None` keeps the checkpoint's `chunk_size`.
     fn preferred_chunk(&self, shape: SsmShape) -> Option<usize> {

@@ -1,10 +1,12 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
+use rayon::prelude::*;
+
 use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
 
 use crate::mitigation::LayerPlan;
-use crate::state::{LayerState, Ring};
+use crate::state::{LayerState, Ring, State};
 use crate::Config;
 
 /// A block's weights, arranged for the ops.
@@ -209,27 +211,37 @@ impl Block {
     }
 
     /// B independent sequences of T tokens each: rows `i*T..(i+1)*T` of `hidden: [B*T, D]`
-    /// continue the sequence whose state is `layers[i]`, at stream position `positions[i]`. The
-    /// projections run once over all B*T rows (one pass over the weights); the conv and the scan
-    /// run per sequence on its own state, through `part`'s buffers.
+    /// continue `states[i]` (this block is their layer `layer`). The projections run once over
+    /// all B*T rows (one pass over the weights); the conv and the scan run per sequence on its
+    /// own state, through its own `parts[i]`, the sequences at once where the backend allows.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_batch<'s>(
+    pub fn forward_batch(
         &self,
         backend: &dyn Backend,
         dims: &Dims,
         hidden: &mut [f32],
-        layers: impl ExactSizeIterator<Item = (LayerState<'s>, u64)>,
+        states: &mut [&mut State],
+        layer: usize,
         plan: &LayerPlan,
         chunk: usize,
         act: &mut Activations,
-        part: &mut Activations,
+        parts: &mut [Activations],
     ) {
-        let tokens = act.tokens(dims) / layers.len();
-        debug_assert_eq!(act.tokens(dims), layers.len() * tokens);
+        let tokens = act.tokens(dims) / states.len();
+        debug_assert_eq!(act.tokens(dims), states.len() * tokens);
+        debug_assert_eq!(parts.len(), states.len());
         self.project_in(backend, dims, hidden, act);
-        for (i, (layer, position)) in layers.enumerate() {
+        let mix_one = |(i, (state, part)): (usize, (&mut &mut State, &mut Activations))| {
             part.copy_inputs_from(act, dims, i * tokens..(i + 1) * tokens);
-            self.mix(backend, dims, layer, plan, position, chunk, part);
+            let position = state.position();
+            self.mix(backend, dims, state.layer_mut(layer), plan, position, chunk, part);
+        };
+        if backend.concurrent_sequences() {
+            states.par_iter_mut().zip(parts.par_iter_mut()).enumerate().for_each(mix_one);
+        } else {
+            states.iter_mut().zip(parts.iter_mut()).enumerate().for_each(mix_one);
+        }
+        for (i, part) in parts.iter().enumerate() {
             act.copy_output_from(part, dims, i * tokens);
         }
         self.project_out(backend, dims, hidden, act);

@@ -70,7 +70,7 @@ impl Sequences for OneEach<'_> {
 /// What one batched pass works in.
 struct BatchBuffers {
     workspace: Workspace,
-    part: Activations,
+    parts: Vec<Activations>, // one per sequence: their recurrent parts may run at once
     last: Vec<f32>,
 }
 
@@ -347,7 +347,7 @@ impl Model {
         }
         let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
         let mut buffers =
-            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), part: Activations::new(&self.dims, 0), last: Vec::new() });
+            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), parts: Vec::new(), last: Vec::new() });
         let mut result = Ok(());
         self.backend.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
         if let Ok(mut pool) = self.batch_buffers.lock() {
@@ -365,16 +365,16 @@ impl Model {
         logits: &mut Vec<f32>,
     ) -> Result<(), Error> {
         let (batch, len, d, vocab) = (tokens.count(), tokens.sequence(0).len(), self.dims.d_model, self.config.vocab_size);
-        let BatchBuffers { workspace, part, last } = buffers;
+        let BatchBuffers { workspace, parts, last } = buffers;
+        parts.resize_with(parts.len().max(batch), || Activations::new(&self.dims, 0));
         workspace.resize(&self.dims, batch * len);
         for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip((0..batch).flat_map(|i| tokens.sequence(i))) {
             self.embedding.row_f32(token as usize, hidden);
         }
         let chunk = self.chunk_size();
         for (i, block) in self.blocks.iter().enumerate() {
-            let layers = states.iter_mut().map(|s| (s.position(), s)).map(|(position, s)| (s.layer_mut(i), position));
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(&*self.backend, &self.dims, hidden, layers, &plan.layers[i], chunk, act, part);
+            block.forward_batch(&*self.backend, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch]);
         }
         for state in states.iter_mut() {
             state.advance(len);

@@ -62,6 +62,10 @@ impl Backend for Cpu {
         }
     }
 
+    fn concurrent_sequences(&self) -> bool {
+        true
+    }
+
     /// 64: the state's two products per chunk cost the same at any Q, while the intra-chunk
     /// ones grow with Q; below 64 the products get too small for the GEMM to run at speed.
     /// Measured at mamba2-130m shapes (P 64, N 128): 64 and 128 alike, 256 about 20% slower
