@@ -12,8 +12,8 @@
 //! second does the state's part in blocks of heads, each block walking the chunks in order. A
 //! group's heads share `B` and `C`, so a block's `C_l · S` is one product `C · [S_h]ᵀ` (Q x N
 //! by N x heads·P) per chunk and its state update one product `[dt x]ᵀ · B` (heads·P x Q by
-//! Q x N), instead of two small products per head: at mamba2-130m shapes the scan takes about
-//! 25% less time than with per-head products.
+//! Q x N), instead of two small products per head: at mamba2-130m shapes (Q 64) the scan takes
+//! 20-25% less time alone and about 10% less inside a prefill than with per-head products.
 
 use rayon::prelude::*;
 
