@@ -1,9 +1,8 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
-use rayon::prelude::*;
-
 use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
+use rayon::prelude::*;
 
 use crate::mitigation::LayerPlan;
 use crate::state::{LayerState, Ring, State};

@@ -68,8 +68,8 @@ impl Backend for Cpu {
 
     /// 64: the state's two products per chunk cost the same at any Q, while the intra-chunk
     /// ones grow with Q; below 64 the products get too small for the GEMM to run at speed.
-    /// Measured at mamba2-130m shapes (P 64, N 128): 64 and 128 alike, 256 about 20% slower
-    /// (`op_budget`).
+    /// Measured at mamba2-130m shapes (P 64, N 128, 1024 tokens, 2 threads): 128 about 10%
+    /// slower, 256 15-20% slower, 96 and 32 slower still (`op_budget`).
     fn preferred_chunk(&self, _shape: SsmShape) -> Option<usize> {
         Some(64)
     }
