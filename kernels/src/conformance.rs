@@ -196,6 +196,8 @@ pub fn scan_cases() -> Vec<ScanCase> {
         ScanCase { tokens: 131, shape: shape(3, 4, 3, 1), per_channel_d: true },
         ScanCase { tokens: 40, shape: shape(2, 64, 130, 1), per_channel_d: false },
         ScanCase { tokens: 9, shape: shape(2, 200, 8, 2), per_channel_d: true },
+        // Longer than the CPU scan's 1024-token window: several windows, the last one partial.
+        ScanCase { tokens: 2100, shape: shape(4, 3, 5, 2), per_channel_d: false },
     ]
 }
 
