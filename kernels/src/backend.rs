@@ -70,8 +70,7 @@ pub trait Backend: Send + Sync {
 
     /// The SSD chunk length this backend's [`Backend::ssd_scan`] runs fastest at, for models
     /// whose chunk length was not set explicitly; `None` keeps the checkpoint's `chunk_size`.
-    fn preferred_chunk(&self, shape: SsmShape) -> Option<usize> {
-        let _ = shape;
+    fn preferred_chunk(&self) -> Option<usize> {
         None
     }
 

@@ -1,17 +1,17 @@
 //! `coil convert`: any checkpoint Coil loads, written out in the HF dialect (safetensors).
 
 use anyhow::{bail, Context, Result};
-use coil::convert_to_hf;
+use coil::{convert_to_hf, Source};
 
 use super::args::ConvertArgs;
+use super::load::source_of;
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
-    let model = args.model.to_string_lossy();
-    if model.starts_with("embedded:") {
-        bail!("convert reads a checkpoint folder; `{model}` is compiled into the binary (its folder is under checkpoints/ in Coil's source tree)");
+    if let Source::Embedded(name) = source_of(Some(&args.model)) {
+        bail!("convert reads a checkpoint folder; `embedded:{name}` is compiled into the binary (its folder is under checkpoints/ in Coil's source tree)");
     }
     if !args.model.is_dir() {
-        bail!("{model}: no such checkpoint folder");
+        bail!("{}: no such checkpoint folder", args.model.display());
     }
     let exported = convert_to_hf(&args.model, &args.out)
         .with_context(|| format!("cannot convert {} to {}", args.model.display(), args.out.display()))?;

@@ -171,7 +171,7 @@ impl Model {
 
     /// The SSD chunk length prefill runs with.
     pub fn chunk_size(&self) -> usize {
-        self.chunk_size.or_else(|| self.backend.preferred_chunk(self.dims.ssm)).unwrap_or(self.config.chunk_size)
+        self.chunk_size.or_else(|| self.backend.preferred_chunk()).unwrap_or(self.config.chunk_size)
     }
 
     pub fn config(&self) -> &Config {

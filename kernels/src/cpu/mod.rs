@@ -70,7 +70,7 @@ impl Backend for Cpu {
     /// ones grow with Q; below 64 the products get too small for the GEMM to run at speed.
     /// Measured at mamba2-130m shapes (P 64, N 128, 1024 tokens, 2 threads): 128 about 10%
     /// slower, 256 15-20% slower, 96 and 32 slower still (`op_budget`).
-    fn preferred_chunk(&self, _shape: SsmShape) -> Option<usize> {
+    fn preferred_chunk(&self) -> Option<usize> {
         Some(64)
     }
 
