@@ -213,6 +213,16 @@ pub(crate) struct LayerState<'a> {
     pub stats: Option<&'a mut [HeadStats]>,
 }
 
+/// `len` zeros, written rather than left to the allocator: a large zeroed allocation comes as
+/// pages the kernel maps on first touch, and the scan reads the state before it writes it, so
+/// every page would fault twice, the second time a copy-on-write that flushes the other cores'
+/// TLBs (an interrupt to each, slow in a VM). Writing first costs one plain fault per page.
+fn written_zeros(len: usize) -> Vec<f32> {
+    let mut values = vec![0.0; len];
+    std::hint::black_box(values.as_mut_slice()).fill(0.0);
+    values
+}
+
 const FORMAT: &str = "coil-state";
 const VERSION: &str = "1";
 
@@ -221,8 +231,8 @@ impl State {
     pub fn new(shape: StateShape) -> State {
         State {
             shape,
-            conv: vec![0.0; shape.layers * shape.conv_len()],
-            ssm: vec![0.0; shape.layers * shape.ssm_len()],
+            conv: written_zeros(shape.layers * shape.conv_len()),
+            ssm: written_zeros(shape.layers * shape.ssm_len()),
             position: 0,
             log_decay_total: vec![0.0; shape.layers * shape.heads],
             window: None,
