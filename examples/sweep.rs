@@ -27,12 +27,12 @@ fn main() -> Result<(), coil::Error> {
     let mut results = ResultsFile::open(&out, Shard::whole(), true)?;
     let summary = run_sweep(&arms, &config, &mut results, |p| eprint!("\r{}/{} cells", p.cells_done, p.cells_total))?;
     eprintln!("\nran {} cells, saved {:.0}% of the work by forking", summary.cells_run, summary.saving() * 100.0);
-    let report = write_report(&read_results(&[out.clone()])?, 0.95, &out)?;
+    let report = write_report(&read_results(std::slice::from_ref(&out))?, 0.95, &out)?;
     for row in &report.accuracy {
         println!("{} {} length {}: {}/{} correct", row.model, row.mitigation, row.length, row.correct, row.cells);
     }
-    for (model, n_s, arm, capacity, _) in &report.capacity {
-        println!("{model} (N_S {n_s}) {arm}: capacity {capacity:?}");
+    for row in &report.capacity {
+        println!("{} (N_S {}) {}: capacity {:?}", row.model, row.n_s, row.mitigation, row.tokens);
     }
     Ok(())
 }

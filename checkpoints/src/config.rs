@@ -111,7 +111,7 @@ impl Config {
     /// Rejects sizes no model can have; shapes against the weights are checked when they load.
     pub fn validate(&self, path: &Path) -> Result<(), LoadError> {
         let fail = |message: String| Err(LoadError::config(path, message));
-        if self.n_heads % self.n_groups != 0 {
+        if !self.n_heads.is_multiple_of(self.n_groups) {
             return fail(format!("num_heads ({}) is not a multiple of n_groups ({})", self.n_heads, self.n_groups));
         }
         if self.vocab_size < self.vocab_size_unpadded {
@@ -130,7 +130,7 @@ impl Config {
             self.vocab_size.checked_mul(self.d_model),
             self.state_elements().checked_mul(4),
         ];
-        if products.iter().any(|p| p.map_or(true, |v| v > isize::MAX as usize / 8)) {
+        if products.iter().any(|p| p.is_none_or(|v| v > isize::MAX as usize / 8)) {
             return fail("model dimensions are too large to address".into());
         }
         Ok(())
@@ -294,7 +294,7 @@ fn from_mamba_ssm(f: &Fields) -> Result<Config, LoadError> {
     let expand = ssm.float("expand")?.unwrap_or(2.0);
     let head_dim = ssm.size("headdim")?.unwrap_or(64);
     let inner = expand * d_model as f64;
-    if inner.fract() != 0.0 || inner < 1.0 || (inner as usize) % head_dim != 0 {
+    if inner.fract() != 0.0 || inner < 1.0 || !(inner as usize).is_multiple_of(head_dim) {
         return Err(ssm.error("headdim", &format!("({head_dim}) must divide expand * d_model ({inner})")));
     }
     let vocab = f.required_size("vocab_size")?;

@@ -170,7 +170,7 @@ fn hf_config(config: &Config, tied: bool, dtype: DType, eos: Option<u32>) -> Val
             json!({"__float__": if v > 0.0 { "Infinity" } else { "-Infinity" }})
         }
     };
-    let expand = if config.d_inner() % config.d_model == 0 {
+    let expand = if config.d_inner().is_multiple_of(config.d_model) {
         json!(config.d_inner() / config.d_model)
     } else {
         json!(config.d_inner() as f64 / config.d_model as f64)

@@ -127,7 +127,7 @@ fn check_in_proj_rows(config: &Config, store: &TensorStore, name: &str) -> Resul
     let Ok((shape, _)) = store.describe(name) else { return Ok(()) };
     let expected = config.in_proj_rows();
     match shape.first() {
-        Some(&rows) if rows > expected && (rows - expected) % 2 == 0 && shape.len() == 2 && shape[1] == config.d_model => {
+        Some(&rows) if rows > expected && (rows - expected).is_multiple_of(2) && shape.len() == 2 && shape[1] == config.d_model => {
             Err(LoadError::Unsupported {
                 path: store.path_of(name).to_owned(),
                 message: format!(

@@ -183,9 +183,9 @@ pub fn capacity(path: &Path, points: &[(String, Vec<(f64, f64)>)], fits: &[(Stri
 
 /// `512`, `4k`, `1m`.
 pub fn format_length(tokens: usize) -> String {
-    if tokens >= 1 << 20 && tokens % (1 << 20) == 0 {
+    if tokens >= 1 << 20 && tokens.is_multiple_of(1 << 20) {
         format!("{}m", tokens >> 20)
-    } else if tokens >= 1024 && tokens % 1024 == 0 {
+    } else if tokens >= 1024 && tokens.is_multiple_of(1024) {
         format!("{}k", tokens >> 10)
     } else {
         tokens.to_string()

@@ -140,10 +140,10 @@ fn fake_model_capacity_comes_out_exactly() {
                 cells.iter().filter(|r| fake_recalls(fake.memory, r, &template)).count() as f64 / cells.len() as f64 >= 0.95
             })
             .max();
-        let got = report.capacity.iter().find(|c| c.0 == fake.name).unwrap().3;
+        let got = report.capacity.iter().find(|c| c.model == fake.name).unwrap().tokens;
         assert_eq!(got, expected, "{}", fake.name);
     }
-    assert_eq!(report.capacity.iter().find(|c| c.0 == "m300").unwrap().3, Some(256));
+    assert_eq!(report.capacity.iter().find(|c| c.model == "m300").unwrap().tokens, Some(256));
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("| m1200 |") && md.contains("## Capacity law"));
     for plot in ["capacity.svg", "accuracy-m300.svg", "heatmap-m5000-none.svg"] {

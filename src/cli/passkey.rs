@@ -145,7 +145,8 @@ pub fn report(args: ReportArgs) -> Result<()> {
 
 fn print_capacity(report: &Report) {
     println!("model\tN_S\tmitigation\tcapacity");
-    for (model, n_s, arm, capacity, _) in &report.capacity {
-        println!("{model}\t{n_s}\t{arm}\t{}", capacity.map_or("<shortest".into(), |c| c.to_string()));
+    for row in &report.capacity {
+        let capacity = row.tokens.map_or("<shortest".into(), |c| c.to_string());
+        println!("{}\t{}\t{}\t{capacity}", row.model, row.n_s, row.mitigation);
     }
 }

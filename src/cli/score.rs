@@ -57,7 +57,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 failure.get_or_insert(e);
             }
         }
-        if t % 256 == 0 || t + 1 == ids.len() {
+        if t.is_multiple_of(256) || t + 1 == ids.len() {
             progress.advance((t + 1) as u64 - progress.tokens(), (t + 1) as u64);
         }
     })?;

@@ -310,7 +310,7 @@ impl Block {
         let window = plan.window.filter(|_| layer.ring.is_some());
         // A segment ends after token i when the state norm clamps there, and before token i when
         // the window's start moves there.
-        let ends_after = |i: usize| plan.state_norm.as_ref().is_some_and(|n| (position + i as u64 + 1) % n.every == 0);
+        let ends_after = |i: usize| plan.state_norm.as_ref().is_some_and(|n| (position + i as u64 + 1).is_multiple_of(n.every));
         let window_moves = |p: u64| window.is_some_and(|w| p > 0 && w.start(p) != w.start(p - 1));
 
         // One token's dt * x for the window's ring, reused across segments (Q = 1 makes every

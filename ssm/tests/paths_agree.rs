@@ -235,7 +235,7 @@ fn state_norm_invariant_holds_at_every_clamp_and_only_there() {
         session.step(t).unwrap();
         let norms = session.state().head_norms();
         let max = norms.iter().flatten().fold(0.0f32, |m, &n| m.max(n));
-        if session.position() % every == 0 {
+        if session.position().is_multiple_of(every) {
             assert!(max <= tau * (1.0 + 1e-5), "after token {} the largest head norm is {max}", session.position());
         } else {
             saw_unclamped |= max > tau * 1.5;

@@ -11,7 +11,7 @@ mod template;
 
 pub use model::{CoilSubject, Subject};
 pub use prompt::{depth, key, Layout, TokenizedTemplate};
-pub use report::{fit_capacity, write_report, AccuracyRow, CapacityFit, Report};
+pub use report::{fit_capacity, write_report, AccuracyRow, CapacityFit, CapacityRow, Report};
 pub use results::{read_results, CellRecord, ResultsFile, Shard};
 pub use sweep::{parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary};
 pub use template::Template;

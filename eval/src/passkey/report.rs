@@ -80,6 +80,29 @@ impl AccuracyRow {
     }
 }
 
+/// One model's capacity under one mitigation arm.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapacityRow {
+    /// The checkpoint's name.
+    pub model: String,
+    /// Its state size N_S, in elements.
+    pub n_s: usize,
+    /// The mitigation arm.
+    pub mitigation: String,
+    /// The longest length at or above the threshold; `None` when even the shortest falls below.
+    pub tokens: Option<usize>,
+    /// The checkpoint's training length, when its config or the sweep gave one.
+    pub train_length: Option<usize>,
+}
+
+impl CapacityRow {
+    /// `(N_S in millions, capacity in thousands of tokens)`, the capacity law's axes, when the
+    /// row has a capacity.
+    fn law_point(&self) -> Option<(f64, f64)> {
+        self.tokens.map(|tokens| (self.n_s as f64 / 1e6, tokens as f64 / 1000.0))
+    }
+}
+
 /// Everything the report says.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -87,8 +110,8 @@ pub struct Report {
     pub threshold: f64,
     /// Accuracy per model x arm x length.
     pub accuracy: Vec<AccuracyRow>,
-    /// (model, n_s, mitigation, capacity, train_length)
-    pub capacity: Vec<(String, usize, String, Option<usize>, Option<usize>)>,
+    /// Capacity per model x arm.
+    pub capacity: Vec<CapacityRow>,
     /// Per mitigation arm, fitted across models.
     pub fits: Vec<(String, Option<CapacityFit>)>,
     /// Cells in the results.
@@ -127,16 +150,14 @@ impl Report {
                 entry.1 = Some(entry.1.map_or(row.length, |c: usize| c.max(row.length)));
             }
         }
-        let capacity: Vec<_> = capacity.into_iter().map(|((m, arm), (n_s, cap))| (m.clone(), n_s, arm, cap, train.get(&m).copied())).collect();
-        let mut arms: Vec<String> = capacity.iter().map(|c| c.2.clone()).collect();
-        arms.sort();
-        arms.dedup();
-        let fits = arms
+        let capacity: Vec<CapacityRow> = capacity
+            .into_iter()
+            .map(|((model, mitigation), (n_s, tokens))| CapacityRow { train_length: train.get(&model).copied(), model, n_s, mitigation, tokens })
+            .collect();
+        let fits = capacity_arms(&capacity)
             .into_iter()
             .map(|arm| {
-                let points: Vec<(f64, f64)> =
-                    capacity.iter().filter(|c| c.2 == arm).filter_map(|c| c.3.map(|cap| (c.1 as f64 / 1e6, cap as f64 / 1000.0))).collect();
-                let fit = fit_capacity(&points);
+                let fit = fit_capacity(&law_points(&capacity, &arm));
                 (arm, fit)
             })
             .collect();
@@ -155,13 +176,15 @@ impl Report {
             self.threshold * 100.0
         );
         let _ = writeln!(md, "## Capacity\n\n| model | N_S | mitigation | capacity (tokens) | training length |\n|---|---:|---|---:|---:|");
-        for (model, n_s, arm, cap, train) in &self.capacity {
+        for row in &self.capacity {
             let _ = writeln!(
                 md,
-                "| {model} | {:.3}M | {arm} | {} | {} |",
-                *n_s as f64 / 1e6,
-                cap.map_or("< shortest".into(), format_length),
-                train.map_or("?".into(), format_length)
+                "| {} | {:.3}M | {} | {} | {} |",
+                row.model,
+                row.n_s as f64 / 1e6,
+                row.mitigation,
+                row.tokens.map_or("< shortest".into(), format_length),
+                row.train_length.map_or("?".into(), format_length)
             );
         }
         let mut lengths: Vec<usize> = self.accuracy.iter().map(|r| r.length).collect();
@@ -213,6 +236,19 @@ impl Report {
     }
 }
 
+/// The mitigation arms of `rows`, sorted, each once.
+fn capacity_arms(rows: &[CapacityRow]) -> Vec<String> {
+    let mut arms: Vec<String> = rows.iter().map(|c| c.mitigation.clone()).collect();
+    arms.sort();
+    arms.dedup();
+    arms
+}
+
+/// The capacity law's points for arm `arm`: one per model with a capacity.
+fn law_points(rows: &[CapacityRow], arm: &str) -> Vec<(f64, f64)> {
+    rows.iter().filter(|c| c.mitigation == arm).filter_map(CapacityRow::law_point).collect()
+}
+
 fn file_safe(text: &str) -> String {
     text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
 }
@@ -243,7 +279,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             .iter()
             .map(|arm| (arm.clone(), rows.iter().filter(|r| &r.mitigation == arm).map(|r| (r.length, r.accuracy())).collect()))
             .collect();
-        let train = report.capacity.iter().find(|c| &c.0 == model).and_then(|c| c.4);
+        let train = report.capacity.iter().find(|c| &c.model == model).and_then(|c| c.train_length);
         let path = dir.join(format!("accuracy-{}.svg", file_safe(model)));
         plot::accuracy_curves(&path, &format!("passkey accuracy, {model}"), &series, train)?;
         plots.push(path);
@@ -269,14 +305,11 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             plots.push(path);
         }
     }
-    let mut arms: Vec<String> = report.capacity.iter().map(|c| c.2.clone()).collect();
-    arms.sort();
-    arms.dedup();
-    let points: Vec<(String, Vec<(f64, f64)>)> = arms
-        .iter()
+    let points: Vec<(String, Vec<(f64, f64)>)> = capacity_arms(&report.capacity)
+        .into_iter()
         .map(|arm| {
-            let pts = report.capacity.iter().filter(|c| &c.2 == arm).filter_map(|c| c.3.map(|cap| (c.1 as f64 / 1e6, cap as f64 / 1000.0))).collect();
-            (arm.clone(), pts)
+            let pts = law_points(&report.capacity, &arm);
+            (arm, pts)
         })
         .collect();
     let fits: Vec<(String, f64, f64, f64)> = report.fits.iter().filter_map(|(arm, f)| f.map(|f| (arm.clone(), f.a, f.b, f.c))).collect();

@@ -36,6 +36,7 @@ impl Layout {
 }
 
 /// `dst = keep * dst + lhs · rhs` (`keep = 0` ignores what `dst` held, NaNs included).
+#[allow(clippy::too_many_arguments)] // three (slice, view) pairs
 pub(crate) fn gemm(
     dst: &mut [f32],
     dst_layout: Layout,

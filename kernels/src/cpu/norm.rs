@@ -36,8 +36,8 @@ pub(crate) fn gated_rms_norm(
     out: &mut [f32],
 ) {
     let width = weight.len();
-    assert!(group_size > 0 && width % group_size == 0, "group size must divide the width");
-    assert!(y.len() == z.len() && y.len() == out.len() && y.len() % width == 0);
+    assert!(group_size > 0 && width.is_multiple_of(group_size), "group size must divide the width");
+    assert!(y.len() == z.len() && y.len() == out.len() && y.len().is_multiple_of(width));
     out.par_chunks_mut(width)
         .zip(y.par_chunks(width).zip(z.par_chunks(width)))
         .with_min_len(rows_per_task(width))

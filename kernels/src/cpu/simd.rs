@@ -534,7 +534,7 @@ mod tests {
     use super::*;
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
-        (0..len).map(|i| ((i as u32 * 2654435761 ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..len).map(|i| (((i as u32 * 2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
     }
 
     fn naive_dot(a: &[f32], b: &[f32]) -> f64 {

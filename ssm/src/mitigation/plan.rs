@@ -227,7 +227,7 @@ impl Plan {
                     if taus.len() != n_layer || taus.iter().any(|t| t.len() != heads) {
                         return Err(invalid(m, format!("thresholds must be {n_layer} layers of {heads} heads")));
                     }
-                    if taus.iter().flatten().any(|t| !(*t > 0.0)) {
+                    if taus.iter().flatten().any(|t| t.is_nan() || *t <= 0.0) {
                         return Err(invalid(m, "thresholds must be positive".into()));
                     }
                     for (l, layer) in plan.layers.iter_mut().enumerate() {

@@ -187,7 +187,7 @@ impl<'a> Options<'a> {
 
     fn finish(self) -> Result<(), String> {
         match self.pairs.iter().find(|(_, _, used)| !used) {
-            Some((key, value, _)) if key.is_empty() => Err(format!("`{}`: unexpected value `{value}`", self.spec)),
+            Some(("", value, _)) => Err(format!("`{}`: unexpected value `{value}`", self.spec)),
             Some((key, _, _)) => Err(format!("`{}`: unknown option `{key}`", self.spec)),
             None => Ok(()),
         }
@@ -221,7 +221,7 @@ impl FromStr for Mitigation {
                 if min.is_none() && max.is_none() {
                     return Err(format!("`{spec}`: give min=X and/or max=Y"));
                 }
-                if min.is_some_and(|m| !(m >= 0.0 && m.is_finite())) || max.is_some_and(|m| !(m > 0.0)) || matches!((min, max), (Some(a), Some(b)) if a > b) {
+                if min.is_some_and(|m| !m.is_finite() || m < 0.0) || max.is_some_and(|m| m.is_nan() || m <= 0.0) || matches!((min, max), (Some(a), Some(b)) if a > b) {
                     return Err(format!("`{spec}`: need 0 <= min <= max"));
                 }
                 Mitigation::DtClamp { min, max, scope }

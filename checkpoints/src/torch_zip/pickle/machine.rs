@@ -270,7 +270,7 @@ impl<'a> Machine<'a> {
     }
 
     pub(super) fn pairs(&self, items: Vec<Value>) -> Result<Vec<(Value, Value)>, Error> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.error("an odd number of values for a dict's keys and values"));
         }
         let mut pairs = Vec::with_capacity(items.len() / 2);
