@@ -60,9 +60,9 @@ pub fn linear(backend: &dyn Backend) {
         (64, 16, 64, true),
         (65, 17, 63, false),
         (129, 31, 64, true),
-        // Wide inputs: the small-batch path tiles 4 rows by 3 features with 8-lane tails; the
-        // GEMM path widens a 16-bit weight in blocks of 2^20 values, so the last case takes two
-        // (the last one short).
+        // Wide inputs: the small-batch path tiles 4 rows by 3 features with 8-lane tails. (The
+        // CPU's GEMM path widens a 16-bit weight in blocks of 2^22 values; its unit test
+        // `widened_blocks_tile_the_output` covers several blocks and a short last one.)
         (6, 700, 200, true),
         (70, 700, 100, false),
         (70, 1100, 1000, true),
