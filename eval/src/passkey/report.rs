@@ -143,17 +143,21 @@ impl Report {
             }
         }
         let accuracy: Vec<AccuracyRow> = groups.into_values().collect();
-        let mut capacity: BTreeMap<(String, String), (usize, Option<usize>)> = BTreeMap::new();
+        let mut capacity: BTreeMap<(String, String), CapacityRow> = BTreeMap::new();
         for row in &accuracy {
-            let entry = capacity.entry((row.model.clone(), row.mitigation.clone())).or_insert((row.n_s, None));
+            let entry = capacity.entry((row.model.clone(), row.mitigation.clone())).or_insert_with(|| CapacityRow {
+                model: row.model.clone(),
+                n_s: row.n_s,
+                mitigation: row.mitigation.clone(),
+                tokens: None,
+                train_length: train.get(&row.model).copied(),
+            });
             if row.accuracy() >= threshold {
-                entry.1 = Some(entry.1.map_or(row.length, |c: usize| c.max(row.length)));
+                // None < Some(_): the first length to pass sets it, longer ones raise it.
+                entry.tokens = entry.tokens.max(Some(row.length));
             }
         }
-        let capacity: Vec<CapacityRow> = capacity
-            .into_iter()
-            .map(|((model, mitigation), (n_s, tokens))| CapacityRow { train_length: train.get(&model).copied(), model, n_s, mitigation, tokens })
-            .collect();
+        let capacity: Vec<CapacityRow> = capacity.into_values().collect();
         let fits = capacity_arms(&capacity)
             .into_iter()
             .map(|arm| {
