@@ -22,10 +22,13 @@ command -v cmake >/dev/null && command -v g++ >/dev/null || { apt-get update -qq
 src=$dir/llama_cpp_python-$version/vendor/llama.cpp
 if [[ ! -x $src/build/bin/llama-bench ]]; then
     read -r url sha < <("$python" - "$version" <<'PY'
-import json, sys, urllib.request
-release = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{sys.argv[1]}/json"))
-sdist = next(f for f in release["urls"] if f["packagetype"] == "sdist")
-print(sdist["url"], sdist["digests"]["sha256"])
+import json, sys, urllib.parse, urllib.request
+# The project's JSON, not the version's (/pypi/NAME/VERSION/json): some mirrors answer only the former.
+# Its file URLs can be relative to the JSON's (a mirror's are).
+index = "https://pypi.org/pypi/llama-cpp-python/json"
+files = json.load(urllib.request.urlopen(index))["releases"][sys.argv[1]]
+sdist = next(f for f in files if f["packagetype"] == "sdist")
+print(urllib.parse.urljoin(index, sdist["url"]), sdist["digests"]["sha256"])
 PY
 )
     curl -sSL -o "$dir/llama-cpp-python.tar.gz" "$url"
