@@ -114,7 +114,10 @@ fn main() {
         "shape {shape} {:?} weights ({} MB) on {}, {} threads, mitigation {}",
         model.weight_dtype(),
         model.weight_bytes() >> 20,
-        model.backend_name(),
+        match model.backend_name() {
+            "cpu" => format!("cpu ({})", coil_kernels::Cpu::simd()),
+            gpu => gpu.to_string(),
+        },
         rayon::current_num_threads(),
         plan.describe()
     );

@@ -16,6 +16,15 @@ use crate::{Backend, Matrix, Recurrence, ScanInputs, SsmShape};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
+impl Cpu {
+    /// The instruction set the hand-written kernels run on this machine: `avx512`, `avx2` or
+    /// `portable` (the best the CPU has, lowered by the environment variable `COIL_SIMD`). The
+    /// `gemm` crate picks its own, by the same detection.
+    pub fn simd() -> &'static str {
+        simd::Isa::current().name()
+    }
+}
+
 impl Backend for Cpu {
     fn name(&self) -> &'static str {
         "cpu"

@@ -1,0 +1,220 @@
+//! The AVX-512 bodies (AVX-512F on top of x86-64-v3): 16-lane vectors, 32 registers, and masks
+//! for the ragged edges. Only the kernels that gain from the width have one; the rest run their
+//! AVX2 body.
+
+use std::arch::x86_64::*;
+
+use super::{Weight, PANEL, PREFETCH_BYTES};
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; `out` is as long as `weights`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn widen<W: Weight>(weights: &[W], out: &mut [f32]) {
+    let n = weights.len().min(out.len());
+    let (pw, po) = (weights.as_ptr(), out.as_mut_ptr());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n values exist in both slices.
+        unsafe { _mm512_storeu_ps(po.add(i), W::load16(pw.add(i))) };
+        i += 16;
+    }
+    out[i..n].iter_mut().zip(&weights[i..n]).for_each(|(o, w)| *o = w.to_f32());
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; `a` and `b` have equal lengths.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY (all loads): every index read is below `n`, the length of both slices.
+    while i + 64 <= n {
+        // The weight PREFETCH_BYTES ahead, one request per cache line this step reads (the
+        // address may lie past the slice: a prefetch never faults).
+        let ahead = pb.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+        for line in (0..64 * std::mem::size_of::<W>()).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+        }
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i + 16 * u)), W::load16(pb.add(i + 16 * u))) };
+            *acc = _mm512_fmadd_ps(x, y, *acc);
+        }
+        i += 64;
+    }
+    while i + 16 <= n {
+        let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i)), W::load16(pb.add(i))) };
+        acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
+        i += 16;
+    }
+    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(sum) + a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; `row`, `b` and `c` have equal lengths.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
+    let n = row.len();
+    let (ps, pb, pc) = (row.as_mut_ptr(), b.as_ptr(), c.as_ptr());
+    let (vdecay, vinput) = (_mm512_set1_ps(decay), _mm512_set1_ps(input));
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    // SAFETY (all loads and stores): every index is below `n`, the length of all three.
+    while i + 16 <= n {
+        let lane = (i / 16) % 2;
+        unsafe {
+            let s = _mm512_fmadd_ps(vdecay, _mm512_loadu_ps(ps.add(i)), _mm512_mul_ps(vinput, _mm512_loadu_ps(pb.add(i))));
+            _mm512_storeu_ps(ps.add(i), s);
+            acc[lane] = _mm512_fmadd_ps(s, _mm512_loadu_ps(pc.add(i)), acc[lane]);
+        }
+        i += 16;
+    }
+    let mut rest = 0.0f32;
+    for ((s, &b), &c) in row[i..].iter_mut().zip(&b[i..]).zip(&c[i..]) {
+        *s = decay * *s + input * b;
+        rest += *s * c;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + rest
+}
+
+/// Weight rows taken at a time by [`panel_dots`]: a tile of two panels (32 input rows, two
+/// vectors) by twelve weight rows holds 24 accumulators of the 32 registers.
+const GROUP: usize = 12;
+
+/// Values of each weight row that [`panel_dots`] widens at a time from a 16-bit type: the
+/// group's widened block is 12 KB on the stack and stays in L1 while every panel uses it.
+const SLICE: usize = 256;
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; the sizes are [`super::Isa::panel_dots`]'s
+/// (it checks them).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k: usize, out: &mut [f32]) {
+    let features = weight.len() / k;
+    let f32_weight = W::as_f32(weight);
+    // f32 rows are read in place, whole; 16-bit rows are widened SLICE values at a time and the
+    // tiles accumulate over the slices (through `out`).
+    let slice = if f32_weight.is_some() { k } else { SLICE };
+    let mut block = [0.0f32; GROUP * SLICE];
+    let panels = rows.div_ceil(PANEL);
+    // Each panel's rows in `out` (feature-major: `rows` values per weight row) and the mask of
+    // its rows that exist (the last panel may be short).
+    let mask = |panel: usize| -> __mmask16 {
+        let valid = PANEL.min(rows - panel * PANEL);
+        ((1u32 << valid) - 1) as __mmask16
+    };
+    for j in (0..features).step_by(GROUP) {
+        let cols = GROUP.min(features - j);
+        for i0 in (0..k).step_by(slice) {
+            let len = slice.min(k - i0);
+            let (w, stride) = match f32_weight {
+                Some(w) => (&w[j * k..(j + cols) * k], k),
+                None => {
+                    for c in 0..cols {
+                        // SAFETY: the caller's CPU has AVX-512F; both slices hold `len` values.
+                        unsafe { widen(&weight[(j + c) * k + i0..][..len], &mut block[c * SLICE..][..len]) };
+                    }
+                    (&block[..], SLICE)
+                }
+            };
+            // Where row 0 of the slice starts: at i0 in an f32 row read in place, at 0 in the block.
+            let offset = if f32_weight.is_some() { i0 } else { 0 };
+            assert!((cols - 1) * stride + offset + len <= w.len());
+            let w = w[offset..].as_ptr();
+            // Two panels at a time, then the last one alone.
+            let mut panel = 0;
+            while panel < panels {
+                let pair = panel + 1 < panels;
+                let at = |p: usize| (packed[(p * k + i0) * PANEL..].as_ptr(), j * rows + p * PANEL, mask(p));
+                // SAFETY: panel `p`'s values from i0 on are `len * PANEL` of `packed`; `cols` rows
+                // of `stride` at `w` each hold `len` values (checked above); `out` holds `cols`
+                // feature rows of `rows` values from `j * rows`, and each masked lane is a row of
+                // the panel that exists.
+                unsafe {
+                    if pair {
+                        tiles::<2>([at(panel), at(panel + 1)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows);
+                    } else {
+                        tiles::<1>([at(panel)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows);
+                    }
+                }
+                panel += if pair { 2 } else { 1 };
+            }
+        }
+    }
+}
+
+/// For each of `V` panels `(a, first, mask)` and each weight row `c < cols`:
+/// `out[first + c * rows + t] (+)= Σ_{i < len} a[i * PANEL + t] * w[c * stride + i]` for the
+/// panel's rows `t` in `mask` (adding to what `out` holds when `accumulate`): tiles of
+/// [`GROUP`] weight rows, then one at a time.
+///
+/// # Safety
+/// Each `a` has `len * PANEL` readable values; `cols` rows of `stride` at `w`, each with `len`;
+/// `out` is writable at `first + c * rows + t` for every `c < cols` and every `t` in the mask.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const V: usize>(
+    panels: [(*const f32, usize, __mmask16); V],
+    w: *const f32,
+    stride: usize,
+    len: usize,
+    accumulate: bool,
+    cols: usize,
+    out: *mut f32,
+    rows: usize,
+) {
+    let mut c = 0;
+    // SAFETY (both calls): rows c.. of `w` and of the output exist for every row handed on.
+    while c + GROUP <= cols {
+        unsafe { tile::<V, GROUP>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows) };
+        c += GROUP;
+    }
+    while c < cols {
+        unsafe { tile::<V, 1>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows) };
+        c += 1;
+    }
+}
+
+/// One outer-product register tile: each step `V` panel vectors times `C` broadcast weights,
+/// `V * C` accumulators, no horizontal sums; results stored (or added) through each panel's mask.
+///
+/// # Safety
+/// As [`tiles`], for `C` weight rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn tile<const V: usize, const C: usize>(
+    panels: [(*const f32, usize, __mmask16); V],
+    w: *const f32,
+    stride: usize,
+    len: usize,
+    accumulate: bool,
+    out: *mut f32,
+    rows: usize,
+) {
+    // SAFETY (every access): the caller's bounds; masked lanes only touch rows that exist.
+    let mut acc = [[_mm512_setzero_ps(); V]; C];
+    if accumulate {
+        for (c, acc) in acc.iter_mut().enumerate() {
+            for (v, &(_, first, mask)) in panels.iter().enumerate() {
+                acc[v] = unsafe { _mm512_maskz_loadu_ps(mask, out.add(first + c * rows)) };
+            }
+        }
+    }
+    for i in 0..len {
+        let x: [__m512; V] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(panels[v].0.add(i * PANEL)) });
+        for (c, acc) in acc.iter_mut().enumerate() {
+            let b = _mm512_set1_ps(unsafe { *w.add(c * stride + i) });
+            for v in 0..V {
+                acc[v] = _mm512_fmadd_ps(x[v], b, acc[v]);
+            }
+        }
+    }
+    for (c, acc) in acc.iter().enumerate() {
+        for (v, &(_, first, mask)) in panels.iter().enumerate() {
+            unsafe { _mm512_mask_storeu_ps(out.add(first + c * rows), mask, acc[v]) };
+        }
+    }
+}
