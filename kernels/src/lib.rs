@@ -7,11 +7,13 @@ pub mod conformance;
 mod device;
 mod matrix;
 pub mod cpu;
+mod host;
 pub mod reference;
 mod shape;
 
 pub use backend::Backend;
 pub use device::Device;
+pub use host::HostArray;
 pub use matrix::{bf16_to_f32, f32_to_bf16, Matrix, Values, WeightDtype};
 pub use cpu::Cpu;
 pub use reference::Reference;

@@ -2,6 +2,8 @@ use std::any::Any;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::HostArray;
+
 /// A weight matrix `[rows, cols]`, row-major, as [`crate::Backend::linear`] takes it: f32, bf16
 /// or f16 (the 16-bit types halve the memory and the bandwidth of decode; every backend widens to
 /// f32 inside its kernels and accumulates in f32).
@@ -19,11 +21,12 @@ pub struct Matrix {
 
 type Resident = (u64, Arc<dyn Any + Send + Sync>);
 
+/// The values, in huge pages when large (decode streams every weight once per token).
 enum Storage {
-    F32(Vec<f32>),
+    F32(HostArray<f32>),
     /// bf16 bit patterns (the top half of an f32).
-    Bf16(Vec<u16>),
-    F16(Vec<half::f16>),
+    Bf16(HostArray<u16>),
+    F16(HostArray<half::f16>),
 }
 
 /// The element type a [`Matrix`] is held in.
@@ -75,7 +78,7 @@ impl Matrix {
     /// Panics unless `data.len() == rows * cols` (a caller bug: loaders check shapes first).
     pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Matrix {
         assert_eq!(data.len(), rows * cols, "matrix data does not hold {rows} x {cols} values");
-        Matrix { data: Storage::F32(data), rows, cols, resident: Mutex::new(None) }
+        Matrix { data: Storage::F32(data.into()), rows, cols, resident: Mutex::new(None) }
     }
 
     /// The same matrix held as `dtype` (to bf16 or f16: rounded to nearest even, so values that
@@ -86,9 +89,9 @@ impl Matrix {
             (Storage::Bf16(v), WeightDtype::Bf16) => Storage::Bf16(v.clone()),
             (Storage::F16(v), WeightDtype::F16) => Storage::F16(v.clone()),
             // Any other pair goes through f32, which holds every bf16 and f16 value exactly.
-            (_, WeightDtype::F32) => Storage::F32(self.all_f32()),
-            (_, WeightDtype::Bf16) => Storage::Bf16(self.all_f32().into_iter().map(f32_to_bf16).collect()),
-            (_, WeightDtype::F16) => Storage::F16(self.all_f32().into_iter().map(half::f16::from_f32).collect()),
+            (_, WeightDtype::F32) => Storage::F32(self.all_f32().into()),
+            (_, WeightDtype::Bf16) => Storage::Bf16(self.all_f32().into_iter().map(f32_to_bf16).collect::<Vec<_>>().into()),
+            (_, WeightDtype::F16) => Storage::F16(self.all_f32().into_iter().map(half::f16::from_f32).collect::<Vec<_>>().into()),
         };
         Matrix { data, rows: self.rows, cols: self.cols, resident: Mutex::new(None) }
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
+use coil_kernels::HostArray;
+
 use crate::{Config, Error};
 
 /// The sizes a state must have to belong to a model.
@@ -64,8 +66,10 @@ impl StateShape {
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     shape: StateShape,
-    conv: Vec<f32>, // [L, conv_dim, K]
-    ssm: Vec<f32>,  // [L, H, P, N]
+    // Both in huge pages when large (decode reads and writes the whole ssm state every token),
+    // and zeros written, not mapped, when new (see `HostArray::zeroed`).
+    conv: HostArray<f32>, // [L, conv_dim, K]
+    ssm: HostArray<f32>,  // [L, H, P, N]
     position: u64,
     /// `[L, H]` running sum of `log(alpha)` over every token so far, in f64: the retention of the
     /// stream's first input is its exponential, and window retractions read differences of it.
@@ -213,16 +217,6 @@ pub(crate) struct LayerState<'a> {
     pub stats: Option<&'a mut [HeadStats]>,
 }
 
-/// `len` zeros, written rather than left to the allocator: a large zeroed allocation comes as
-/// pages the kernel maps on first touch, and the scan reads the state before it writes it, so
-/// every page would fault twice, the second time a copy-on-write that flushes the other cores'
-/// TLBs (an interrupt to each, slow in a VM). Writing first costs one plain fault per page.
-fn written_zeros(len: usize) -> Vec<f32> {
-    let mut values = vec![0.0; len];
-    std::hint::black_box(values.as_mut_slice()).fill(0.0);
-    values
-}
-
 const FORMAT: &str = "coil-state";
 const VERSION: &str = "1";
 
@@ -231,8 +225,8 @@ impl State {
     pub fn new(shape: StateShape) -> State {
         State {
             shape,
-            conv: written_zeros(shape.layers * shape.conv_len()),
-            ssm: written_zeros(shape.layers * shape.ssm_len()),
+            conv: HostArray::zeroed(shape.layers * shape.conv_len()),
+            ssm: HostArray::zeroed(shape.layers * shape.ssm_len()),
             position: 0,
             log_decay_total: vec![0.0; shape.layers * shape.heads],
             window: None,
@@ -471,8 +465,8 @@ impl State {
         let s = expected;
         let mut state = State::new(s);
         state.position = position;
-        state.conv = finite_f32("conv_states", &s.conv_dims())?;
-        state.ssm = finite_f32("ssm_states", &s.ssm_dims())?;
+        state.conv = finite_f32("conv_states", &s.conv_dims())?.into();
+        state.ssm = finite_f32("ssm_states", &s.ssm_dims())?.into();
         state.log_decay_total = finite_f64("log_decay_total", &[s.layers, s.heads])?;
         if meta.contains_key("window_size") {
             let (size, granularity) = (number("window_size")?, number("window_granularity")?);
