@@ -448,12 +448,21 @@ impl State {
             }
             Ok(view.data())
         };
-        let finite_f32 = |name: &str, dims: &[usize]| -> Result<Vec<f32>, Error> {
-            let values: Vec<f32> = read(name, Dtype::F32, dims)?.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-            match values.iter().position(|v| !v.is_finite()) {
-                Some(i) => Err(file_error(format!("tensor `{name}` holds a non-finite value at flat index {i}"))),
-                None => Ok(values),
+        // Decoded straight into `out` (`dims`' product of values), so the state's own arrays are
+        // filled in place rather than replaced by copies.
+        let finite_f32_into = |name: &str, dims: &[usize], out: &mut [f32]| -> Result<(), Error> {
+            for (i, (o, b)) in out.iter_mut().zip(read(name, Dtype::F32, dims)?.chunks_exact(4)).enumerate() {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if !o.is_finite() {
+                    return Err(file_error(format!("tensor `{name}` holds a non-finite value at flat index {i}")));
+                }
             }
+            Ok(())
+        };
+        let finite_f32 = |name: &str, dims: &[usize]| -> Result<Vec<f32>, Error> {
+            let mut values = vec![0.0; dims.iter().product()];
+            finite_f32_into(name, dims, &mut values)?;
+            Ok(values)
         };
         let finite_f64 = |name: &str, dims: &[usize]| -> Result<Vec<f64>, Error> {
             let values: Vec<f64> = read(name, Dtype::F64, dims)?.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
@@ -465,8 +474,8 @@ impl State {
         let s = expected;
         let mut state = State::new(s);
         state.position = position;
-        state.conv = finite_f32("conv_states", &s.conv_dims())?.into();
-        state.ssm = finite_f32("ssm_states", &s.ssm_dims())?.into();
+        finite_f32_into("conv_states", &s.conv_dims(), &mut state.conv)?;
+        finite_f32_into("ssm_states", &s.ssm_dims(), &mut state.ssm)?;
         state.log_decay_total = finite_f64("log_decay_total", &[s.layers, s.heads])?;
         if meta.contains_key("window_size") {
             let (size, granularity) = (number("window_size")?, number("window_granularity")?);

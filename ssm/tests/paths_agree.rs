@@ -119,6 +119,18 @@ fn saved_state_resumes_exactly() {
     let got = resumed.prefill(&input[17..]).unwrap().to_vec();
     assert!(max_diff(&got, &expected) < TOLERANCE);
     assert_eq!(resumed.position(), 40);
+
+    // A NaN in the saved ssm states: refused, naming the tensor and where.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = {
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let data = tensors.tensor("ssm_states").unwrap().data();
+        data.as_ptr() as usize - bytes.as_ptr() as usize + 4 * 5
+    };
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let message = State::load(&path, model.state_shape()).unwrap_err().to_string();
+    assert!(message.contains("ssm_states") && message.contains("flat index 5"), "{message}");
 }
 
 #[test]
