@@ -37,7 +37,8 @@ PY
     grep -q LLM_ARCH_MAMBA2 "$src/src/llama-arch.h" || { echo "llama.cpp in llama-cpp-python $version has no Mamba-2" >&2; exit 1; }
     cmake -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-    cmake --build "$src/build" -j "$jobs" --target llama-bench >/dev/null
+    # gcc's warnings on ggml's AVX-512 kernels run to thousands of lines: kept in a log, shown on failure.
+    cmake --build "$src/build" -j "$jobs" --target llama-bench >"$dir/llama-build.log" 2>&1 || { tail -40 "$dir/llama-build.log" >&2; exit 1; }
 fi
 ln -sfn "$src" "$dir/llama.cpp"
 
