@@ -33,14 +33,14 @@ impl<T: Pod> HostArray<T> {
     /// `len` zeros, written (not only mapped): a mapping's pages read before they are written
     /// fault twice, the second time a copy-on-write that flushes the other cores' TLBs.
     pub fn zeroed(len: usize) -> HostArray<T> {
-        let mut array = HostArray::uninit_zeroed(len);
+        let mut array = HostArray::untouched_zeros(len);
         std::hint::black_box(&mut *array).fill(T::zeroed());
         array
     }
 
     /// A copy of `values`.
     pub fn from_slice(values: &[T]) -> HostArray<T> {
-        let mut array = HostArray::uninit_zeroed(values.len());
+        let mut array = HostArray::untouched_zeros(values.len());
         array.copy_from_slice(values);
         array
     }
@@ -60,7 +60,7 @@ impl<T: Pod> HostArray<T> {
 
     /// `len` values of zero bytes, not yet touched: callers write every value before handing the
     /// array out. Falls back to the heap when the OS refuses the mapping.
-    fn uninit_zeroed(len: usize) -> HostArray<T> {
+    fn untouched_zeros(len: usize) -> HostArray<T> {
         let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("array size overflows usize");
         if bytes >= HUGE_MIN_BYTES {
             // One huge page more than asked, so a 2 MB boundary lies within the first one.
