@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm, Layout};
+use super::{decay_factor, NEGLIGIBLE_DECAY};
 use crate::{Recurrence, ScanInputs, SsmShape};
 
 pub(crate) fn ssd_scan(
@@ -222,7 +223,8 @@ fn within_chunk(shape: &SsmShape, recurrence: &Recurrence, inputs: &ScanInputs, 
         for l in 0..q {
             let step = scratch.log_decay[l].exp();
             for v in &mut decay[..l] {
-                *v *= step;
+                let next = *v * step;
+                *v = if next < NEGLIGIBLE_DECAY { 0.0 } else { next };
             }
             decay[l] = 1.0;
             let row = &mut weights[l * q..(l + 1) * q];
@@ -250,12 +252,12 @@ fn within_chunk(shape: &SsmShape, recurrence: &Recurrence, inputs: &ScanInputs, 
         let mut from_start = 0.0f32;
         for l in 0..q {
             from_start += scratch.log_decay[l];
-            out.decay_in[l * heads + h] = from_start.exp();
+            out.decay_in[l * heads + h] = decay_factor(from_start);
         }
-        out.chunk_decay[h] = from_start.exp();
+        out.chunk_decay[h] = decay_factor(from_start);
         let mut to_end = 0.0f32;
         for s in (0..q).rev() {
-            let scale = to_end.exp() * scratch.dt[s];
+            let scale = decay_factor(to_end) * scratch.dt[s];
             let x_row = &x[(start + s) * inner + h * p_len..][..p_len];
             for (o, &v) in out.x_decayed[s * inner + h * p_len..][..p_len].iter_mut().zip(x_row) {
                 *o = v * scale;
@@ -324,4 +326,59 @@ pub(crate) fn retract_inputs(shape: SsmShape, state: &mut [f32], xdt: &[f32], b:
         let b_rows = Layout { rows: count, cols: n_len, row_stride: bc, col_stride: 1, offset: g * n_len };
         gemm(state_head, Layout::row_major(p_len, n_len), 1.0, &lhs, lhs_t, b, b_rows, false);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Backend, Reference};
+
+    /// One head decaying by e⁻³⁰ per token, written to only at the first token of a four-token
+    /// chunk: by the chunk's end that write is decayed by e⁻⁹⁰, a subnormal factor. The scan
+    /// drops it (and so leaves no subnormal value anywhere), and still agrees with the
+    /// sequential reference, which keeps it.
+    #[test]
+    fn decays_below_the_negligible_factor_are_dropped_not_left_subnormal() {
+        let shape = SsmShape { heads: 2, head_dim: 4, d_state: 8, groups: 1 };
+        let tokens = 4;
+        let a = [-1.0, -30.0];
+        let (offset, d) = ([0.0; 2], [0.5; 2]);
+        let recurrence = Recurrence { a: &a, log_decay_offset: &offset, d: &d };
+        let mut x = vec![0.0f32; tokens * shape.inner()];
+        for (i, v) in x.iter_mut().enumerate() {
+            let (t, channel) = (i / shape.inner(), i % shape.inner());
+            // Head 0 gets every token; head 1 only the first.
+            if channel < shape.head_dim || t == 0 {
+                *v = 1.0 + (i % 5) as f32 * 0.25;
+            }
+        }
+        let dt = vec![1.0f32; tokens * shape.heads];
+        let b: Vec<f32> = (0..tokens * shape.bc_width()).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect();
+        let c: Vec<f32> = (0..tokens * shape.bc_width()).map(|i| 1.0 - (i % 4) as f32 * 0.25).collect();
+        let inputs = ScanInputs { x: &x, dt: &dt, b: &b, c: &c };
+
+        let (mut slow_state, mut slow) = (vec![0.0; shape.state_len()], vec![0.0; x.len()]);
+        Reference.ssd_scan(shape, recurrence, inputs, &mut slow_state, 1, &mut slow);
+        let head_1 = shape.head_dim * shape.d_state..;
+        assert!(slow_state[head_1.clone()].iter().all(|v| v.is_subnormal()), "the case makes subnormals");
+
+        let (mut state, mut y) = (vec![0.0; shape.state_len()], vec![f32::NAN; x.len()]);
+        ssd_scan(shape, recurrence, inputs, &mut state, tokens, &mut y);
+        assert!(state[head_1].iter().all(|&v| v == 0.0), "head 1's decayed write is dropped");
+        assert!(state.iter().chain(&y).all(|v| !v.is_subnormal()));
+        let scale = slow.iter().chain(&slow_state).fold(0.0f32, |m, v| m.max(v.abs()));
+        for (fast, slow) in y.iter().zip(&slow).chain(state.iter().zip(&slow_state)) {
+            assert!((fast - slow).abs() <= 1e-6 * scale, "{fast} against {slow}");
+        }
+    }
+
+    #[test]
+    fn decay_factor_is_zero_below_two_to_the_minus_64_and_keeps_nan() {
+        assert_eq!(NEGLIGIBLE_DECAY, 2f32.powi(-64));
+        assert_eq!(decay_factor(0.0), 1.0);
+        assert_eq!(decay_factor(-44.0), (-44.0f32).exp());
+        assert_eq!(decay_factor(-44.5), 0.0);
+        assert_eq!(decay_factor(f32::NEG_INFINITY), 0.0);
+        assert!(decay_factor(f32::NAN).is_nan());
+    }
 }

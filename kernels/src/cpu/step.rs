@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::decay_factor;
 use super::simd::update_row;
 use crate::{Recurrence, ScanInputs, SsmShape};
 
@@ -23,7 +24,7 @@ pub(crate) fn ssm_step(shape: SsmShape, recurrence: Recurrence, inputs: ScanInpu
             let g = shape.group_of(h);
             let b_g = &b[g * n_len..(g + 1) * n_len];
             let c_g = &c[g * n_len..(g + 1) * n_len];
-            let decay = recurrence.log_decay(h, dt[h]).exp();
+            let decay = decay_factor(recurrence.log_decay(h, dt[h]));
             for (p, (y_p, row)) in y_head.iter_mut().zip(state_head.chunks_exact_mut(n_len)).enumerate() {
                 let x_hp = x[h * p_len + p];
                 *y_p = update_row(row, b_g, c_g, decay, dt[h] * x_hp) + recurrence.skip(&shape, h, p) * x_hp;
