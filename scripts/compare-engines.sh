@@ -65,7 +65,8 @@ llama_run() {
 import csv, io, sys
 rows = list(csv.DictReader(io.StringIO(sys.argv[1])))
 get = lambda p, n: next((r["avg_ts"] for r in rows if r["n_prompt"] == str(p) and r["n_gen"] == str(n)), "nan")
-print(get(512, 0), get(2048, 0), get(0, 32))
+num = lambda v, digits: f"{float(v):.{digits}f}"
+print(num(get(512, 0), 1), num(get(2048, 0), 1), num(get(0, 32), 2))
 PY
 )
 }

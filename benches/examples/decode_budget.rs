@@ -1,0 +1,111 @@
+//! Where a decode step's time goes, op by op: the CPU backend behind a wrapper that times each
+//! call, on the compare script's mamba2-130m-shaped weights (or any HF-dialect checkpoint).
+//!
+//! `cargo run --release -p coil-benches --example decode_budget -- [MODEL_DIR] [f32|bf16|f16]`
+//! (default `target/compare/mamba2-130m-random`, made by `scripts/compare-engines.sh`; bf16).
+//! Prints each op's milliseconds per token (products by weight shape), the step's total, and
+//! what ran outside the backend's ops (embedding, residual adds, copies, the finiteness checks).
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use coil_kernels::{Backend, Cpu, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
+
+/// The CPU backend, each op's wall time added up by name.
+#[derive(Default)]
+struct Timed {
+    seconds: Mutex<BTreeMap<String, f64>>,
+}
+
+impl Timed {
+    fn time<R>(&self, op: impl Into<String>, run: impl FnOnce() -> R) -> R {
+        let started = Instant::now();
+        let result = run();
+        *self.seconds.lock().unwrap().entry(op.into()).or_default() += started.elapsed().as_secs_f64();
+        result
+    }
+}
+
+impl Backend for Timed {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn run(&self, work: &mut (dyn FnMut() + Send)) {
+        Cpu.run(work)
+    }
+
+    fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+        self.time(format!("linear {}x{}", weight.rows(), weight.cols()), || Cpu.linear(input, weight, bias, out))
+    }
+
+    fn rms_norm(&self, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        self.time("rms_norm", || Cpu.rms_norm(x, weight, eps, out))
+    }
+
+    fn gated_rms_norm(&self, y: &[f32], z: &[f32], weight: &[f32], group_size: usize, eps: f32, out: &mut [f32]) {
+        self.time("gated_rms_norm", || Cpu.gated_rms_norm(y, z, weight, group_size, eps, out))
+    }
+
+    fn causal_conv1d(&self, xbc: &[f32], state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, channels: usize, out: &mut [f32]) {
+        self.time("conv", || Cpu.causal_conv1d(xbc, state, weight, bias, channels, out))
+    }
+
+    fn discretize_dt(&self, dt_raw: &[f32], dt_bias: &[f32], limit: DtLimit, dt: &mut [f32]) {
+        self.time("dt", || Cpu.discretize_dt(dt_raw, dt_bias, limit, dt))
+    }
+
+    fn concurrent_sequences(&self) -> bool {
+        Cpu.concurrent_sequences()
+    }
+
+    fn preferred_chunk(&self) -> Option<usize> {
+        Cpu.preferred_chunk()
+    }
+
+    fn ssd_scan(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], chunk: usize, y: &mut [f32]) {
+        self.time("ssd_scan", || Cpu.ssd_scan(shape, recurrence, inputs, state, chunk, y))
+    }
+
+    fn ssm_step(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
+        self.time("ssm_step", || Cpu.ssm_step(shape, recurrence, inputs, state, y))
+    }
+
+    fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]) {
+        self.time("retract_inputs", || Cpu.retract_inputs(shape, state, xdt, b, weights))
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let dir = args.first().map_or("target/compare/mamba2-130m-random", String::as_str);
+    let dtype = match args.get(1).map_or("bf16", String::as_str) {
+        "f32" => WeightDtype::F32,
+        "f16" => WeightDtype::F16,
+        _ => WeightDtype::Bf16,
+    };
+    let timed = Arc::new(Timed::default());
+    let checkpoint = coil_checkpoints::Checkpoint::open_dir(Path::new(dir))?;
+    let model = Arc::new(coil_ssm::Model::from_checkpoint(checkpoint).with_backend(timed.clone()).with_weight_dtype(dtype)?);
+    let mut session = coil_ssm::Session::new(model);
+    session.prefill(&[1, 2, 3, 4])?;
+    for token in 0..20 {
+        session.step(token)?; // warm-up: pages touched, buffers grown
+    }
+    timed.seconds.lock().unwrap().clear();
+    let steps = 200;
+    let started = Instant::now();
+    for token in 0..steps {
+        session.step(token % 1000)?;
+    }
+    let per_token = started.elapsed().as_secs_f64() / steps as f64;
+    let mut in_ops = 0.0;
+    println!("{dtype} weights, {} threads, ms per token:", rayon::current_num_threads());
+    for (op, seconds) in timed.seconds.lock().unwrap().iter() {
+        println!("{op:>20}: {:.3}", seconds / steps as f64 * 1e3);
+        in_ops += seconds / steps as f64;
+    }
+    println!("{:>20}: {:.3} ({:.1} tok/s), {:.3} outside the ops", "step", per_token * 1e3, 1.0 / per_token, (per_token - in_ops) * 1e3);
+    Ok(())
+}
