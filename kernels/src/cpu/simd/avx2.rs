@@ -71,6 +71,10 @@ pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, inpu
     // SAFETY (all loads and stores): every index is below `n`, the length of all three.
     while i + 8 <= n {
         let lane = (i / 8) % 2;
+        if lane == 0 {
+            // The state PREFETCH_BYTES ahead, once per cache line (a prefetch never faults).
+            _mm_prefetch::<_MM_HINT_T0>(ps.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES));
+        }
         unsafe {
             let s = _mm256_fmadd_ps(vdecay, _mm256_loadu_ps(ps.add(i)), _mm256_mul_ps(vinput, _mm256_loadu_ps(pb.add(i))));
             _mm256_storeu_ps(ps.add(i), s);
