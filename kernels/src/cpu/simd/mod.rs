@@ -298,8 +298,8 @@ pub(crate) fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
 /// token from memory; the hardware prefetchers alone left a 2-core Xeon (AVX-512) at 12-14 GB/s
 /// on a decode's bf16 products and 18 GB/s on its f32 ones; asking 4 KB ahead, 19-21 and 20-23
 /// (24 layers' in_proj and out_proj plus the lm_head in turn, medians of 15 passes). The state
-/// update (130m: 19 MB read and written per token) went from 2.3-3.1 to 1.5-1.9 ms per token
-/// there (`decode_budget`, three alternating runs).
+/// update (130m: 19 MB read and written per token) went from 2.2-3.1 to 1.5-2.0 ms per token
+/// there (`decode_budget`, six alternating runs).
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// Input rows per panel of [`pack_panels`].
