@@ -125,3 +125,18 @@ pub(crate) fn decay_factor(log_decay: f32) -> f32 {
     let factor = log_decay.exp();
     if factor < NEGLIGIBLE_DECAY { 0.0 } else { factor }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_factor_is_zero_below_two_to_the_minus_64_and_keeps_nan() {
+        assert_eq!(NEGLIGIBLE_DECAY, 2f32.powi(-64));
+        assert_eq!(decay_factor(0.0), 1.0);
+        assert_eq!(decay_factor(-44.0), (-44.0f32).exp());
+        assert_eq!(decay_factor(-44.5), 0.0);
+        assert_eq!(decay_factor(f32::NEG_INFINITY), 0.0);
+        assert!(decay_factor(f32::NAN).is_nan());
+    }
+}
