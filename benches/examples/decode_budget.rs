@@ -77,13 +77,21 @@ impl Backend for Timed {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("decode_budget: {e}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dir = args.first().map_or("target/compare/mamba2-130m-random", String::as_str);
     let dtype = match args.get(1).map_or("bf16", String::as_str) {
         "f32" => WeightDtype::F32,
+        "bf16" => WeightDtype::Bf16,
         "f16" => WeightDtype::F16,
-        _ => WeightDtype::Bf16,
+        other => return Err(format!("the weight dtype (second argument) is f32, bf16 or f16, not `{other}`").into()),
     };
     let timed = Arc::new(Timed::default());
     let checkpoint = coil_checkpoints::Checkpoint::open_dir(Path::new(dir))?;
