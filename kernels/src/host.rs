@@ -53,6 +53,19 @@ impl<T: Pod> HostArray<T> {
         HostArray::from_slice(&values)
     }
 
+    /// The values of `values`, written straight into the array (no intermediate `Vec`).
+    pub fn from_exact_iter(values: impl ExactSizeIterator<Item = T>) -> HostArray<T> {
+        let len = values.len();
+        let mut array = HostArray::untouched_zeros(len);
+        let mut written = 0;
+        for (slot, value) in array.iter_mut().zip(values) {
+            *slot = value;
+            written += 1;
+        }
+        assert_eq!(written, len, "ExactSizeIterator yielded fewer values than its len");
+        array
+    }
+
     /// Whether the array lives in its own huge-page-advised mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.repr, Repr::Mapped { .. })
@@ -143,6 +156,10 @@ mod tests {
         large[len - 1] = 42.0;
         let copy = large.clone();
         assert!(copy.is_mapped() && copy == large && copy[len - 1] == 42.0);
+
+        let halves = HostArray::from_exact_iter(values.iter().map(|v| v * 0.5));
+        assert!(halves.is_mapped() && halves.len() == len && halves[len - 2] == values[len - 2] * 0.5);
+        assert_eq!(&*HostArray::from_exact_iter([1u16, 2, 3].into_iter()), &[1, 2, 3][..]);
 
         let zeros = HostArray::<u16>::zeroed(HUGE_MIN_BYTES);
         assert!(zeros.is_mapped() && zeros.len() == HUGE_MIN_BYTES && zeros.iter().all(|&v| v == 0));

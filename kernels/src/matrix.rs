@@ -90,8 +90,8 @@ impl Matrix {
             (Storage::F16(v), WeightDtype::F16) => Storage::F16(v.clone()),
             // Any other pair goes through f32, which holds every bf16 and f16 value exactly.
             (_, WeightDtype::F32) => Storage::F32(self.all_f32().into()),
-            (_, WeightDtype::Bf16) => Storage::Bf16(self.all_f32().into_iter().map(f32_to_bf16).collect::<Vec<_>>().into()),
-            (_, WeightDtype::F16) => Storage::F16(self.all_f32().into_iter().map(half::f16::from_f32).collect::<Vec<_>>().into()),
+            (_, WeightDtype::Bf16) => Storage::Bf16(HostArray::from_exact_iter(self.all_f32().into_iter().map(f32_to_bf16))),
+            (_, WeightDtype::F16) => Storage::F16(HostArray::from_exact_iter(self.all_f32().into_iter().map(half::f16::from_f32))),
         };
         Matrix { data, rows: self.rows, cols: self.cols, resident: Mutex::new(None) }
     }
