@@ -53,11 +53,7 @@ pub(crate) fn causal_conv1d(
         }
         for k in 0..kernel {
             // Tap k multiplies token t-K+1+k, at position t+1+k of (history ++ xbc).
-            let input = row(t + 1 + k);
-            let tap = &taps[k * channels..(k + 1) * channels];
-            for ((o, &w), &v) in out_row.iter_mut().zip(tap).zip(input) {
-                *o += w * v;
-            }
+            simd::add_products(out_row, &taps[k * channels..(k + 1) * channels], row(t + 1 + k));
         }
         simd::silu_in_place(out_row);
     });

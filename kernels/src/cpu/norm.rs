@@ -20,11 +20,13 @@ pub(crate) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 #[inline]
 fn normalise(row_in: &[f32], weight: &[f32], eps: f32, row_out: &mut [f32]) {
-    let sum_square: f32 = row_in.iter().map(|v| v * v).sum();
-    let scale = 1.0 / (sum_square / row_in.len() as f32 + eps).sqrt();
-    for ((o, &v), &w) in row_out.iter_mut().zip(row_in).zip(weight) {
-        *o = v * scale * w;
-    }
+    simd::scale_by(row_out, row_in, inverse_rms(row_in, eps), weight);
+}
+
+/// `1 / sqrt(mean(v²) + eps)`, the mean through the vectorised dot product.
+#[inline]
+fn inverse_rms(values: &[f32], eps: f32) -> f32 {
+    1.0 / (simd::dot(values, values) / values.len() as f32 + eps).sqrt()
 }
 
 pub(crate) fn gated_rms_norm(
@@ -46,11 +48,8 @@ pub(crate) fn gated_rms_norm(
             for (group_out, group_weight) in
                 row_out.chunks_exact_mut(group_size).zip(weight.chunks_exact(group_size))
             {
-                let sum_square: f32 = group_out.iter().map(|v| v * v).sum();
-                let scale = 1.0 / (sum_square / group_size as f32 + eps).sqrt();
-                for (o, &w) in group_out.iter_mut().zip(group_weight) {
-                    *o = *o * scale * w;
-                }
+                let scale = inverse_rms(group_out, eps);
+                simd::scale_in_place(group_out, scale, group_weight);
             }
         });
 }

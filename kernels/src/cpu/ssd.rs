@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm, Layout};
+use super::simd::multiversioned;
 use super::{decay_factor, NEGLIGIBLE_DECAY};
 use crate::{Recurrence, ScanInputs, SsmShape};
 
@@ -194,94 +195,96 @@ impl Scratch {
     }
 }
 
-/// The first pass for the chunk of tokens `start..start + q` (`q` from the output's length).
-fn within_chunk(shape: &SsmShape, recurrence: &Recurrence, inputs: &ScanInputs, start: usize, scratch: &mut Scratch, out: ChunkOut) {
-    let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
-    let (inner, bc) = (shape.inner(), shape.bc_width());
-    let ScanInputs { x, dt, b, c } = *inputs;
-    let q = out.y.len() / inner;
-    let group_heads = heads / shape.groups;
-    for h in 0..heads {
-        let g = shape.group_of(h);
-        if h % group_heads == 0 {
-            // C Bᵀ of this chunk, shared by the group's heads.
-            let c_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };
-            let b_cols = Layout { rows: n_len, cols: q, row_stride: 1, col_stride: bc, offset: start * bc + g * n_len };
-            gemm(&mut scratch.cb, Layout::row_major(q, q), 0.0, c, c_rows, b, b_cols, false);
-        }
-        for l in 0..q {
-            scratch.dt[l] = dt[(start + l) * heads + h];
-            scratch.log_decay[l] = recurrence.log_decay(h, scratch.dt[l]);
+multiversioned! {
+    /// The first pass for the chunk of tokens `start..start + q` (`q` from the output's length).
+    fn within_chunk(shape: &SsmShape, recurrence: &Recurrence, inputs: &ScanInputs, start: usize, scratch: &mut Scratch, out: ChunkOut) {
+        let (heads, p_len, n_len) = (shape.heads, shape.head_dim, shape.d_state);
+        let (inner, bc) = (shape.inner(), shape.bc_width());
+        let ScanInputs { x, dt, b, c } = *inputs;
+        let q = out.y.len() / inner;
+        let group_heads = heads / shape.groups;
+        for h in 0..heads {
+            let g = shape.group_of(h);
+            if h % group_heads == 0 {
+                // C Bᵀ of this chunk, shared by the group's heads.
+                let c_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };
+                let b_cols = Layout { rows: n_len, cols: q, row_stride: 1, col_stride: bc, offset: start * bc + g * n_len };
+                gemm(&mut scratch.cb, Layout::row_major(q, q), 0.0, c, c_rows, b, b_cols, false);
+            }
+            for l in 0..q {
+                scratch.dt[l] = dt[(start + l) * heads + h];
+                scratch.log_decay[l] = recurrence.log_decay(h, scratch.dt[l]);
+            }
+
+            // weights[l, s] = C_l·B_s * exp(Σ_{s<k≤l} dt_k A) * dt_s for s ≤ l. Row by row, the
+            // decays of all earlier columns are multiplied by this token's factor: each entry is a
+            // product of at most Q factors in (0, 1] (relative error ≤ Q·ε, no cancellation), and
+            // the whole row is one vectorised pass instead of one exp per entry.
+            let weights = &mut scratch.weights[..q * q];
+            let decay = &mut scratch.decay[..q];
+            for l in 0..q {
+                let step = scratch.log_decay[l].exp();
+                for v in &mut decay[..l] {
+                    let next = *v * step;
+                    *v = if next < NEGLIGIBLE_DECAY { 0.0 } else { next };
+                }
+                decay[l] = 1.0;
+                let row = &mut weights[l * q..(l + 1) * q];
+                let cb_row = &scratch.cb[l * q..l * q + l + 1];
+                for (((w, &cb_ls), &decay_s), &dt_s) in row[..=l].iter_mut().zip(cb_row).zip(&decay[..=l]).zip(&scratch.dt[..=l]) {
+                    *w = cb_ls * decay_s * dt_s;
+                }
+                row[l + 1..].fill(0.0);
+            }
+
+            // Y_diag = weights · x over the chunk. `weights` is lower triangular: each band of rows
+            // multiplies only the columns up to its last row.
+            const BAND: usize = 64;
+            for first in (0..q).step_by(BAND) {
+                let rows = BAND.min(q - first);
+                let cols = first + rows;
+                let x_rows = Layout { rows: cols, cols: p_len, row_stride: inner, col_stride: 1, offset: start * inner + h * p_len };
+                let y_rows = Layout { rows, cols: p_len, row_stride: inner, col_stride: 1, offset: first * inner + h * p_len };
+                let band = Layout { rows, cols, row_stride: q, col_stride: 1, offset: first * q };
+                gemm(out.y, y_rows, 0.0, weights, band, x, x_rows, false);
+            }
+
+            // The decays the state's pass applies: from the chunk's start to each token, over the
+            // whole chunk, and from each token to the chunk's end (on dt x).
+            let mut from_start = 0.0f32;
+            for l in 0..q {
+                from_start += scratch.log_decay[l];
+                out.decay_in[l * heads + h] = decay_factor(from_start);
+            }
+            out.chunk_decay[h] = out.decay_in[(q - 1) * heads + h]; // the last token's, from the start
+            let mut to_end = 0.0f32;
+            for s in (0..q).rev() {
+                let scale = decay_factor(to_end) * scratch.dt[s];
+                let x_row = &x[(start + s) * inner + h * p_len..][..p_len];
+                for (o, &v) in out.x_decayed[s * inner + h * p_len..][..p_len].iter_mut().zip(x_row) {
+                    *o = v * scale;
+                }
+                to_end += scratch.log_decay[s];
+            }
         }
 
-        // weights[l, s] = C_l·B_s * exp(Σ_{s<k≤l} dt_k A) * dt_s for s ≤ l. Row by row, the
-        // decays of all earlier columns are multiplied by this token's factor: each entry is a
-        // product of at most Q factors in (0, 1] (relative error ≤ Q·ε, no cancellation), and
-        // the whole row is one vectorised pass instead of one exp per entry.
-        let weights = &mut scratch.weights[..q * q];
-        let decay = &mut scratch.decay[..q];
-        for l in 0..q {
-            let step = scratch.log_decay[l].exp();
-            for v in &mut decay[..l] {
-                let next = *v * step;
-                *v = if next < NEGLIGIBLE_DECAY { 0.0 } else { next };
-            }
-            decay[l] = 1.0;
-            let row = &mut weights[l * q..(l + 1) * q];
-            let cb_row = &scratch.cb[l * q..l * q + l + 1];
-            for (((w, &cb_ls), &decay_s), &dt_s) in row[..=l].iter_mut().zip(cb_row).zip(&decay[..=l]).zip(&scratch.dt[..=l]) {
-                *w = cb_ls * decay_s * dt_s;
-            }
-            row[l + 1..].fill(0.0);
-        }
-
-        // Y_diag = weights · x over the chunk. `weights` is lower triangular: each band of rows
-        // multiplies only the columns up to its last row.
-        const BAND: usize = 64;
-        for first in (0..q).step_by(BAND) {
-            let rows = BAND.min(q - first);
-            let cols = first + rows;
-            let x_rows = Layout { rows: cols, cols: p_len, row_stride: inner, col_stride: 1, offset: start * inner + h * p_len };
-            let y_rows = Layout { rows, cols: p_len, row_stride: inner, col_stride: 1, offset: first * inner + h * p_len };
-            let band = Layout { rows, cols, row_stride: q, col_stride: 1, offset: first * q };
-            gemm(out.y, y_rows, 0.0, weights, band, x, x_rows, false);
-        }
-
-        // The decays the state's pass applies: from the chunk's start to each token, over the
-        // whole chunk, and from each token to the chunk's end (on dt x).
-        let mut from_start = 0.0f32;
-        for l in 0..q {
-            from_start += scratch.log_decay[l];
-            out.decay_in[l * heads + h] = decay_factor(from_start);
-        }
-        out.chunk_decay[h] = out.decay_in[(q - 1) * heads + h]; // the last token's, from the start
-        let mut to_end = 0.0f32;
-        for s in (0..q).rev() {
-            let scale = decay_factor(to_end) * scratch.dt[s];
-            let x_row = &x[(start + s) * inner + h * p_len..][..p_len];
-            for (o, &v) in out.x_decayed[s * inner + h * p_len..][..p_len].iter_mut().zip(x_row) {
-                *o = v * scale;
-            }
-            to_end += scratch.log_decay[s];
-        }
-    }
-
-    // The D skip, per head or per channel.
-    let per_channel = recurrence.d.len() == inner;
-    for (l, y_row) in out.y.chunks_exact_mut(inner).enumerate() {
-        let x_row = &x[(start + l) * inner..][..inner];
-        if per_channel {
-            for ((v, &x_i), &d) in y_row.iter_mut().zip(x_row).zip(recurrence.d) {
-                *v += d * x_i;
-            }
-        } else {
-            for ((y_head, x_head), &d) in y_row.chunks_exact_mut(p_len).zip(x_row.chunks_exact(p_len)).zip(recurrence.d) {
-                for (v, &x_i) in y_head.iter_mut().zip(x_head) {
+        // The D skip, per head or per channel.
+        let per_channel = recurrence.d.len() == inner;
+        for (l, y_row) in out.y.chunks_exact_mut(inner).enumerate() {
+            let x_row = &x[(start + l) * inner..][..inner];
+            if per_channel {
+                for ((v, &x_i), &d) in y_row.iter_mut().zip(x_row).zip(recurrence.d) {
                     *v += d * x_i;
+                }
+            } else {
+                for ((y_head, x_head), &d) in y_row.chunks_exact_mut(p_len).zip(x_row.chunks_exact(p_len)).zip(recurrence.d) {
+                    for (v, &x_i) in y_head.iter_mut().zip(x_head) {
+                        *v += d * x_i;
+                    }
                 }
             }
         }
-    }
+}
 }
 
 /// `S[h] -= Σ_k weights[k, h] xdt[k, h] ⊗ B[k, g]`: one GEMM per head (`[P, K] · [K, N]`).

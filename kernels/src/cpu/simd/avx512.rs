@@ -81,6 +81,80 @@ pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, inpu
     _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + rest
 }
 
+/// `e^x` in each lane: the AVX2 body's Cephes `expf` on sixteen lanes (same constants, same
+/// polynomial, so the same results lane for lane).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn exp16(x: __m512) -> __m512 {
+    const LOW: f32 = -87.336_55; // 2^-126
+    const HIGH: f32 = 88.376_26; // n = 127
+    // `max_ps(a, b)` and `min_ps(a, b)` return `b` when either is NaN: `x` goes second.
+    let clamped = _mm512_min_ps(_mm512_set1_ps(HIGH), _mm512_max_ps(_mm512_set1_ps(LOW), x));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(clamped, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    // ln 2 in two parts (the first exact in 9 bits), so r = x - n ln 2 loses nothing.
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), clamped);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for coefficient in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
+    }
+    let e_r = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+    let biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    let e = _mm512_mul_ps(e_r, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased)));
+    // Outside the clamp: infinity above, zero below (comparisons with NaN keep the NaN).
+    let e = _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, _mm512_set1_ps(HIGH)), _mm512_set1_ps(f32::INFINITY));
+    _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, _mm512_set1_ps(LOW)), e)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+fn silu16(x: __m512) -> __m512 {
+    let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+    _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+}
+
+/// `out[i] = f(a[i], b[i])` for `i < n`, sixteen lanes at a time, the tail through masked
+/// loads and stores (the masked-off lanes compute on zeros and are never stored). `out` may be
+/// `a` or `b`: each group of lanes is read before it is written.
+///
+/// # Safety
+/// `n` values must be readable at `a` and `b` and writable at `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn map2(n: usize, a: *const f32, b: *const f32, out: *mut f32, f: impl Fn(__m512, __m512) -> __m512) {
+    let mut i = 0;
+    // SAFETY: every index is below `n` (the caller's guarantee); the tail's mask covers only
+    // the `n - i < 16` values left.
+    while i + 16 <= n {
+        unsafe { _mm512_storeu_ps(out.add(i), f(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)))) };
+        i += 16;
+    }
+    if i < n {
+        let mask = ((1u32 << (n - i)) - 1) as __mmask16;
+        unsafe {
+            let value = f(_mm512_maskz_loadu_ps(mask, a.add(i)), _mm512_maskz_loadu_ps(mask, b.add(i)));
+            _mm512_mask_storeu_ps(out.add(i), mask, value);
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn silu_in_place(values: &mut [f32]) {
+    let p = values.as_mut_ptr();
+    // SAFETY: `values.len()` values at `p`, read and written in place.
+    unsafe { map2(values.len(), p, p, p, |x, _| silu16(x)) };
+}
+
+/// # Safety
+/// The CPU must support AVX-512F, AVX2, FMA and F16C; the three slices have equal lengths.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+pub unsafe fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
+    // SAFETY: the three slices hold `out.len()` values each (the caller's guarantee).
+    unsafe { map2(out.len(), y.as_ptr(), z.as_ptr(), out.as_mut_ptr(), |y, z| _mm512_mul_ps(y, silu16(z))) };
+}
+
 /// Weight rows taken at a time by [`panel_dots`]: a tile of two panels (32 input rows, two
 /// vectors) by twelve weight rows holds 24 accumulators of the 32 registers.
 const GROUP: usize = 12;

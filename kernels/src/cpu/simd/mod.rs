@@ -108,6 +108,93 @@ macro_rules! dispatch {
     }};
 }
 
+/// Which of a [`multiversioned`] function's bodies runs: the one built for the current [`Isa`].
+#[derive(Clone, Copy)]
+pub(crate) enum Build {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    Baseline,
+}
+
+impl Build {
+    pub(crate) fn current() -> Build {
+        match Isa::current().0 {
+            Level::Avx512 => Build::Avx512,
+            Level::Avx2 => Build::Avx2,
+            Level::Portable => Build::Baseline,
+        }
+    }
+}
+
+/// `fn name(args) { body }`, with the body compiled three times: with AVX-512 enabled, with
+/// AVX2+FMA+F16C, and for the baseline target; the one for the current [`Isa`] runs. For the
+/// plain loops around the hand-written kernels (elementwise maps, scaling, the scan's decay
+/// rows) that LLVM vectorises by itself, but only 4 lanes wide without the target features.
+/// Rust never reorders or contracts float arithmetic, so every build gives the same bits (a
+/// float sum stays a serial chain in each: reductions go through [`Isa::dot`] and its kin).
+macro_rules! multiversioned {
+    ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$attr])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+            unsafe fn avx512($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            match $crate::cpu::simd::Build::current() {
+                // SAFETY: `Build::current` names a build only where the CPU has its features.
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::simd::Build::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::cpu::simd::Build::Avx2 => unsafe { avx2($($arg),*) },
+                #[allow(unreachable_patterns)]
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use multiversioned;
+
+multiversioned! {
+    /// `out[i] += a[i] * b[i]` (rounded after the product and after the sum, as written).
+    pub(crate) fn add_products(out: &mut [f32], a: &[f32], b: &[f32]) {
+        assert!(a.len() == out.len() && b.len() == out.len(), "add_products: lengths differ");
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o += a * b;
+        }
+    }
+}
+
+multiversioned! {
+    /// `out[i] = x[i] * scale * weight[i]` (a norm's last step).
+    pub(crate) fn scale_by(out: &mut [f32], x: &[f32], scale: f32, weight: &[f32]) {
+        assert!(x.len() == out.len() && weight.len() == out.len(), "scale_by: lengths differ");
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+multiversioned! {
+    /// `values[i] *= scale * weight[i]`, as `values[i] * scale * weight[i]` (the gated norm's last step).
+    pub(crate) fn scale_in_place(values: &mut [f32], scale: f32, weight: &[f32]) {
+        assert_eq!(weight.len(), values.len(), "scale_in_place: lengths differ");
+        for (v, &w) in values.iter_mut().zip(weight) {
+            *v = *v * scale * w;
+        }
+    }
+}
+
 /// A weight element the dot-product kernels read directly: f32, bf16 bits (`u16`, as
 /// [`crate::Matrix`] holds them) or IEEE half ([`half::f16`]), the last two widened as they are
 /// loaded.
@@ -252,13 +339,13 @@ impl Isa {
 
     /// `values[i] = silu(values[i])` (the conv's activation).
     pub(crate) fn silu_in_place(self, values: &mut [f32]) {
-        dispatch!(self, avx2: avx2::silu_in_place, portable: portable::silu_in_place, (values))
+        dispatch!(self, avx512: avx512::silu_in_place, avx2: avx2::silu_in_place, portable: portable::silu_in_place, (values))
     }
 
     /// `out[i] = y[i] * silu(z[i])` (the mixer's gate, before its norm).
     pub(crate) fn gate(self, y: &[f32], z: &[f32], out: &mut [f32]) {
         assert!(y.len() == out.len() && z.len() == out.len(), "gate: lengths differ");
-        dispatch!(self, avx2: avx2::gate, portable: portable::gate, (y, z, out))
+        dispatch!(self, avx512: avx512::gate, avx2: avx2::gate, portable: portable::gate, (y, z, out))
     }
 }
 
@@ -419,7 +506,7 @@ mod tests {
     fn silu_and_gate_match_f64() {
         let xs = activation_inputs();
         let ys = values(xs.len(), 8);
-        for len in [xs.len(), 7, 8, 9, 15, 1] {
+        for len in [xs.len(), 1, 7, 8, 9, 15, 16, 17, 31, 33] {
             let xs = &xs[xs.len() - len..];
             let ys = &ys[..len];
             for isa in Isa::supported() {
@@ -439,6 +526,26 @@ mod tests {
                     let want = ys[i] as f64 * want;
                     assert!(close(gated[i], want), "{name} gate({}, {}) = {}, want {want}", ys[i], xs[i], gated[i]);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn multiversioned_maps_compute_each_value_as_written() {
+        // Lengths off every vector width; the expected values computed here in the same order
+        // (the builds may not reorder or fuse), so equality is exact.
+        for len in LENGTHS {
+            let (a, b, c) = (values(len, 10), values(len, 11), values(len, 12));
+            let mut sums = c.clone();
+            add_products(&mut sums, &a, &b);
+            let mut scaled = vec![f32::NAN; len];
+            scale_by(&mut scaled, &a, 0.37, &b);
+            let mut in_place = a.clone();
+            scale_in_place(&mut in_place, 0.37, &b);
+            for i in 0..len {
+                assert_eq!(sums[i].to_bits(), (c[i] + a[i] * b[i]).to_bits(), "add_products len {len} at {i}");
+                assert_eq!(scaled[i].to_bits(), (a[i] * 0.37 * b[i]).to_bits(), "scale_by len {len} at {i}");
+                assert_eq!(in_place[i].to_bits(), scaled[i].to_bits(), "scale_in_place len {len} at {i}");
             }
         }
     }
