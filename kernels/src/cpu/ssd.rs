@@ -18,7 +18,7 @@
 use rayon::prelude::*;
 
 use super::matmul::{gemm, Layout};
-use super::simd::multiversioned;
+use super::simd::{self, multiversioned};
 use super::{decay_factor, NEGLIGIBLE_DECAY};
 use crate::{Recurrence, ScanInputs, SsmShape};
 
@@ -117,9 +117,7 @@ fn scan_window(shape: &SsmShape, recurrence: &Recurrence, inputs: &ScanInputs, s
             let off_row = &off[offset + t * width..][..width];
             let y_cols = &mut y_row[first * p_len..][..width];
             for ((y_head, off_head), &decay) in y_cols.chunks_exact_mut(p_len).zip(off_row.chunks_exact(p_len)).zip(&decays[first..]) {
-                for (v, &o) in y_head.iter_mut().zip(off_head) {
-                    *v += decay * o;
-                }
+                simd::add_scaled(y_head, decay, off_head);
             }
             offset += tokens * width;
         }
@@ -158,7 +156,7 @@ fn state_part(shape: &SsmShape, inputs: &ScanInputs, x_decayed: &[f32], chunk_de
         gemm(off, Layout::row_major(q, width).at(start * width), 0.0, c, c_rows, state, state_t, false);
         let decays = &chunk_decay[start / chunk * heads + first..][..count];
         for (state_head, &decay) in state.chunks_exact_mut(p_len * n_len).zip(decays) {
-            state_head.iter_mut().for_each(|v| *v *= decay);
+            simd::scale(state_head, decay);
         }
         let x_t = Layout { rows: width, cols: q, row_stride: 1, col_stride: inner, offset: start * inner + first * p_len };
         let b_rows = Layout { rows: q, cols: n_len, row_stride: bc, col_stride: 1, offset: start * bc + g * n_len };

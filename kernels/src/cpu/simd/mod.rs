@@ -176,6 +176,25 @@ multiversioned! {
 }
 
 multiversioned! {
+    /// `out[i] += scale * x[i]`.
+    pub(crate) fn add_scaled(out: &mut [f32], scale: f32, x: &[f32]) {
+        assert_eq!(x.len(), out.len(), "add_scaled: lengths differ");
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o += scale * v;
+        }
+    }
+}
+
+multiversioned! {
+    /// `values[i] *= factor`.
+    pub(crate) fn scale(values: &mut [f32], factor: f32) {
+        for v in values {
+            *v *= factor;
+        }
+    }
+}
+
+multiversioned! {
     /// `out[i] = x[i] * scale * weight[i]` (a norm's last step).
     pub(crate) fn scale_by(out: &mut [f32], x: &[f32], scale: f32, weight: &[f32]) {
         assert!(x.len() == out.len() && weight.len() == out.len(), "scale_by: lengths differ");
@@ -542,10 +561,16 @@ mod tests {
             scale_by(&mut scaled, &a, 0.37, &b);
             let mut in_place = a.clone();
             scale_in_place(&mut in_place, 0.37, &b);
+            let mut accumulated = c.clone();
+            add_scaled(&mut accumulated, -1.5, &a);
+            let mut multiplied = a.clone();
+            scale(&mut multiplied, 0.37);
             for i in 0..len {
                 assert_eq!(sums[i].to_bits(), (c[i] + a[i] * b[i]).to_bits(), "add_products len {len} at {i}");
                 assert_eq!(scaled[i].to_bits(), (a[i] * 0.37 * b[i]).to_bits(), "scale_by len {len} at {i}");
                 assert_eq!(in_place[i].to_bits(), scaled[i].to_bits(), "scale_in_place len {len} at {i}");
+                assert_eq!(accumulated[i].to_bits(), (c[i] + -1.5 * a[i]).to_bits(), "add_scaled len {len} at {i}");
+                assert_eq!(multiplied[i].to_bits(), (a[i] * 0.37).to_bits(), "scale len {len} at {i}");
             }
         }
     }
