@@ -254,11 +254,12 @@ impl Block {
         self.in_proj.apply(backend, &act.normed, &mut act.zxbcdt);
         let (i, c) = (dims.inner(), dims.conv_dim);
         let h = dims.ssm.heads;
-        for (t, row) in act.zxbcdt.chunks_exact(i + c + h).enumerate() {
-            act.z[t * i..(t + 1) * i].copy_from_slice(&row[..i]);
-            act.xbc_raw[t * c..(t + 1) * c].copy_from_slice(&row[i..i + c]);
-            act.dt_raw[t * h..(t + 1) * h].copy_from_slice(&row[i + c..]);
-        }
+        let parts = act.z.par_chunks_mut(i).zip(act.xbc_raw.par_chunks_mut(c)).zip(act.dt_raw.par_chunks_mut(h));
+        parts.zip(act.zxbcdt.par_chunks(i + c + h)).with_min_len(COPY_MIN_ROWS).for_each(|(((z, xbc), dt), row)| {
+            z.copy_from_slice(&row[..i]);
+            xbc.copy_from_slice(&row[i..i + c]);
+            dt.copy_from_slice(&row[i + c..]);
+        });
     }
 
     /// The recurrent part for consecutive tokens of one sequence: conv, dt, the scan from and
@@ -284,9 +285,10 @@ impl Block {
     fn project_out(&self, backend: &dyn Backend, dims: &Dims, hidden: &mut [f32], act: &mut Activations) {
         backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, dims.inner() / dims.ssm.groups, dims.eps, &mut act.u);
         self.out_proj.apply(backend, &act.u, &mut act.out);
-        for (h, o) in hidden.iter_mut().zip(&act.out) {
-            *h += o;
-        }
+        let d = dims.d_model;
+        hidden.par_chunks_mut(d).zip(act.out.par_chunks(d)).with_min_len(COPY_MIN_ROWS).for_each(|(hidden, out)| {
+            hidden.iter_mut().zip(out).for_each(|(h, o)| *h += o);
+        });
     }
 
     /// The selective scan over the activations' tokens, in segments between the points where
@@ -385,9 +387,15 @@ struct RetractScratch {
 
 /// Splits conv output rows `[x | B | C]` into three contiguous buffers.
 fn split_xbc(xbc: &[f32], conv_dim: usize, inner: usize, bc: usize, x: &mut [f32], b: &mut [f32], c: &mut [f32]) {
-    for (t, row) in xbc.chunks_exact(conv_dim).enumerate() {
-        x[t * inner..(t + 1) * inner].copy_from_slice(&row[..inner]);
-        b[t * bc..(t + 1) * bc].copy_from_slice(&row[inner..inner + bc]);
-        c[t * bc..(t + 1) * bc].copy_from_slice(&row[inner + bc..]);
-    }
+    let parts = x.par_chunks_mut(inner).zip(b.par_chunks_mut(bc)).zip(c.par_chunks_mut(bc));
+    parts.zip(xbc.par_chunks(conv_dim)).with_min_len(COPY_MIN_ROWS).for_each(|(((x, b), c), row)| {
+        x.copy_from_slice(&row[..inner]);
+        b.copy_from_slice(&row[inner..inner + bc]);
+        c.copy_from_slice(&row[inner + bc..]);
+    });
 }
+
+/// Rows per task of the copies between a block's ops (in_proj's output split three ways, the
+/// conv's output split three ways, the residual add): at prefill sizes each moves tens of MB
+/// per layer, in parallel; a decode step's single row stays on the calling thread.
+const COPY_MIN_ROWS: usize = 64;
