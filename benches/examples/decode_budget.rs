@@ -1,11 +1,13 @@
 //! Where a decode step's time goes, op by op: the CPU backend behind a wrapper that times each
 //! call, on the compare script's mamba2-130m-shaped weights (or any HF-dialect checkpoint).
 //!
-//! `cargo run --release -p coil-benches --example decode_budget -- [MODEL_DIR] [f32|bf16|f16] [PREFILL_TOKENS]`
-//! (default `target/compare/mamba2-130m-random`, made by `scripts/compare-engines.sh`; bf16).
-//! Prints each op's milliseconds per token (products by weight shape), the step's total, and
-//! what ran outside the backend's ops (embedding, residual adds, copies, the finiteness checks).
-//! With `PREFILL_TOKENS`, the same for a prefill of that many tokens (best of three), per prefill.
+//! `cargo run --release -p coil-benches --example decode_budget -- [MODEL_DIR] [f32|bf16|f16]
+//! [--batch B | --prefill TOKENS]` (default `target/compare/mamba2-130m-random`, made by
+//! `scripts/compare-engines.sh`; bf16). Prints each op's milliseconds per step (products by
+//! weight shape), the step's total, and what ran outside the backend's ops (embedding, residual
+//! adds, copies, the finiteness checks). `--batch B` steps B sequences at once
+//! (`Model::step_batch`); `--prefill TOKENS` times a prefill of that many tokens instead (best of
+//! three), per prefill.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -86,17 +88,26 @@ fn main() {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let dir = args.first().map_or("target/compare/mamba2-130m-random", String::as_str);
-    let dtype = match args.get(1).map_or("bf16", String::as_str) {
+    let mut positional = Vec::new();
+    let (mut batch, mut prefill_tokens) = (1, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut count = |flag: &str| -> Result<usize, String> {
+            let value = args.next().unwrap_or_default();
+            value.parse().ok().filter(|&n| n > 0).ok_or(format!("{flag} takes a positive number, not `{value}`"))
+        };
+        match arg.as_str() {
+            "--batch" => batch = count("--batch")?,
+            "--prefill" => prefill_tokens = Some(count("--prefill")?),
+            _ => positional.push(arg),
+        }
+    }
+    let dir = positional.first().map_or("target/compare/mamba2-130m-random", String::as_str);
+    let dtype = match positional.get(1).map_or("bf16", String::as_str) {
         "f32" => WeightDtype::F32,
         "bf16" => WeightDtype::Bf16,
         "f16" => WeightDtype::F16,
         other => return Err(format!("the weight dtype (second argument) is f32, bf16 or f16, not `{other}`").into()),
-    };
-    let prefill_tokens = match args.get(2) {
-        None => None,
-        Some(n) => Some(n.parse::<usize>().map_err(|_| format!("the prefill length (third argument) is a number of tokens, not `{n}`"))?),
     };
     let timed = Arc::new(Timed::default());
     let checkpoint = coil_checkpoints::Checkpoint::open_dir(Path::new(dir))?;
@@ -104,21 +115,30 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(tokens) = prefill_tokens {
         return prefill_budget(model, &timed, dtype, tokens);
     }
-    let mut session = coil_ssm::Session::new(model);
+    let mut session = coil_ssm::Session::new(model.clone());
     session.prefill(&[1, 2, 3, 4])?;
-    for token in 0..20 {
-        session.step(token)?; // warm-up: pages touched, buffers grown
+    let mut states: Vec<_> = (0..batch).map(|_| session.state().clone()).collect();
+    let plan = model.plain_plan();
+    let mut logits = Vec::new();
+    let mut step = |i: usize| -> Result<(), coil_ssm::Error> {
+        let tokens: Vec<u32> = (0..batch).map(|b| ((i + b) * 31 % 1000) as u32).collect();
+        let mut refs: Vec<&mut coil_ssm::State> = states.iter_mut().collect();
+        model.step_batch_into(plan, &mut refs, &tokens, &mut logits)
+    };
+    for i in 0..20 {
+        step(i)?; // warm-up: pages touched, buffers grown
     }
     timed.seconds.lock().unwrap().clear();
-    let steps = 200usize;
+    let steps = (200 / batch).max(10);
     let started = Instant::now();
-    for token in 0..steps {
-        session.step(token as u32 % 1000)?;
+    for i in 0..steps {
+        step(i)?;
     }
-    let per_token = started.elapsed().as_secs_f64() / steps as f64;
-    println!("{dtype} weights, {} threads, ms per token:", rayon::current_num_threads());
+    let per_step = started.elapsed().as_secs_f64() / steps as f64;
+    println!("{dtype} weights, {} threads, batch {batch}, ms per step:", rayon::current_num_threads());
     let in_ops = print_ops(&timed.seconds.lock().unwrap(), steps);
-    println!("{:>20}: {:.3} ({:.1} tok/s), {:.3} outside the ops", "step", per_token * 1e3, 1.0 / per_token, (per_token - in_ops) * 1e3);
+    let rate = batch as f64 / per_step;
+    println!("{:>20}: {:.3} ({rate:.1} tok/s), {:.3} outside the ops", "step", per_step * 1e3, (per_step - in_ops) * 1e3);
     Ok(())
 }
 

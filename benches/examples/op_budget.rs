@@ -31,14 +31,14 @@ fn main() {
             println!("linear 1x{k}x{n} {dtype}: {:.3} ms ({:.1} GB/s)", t * 1e3, w.bytes() as f64 / t / 1e9);
         }
     }
-    // Batched decode's products (32 and 64 rows: register tiles; 65: the GEMM).
-    for m in [32usize, 64, 65] {
-        let (k, n) = (768, 3352);
+    // Batched decode's products (32 and 64 rows: register tiles; 65: the GEMM), and 32 rows
+    // through the lm_head's shape and in bf16.
+    for (m, k, n, dtype) in [(32usize, 768usize, 3352usize, WeightDtype::F32), (64, 768, 3352, WeightDtype::F32), (65, 768, 3352, WeightDtype::F32), (32, 768, 3352, WeightDtype::Bf16), (32, 768, 50280, WeightDtype::Bf16)] {
         let input = rnd(m * k, 1.0);
-        let w = Matrix::new(rnd(n * k, 0.05), n, k);
+        let w = Matrix::new(rnd(n * k, 0.05), n, k).to_dtype(dtype);
         let mut out = vec![0f32; m * n];
         let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
-        println!("linear {m}x{k}x{n}: {:.2} ms ({:.0} GFLOP/s)", t * 1e3, 2.0 * (m * k * n) as f64 / t / 1e9);
+        println!("linear {m}x{k}x{n} {dtype}: {:.2} ms ({:.0} GFLOP/s)", t * 1e3, 2.0 * (m * k * n) as f64 / t / 1e9);
     }
     let m = 2048usize;
     for (k, n) in [(768usize, 3352usize), (1536, 768)] {
