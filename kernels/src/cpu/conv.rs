@@ -82,12 +82,21 @@ pub(crate) fn conv_step(
     // The released checkpoints' kernel of 4 gets fixed-size rows, so the shift and the dot
     // product are a few register moves per channel instead of a memmove call and a loop.
     match kernel {
-        4 => step_rows::<4>(xbc, conv_state, weight, bias, out),
+        4 => step_rows_4(xbc, conv_state, weight, bias, out),
         _ => step_rows_any(kernel, xbc, conv_state, weight, bias, out),
     }
     simd::silu_in_place(out);
 }
 
+simd::multiversioned! {
+    /// [`step_rows`] for the released checkpoints' kernel of 4, built per instruction set (LLVM
+    /// vectorises it across channels, the rows of 4 as interleaved groups).
+    fn step_rows_4(xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
+        step_rows::<4>(xbc, conv_state, weight, bias, out)
+    }
+}
+
+#[inline(always)]
 fn step_rows<const K: usize>(xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, out: &mut [f32]) {
     let rows = conv_state.as_chunks_mut::<K>().0.iter_mut().zip(weight.as_chunks::<K>().0);
     for (c, ((row, taps), o)) in rows.zip(out.iter_mut()).enumerate() {
