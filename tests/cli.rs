@@ -278,3 +278,51 @@ fn calibrate_stats_and_buckets_write_what_they_promise() {
     assert!(lines[1].starts_with("0,63,63,"), "position 0 has no prediction: {}", lines[1]);
     assert!(lines[2].starts_with("64,127,64,"));
 }
+
+/// A copy of g1_tied (tied config) whose file also stores `lm_head.weight = head`, and whose
+/// config says `tie_word_embeddings: tie`.
+fn g1_with_stored_head(dir: &Path, head: &[f32], tie: bool) -> PathBuf {
+    use safetensors::tensor::TensorView;
+    let source = fixture("g1_tied");
+    let config = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let config = config.replace("\"tie_word_embeddings\": true", &format!("\"tie_word_embeddings\": {tie}"));
+    std::fs::write(dir.join("config.json"), config).unwrap();
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let parsed = SafeTensors::deserialize(&bytes).unwrap();
+    let shape = parsed.tensor("backbone.embeddings.weight").unwrap().shape().to_vec();
+    let head_bytes: Vec<u8> = head.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut views: Vec<(String, TensorView)> = parsed.tensors();
+    views.push(("lm_head.weight".into(), TensorView::new(safetensors::Dtype::F32, shape, &head_bytes).unwrap()));
+    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    dir.to_owned()
+}
+
+/// HF transformers (5.x) unties a tied config whose file stores a head that differs from the
+/// embedding, and uses the stored head; a stored head equal to the embedding stays tied.
+#[test]
+fn a_stored_head_that_differs_from_a_tied_embedding_is_used_as_hf_does() {
+    let bytes = std::fs::read(fixture("g1_tied").join("model.safetensors")).unwrap();
+    let (_, embedding) = f32_tensor(&bytes, "backbone.embeddings.weight");
+    let head: Vec<f32> = embedding.iter().enumerate().map(|(i, v)| -0.5 * v + (i % 7) as f32 * 0.01).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let tied_config = g1_with_stored_head(dirs[0].path(), &head, true);
+    let untied_config = g1_with_stored_head(dirs[1].path(), &head, false);
+    let same_as_embedding = g1_with_stored_head(dirs[2].path(), &embedding, true);
+
+    let load = |dir: &Path| Checkpoint::open_dir(dir).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(load(&tied_config).weights.lm_head.as_deref(), Some(&head[..]));
+    assert_eq!(load(&same_as_embedding).weights.lm_head, None, "a stored copy of the embedding is the tied head");
+
+    let ids: Vec<u32> = golden_ids("g1_tied").iter().map(|&t| t as u32).collect();
+    let logits = |dir: &Path| {
+        let model = Model::from_checkpoint(load(dir));
+        model.forward(&mut model.new_state(), &ids, coil::LogitRows::All).unwrap()
+    };
+    let with_head = logits(&tied_config);
+    assert_eq!(with_head, logits(&untied_config), "the tied config computes what the untied one does");
+    assert_ne!(with_head, logits(&fixture("g1_tied")), "the stored head changes the logits");
+    assert_eq!(logits(&same_as_embedding), logits(&fixture("g1_tied")));
+
+    let text = String::from_utf8(coil(&["inspect", "--model", tied_config.to_str().unwrap()]).stdout).unwrap();
+    assert!(text.contains("differs from the embedding"), "{text}");
+}

@@ -57,7 +57,9 @@ pub struct Config {
     /// Whether the causal conv has a bias.
     pub use_conv_bias: bool,
     /// `Some(true)`: lm_head is the embedding; `None`: the config does not say, and the weights
-    /// decide (a missing `lm_head.weight` means tied).
+    /// decide (a missing `lm_head.weight` means tied). Either way a stored `lm_head.weight` that
+    /// differs from the embedding is used as the head, as HF transformers does (see
+    /// `Weights::lm_head`).
     pub tie_embeddings: Option<bool>,
     /// `(min, max)` clamp of dt after softplus.
     pub time_step_limit: (f32, f32),

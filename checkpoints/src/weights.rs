@@ -41,7 +41,8 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
     /// `[D]`.
     pub norm_f: Vec<f32>,
-    /// `[V, D]`, or `None` when tied to the embedding.
+    /// `[V, D]`, or `None` when tied to the embedding: no stored `lm_head.weight`, or one equal
+    /// to the embedding.
     pub lm_head: Option<Vec<f32>>,
     /// The dtype the projection weights were stored in.
     pub stored_dtype: DType,
@@ -111,11 +112,15 @@ impl Weights {
         }
 
         let norm_f = store.read_f32("backbone.norm_f.weight", &[d_model])?;
-        let lm_head = match config.tie_embeddings {
-            Some(true) => None,
-            Some(false) => Some(store.read_f32("lm_head.weight", &[config.vocab_size, d_model])?),
-            None if store.contains("lm_head.weight") => Some(store.read_f32("lm_head.weight", &[config.vocab_size, d_model])?),
-            None => None,
+        // A stored `lm_head.weight` is the head unless it equals the embedding, whatever the
+        // config says about tying (mamba_ssm saves the tied tensor under both names). A tied
+        // config with a different stored head: HF transformers (5.x) unties them and uses the
+        // stored head, and so does Coil (`coil inspect` says so); an untied config needs one.
+        let head_shape = [config.vocab_size, d_model];
+        let lm_head = if store.contains("lm_head.weight") || config.tie_embeddings == Some(false) {
+            Some(store.read_f32("lm_head.weight", &head_shape)?).filter(|head| *head != embedding)
+        } else {
+            None
         };
         Ok(Weights { embedding, layers, norm_f, lm_head, stored_dtype })
     }

@@ -39,7 +39,13 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     println!("chunk size      {}", c.chunk_size);
     println!("vocab           {} rows ({} real tokens)", c.vocab_size, c.vocab_size_unpadded);
     println!("biases          in/out_proj {}, conv {}", c.use_bias, c.use_conv_bias);
-    println!("embeddings      {}", if tie { "tied" } else { "untied" });
+    let untied_by_file = !tie && c.tie_embeddings == Some(true);
+    let embeddings = match (tie, untied_by_file) {
+        (true, _) => "tied",
+        (false, true) => "untied: the config ties them, but the file's lm_head.weight differs from the embedding and is used (as HF transformers does)",
+        (false, false) => "untied",
+    };
+    println!("embeddings      {embeddings}");
     println!("dt limit        [{low}, {high}]");
     println!("state N_S       {} elements ({:.3} M; L*H*P*N)", c.state_elements(), c.state_elements() as f64 / 1e6);
     println!("parameters      {} ({:.2} M)", loaded.model.parameter_count(), loaded.model.parameter_count() as f64 / 1e6);
