@@ -8,6 +8,7 @@ use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    end_quietly_on_a_closed_pipe();
     let result = match cli.command {
         Command::Run(args) => cli::run(args),
         Command::Score(args) => cli::score(args),
@@ -25,5 +26,17 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A closed pipe on stdout (`coil inspect | head -1`) ends the process quietly, as it does other
+/// Unix tools, instead of panicking in `println!`: Rust starts programs with SIGPIPE ignored.
+/// Results files are written by appending whole lines and renaming, so an interrupted write
+/// loses nothing already written.
+fn end_quietly_on_a_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring one signal's default disposition, at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -204,6 +204,35 @@ fn state_files_that_are_garbage_or_from_another_model() {
 }
 
 #[test]
+fn a_windowed_state_whose_window_disagrees_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("window.safetensors");
+    let window = ["--mitigate", "window:size=4,granularity=2"];
+    let mut args = vec!["run", "--prompt", "hello there world", "--max-new-tokens", "0", "--state-out", saved.to_str().unwrap()];
+    args.extend_from_slice(&window);
+    let out = coil(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same tensors, with one metadata value changed.
+    let tampered = |key: &str, value: &str| -> String {
+        let bytes = std::fs::read(&saved).unwrap();
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut metadata = metadata.metadata().clone().unwrap();
+        assert!(metadata.contains_key(key), "the state file has `{key}`");
+        metadata.insert(key.into(), value.into());
+        let parsed = SafeTensors::deserialize(&bytes).unwrap();
+        let path = dir.path().join(format!("{key}-{value}.safetensors"));
+        std::fs::write(&path, safetensors::serialize(parsed.tensors(), Some(metadata)).unwrap()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    for (key, value) in [("window.0.oldest", "100"), ("window.0.oldest", "18446744073709551615"), ("position", "2"), ("position", "18446744073709551615")] {
+        let path = tampered(key, value);
+        let mut args = vec!["run", "--prompt", " x y z", "--max-new-tokens", "2", "--state-in", &path];
+        args.extend_from_slice(&window);
+        assert_fails_with(&coil(&args), &["window layer 0 holds the inputs of tokens"]);
+    }
+}
+
+#[test]
 fn logits_out_refuses_above_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let ids = ids_file(dir.path(), "1 2 3 4");
@@ -219,6 +248,22 @@ fn logits_out_refuses_above_the_limit() {
 #[test]
 fn bad_arguments() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--top-p", "0"]), &["--top-p"]);
+    // Sizes past any real run are refused up front, not allocated or looped over.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut args = vec!["passkey", "--model", "embedded:passkey-n4", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        coil(&args)
+    };
+    assert_fails_with(&sweep(&["--lengths", "1k..18446744073709551615"]), &["--lengths", "longest length"]);
+    assert_fails_with(&sweep(&["--lengths", "1k", "--depths", "18446744073709551615"]), &["--depths must be from 1 to 10000"]);
+    assert_fails_with(&sweep(&["--lengths", "1k", "--depths", "0"]), &["--depths must be from 1"]);
+    assert!(!out.exists(), "nothing written before the arguments are checked");
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "window:size=18446744073709551615"]), &["size + granularity must be at most"]);
+    // A piece far longer than the input is just the whole input.
+    let run = coil(&["run", "--prompt", "hello", "--max-new-tokens", "2", "--piece-len", "18446744073709551615"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
     assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
 }
@@ -237,4 +282,18 @@ fn bad_mitigations() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", &spec]), &["t.json", "invalid JSON"]);
     let g1 = fixture("g1_tied");
     assert_fails_with(&coil(&["run", "--model", g1.to_str().unwrap(), "--token-ids", &ids_file(dir.path(), "1 2"), "--mitigate", "state-norm:calibrate=100"]), &["tokenizer.json"]);
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_process_without_a_panic() {
+    use std::process::Stdio;
+    for args in [&["inspect"][..], &["inspect", "--json"], &["devices"]] {
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_coil")).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("coil runs");
+        drop(child.stdout.take()); // the reader goes away before coil has printed anything
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "coil {args:?}: {stderr}");
+        assert_ne!(output.status.code(), Some(101), "coil {args:?}: {stderr}");
+    }
 }

@@ -88,6 +88,13 @@ fn lengths_parse_lists_and_geometric_ranges() {
     for bad in ["", "0", "x", "4k..1k", "1k..4k:x1", "1k..4k:xz"] {
         assert!(parse_lengths(bad).is_err(), "{bad}");
     }
+    // An upper bound past 2^63 once made the doubling wrap around and never end.
+    for huge in ["1k..18446744073709551615", "1k..9223372036854775808:x3", "2099511627776", "1024m..2097152m"] {
+        let error = parse_lengths(huge).unwrap_err().to_string();
+        assert!(error.contains("longest length"), "{huge}: {error}");
+    }
+    let up_to_the_limit = parse_lengths("1k..1099511627776:x1024").unwrap();
+    assert_eq!(up_to_the_limit, vec![1 << 10, 1 << 20, 1 << 30, 1 << 40]);
 }
 
 #[test]

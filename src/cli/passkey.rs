@@ -47,6 +47,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         bail!("--threshold must be between 0 and 1");
     }
     let lengths = parse_lengths(&args.lengths)?;
+    if !(1..=coil::passkey::MAX_DEPTHS).contains(&args.depths) {
+        bail!("--depths must be from 1 to {}, not {}", coil::passkey::MAX_DEPTHS, args.depths);
+    }
     let template = Template::named(&args.template)?;
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };

@@ -34,7 +34,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Tokens arrive in text-block-sized bursts; they are prefilled in whole pieces so every
     // forward pass has the same length (one buffer size, full-width GEMMs).
     let piece_len = args.model.piece_len;
-    let mut pending: Vec<u32> = Vec::with_capacity(2 * piece_len);
+    // Grown as tokens arrive (not sized from --piece-len, which may be far longer than the input).
+    let mut pending: Vec<u32> = Vec::new();
     let mut progress = Progress::new("prefill", input.len_hint());
     let prompt_tokens = input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
         pending.extend_from_slice(ids);

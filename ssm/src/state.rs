@@ -117,6 +117,10 @@ pub(crate) struct WindowState {
 }
 
 /// The last inputs of one layer, oldest first: `dt*x [I]`, `B [G*N]` as written, and the running
+/// The longest window (size + granularity, in tokens) a state takes: 2^40, as long as the longest
+/// passkey length; the ring grows only as inputs arrive, so a long window costs nothing up front.
+pub(crate) const MAX_WINDOW_SPAN: u64 = 1 << 40;
+
 /// log-decay sum through each token `[H]` (f64).
 #[derive(Clone, Debug)]
 pub(crate) struct Ring {
@@ -239,7 +243,12 @@ impl State {
     pub(crate) fn attach_window(&mut self, size: u64, granularity: u64, layers: &[bool]) -> Result<(), Error> {
         // The state of any token spans at most R + Q - 1 inputs; one more slot is pushed before
         // the oldest are dropped at a window move.
-        let capacity = (size + granularity) as usize;
+        let Some(capacity) = size.checked_add(granularity).filter(|&c| c <= MAX_WINDOW_SPAN).map(|c| c as usize) else {
+            return Err(Error::Mitigation {
+                spec: format!("window:size={size},granularity={granularity}"),
+                message: format!("size + granularity must be at most {MAX_WINDOW_SPAN} tokens (2^40)"),
+            });
+        };
         match &self.window {
             Some(w) if w.size == size && w.granularity == granularity => return Ok(()),
             Some(w) => {
@@ -504,6 +513,16 @@ impl State {
                 let b = finite_f32(&format!("window.{l}.b"), &[len, ring.bc])?;
                 let log_cum = finite_f64(&format!("window.{l}.log_cum"), &[len, ring.heads])?;
                 ring.oldest_position = number(&format!("window.{l}.oldest"))?;
+                // The ring holds exactly the inputs from the window's start to the last token.
+                let expected = if position == 0 { 0 } else { crate::mitigation::WindowPlan { size, granularity }.start(position - 1) };
+                if ring.oldest_position != expected || position.checked_sub(ring.oldest_position) != Some(len as u64) {
+                    return Err(file_error(format!(
+                        "window layer {l} holds the inputs of tokens {}..{} (`window.{l}.oldest` and `window.{l}.xdt`), but a \
+                         window of size {size} and granularity {granularity} at position {position} holds tokens {expected}..{position}",
+                        ring.oldest_position,
+                        ring.oldest_position.saturating_add(len as u64),
+                    )));
+                }
                 for i in 0..len {
                     ring.push(&xdt[i * ring.inner..(i + 1) * ring.inner], &b[i * ring.bc..(i + 1) * ring.bc], &log_cum[i * ring.heads..(i + 1) * ring.heads]);
                 }

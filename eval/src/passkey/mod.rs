@@ -13,7 +13,7 @@ pub use model::{CoilSubject, Subject};
 pub use prompt::{depth, key, Layout, TokenizedTemplate};
 pub use report::{fit_capacity, write_report, AccuracyRow, CapacityFit, CapacityRow, Report};
 pub use results::{read_results, CellRecord, ResultsFile, Shard};
-pub use sweep::{parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary};
+pub use sweep::{parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary, MAX_DEPTHS, MAX_LENGTH};
 pub use template::Template;
 
 use std::path::PathBuf;

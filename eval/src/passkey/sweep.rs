@@ -63,6 +63,13 @@ impl SweepSummary {
     }
 }
 
+/// The longest context length a sweep takes: 2^40 tokens (far past what any run could feed;
+/// the bound keeps a mistyped length from overflowing the range arithmetic).
+pub const MAX_LENGTH: usize = 1 << 40;
+
+/// The most needle depths per length a sweep takes.
+pub const MAX_DEPTHS: usize = 10_000;
+
 /// `1k,2k,4k`, `512`, `1m`, and geometric ranges `1k..1m` (doubling) or `1k..64k:x4`.
 pub fn parse_lengths(text: &str) -> Result<Vec<usize>, EvalError> {
     let bad = |item: &str, why: &str| EvalError::Arguments(format!("--lengths: `{item}` {why}"));
@@ -75,7 +82,12 @@ pub fn parse_lengths(text: &str) -> Result<Vec<usize>, EvalError> {
                 None => (item.as_str(), 1),
             },
         };
-        digits.parse::<usize>().ok().and_then(|n| n.checked_mul(scale)).filter(|&n| n > 0).ok_or_else(|| bad(&item, "is not a length like 4096, 4k or 1m"))
+        let n = digits.parse::<usize>().ok().and_then(|n| n.checked_mul(scale)).filter(|&n| n > 0);
+        let n = n.ok_or_else(|| bad(&item, "is not a length like 4096, 4k or 1m"))?;
+        if n > MAX_LENGTH {
+            return Err(bad(&item, &format!("is longer than the longest length a sweep takes ({MAX_LENGTH} tokens, 2^40)")));
+        }
+        Ok(n)
     };
     let mut lengths = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -90,9 +102,14 @@ pub fn parse_lengths(text: &str) -> Result<Vec<usize>, EvalError> {
                 if factor < 2 || n > to {
                     return Err(bad(item, "needs from <= to and a factor of at least 2"));
                 }
+                // Every length is at most MAX_LENGTH (checked above), so the product cannot
+                // overflow before it passes `to`; `checked_mul` keeps that true for any factor.
                 while n <= to {
                     lengths.push(n);
-                    n *= factor;
+                    match n.checked_mul(factor) {
+                        Some(next) => n = next,
+                        None => break,
+                    }
                 }
             }
         }
@@ -112,8 +129,8 @@ pub fn run_sweep<S: Subject>(
     results: &mut ResultsFile,
     mut progress: impl FnMut(SweepProgress),
 ) -> Result<SweepSummary, EvalError> {
-    if config.depths == 0 {
-        return Err(EvalError::Arguments("--depths must be at least 1".into()));
+    if !(1..=MAX_DEPTHS).contains(&config.depths) {
+        return Err(EvalError::Arguments(format!("--depths must be from 1 to {MAX_DEPTHS}, not {}", config.depths)));
     }
     let started = Instant::now();
     let mut summary = SweepSummary::default();

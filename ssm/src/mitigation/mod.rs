@@ -6,5 +6,5 @@ mod plan;
 mod spec;
 
 pub use plan::{calibrate, read_thresholds, write_thresholds, Plan};
-pub(crate) use plan::LayerPlan;
+pub(crate) use plan::{LayerPlan, WindowPlan};
 pub use spec::{IndexSet, Mitigation, Scope, Thresholds};

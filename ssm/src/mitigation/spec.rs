@@ -266,6 +266,10 @@ impl FromStr for Mitigation {
                 if size == 0 || granularity == 0 {
                     return Err(format!("`{spec}`: size and granularity must be at least 1"));
                 }
+                let limit = crate::state::MAX_WINDOW_SPAN;
+                if size.checked_add(granularity).is_none_or(|span| span > limit) {
+                    return Err(format!("`{spec}`: size + granularity must be at most {limit} tokens (2^40)"));
+                }
                 if !scope.heads.is_all() {
                     return Err(format!("`{spec}`: a window applies to whole layers: scope it with layers= only"));
                 }
@@ -353,6 +357,8 @@ mod tests {
             ("rri:gamma=2", "unknown option `gamma`"),
             ("rri:beta=0.5,heads=1", "layers= only"),
             ("window:size=0", "at least 1"),
+            ("window:size=18446744073709551615", "at most 1099511627776"),
+            ("window:size=1099511627776,granularity=1", "at most"),
             ("state-norm:every=4", "thresholds=FILE or calibrate=T"),
             ("dt-clamp:min=0.5,max=0.1", "min <= max"),
             ("a-scale:2,layers=3-1", "empty"),
