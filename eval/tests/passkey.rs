@@ -158,6 +158,53 @@ fn fake_model_capacity_comes_out_exactly() {
     }
 }
 
+/// Names with commas, pipes and characters a file name cannot hold: the CSV quotes its fields,
+/// the Markdown escapes its cells, and two models whose names map to one file name keep a plot
+/// each.
+#[test]
+fn report_files_hold_names_that_need_quoting() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config("256..1k", 4);
+    let fakes = fakes();
+    let mut results = ResultsFile::open(dir.path(), Shard::whole(), false).unwrap();
+    run_sweep(&fakes[..2], &config, &mut results, |_| {}).unwrap();
+    let mut records = read_results(&[dir.path().to_owned()]).unwrap();
+    let names = [fakes[0].name.clone(), fakes[1].name.clone()];
+    for r in &mut records {
+        r.model = if r.model == names[0] { "ma b".into() } else { "ma_b|\"x\",y".into() };
+        r.mitigation = "rri:lambda=0.9,beta=0.75".into();
+    }
+    let report = write_report(&records, 0.95, dir.path()).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("accuracy.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap().split(',').count(), 8);
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), report.accuracy.len());
+    for row in &rows {
+        // Split on commas outside quotes: eight fields, the quoted ones unescaped.
+        let (mut fields, mut field, mut quoted, mut chars) = (Vec::new(), String::new(), false, row.chars().peekable());
+        while let Some(c) = chars.next() {
+            match c {
+                '"' if quoted && chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                '"' => quoted = !quoted,
+                ',' if !quoted => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        fields.push(field);
+        assert_eq!(fields.len(), 8, "{row}");
+        assert!(fields[0] == "ma b" || fields[0] == "ma_b|\"x\",y", "{row}");
+        assert_eq!(fields[2], "rri:lambda=0.9,beta=0.75", "{row}");
+    }
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("| ma_b\\|\"x\",y |"), "{md}");
+    let plots: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("accuracy-")).collect();
+    assert_eq!(plots.len(), 2, "one accuracy plot per model: {plots:?}");
+}
+
 /// Streams fed in step give every cell the same prompt, answer and token count as forks run one
 /// after another (a fake recalls only its last `memory` tokens, so a tail a block off would
 /// flip the cells near that edge; the token counts must match too).

@@ -184,9 +184,9 @@ impl Report {
             let _ = writeln!(
                 md,
                 "| {} | {:.3}M | {} | {} | {} |",
-                row.model,
+                md_cell(&row.model),
                 row.n_s as f64 / 1e6,
-                row.mitigation,
+                md_cell(&row.mitigation),
                 row.tokens.map_or("< shortest".into(), format_length),
                 row.train_length.map_or("?".into(), format_length)
             );
@@ -206,7 +206,7 @@ impl Report {
         let mut arms: Vec<(String, String)> = self.accuracy.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
         arms.dedup();
         for (model, arm) in arms {
-            let _ = write!(md, "| {model} | {arm} |");
+            let _ = write!(md, "| {} | {} |", md_cell(&model), md_cell(&arm));
             for l in &lengths {
                 match self.accuracy.iter().find(|r| r.model == model && r.mitigation == arm && r.length == *l) {
                     Some(r) => {
@@ -253,8 +253,38 @@ fn law_points(rows: &[CapacityRow], arm: &str) -> Vec<(f64, f64)> {
     rows.iter().filter(|c| c.mitigation == arm).filter_map(CapacityRow::law_point).collect()
 }
 
+/// A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a comma, a quote or a line
+/// break (mitigation specs such as `rri:lambda=0.9999,beta=0.75` do).
+fn csv_field(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\"")).into()
+    } else {
+        text.into()
+    }
+}
+
+/// A Markdown table cell: `|` escaped, line breaks as spaces.
+fn md_cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
 fn file_safe(text: &str) -> String {
     text.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect()
+}
+
+/// A file-name stem per name, [`file_safe`], with `-2`, `-3`, ... on the later of names that would
+/// share one (`ma b` and `ma_b`), so no plot overwrites another.
+fn unique_stems(names: &[String]) -> Vec<String> {
+    let mut taken = std::collections::HashSet::new();
+    names
+        .iter()
+        .map(|name| {
+            let base = file_safe(name);
+            let stem = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|s| !taken.contains(s)).expect("unbounded");
+            taken.insert(stem.clone());
+            stem
+        })
+        .collect()
 }
 
 /// Writes `report.md`, `accuracy.csv` and the SVG plots into `dir`; returns the report.
@@ -265,7 +295,8 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
     };
     let mut csv = String::from("model,n_s,mitigation,length,cells,correct,accuracy,mean_tokens\n");
     for r in &report.accuracy {
-        let _ = writeln!(csv, "{},{},{},{},{},{},{:.4},{:.1}", r.model, r.n_s, r.mitigation, r.length, r.cells, r.correct, r.accuracy(), r.mean_tokens);
+        let (model, mitigation) = (csv_field(&r.model), csv_field(&r.mitigation));
+        let _ = writeln!(csv, "{model},{},{mitigation},{},{},{},{:.4},{:.1}", r.n_s, r.length, r.cells, r.correct, r.accuracy(), r.mean_tokens);
     }
     write("accuracy.csv", &csv)?;
 
@@ -275,7 +306,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
     let mut lengths: Vec<usize> = report.accuracy.iter().map(|r| r.length).collect();
     lengths.sort_unstable();
     lengths.dedup();
-    for model in &models {
+    for (model, model_stem) in models.iter().zip(unique_stems(&models)) {
         let rows: Vec<&AccuracyRow> = report.accuracy.iter().filter(|r| &r.model == model).collect();
         let mut arms: Vec<String> = rows.iter().map(|r| r.mitigation.clone()).collect();
         arms.dedup();
@@ -284,10 +315,10 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             .map(|arm| (arm.clone(), rows.iter().filter(|r| &r.mitigation == arm).map(|r| (r.length, r.accuracy())).collect()))
             .collect();
         let train = report.capacity.iter().find(|c| &c.model == model).and_then(|c| c.train_length);
-        let path = dir.join(format!("accuracy-{}.svg", file_safe(model)));
+        let path = dir.join(format!("accuracy-{model_stem}.svg"));
         plot::accuracy_curves(&path, &format!("passkey accuracy, {model}"), &series, train)?;
         plots.push(path);
-        for arm in &arms {
+        for (arm, arm_stem) in arms.iter().zip(unique_stems(&arms)) {
             // Ten depth bins, as the paper's heatmaps.
             const BINS: usize = 10;
             let mut cells = vec![vec![None; lengths.len()]; BINS];
@@ -304,7 +335,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
                     }
                 }
             }
-            let path = dir.join(format!("heatmap-{}-{}.svg", file_safe(model), file_safe(arm)));
+            let path = dir.join(format!("heatmap-{model_stem}-{arm_stem}.svg"));
             plot::heatmap(&path, &format!("passkey accuracy by depth, {model}, {arm}"), &lengths, &cells)?;
             plots.push(path);
         }
