@@ -297,3 +297,26 @@ fn a_closed_stdout_pipe_ends_the_process_without_a_panic() {
         assert_ne!(output.status.code(), Some(101), "coil {args:?}: {stderr}");
     }
 }
+
+#[test]
+fn an_output_that_is_an_input_a_folder_or_in_a_missing_folder_is_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let original = "The grass is green. The sky is blue. ".repeat(20);
+    std::fs::write(&text, &original).unwrap();
+    let t = text.to_str().unwrap();
+    let cases: [&[&str]; 4] = [
+        &["stats", "--text-file", t, "--length", "64", "--every", "32", "--out", t],
+        &["score", "--text-file", t, "--bucket", "16", "--csv", t],
+        &["calibrate", "--text-file", t, "--length", "64", "--out", t],
+        &["run", "--prompt-file", t, "--max-new-tokens", "1", "--state-out", t],
+    ];
+    for args in cases {
+        assert_fails_with(&coil(args), &["text.txt", "is also an input of this command"]);
+        assert_eq!(std::fs::read_to_string(&text).unwrap(), original, "coil {args:?} left the input alone");
+    }
+    let missing = dir.path().join("no-such-folder").join("state.safetensors");
+    assert_fails_with(&coil(&["run", "--prompt-file", t, "--state-out", missing.to_str().unwrap()]), &["no-such-folder", "does not exist"]);
+    let folder = dir.path().to_str().unwrap();
+    assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--csv", folder]), &["--csv", "is a folder"]);
+}

@@ -13,6 +13,8 @@ use super::logits_file::LogitsWriter;
 use super::progress::Progress;
 
 pub fn score(args: ScoreArgs) -> Result<()> {
+    let outputs = [("--logits-out", args.logits_out.as_deref()), ("--csv", args.csv.as_deref()), ("--plot", args.plot.as_deref())];
+    super::check_outputs(&[args.text_file.as_deref(), args.token_ids.as_deref()], &outputs)?;
     let loaded = load(&args.model)?;
     let ids = match (&args.text_file, &args.token_ids) {
         (_, Some(path)) => read_ids(path)?,

@@ -22,6 +22,7 @@ struct Trace {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
+    super::check_outputs(&[args.text_file.as_deref()], &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
     let loaded = load(&args.model)?;
     if args.every == 0 || args.length == 0 {
         bail!("--every and --length must be at least 1");
