@@ -320,3 +320,31 @@ fn an_output_that_is_an_input_a_folder_or_in_a_missing_folder_is_refused_up_fron
     let folder = dir.path().to_str().unwrap();
     assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--csv", folder]), &["--csv", "is a folder"]);
 }
+
+#[test]
+fn small_argument_and_file_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tokenizer.json that is there but is not a file (a folder, a broken cache symlink): an
+    // error naming it once, not a model silently without a tokenizer.
+    let path = edited_checkpoint(dir.path(), |_| {});
+    std::fs::create_dir(path.join("tokenizer.json")).unwrap();
+    let out = coil(&["inspect", "--model", path.to_str().unwrap()]);
+    assert_fails_with(&out, &["tokenizer.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let cause = stderr.rsplit(": ").next().unwrap().trim();
+    assert_eq!(stderr.matches(cause).count(), 1, "the cause is printed once: {stderr}");
+
+    let sweep = dir.path().join("sweep");
+    assert_fails_with(
+        &coil(&["passkey", "--lengths", "1k", "--mitigate", "none", "--mitigate", "none", "--out", sweep.to_str().unwrap()]),
+        &["--mitigate `none` is given twice"],
+    );
+    let csv = dir.path().join("stats.csv");
+    assert_fails_with(&coil(&["stats", "--length", "64", "--collapse-factor", "NaN", "--out", csv.to_str().unwrap()]), &["--collapse-factor"]);
+    let ids = ids_file(dir.path(), "1 2 3");
+    assert_fails_with(&coil(&["score", "--token-ids", &ids, "--bucket", "0"]), &["--bucket must be at least 1"]);
+    let one = coil(&["score", "--token-ids", &ids_file(dir.path(), "5"), "--json"]);
+    assert!(one.status.success() && !String::from_utf8_lossy(&one.stderr).contains("NaN"), "{}", String::from_utf8_lossy(&one.stderr));
+    let default = coil(&["inspect", "--model", "embedded:default"]);
+    assert!(default.status.success(), "{}", String::from_utf8_lossy(&default.stderr));
+}

@@ -65,7 +65,9 @@ impl Checkpoint {
         let store = TensorStore::open_dir(dir)?;
         let weights = Weights::load(&config, &store)?;
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
+        // Absent: no tokenizer. Present but not a readable file (a folder, a broken symlink from a
+        // model cache): an error naming it, not a silent "this model has no tokenizer".
+        let tokenizer = if std::fs::symlink_metadata(&tokenizer_path).is_ok() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
         let train_length = std::fs::read(dir.join("training.json")).ok().and_then(|b| train_length(&b));
         Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length })
     }
@@ -83,6 +85,8 @@ impl Checkpoint {
 
     /// A checkpoint compiled into the binary, by name.
     pub fn embedded(name: &str) -> Result<Checkpoint, LoadError> {
+        // `default` names the default checkpoint (`embedded:default`, as the command line's help says).
+        let name = if name == "default" { crate::embedded::DEFAULT } else { name };
         let Some(e) = crate::embedded::FAMILY.iter().find(|e| e.name == name) else {
             return Err(LoadError::config(
                 format!("<embedded {name}>"),

@@ -53,6 +53,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let template = Template::named(&args.template)?;
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
+    if let Some((i, arm)) = arms.iter().enumerate().find(|(i, arm)| arms[..*i].contains(arm)) {
+        bail!("--mitigate `{arm}` is given twice (arm {} repeats an earlier one)", i + 1);
+    }
     // Without --model: every embedded checkpoint (the family of state sizes).
     let sources: Vec<Option<std::path::PathBuf>> = if args.models.is_empty() {
         coil::embedded_family().into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()

@@ -15,6 +15,9 @@ use super::progress::Progress;
 pub fn score(args: ScoreArgs) -> Result<()> {
     let outputs = [("--logits-out", args.logits_out.as_deref()), ("--csv", args.csv.as_deref()), ("--plot", args.plot.as_deref())];
     super::check_outputs(&[args.text_file.as_deref(), args.token_ids.as_deref()], &outputs)?;
+    if args.bucket == Some(0) {
+        bail!("--bucket must be at least 1 position");
+    }
     let loaded = load(&args.model)?;
     let ids = match (&args.text_file, &args.token_ids) {
         (_, Some(path)) => read_ids(path)?,
@@ -73,13 +76,17 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
 
     let mean = if nll.is_empty() { f64::NAN } else { nll.iter().sum::<f64>() / nll.len() as f64 };
-    eprintln!(
-        "scored {} tokens in {:.2} s ({:.0} tok/s): mean NLL {mean:.4} nats, perplexity {:.3}",
-        ids.len(),
-        progress.elapsed().as_secs_f64(),
-        progress.rate(),
-        mean.exp()
-    );
+    if nll.is_empty() {
+        eprintln!("one token: no next-token prediction to score (the NLL needs at least two tokens)");
+    } else {
+        eprintln!(
+            "scored {} tokens in {:.2} s ({:.0} tok/s): mean NLL {mean:.4} nats, perplexity {:.3}",
+            ids.len(),
+            progress.elapsed().as_secs_f64(),
+            progress.rate(),
+            mean.exp()
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let (Some(buckets), Some(path)) = (&buckets, &args.plot) {

@@ -27,6 +27,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if args.every == 0 || args.length == 0 {
         bail!("--every and --length must be at least 1");
     }
+    if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
+        bail!("--collapse-factor must be a positive number, not {}", args.collapse_factor);
+    }
     let tokenizer = loaded.tokenizer.as_ref().context("stats streams text, which needs the model's tokenizer.json")?;
     let tokens = match (&args.text_file, &args.probe) {
         (Some(path), _) => super::calibrate::calibration_tokens(&loaded, Some(path), args.length)?,

@@ -43,17 +43,22 @@ impl Sampler {
             return argmax(logits);
         }
         let inverse_temperature = 1.0 / self.config.temperature;
+        if !inverse_temperature.is_finite() {
+            return argmax(logits); // a temperature so small that 1/T overflows: greedy
+        }
         self.candidates.clear();
-        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l * inverse_temperature, i as u32)));
+        self.candidates.extend(logits.iter().enumerate().map(|(i, &l)| (l, i as u32)));
         self.candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         if self.config.top_k > 0 {
             self.candidates.truncate(self.config.top_k);
         }
-        // Softmax over the survivors, from the largest logit for stability.
+        // Softmax over the survivors of (logit / T), from the largest logit: the difference is
+        // taken before the scaling, so a tiny T sends the others to exp(-inf) = 0 instead of
+        // overflowing every scaled logit to ±inf (and inf - inf to NaN).
         let max = self.candidates[0].0;
         let mut total = 0.0f32;
         for candidate in &mut self.candidates {
-            candidate.0 = (candidate.0 - max).exp();
+            candidate.0 = ((candidate.0 - max) * inverse_temperature).exp();
             total += candidate.0;
         }
         if self.config.top_p < 1.0 {
@@ -102,11 +107,14 @@ mod tests {
     }
 
     #[test]
-    fn top_k_one_and_tiny_top_p_are_greedy() {
-        let logits = [0.5, 2.0, 1.0, -1.0];
+    fn top_k_one_tiny_top_p_and_tiny_temperatures_are_greedy() {
+        // Logits past f32::MAX once scaled by 1/1e-38: the softmax must not see inf - inf.
+        let logits = [5.0, 20.0, 10.0, -7.0];
         for config in [
             SamplingConfig { temperature: 1.0, top_k: 1, ..Default::default() },
             SamplingConfig { temperature: 1.0, top_p: 1e-6, ..Default::default() },
+            SamplingConfig { temperature: 1e-38, ..Default::default() },
+            SamplingConfig { temperature: 1e-45, ..Default::default() },
         ] {
             let mut s = Sampler::new(config);
             assert!((0..50).all(|_| s.sample(&logits, 4) == 1));
