@@ -264,6 +264,33 @@ fn resume_after_a_kill_loses_nothing_and_duplicates_nothing() {
     }
 }
 
+/// Only an unfinished last line (no newline) is a torn write; a finished line that is not a
+/// record, or is not UTF-8, is damage: resuming refuses it and leaves the file as it was, and
+/// the report refuses it too (it used to skip such lines and cut a bad last one).
+#[test]
+fn a_damaged_results_file_is_refused_not_trimmed() {
+    let config = config("512,2k", 3);
+    let fakes = fakes();
+    let whole = tempfile::tempdir().unwrap();
+    run_sweep(&fakes, &config, &mut ResultsFile::open(whole.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
+    let complete = std::fs::read(whole.path().join("results.jsonl")).unwrap();
+    let first_line = complete.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let damaged: [Vec<u8>; 3] = [
+        [&complete[..], b"garbage\n"].concat(),
+        [&complete[..first_line], b"\xff\xfe\n", &complete[first_line..]].concat(),
+        b"\xff\n".to_vec(),
+    ];
+    for bytes in damaged {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("results.jsonl");
+        std::fs::write(&file, &bytes).unwrap();
+        let error = ResultsFile::open(dir.path(), Shard::whole(), true).err().expect("refused");
+        assert!(error.to_string().contains("is not a passkey result"), "{error}");
+        assert_eq!(std::fs::read(&file).unwrap(), bytes, "left as it was");
+        assert!(read_results(&[dir.path().to_owned()]).is_err());
+    }
+}
+
 #[test]
 fn shards_cover_every_cell_once() {
     let config = config("512..8k", 6);

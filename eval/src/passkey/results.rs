@@ -144,28 +144,28 @@ impl ResultsFile {
 }
 
 /// Parses JSON lines; returns the records and the byte length of the complete, valid prefix. Only
-/// the last line may be torn; a bad line before it means the file is not ours.
+/// an unfinished last line (no newline: a write a kill interrupted) is dropped; any other line
+/// that is not a record, invalid UTF-8 included, means the file is not ours (or was damaged)
+/// and is an error, so nothing in it is skipped or cut silently.
 fn parse_lines(bytes: &[u8], path: &Path) -> Result<(Vec<CellRecord>, usize), EvalError> {
     let mut records = Vec::new();
     let mut offset = 0;
     let mut good_len = 0;
-    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
-    for (i, line) in lines.iter().enumerate() {
-        let last = i + 1 == lines.len();
+    for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
         offset += line.len();
-        let complete = line.ends_with(b"\n");
-        let text = std::str::from_utf8(line).ok().map(str::trim).unwrap_or("");
-        if text.is_empty() && complete {
-            good_len = offset;
-            continue;
+        if !line.ends_with(b"\n") {
+            break; // the last line, torn by a kill: dropped, its cell runs again
         }
-        match serde_json::from_str::<CellRecord>(text) {
-            Ok(record) if complete => {
-                records.push(record);
+        let record = std::str::from_utf8(line).ok().map(str::trim).map(|text| match text {
+            "" => Ok(None),
+            text => serde_json::from_str::<CellRecord>(text).map(Some),
+        });
+        match record {
+            Some(Ok(record)) => {
+                records.extend(record);
                 good_len = offset;
             }
-            _ if last => break, // torn by a kill: dropped, the cell runs again
-            Ok(_) | Err(_) => {
+            _ => {
                 return Err(EvalError::Results {
                     path: path.to_owned(),
                     message: format!("line {} is not a passkey result; is this a results file of `coil passkey`?", i + 1),
