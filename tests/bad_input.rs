@@ -348,3 +348,25 @@ fn small_argument_and_file_mistakes_are_named() {
     let default = coil(&["inspect", "--model", "embedded:default"]);
     assert!(default.status.success(), "{}", String::from_utf8_lossy(&default.stderr));
 }
+
+/// A resumed sweep must be the same sweep: other depths, seed or template are refused (they
+/// used to be appended and pooled into one report), and weights converted by --weights are
+/// their own subject (they used to be taken as the f32 cells already done).
+#[test]
+fn a_resume_with_another_setup_or_weight_dtype_does_not_mix_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut args = vec!["passkey", "--model", "embedded:passkey-n4", "--lengths", "256", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        coil(&args)
+    };
+    let first = sweep(&["--depths", "2"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_fails_with(&sweep(&["--depths", "3", "--resume"]), &["holds a sweep with", "2 depths", "3 depths"]);
+    assert_fails_with(&sweep(&["--depths", "2", "--seed", "5", "--resume"]), &["seed 0", "seed 5"]);
+    let bf16 = sweep(&["--depths", "2", "--weights", "bf16", "--resume"]);
+    assert!(String::from_utf8_lossy(&bf16.stderr).contains("2 cells run, 0 already done"), "{}", String::from_utf8_lossy(&bf16.stderr));
+    let csv = std::fs::read_to_string(out.join("accuracy.csv")).unwrap();
+    assert!(csv.contains("\npasskey-n4,") && csv.contains("\npasskey-n4@bf16,"), "{csv}");
+}

@@ -12,6 +12,8 @@ pub struct Loaded {
     pub tokenizer: Option<Tokenizer>,
     pub source: Source,
     pub stored_dtype: String,
+    /// Whether the weights are held in another dtype than the checkpoint stores (`--weights`).
+    pub converted: bool,
     /// From the checkpoint's training.json.
     pub train_length: Option<usize>,
 }
@@ -43,15 +45,16 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     let source = source_of(args.model.as_deref());
     let checkpoint = Checkpoint::load(&source).with_context(|| format!("cannot load the checkpoint {source}"))?;
     let stored = checkpoint.weights.stored_dtype;
+    let as_stored = match stored {
+        coil::checkpoint::DType::BF16 => coil::WeightDtype::Bf16,
+        coil::checkpoint::DType::F16 => coil::WeightDtype::F16,
+        _ => coil::WeightDtype::F32,
+    };
     let weight_dtype = match args.weights {
         WeightsArg::F32 => coil::WeightDtype::F32,
         WeightsArg::Bf16 => coil::WeightDtype::Bf16,
         WeightsArg::F16 => coil::WeightDtype::F16,
-        WeightsArg::Auto => match stored {
-            coil::checkpoint::DType::BF16 => coil::WeightDtype::Bf16,
-            coil::checkpoint::DType::F16 => coil::WeightDtype::F16,
-            _ => coil::WeightDtype::F32,
-        },
+        WeightsArg::Auto => as_stored,
     };
     let stored_dtype = stored.to_string();
     let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
@@ -63,7 +66,8 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     if let Some(chunk) = args.chunk_size {
         model = model.with_chunk_size(chunk);
     }
-    Ok(Loaded { model: Arc::new(model), tokenizer, source, stored_dtype, train_length })
+    let converted = weight_dtype != as_stored;
+    Ok(Loaded { model: Arc::new(model), tokenizer, source, stored_dtype, converted, train_length })
 }
 
 /// The backend of `device`, opened once per process (a sweep loads several models onto it).

@@ -78,6 +78,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let names = labels(&models.iter().map(|m| &m.source).collect::<Vec<_>>())?;
     let mut subjects = Vec::new();
     for (mut loaded, name) in models.into_iter().zip(names) {
+        // Weights converted by --weights are another subject: their cells must not be taken for
+        // (or resumed from) the checkpoint's own.
+        let name = if loaded.converted { format!("{name}@{}", loaded.model.weight_dtype()) } else { name };
         let train_length = loaded.train_length();
         let plans = arms
             .iter()

@@ -89,6 +89,8 @@ pub struct ResultsFile {
     path: PathBuf,
     file: File,
     done: HashSet<String>,
+    /// The `(template, seed, depths)` of the cells it holds.
+    setups: HashSet<(String, u64, usize)>,
 }
 
 impl ResultsFile {
@@ -99,7 +101,7 @@ impl ResultsFile {
         let path = dir.join(shard.file_name());
         let fail = |message: String| EvalError::Results { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| EvalError::Results { path: dir.to_owned(), message: e.to_string() })?;
-        let mut done = HashSet::new();
+        let (mut done, mut setups) = (HashSet::new(), HashSet::new());
         if path.exists() {
             let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
             if !bytes.is_empty() && !resume {
@@ -107,13 +109,14 @@ impl ResultsFile {
             }
             let (records, good_len) = parse_lines(&bytes, &path)?;
             done.extend(records.iter().map(CellRecord::id));
+            setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths)));
             if good_len < bytes.len() {
                 let file = OpenOptions::new().write(true).open(&path).map_err(|e| fail(e.to_string()))?;
                 file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| fail(e.to_string()))?;
-        Ok(ResultsFile { path, file, done })
+        Ok(ResultsFile { path, file, done, setups })
     }
 
     /// The file's path.
@@ -124,6 +127,21 @@ impl ResultsFile {
     /// Whether the cell `id` has a result already.
     pub fn is_done(&self, id: &str) -> bool {
         self.done.contains(id)
+    }
+
+    /// An error if the file holds cells of another template, seed or depth grid than
+    /// `(template, seed, depths)`: resuming into it would pool two sweeps into one report.
+    pub fn check_setup(&self, template: &str, seed: u64, depths: usize) -> Result<(), EvalError> {
+        match self.setups.iter().find(|&s| s != &(template.to_owned(), seed, depths)) {
+            None => Ok(()),
+            Some((other_template, other_seed, other_depths)) => Err(EvalError::Results {
+                path: self.path.clone(),
+                message: format!(
+                    "holds a sweep with template `{other_template}`, seed {other_seed}, {other_depths} depths; this one has \
+                     template `{template}`, seed {seed}, {depths} depths: resume with the same, or choose another --out"
+                ),
+            }),
+        }
     }
 
     /// Cells with a result.

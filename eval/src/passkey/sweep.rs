@@ -132,6 +132,7 @@ pub fn run_sweep<S: Subject>(
     if !(1..=MAX_DEPTHS).contains(&config.depths) {
         return Err(EvalError::Arguments(format!("--depths must be from 1 to {MAX_DEPTHS}, not {}", config.depths)));
     }
+    results.check_setup(&config.template.name, config.seed, config.depths)?;
     let started = Instant::now();
     let mut summary = SweepSummary::default();
     // Groups in a fixed order; group g belongs to shard g % N, so shards share nothing.
