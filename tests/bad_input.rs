@@ -319,6 +319,10 @@ fn an_output_that_is_an_input_a_folder_or_in_a_missing_folder_is_refused_up_fron
     assert_fails_with(&coil(&["run", "--prompt-file", t, "--state-out", missing.to_str().unwrap()]), &["no-such-folder", "does not exist"]);
     let folder = dir.path().to_str().unwrap();
     assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--csv", folder]), &["--csv", "is a folder"]);
+    let png = dir.path().join("loss.png");
+    assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--plot", png.to_str().unwrap()]), &["loss.png", "SVG"]);
+    assert_fails_with(&coil(&["stats", "--text-file", t, "--length", "64", "--out", &format!("{folder}/s.csv"), "--plot", png.to_str().unwrap()]), &["SVG"]);
+    assert!(!dir.path().join("s.csv").exists(), "stats refused its plot before writing its CSV");
 }
 
 #[test]

@@ -36,7 +36,9 @@ fn frame<'a, 'b>(root: &'a Canvas<'b>, title: &str, y_label_area: u32) -> ChartB
     builder
 }
 
-fn check_svg(path: &Path) -> Result<(), PlotError> {
+/// An error unless `path` names an SVG file (the only format the plots are written in): for
+/// commands to check their plot paths before the work that feeds them.
+pub fn check_svg(path: &Path) -> Result<(), PlotError> {
     match path.extension().and_then(|e| e.to_str()) {
         Some("svg") => Ok(()),
         _ => Err(PlotError { path: path.to_owned(), message: "plots are written as SVG; give a file name ending in .svg".into() }),

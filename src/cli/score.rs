@@ -15,6 +15,9 @@ use super::progress::Progress;
 pub fn score(args: ScoreArgs) -> Result<()> {
     let outputs = [("--logits-out", args.logits_out.as_deref()), ("--csv", args.csv.as_deref()), ("--plot", args.plot.as_deref())];
     super::check_outputs(&[args.text_file.as_deref(), args.token_ids.as_deref()], &outputs)?;
+    if let Some(plot) = &args.plot {
+        coil_eval::plot::check_svg(plot)?;
+    }
     if args.bucket == Some(0) {
         bail!("--bucket must be at least 1 position");
     }

@@ -23,6 +23,9 @@ struct Trace {
 
 pub fn run(args: StatsArgs) -> Result<()> {
     super::check_outputs(&[args.text_file.as_deref()], &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
+    if let Some(plot) = &args.plot {
+        coil_eval::plot::check_svg(plot)?;
+    }
     let loaded = load(&args.model)?;
     if args.every == 0 || args.length == 0 {
         bail!("--every and --length must be at least 1");
