@@ -230,6 +230,10 @@ fn a_windowed_state_whose_window_disagrees_with_its_position() {
         args.extend_from_slice(&window);
         assert_fails_with(&coil(&args), &["window layer 0 holds the inputs of tokens"]);
     }
+    let newer = tampered("version", "2");
+    let mut args = vec!["run", "--prompt", " x", "--max-new-tokens", "1", "--state-in", &newer];
+    args.extend_from_slice(&window);
+    assert_fails_with(&coil(&args), &["state format version 2", "reads version 1"]);
 }
 
 #[test]

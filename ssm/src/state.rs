@@ -440,6 +440,9 @@ impl State {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(file_error("not a Coil state file (metadata `format` is not `coil-state`)".into()));
         }
+        if let Some(version) = meta.get("version").filter(|&v| v != VERSION) {
+            return Err(file_error(format!("state format version {version}; this build reads version {VERSION}")));
+        }
         let number = |key: &str| -> Result<u64, Error> {
             meta.get(key).and_then(|p| p.parse::<u64>().ok()).ok_or_else(|| file_error(format!("metadata `{key}` is missing or not a number")))
         };
