@@ -310,3 +310,46 @@ fn shards_cover_every_cell_once() {
     assert!(Shard::parse("4/4").is_err() && Shard::parse("1/0").is_err() && Shard::parse("x").is_err());
     assert_eq!(Shard::parse("3/8").unwrap(), Shard { index: 3, count: 8 });
 }
+
+/// A template file is labelled by its name and its content: a file named `paper.json` is not the
+/// built-in `paper`, and an edited file is not its earlier self (a resume would take the other's
+/// cells as done).
+#[test]
+fn template_files_are_labelled_by_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("paper.json");
+    let paper = Template::paper();
+    let write = |filler: &str| {
+        let json = serde_json::json!({"prefix": paper.prefix, "filler": filler, "needle": paper.needle, "suffix": paper.suffix});
+        std::fs::write(&path, json.to_string()).unwrap();
+        Template::named(path.to_str().unwrap()).unwrap().name
+    };
+    let same = write(&paper.filler);
+    assert_ne!(same, "paper");
+    assert!(same.starts_with("paper#"), "{same}");
+    assert_eq!(write(&paper.filler), same, "the same content, the same label");
+    assert_ne!(write("Another filler. "), same, "edited content, another label");
+}
+
+/// Merging folders: a cell found twice with the same answer counts once; with another answer,
+/// the folders hold different runs and the merge is refused (it kept one silently).
+#[test]
+fn merged_folders_with_conflicting_answers_are_refused() {
+    let config = config("512", 3);
+    let fakes = fakes();
+    let first = tempfile::tempdir().unwrap();
+    run_sweep(&fakes[..1], &config, &mut ResultsFile::open(first.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(first.path().join("results.jsonl")).unwrap();
+    std::fs::write(copy.path().join("results.jsonl"), &text).unwrap();
+    let both = [first.path().to_owned(), copy.path().to_owned()];
+    assert_eq!(read_results(&both).unwrap().len(), 3, "the same cells count once");
+
+    let mut records: Vec<CellRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    records[1].correct = !records[1].correct;
+    records[1].prediction = "99999".into();
+    let changed: String = records.iter().map(|r| serde_json::to_string(r).unwrap() + "\n").collect();
+    std::fs::write(copy.path().join("results.jsonl"), changed).unwrap();
+    let error = read_results(&both).unwrap_err().to_string();
+    assert!(error.contains("has another answer"), "{error}");
+}

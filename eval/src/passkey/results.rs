@@ -211,12 +211,34 @@ pub fn read_results(dirs: &[PathBuf]) -> Result<Vec<CellRecord>, EvalError> {
     if files.is_empty() {
         return Err(EvalError::Results { path: dirs.first().cloned().unwrap_or_default(), message: "no results*.jsonl here".into() });
     }
-    let mut by_id = std::collections::BTreeMap::new();
+    // A cell found twice (a folder given twice, a shard copied) counts once; found twice with
+    // different answers, the folders hold different runs, and merging them would pick one.
+    let mut by_id: std::collections::BTreeMap<String, (CellRecord, PathBuf)> = std::collections::BTreeMap::new();
     for path in files {
         let bytes = std::fs::read(&path).map_err(|e| EvalError::Results { path: path.clone(), message: e.to_string() })?;
         for record in parse_lines(&bytes, &path)?.0 {
-            by_id.insert(record.id(), record);
+            match by_id.get(&record.id()) {
+                Some((seen, first)) if (&seen.key, &seen.prediction, seen.correct) != (&record.key, &record.prediction, record.correct) => {
+                    return Err(EvalError::Results {
+                        path,
+                        message: format!(
+                            "the cell (model {}, mitigation {}, length {}, depth {} of {}) has another answer in {}: \
+                             these are results of different runs",
+                            record.model,
+                            record.mitigation,
+                            record.length,
+                            record.depth_index + 1,
+                            record.depths,
+                            first.display()
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    by_id.insert(record.id(), (record, path.clone()));
+                }
+            }
         }
     }
-    Ok(by_id.into_values().collect())
+    Ok(by_id.into_values().map(|(record, _)| record).collect())
 }

@@ -57,7 +57,9 @@ impl Template {
     }
 
     /// `paper`, `landmark`, `ruler`, or a JSON file with `prefix`, `filler`, `needle`, `suffix`
-    /// (and optionally `name`).
+    /// (and optionally `name`). A file's template is labelled `NAME#HASH` (its `name`, else the
+    /// file's stem, and a hash of its four texts), so results of a file named `paper.json`, or
+    /// of a file edited since, are never taken for another template's cells.
     pub fn named(name_or_path: &str) -> Result<Template, EvalError> {
         match name_or_path {
             "paper" => Ok(Template::paper()),
@@ -79,8 +81,10 @@ impl Template {
             suffix: String,
         }
         let file: File = serde_json::from_str(&text).map_err(|e| fail(format!("invalid template JSON: {e}")))?;
+        let base = file.name.unwrap_or_else(|| path.file_stem().map_or("custom".into(), |s| s.to_string_lossy().into_owned()));
+        let hash = content_hash(&[&file.prefix, &file.filler, &file.needle, &file.suffix]);
         let template = Template {
-            name: file.name.unwrap_or_else(|| path.file_stem().map_or("custom".into(), |s| s.to_string_lossy().into_owned())),
+            name: format!("{base}#{:08x}", hash as u32),
             prefix: file.prefix,
             filler: file.filler,
             needle: file.needle,
@@ -98,4 +102,14 @@ impl Template {
     pub fn needle_for(&self, key: &str) -> String {
         self.needle.replace("{key}", key)
     }
+}
+
+/// FNV-1a (64-bit) over `parts`, each followed by a zero byte: stable across builds and
+/// platforms (the standard library's hasher promises neither).
+fn content_hash(parts: &[&str]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in parts.iter().flat_map(|p| p.bytes().chain([0])) {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
 }
