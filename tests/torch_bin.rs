@@ -130,6 +130,9 @@ fn convert_writes_an_hf_folder_with_the_same_logits() {
     assert!(diff <= LOGIT_TOLERANCE, "{diff:e}");
     let config = std::fs::read_to_string(out.join("config.json")).unwrap();
     assert!(config.contains("\"tie_word_embeddings\": true") && config.contains("Mamba2ForCausalLM"), "{config}");
+    // The weights are as readable as the config (safetensors' temporary file was private).
+    let mode = |name: &str| std::fs::metadata(out.join(name)).unwrap().permissions();
+    assert_eq!(mode("model.safetensors"), mode("config.json"));
 }
 
 #[test]

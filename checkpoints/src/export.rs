@@ -71,6 +71,11 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     let config_out = out_dir.join("config.json");
     let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
     write_atomically(&config_out, |tmp| std::fs::write(tmp, &text))?;
+    // safetensors writes through a private (0600) temporary file; give the weights the mode
+    // every other file here gets (a new file's default under the umask), so whoever may read
+    // the config may read the weights.
+    let mode = std::fs::metadata(&config_out).map_err(io(&config_out))?.permissions();
+    std::fs::set_permissions(&model, mode).map_err(io(&model))?;
 
     let tokenizer = match tokenizer {
         Some(_) => {
