@@ -491,7 +491,7 @@ impl State {
         state.log_decay_total = finite_f64("log_decay_total", &[s.layers, s.heads])?;
         if meta.contains_key("window_size") {
             let (size, granularity) = (number("window_size")?, number("window_granularity")?);
-            if size == 0 || granularity == 0 || size.checked_add(granularity).is_none_or(|c| c > 1 << 32) {
+            if size == 0 || granularity == 0 || size.checked_add(granularity).is_none_or(|c| c > MAX_WINDOW_SPAN) {
                 return Err(file_error("window size or granularity out of range".into()));
             }
             let listed = meta.get("window_layers").map(String::as_str).unwrap_or("");
