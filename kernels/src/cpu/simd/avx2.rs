@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Weight, PANEL, PREFETCH_BYTES};
+use super::{Ahead, Weight, PANEL, PREFETCH_BYTES};
 
 /// Sum of the eight lanes.
 #[inline]
@@ -204,6 +204,8 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
                     (&block[..], SLICE)
                 }
             };
+            // The weight read next, asked for during the first tile of the slice.
+            let mut ahead = Ahead::after_slice(weight, k, j, GROUP, i0, slice);
             // The tile at `first` rows of the panel at `a`, weight rows c0..c0 + c_len of the
             // group: sums start from zero on the first slice and from `out` after it.
             let mut tile_at = |a: &[f32], first: usize, valid: usize, c0: usize, c_len: usize, wide: bool| {
@@ -216,11 +218,12 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
                 let (a, w) = (a[i0 * PANEL..].as_ptr(), w[c0 * stride..].as_ptr());
                 // SAFETY: `a` holds the panel's values from i0 on (len * PANEL of them), `w`
                 // rows c0..c0 + c_len of `stride` values, each with `len` from its start.
+                let ahead = std::mem::replace(&mut ahead, Ahead::NONE);
                 unsafe {
                     if wide {
-                        tiles::<2, 6>(a, w, stride, len, i0 > 0, &mut sums[..c_len]);
+                        tiles::<2, 6>(a, w, stride, len, i0 > 0, &mut sums[..c_len], ahead);
                     } else {
-                        tiles::<1, 12>(a, w, stride, len, i0 > 0, &mut sums[..c_len]);
+                        tiles::<1, 12>(a, w, stride, len, i0 > 0, &mut sums[..c_len], ahead);
                     }
                 }
                 for (c, sums) in sums[..c_len].iter().enumerate() {
@@ -253,15 +256,24 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
 /// `len * PANEL` values readable at `a`, `sums.len()` rows of `stride` at `w`, each with `len`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles<const V: usize, const C: usize>(a: *const f32, w: *const f32, stride: usize, len: usize, accumulate: bool, sums: &mut [[f32; PANEL]]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const V: usize, const C: usize>(
+    a: *const f32,
+    w: *const f32,
+    stride: usize,
+    len: usize,
+    accumulate: bool,
+    sums: &mut [[f32; PANEL]],
+    mut ahead: Ahead,
+) {
     let mut c = 0;
     // SAFETY (both calls): rows c.. of `w` exist for every row of `sums` handed on.
     while c + C <= sums.len() {
-        unsafe { tile::<V, C>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + C]) };
+        unsafe { tile::<V, C>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + C], &mut ahead) };
         c += C;
     }
     while c < sums.len() {
-        unsafe { tile::<V, 1>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + 1]) };
+        unsafe { tile::<V, 1>(a, w.add(c * stride), stride, len, accumulate, &mut sums[c..c + 1], &mut ahead) };
         c += 1;
     }
 }
@@ -274,7 +286,15 @@ unsafe fn tiles<const V: usize, const C: usize>(a: *const f32, w: *const f32, st
 /// `sums` holds `C` rows.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const V: usize, const C: usize>(a: *const f32, w: *const f32, stride: usize, len: usize, accumulate: bool, sums: &mut [[f32; PANEL]]) {
+unsafe fn tile<const V: usize, const C: usize>(
+    a: *const f32,
+    w: *const f32,
+    stride: usize,
+    len: usize,
+    accumulate: bool,
+    sums: &mut [[f32; PANEL]],
+    ahead: &mut Ahead,
+) {
     let mut acc = [[_mm256_setzero_ps(); V]; C];
     if accumulate {
         for (acc, sums) in acc.iter_mut().zip(sums.iter()) {
@@ -283,6 +303,7 @@ unsafe fn tile<const V: usize, const C: usize>(a: *const f32, w: *const f32, str
         }
     }
     for i in 0..len {
+        ahead.next();
         // SAFETY: i < len, so every read is inside the caller's bounds.
         let x: [__m256; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(a.add(i * PANEL + 8 * v)) });
         for (c, acc) in acc.iter_mut().enumerate() {

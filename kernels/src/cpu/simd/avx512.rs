@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Weight, PANEL, PREFETCH_BYTES};
+use super::{Ahead, Weight, PANEL, PREFETCH_BYTES};
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2, FMA and F16C; `out` is as long as `weights`.
@@ -197,6 +197,7 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
             };
             // Where row 0 of the slice starts: at i0 in an f32 row read in place, at 0 in the block.
             let offset = if f32_weight.is_some() { i0 } else { 0 };
+            let ahead = Ahead::after_slice(weight, k, j, GROUP, i0, slice);
             assert!((cols - 1) * stride + offset + len <= w.len());
             let w = w[offset..].as_ptr();
             // Two panels at a time, then the last one alone.
@@ -208,11 +209,12 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
                 // of `stride` at `w` each hold `len` values (checked above); `out` holds `cols`
                 // feature rows of `rows` values from `j * rows`, and each masked lane is a row of
                 // the panel that exists.
+                let ahead = if panel == 0 { ahead } else { Ahead::NONE };
                 unsafe {
                     if pair {
-                        tiles::<2>([at(panel), at(panel + 1)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows);
+                        tiles::<2>([at(panel), at(panel + 1)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows, ahead);
                     } else {
-                        tiles::<1>([at(panel)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows);
+                        tiles::<1>([at(panel)], w, stride, len, i0 > 0, cols, out.as_mut_ptr(), rows, ahead);
                     }
                 }
                 panel += if pair { 2 } else { 1 };
@@ -241,15 +243,16 @@ unsafe fn tiles<const V: usize>(
     cols: usize,
     out: *mut f32,
     rows: usize,
+    mut ahead: Ahead,
 ) {
     let mut c = 0;
     // SAFETY (both calls): rows c.. of `w` and of the output exist for every row handed on.
     while c + GROUP <= cols {
-        unsafe { tile::<V, GROUP>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows) };
+        unsafe { tile::<V, GROUP>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows, &mut ahead) };
         c += GROUP;
     }
     while c < cols {
-        unsafe { tile::<V, 1>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows) };
+        unsafe { tile::<V, 1>(panels, w.add(c * stride), stride, len, accumulate, out.add(c * rows), rows, &mut ahead) };
         c += 1;
     }
 }
@@ -269,6 +272,7 @@ unsafe fn tile<const V: usize, const C: usize>(
     accumulate: bool,
     out: *mut f32,
     rows: usize,
+    ahead: &mut Ahead,
 ) {
     // SAFETY (every access): the caller's bounds; masked lanes only touch rows that exist.
     let mut acc = [[_mm512_setzero_ps(); V]; C];
@@ -280,6 +284,7 @@ unsafe fn tile<const V: usize, const C: usize>(
         }
     }
     for i in 0..len {
+        ahead.next();
         let x: [__m512; V] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(panels[v].0.add(i * PANEL)) });
         for (c, acc) in acc.iter_mut().enumerate() {
             let b = _mm512_set1_ps(unsafe { *w.add(c * stride + i) });

@@ -408,6 +408,59 @@ pub(crate) fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
 /// there (`decode_budget`, six alternating runs).
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
+/// Cache lines a batched product's register tile asks for while it runs, one per step of its
+/// loop: `runs` runs of `bytes` bytes, `stride` bytes apart, from `at`. So the weight a tile reads
+/// next arrives from memory while the current one is multiplied (the hardware's prefetcher
+/// only starts on a row once the tile has missed on it).
+#[derive(Clone, Copy)]
+pub(crate) struct Ahead {
+    at: *const i8,
+    runs: usize,
+    bytes: usize,
+    stride: usize,
+    /// Where the next request goes within the current run.
+    offset: usize,
+}
+
+impl Ahead {
+    pub(crate) const NONE: Ahead = Ahead { at: std::ptr::null(), runs: 0, bytes: 0, stride: 0, offset: 0 };
+
+    /// What `panel_dots` reads after weight rows `j..j + group`, values `i0..i0 + slice`: the
+    /// group's next slice, else the next group's first (past the last group, the rows after
+    /// `weight`: the next block of features, which the same thread usually takes next).
+    pub(crate) fn after_slice<W: Weight>(weight: &[W], k: usize, j: usize, group: usize, i0: usize, slice: usize) -> Ahead {
+        let size = std::mem::size_of::<W>();
+        let features = weight.len() / k;
+        let (next_j, next_i0) = if i0 + slice < k { (j, i0 + slice) } else { (j + group, 0) };
+        let (rows, len) = (group.min(features.saturating_sub(next_j)).max(1), slice.min(k - next_i0));
+        let at = weight.as_ptr().wrapping_add(next_j * k + next_i0).cast::<i8>();
+        if len == k {
+            Ahead { at, runs: 1, bytes: rows * k * size, stride: 0, offset: 0 }
+        } else {
+            Ahead { at, runs: rows, bytes: len * size, stride: k * size, offset: 0 }
+        }
+    }
+
+    /// Asks for the next line, to L2.
+    #[inline(always)]
+    pub(crate) fn next(&mut self) {
+        if self.runs == 0 {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing the program sees.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(self.at.wrapping_add(self.offset))
+        };
+        self.offset += 64;
+        if self.offset >= self.bytes {
+            self.offset = 0;
+            self.runs -= 1;
+            self.at = self.at.wrapping_add(self.stride);
+        }
+    }
+}
+
 /// Input rows per panel of [`pack_panels`].
 pub(crate) const PANEL: usize = 16;
 
