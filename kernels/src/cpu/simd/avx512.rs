@@ -264,6 +264,7 @@ unsafe fn tiles<const V: usize>(
 /// As [`tiles`], for `C` weight rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<const V: usize, const C: usize>(
     panels: [(*const f32, usize, __mmask16); V],
     w: *const f32,
