@@ -237,6 +237,47 @@ fn a_windowed_state_whose_window_disagrees_with_its_position() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn inputs_that_never_end_are_refused_not_read_forever() {
+    // A config, tokenizer, template, thresholds or state symlinked to a device: each read stops
+    // at a limit far above any real file of its kind (or refuses a state that is not a file).
+    let dir = tempfile::tempdir().unwrap();
+    let model = edited_checkpoint(dir.path(), |_| {});
+    std::os::unix::fs::symlink("/dev/zero", model.join("tokenizer.json")).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", model.to_str().unwrap()]), &["tokenizer.json", "larger than 1024 MB"]);
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    std::fs::remove_file(model.join("config.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", model.join("config.json")).unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", model.to_str().unwrap()]), &["config.json", "larger than 64 MB"]);
+    assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-in", "/dev/zero"]), &["/dev/zero", "not a regular file"]);
+    let out = dir.path().join("sweep");
+    assert_fails_with(
+        &coil(&["passkey", "--model", "embedded:passkey-n16", "--template", "/dev/zero", "--lengths", "64", "--out", out.to_str().unwrap()]),
+        &["/dev/zero", "larger than 64 MB"],
+    );
+}
+
+#[test]
+fn a_killed_writers_temporary_file_is_removed_by_the_next_write() {
+    // `score --logits-out` writes `.NAME.partial-PID` beside NAME; a run killed outright leaves
+    // it. The next write of the same output removes it (its PID is no longer running).
+    let dir = tempfile::tempdir().unwrap();
+    let ids = ids_file(dir.path(), "1 2 3 4");
+    let out = dir.path().join("logits.safetensors");
+    let left = dir.path().join(".logits.safetensors.partial-4294967");
+    std::fs::write(&left, vec![0u8; 4096]).unwrap();
+    let g1 = fixture("g1_tied");
+    let run = coil(&["score", "--model", g1.to_str().unwrap(), "--token-ids", &ids, "--logits-out", out.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(out.exists());
+    if cfg!(target_os = "linux") {
+        assert!(!left.exists(), "the dead writer's temporary file is still there");
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n.to_string_lossy().contains(".partial-")), "{names:?}");
+}
+
+#[test]
 fn logits_out_refuses_above_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let ids = ids_file(dir.path(), "1 2 3 4");

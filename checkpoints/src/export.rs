@@ -34,7 +34,7 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
         move |source| LoadError::Io { path, source }
     };
     let config_path = model_dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+    let text = crate::files::read_text_limited(&config_path, crate::files::JSON_LIMIT).map_err(io(&config_path))?;
     let config = Config::from_json(&text, &config_path)?;
     let store = TensorStore::open_dir(model_dir)?;
     let weights = Weights::load(&config, &store)?;
@@ -213,14 +213,7 @@ fn hf_config(config: &Config, tied: bool, dtype: DType, eos: Option<u32>) -> Val
     value
 }
 
-/// Writes `path` through a temporary file beside it, so a failed write leaves no partial file.
+/// [`crate::files::write_atomically`], its error naming `path`.
 fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|source| LoadError::Io { path: path.to_owned(), source })
+    crate::files::write_atomically(path, write).map_err(|source| LoadError::Io { path: path.to_owned(), source })
 }

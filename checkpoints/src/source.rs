@@ -68,7 +68,7 @@ impl Checkpoint {
         // Absent: no tokenizer. Present but not a readable file (a folder, a broken symlink from a
         // model cache): an error naming it, not a silent "this model has no tokenizer".
         let tokenizer = if std::fs::symlink_metadata(&tokenizer_path).is_ok() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
-        let train_length = std::fs::read(dir.join("training.json")).ok().and_then(|b| train_length(&b));
+        let train_length = crate::files::read_limited(&dir.join("training.json"), crate::files::JSON_LIMIT).ok().and_then(|b| train_length(&b));
         Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length })
     }
 
@@ -118,7 +118,7 @@ impl Checkpoint {
 }
 
 fn read_text(path: &Path) -> Result<String, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    let bytes = crate::files::read_limited(path, crate::files::JSON_LIMIT).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
     String::from_utf8(bytes).map_err(|e| LoadError::Json { path: path.to_owned(), message: format!("not UTF-8: {e}") })
 }
 

@@ -7,10 +7,12 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use coil_checkpoints::files::Partial;
 
 pub struct LogitsWriter {
     file: BufWriter<File>,
-    temporary: PathBuf,
+    /// The temporary file (removed if dropped unfinished: an error on the way).
+    partial: Partial,
     path: PathBuf,
     rows_left: u64,
     width: usize,
@@ -37,13 +39,12 @@ impl LogitsWriter {
         while header.len() % 8 != 0 {
             header.push(b' ');
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let temporary = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
-        let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
+        let partial = Partial::new(path);
+        let file = File::create(partial.path()).with_context(|| format!("cannot create {}", partial.path().display()))?;
         let mut file = BufWriter::new(file);
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
-        Ok(LogitsWriter { file, temporary, path: path.to_owned(), rows_left: rows, width })
+        Ok(LogitsWriter { file, partial, path: path.to_owned(), rows_left: rows, width })
     }
 
     pub fn write_row(&mut self, row: &[f32]) -> Result<()> {
@@ -61,17 +62,6 @@ impl LogitsWriter {
             bail!("internal error: {} logit rows missing", self.rows_left);
         }
         self.file.flush()?;
-        self.file.get_ref().sync_all()?;
-        std::fs::rename(&self.temporary, &self.path).with_context(|| format!("cannot write {}", self.path.display()))?;
-        Ok(())
-    }
-}
-
-impl Drop for LogitsWriter {
-    fn drop(&mut self) {
-        // Unfinished (an error on the way): leave no partial file behind.
-        if self.temporary.exists() {
-            let _ = std::fs::remove_file(&self.temporary);
-        }
+        self.partial.finish().with_context(|| format!("cannot write {}", self.path.display()))
     }
 }

@@ -1,8 +1,7 @@
 //! The recurrent state: all a model carries from one token to the next. Always f32.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -427,12 +426,16 @@ impl State {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file_error(e.to_string()))?;
         let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(e.to_string()))?;
-        write_atomically(path, &bytes).map_err(|e| file_error(e.to_string()))
+        coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &bytes)).map_err(|e| file_error(e.to_string()))
     }
 
     /// Reads a state written by [`State::save`], checking it against the model's shape.
     pub fn load(path: &Path, expected: StateShape) -> Result<State, Error> {
         let file_error = |message: String| Error::StateFile { path: path.to_owned(), message };
+        // A state is a file `save` wrote: a device or pipe (read without end) is refused.
+        if !std::fs::metadata(path).map_err(|e| file_error(e.to_string()))?.is_file() {
+            return Err(file_error("not a regular file".into()));
+        }
         let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
         let tensors = SafeTensors::deserialize(&bytes).map_err(|e| file_error(format!("not a valid safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| file_error(e.to_string()))?;
@@ -543,19 +546,3 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, then renames it over `path`.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temporary = PathBuf::from(path);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    temporary.set_file_name(format!(".{name}.partial-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result
-}

@@ -291,7 +291,9 @@ fn unique_stems(names: &[String]) -> Vec<String> {
 pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Result<Report, EvalError> {
     let report = Report::build(records, threshold);
     let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).map_err(|e| EvalError::Results { path: dir.join(name), message: e.to_string() })
+        let path = dir.join(name);
+        coil_checkpoints::files::write_atomically(&path, |temporary| std::fs::write(temporary, text))
+            .map_err(|e| EvalError::Results { message: e.to_string(), path })
     };
     let mut csv = String::from("model,n_s,mitigation,length,cells,correct,accuracy,mean_tokens\n");
     for r in &report.accuracy {

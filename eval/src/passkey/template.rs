@@ -71,7 +71,8 @@ impl Template {
 
     pub fn from_file(path: &Path) -> Result<Template, EvalError> {
         let fail = |message: String| EvalError::Template { path: path.to_owned(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("{e} (built-in templates: paper, landmark, ruler)")))?;
+        let text = coil_checkpoints::files::read_text_limited(path, coil_checkpoints::files::JSON_LIMIT)
+            .map_err(|e| fail(format!("{e} (built-in templates: paper, landmark, ruler)")))?;
         #[derive(Deserialize)]
         struct File {
             name: Option<String>,
