@@ -56,8 +56,8 @@ impl Partial {
         Partial { temporary, path: path.to_owned(), finished: false }
     }
 
-    /// Where to write.
-    pub fn path(&self) -> &Path {
+    /// Where to write: the temporary file.
+    pub fn temporary(&self) -> &Path {
         &self.temporary
     }
 
@@ -82,7 +82,7 @@ impl Drop for Partial {
 /// `path`; on any error nothing is left behind and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
     let partial = Partial::new(path);
-    write(partial.path())?;
+    write(partial.temporary())?;
     partial.finish()
 }
 

@@ -40,7 +40,7 @@ impl LogitsWriter {
             header.push(b' ');
         }
         let partial = Partial::new(path);
-        let file = File::create(partial.path()).with_context(|| format!("cannot create {}", partial.path().display()))?;
+        let file = File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
         let mut file = BufWriter::new(file);
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
