@@ -38,7 +38,7 @@ fn main() -> Result<(), coil::Error> {
             );
         }
         "resume" => {
-            let state = State::load(&path, loaded.model().state_shape())?;
+            let state = loaded.model().load_state(&path)?;
             let mut session = Session::with_state(loaded.model().clone(), state)?;
             session.prefill(&loaded.encode(" And then")?)?;
             let ids = session.generate(&mut Sampler::new(SamplingConfig::default()), 8, loaded.vocab_limit(), |_| true)?;

@@ -126,7 +126,8 @@ pub use coil_ssm::Session;
 
 /// Everything that changes as a stream runs: the f32 conv and ssm state of every layer, the
 /// position, and the window mitigation's history. Clone it to fork, [`State::restore`] to go back,
-/// [`State::save`] and [`State::load`] to carry it to another process.
+/// [`State::save`] and [`Model::load_state`] to carry it to another process
+/// (the file names its model: another model's state of the same shape is refused).
 ///
 /// ```
 /// use coil::{Session, State};
@@ -137,7 +138,7 @@ pub use coil_ssm::Session;
 ///
 /// let path = std::env::temp_dir().join(format!("coil-doc-state-{}.state", std::process::id()));
 /// session.state().save(&path)?;
-/// let state = State::load(&path, loaded.model().state_shape())?;
+/// let state = loaded.model().load_state(&path)?;
 /// assert_eq!(&state, session.state());
 ///
 /// let mut resumed = Session::with_state(loaded.model().clone(), state)?;

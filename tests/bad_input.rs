@@ -201,6 +201,15 @@ fn state_files_that_are_garbage_or_from_another_model() {
     let out = coil(&["run", "--model", small.to_str().unwrap(), "--token-ids", &ids, "--max-new-tokens", "1", "--state-out", other.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-in", other.to_str().unwrap()]), &["conv_states", "this model needs"]);
+
+    // Same shapes, other weights: embedded:random and embedded:passkey-n16 share their sizes.
+    let random = dir.path().join("random.safetensors");
+    let out = coil(&["run", "--model", "embedded:random", "--token-ids", &ids, "--max-new-tokens", "1", "--state-out", random.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run = |model: &str| coil(&["run", "--model", model, "--token-ids", &ids, "--max-new-tokens", "1", "--state-in", random.to_str().unwrap()]);
+    assert_fails_with(&run("embedded:passkey-n16"), &["random.safetensors", "another model"]);
+    let again = run("embedded:random");
+    assert!(again.status.success(), "its own model takes it back: {}", String::from_utf8_lossy(&again.stderr));
 }
 
 #[test]

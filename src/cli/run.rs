@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use coil::{Sampler, SamplingConfig, Session, State};
+use coil::{Sampler, SamplingConfig, Session};
 
 use super::args::{RunArgs, SamplingArgs};
 use super::input::InputSource;
@@ -25,7 +25,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = match &args.state_in {
         Some(path) => {
-            let state = State::load(path, loaded.model.state_shape())?;
+            let state = loaded.model.load_state(path)?;
             Session::with_state_and_plan(loaded.model.clone(), state, plan)
                 .with_context(|| format!("cannot continue from {}", path.display()))?
         }

@@ -170,6 +170,11 @@ impl Block {
         &self.dt_bias
     }
 
+    /// The skip weights `D`.
+    pub fn d(&self) -> &[f32] {
+        &self.d
+    }
+
     pub fn new(w: LayerWeights, dims: &Dims) -> Block {
         let d_model = dims.d_model;
         let rows = dims.inner() + dims.conv_dim + dims.ssm.heads;

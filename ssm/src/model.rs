@@ -32,6 +32,8 @@ pub struct Model {
     lm_head: Option<Matrix>, // [V, D]; None = tied to the embedding
     chunk_size: Option<usize>, // set explicitly; else the backend's choice or the checkpoint's
     parameters: usize,
+    /// See [`Model::fingerprint`].
+    fingerprint: u64,
     plain: Plan,
     /// Buffers of the batched passes, kept between calls (a batch step would otherwise have
     /// the kernel zero megabytes of fresh pages every token).
@@ -103,6 +105,7 @@ impl Model {
             plain: Plan::empty(),
             batch_buffers: Default::default(),
             parameters,
+            fingerprint: 0,
             chunk_size: None,
             dims,
             backend,
@@ -113,7 +116,58 @@ impl Model {
             config,
         };
         model.plain = Plan::plain(&model);
+        model.fingerprint = model.compute_fingerprint();
         model
+    }
+
+    /// A 64-bit FNV-1a hash of the state's shape and of the per-head parameters every token's
+    /// recurrence depends on (each layer's A_log, D and dt_bias) and the final norm: two models
+    /// whose states are interchangeable share it; two checkpoints that only share their shapes
+    /// (another seed, another training run) almost surely do not. Unchanged by the weight dtype
+    /// ([`Model::with_weight_dtype`] converts only the matrices) and the backend.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    fn compute_fingerprint(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut add = |bytes: &[u8]| {
+            for &b in bytes {
+                hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        let s = self.state_shape();
+        for n in [s.layers, s.conv_dim, s.conv_kernel, s.heads, s.head_dim, s.d_state, self.config.d_model] {
+            add(&(n as u64).to_le_bytes());
+        }
+        let values = self.blocks.iter().flat_map(|b| [b.a_log(), b.d(), b.dt_bias()]).chain([self.norm_f.as_slice()]);
+        for values in values {
+            for v in values {
+                add(&v.to_bits().to_le_bytes());
+            }
+        }
+        hash
+    }
+
+    /// Reads a state saved by [`State::save`], refusing one of another shape, or one saved by
+    /// another model (a file that names a different [`Model::fingerprint`]).
+    pub fn load_state(&self, path: &std::path::Path) -> Result<State, Error> {
+        let state = State::load(path, self.state_shape())?;
+        self.check_model(&state).map_err(|message| Error::StateMismatch { message: format!("{}: {message}", path.display()) })?;
+        Ok(state)
+    }
+
+    /// Refuses a state made for (or saved by) another model: its shapes may agree, but not the
+    /// weights its recurrence depends on.
+    fn check_model(&self, state: &State) -> Result<(), String> {
+        match state.model_fingerprint() {
+            Some(other) if other != self.fingerprint => Err(format!(
+                "the state belongs to another model (fingerprint {other:016x}; this model's is {:016x}): the shapes agree \
+                 but the weights its recurrence depends on differ",
+                self.fingerprint
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Runs on another backend (the naive [`coil_kernels::Reference`], say).
@@ -204,7 +258,7 @@ impl Model {
 
     /// A fresh, all-zero state for this model.
     pub fn new_state(&self) -> State {
-        State::new(self.state_shape())
+        State::new(self.state_shape()).for_model(self.fingerprint)
     }
 
     /// Whether the output head is the embedding (no separate `lm_head.weight`).
@@ -245,6 +299,7 @@ impl Model {
     /// Checks that `state` fits this model and `plan`, adding what the plan needs.
     pub(crate) fn prepare_state(&self, plan: &Plan, state: &mut State) -> Result<(), Error> {
         state.check_shape(self.state_shape())?;
+        self.check_model(state).map_err(|message| Error::StateMismatch { message })?;
         match plan.window() {
             Some(w) => {
                 let layers: Vec<bool> = plan.layers.iter().map(|l| l.window.is_some()).collect();

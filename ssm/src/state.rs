@@ -77,6 +77,9 @@ pub struct State {
     window: Option<WindowState>,
     /// Per layer and head dt and decay statistics, when diagnostics are on.
     stats: Option<Vec<HeadStats>>,
+    /// [`crate::Model::fingerprint`] of the model the state was made for, when known: saved with
+    /// the state, so [`crate::Model::load_state`] can refuse another model's state of the same shape.
+    model: Option<u64>,
 }
 
 /// dt and decay statistics of one head since they were last taken ([`State::take_stats`]).
@@ -234,7 +237,20 @@ impl State {
             log_decay_total: vec![0.0; shape.layers * shape.heads],
             window: None,
             stats: None,
+            model: None,
         }
+    }
+
+    /// This state made for the model with `fingerprint`.
+    pub(crate) fn for_model(mut self, fingerprint: u64) -> State {
+        self.model = Some(fingerprint);
+        self
+    }
+
+    /// [`crate::Model::fingerprint`] of the model this state was made for (or saved by), when
+    /// known: `None` for a state made by [`State::new`] or read from a file that does not say.
+    pub fn model_fingerprint(&self) -> Option<u64> {
+        self.model
     }
 
     /// Prepares the window mitigation's lagged inputs for `layers` (a state must start its
@@ -394,6 +410,9 @@ impl State {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        if let Some(model) = self.model {
+            metadata.insert("model".into(), format!("{model:016x}"));
+        }
         // (name, dtype, shape, bytes)
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
             ("conv_states".into(), Dtype::F32, s.conv_dims().to_vec(), f32_bytes(&self.conv)),
@@ -429,7 +448,8 @@ impl State {
         coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &bytes)).map_err(|e| file_error(e.to_string()))
     }
 
-    /// Reads a state written by [`State::save`], checking it against the model's shape.
+    /// Reads a state written by [`State::save`], checking it against the model's shape
+    /// ([`crate::Model::load_state`] also checks that the state is that model's).
     pub fn load(path: &Path, expected: StateShape) -> Result<State, Error> {
         let file_error = |message: String| Error::StateFile { path: path.to_owned(), message };
         // A state is a file `save` wrote: a device or pipe (read without end) is refused.
@@ -488,6 +508,10 @@ impl State {
         };
         let s = expected;
         let mut state = State::new(s);
+        state.model = match meta.get("model") {
+            Some(hex) => Some(u64::from_str_radix(hex, 16).map_err(|_| file_error(format!("metadata `model` is `{hex}`, not a model fingerprint")))?),
+            None => None,
+        };
         state.position = position;
         finite_f32_into("conv_states", &s.conv_dims(), &mut state.conv)?;
         finite_f32_into("ssm_states", &s.ssm_dims(), &mut state.ssm)?;

@@ -183,6 +183,22 @@ fn bad_tokens_and_mismatched_states_are_errors_that_leave_the_state_alone() {
     let foreign = State::new(coil_ssm::StateShape::of(&other));
     let err = Session::with_state(model.clone(), foreign).err().expect("mismatch").to_string();
     assert!(err.contains("does not fit"), "{err}");
+
+    // Same shapes, other weights (another seed): another model's state, in memory or from a file.
+    let twin = Arc::new(self::model(config, 2));
+    assert_eq!(twin.state_shape(), model.state_shape());
+    assert_ne!(twin.fingerprint(), model.fingerprint());
+    let err = Session::with_state(twin.clone(), session.state().clone()).err().expect("another model's state").to_string();
+    assert!(err.contains("another model"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.safetensors");
+    session.state().save(&path).unwrap();
+    let err = twin.load_state(&path).unwrap_err().to_string();
+    assert!(err.contains("state.safetensors") && err.contains("another model"), "{err}");
+    assert_eq!(&model.load_state(&path).unwrap(), session.state(), "its own model takes it back");
+    // The weight dtype and the backend are not part of the identity.
+    let bf16 = self::model(config, 1).with_weight_dtype(WeightDtype::Bf16).unwrap();
+    assert_eq!(bf16.fingerprint(), model.fingerprint());
 }
 
 #[test]
