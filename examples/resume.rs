@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use coil::{Sampler, SamplingConfig, Session, State};
+use coil::{Sampler, SamplingConfig, Session};
 
 fn main() -> Result<(), coil::Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
