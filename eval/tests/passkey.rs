@@ -246,6 +246,9 @@ fn resume_after_a_kill_loses_nothing_and_duplicates_nothing() {
     assert!(ResultsFile::open(killed.path(), Shard::whole(), false).is_err(), "refuses to mix runs without --resume");
     let mut results = ResultsFile::open(killed.path(), Shard::whole(), true).unwrap();
     assert_eq!(results.done_count(), 29);
+    // A second resume while this one runs would compute every cell again: refused.
+    let busy = ResultsFile::open(killed.path(), Shard::whole(), true).err().expect("the file is in use").to_string();
+    assert!(busy.contains("another run is writing it"), "{busy}");
     let summary = run_sweep(&fakes, &config, &mut results, |_| {}).unwrap();
     assert_eq!((summary.cells_skipped, summary.cells_run), (29, lines.len() - 29));
 

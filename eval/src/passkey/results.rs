@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -96,26 +96,32 @@ pub struct ResultsFile {
 impl ResultsFile {
     /// Opens `dir/<shard file>`. Without `resume`, an existing non-empty file is an error (so no
     /// run silently mixes with an earlier one); with it, finished cells are loaded and a torn last
-    /// line (a write the kill interrupted) is cut off.
+    /// line (a write the kill interrupted) is cut off. The file stays locked while this value
+    /// lives: another run opening it meanwhile is refused.
     pub fn open(dir: &Path, shard: Shard, resume: bool) -> Result<ResultsFile, EvalError> {
         let path = dir.join(shard.file_name());
         let fail = |message: String| EvalError::Results { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| EvalError::Results { path: dir.to_owned(), message: e.to_string() })?;
-        let (mut done, mut setups) = (HashSet::new(), HashSet::new());
-        if path.exists() {
-            let bytes = std::fs::read(&path).map_err(|e| fail(e.to_string()))?;
-            if !bytes.is_empty() && !resume {
-                return Err(fail("holds results of an earlier run: pass --resume to continue it, or choose another --out".into()));
-            }
-            let (records, good_len) = parse_lines(&bytes, &path)?;
-            done.extend(records.iter().map(CellRecord::id));
-            setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths)));
-            if good_len < bytes.len() {
-                let file = OpenOptions::new().write(true).open(&path).map_err(|e| fail(e.to_string()))?;
-                file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
-            }
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| fail(e.to_string()))?;
+        // Held while the sweep runs: a second run into the same file would compute every cell the
+        // first one does. (A file system without locks is not a reason to refuse the run.)
+        if let Err(std::fs::TryLockError::WouldBlock) = file.try_lock() {
+            return Err(fail(
+                "another run is writing it now: wait for that run, or give this one another --out or --shard".into(),
+            ));
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| fail(e.to_string()))?;
+        let (mut done, mut setups) = (HashSet::new(), HashSet::new());
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+        if !bytes.is_empty() && !resume {
+            return Err(fail("holds results of an earlier run: pass --resume to continue it, or choose another --out".into()));
+        }
+        let (records, good_len) = parse_lines(&bytes, &path)?;
+        done.extend(records.iter().map(CellRecord::id));
+        setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths)));
+        if good_len < bytes.len() {
+            file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
+        }
         Ok(ResultsFile { path, file, done, setups })
     }
 
