@@ -250,7 +250,8 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
 
 /// `sums[c][t] (+)= Σ_{i < len} a[i * PANEL + t] * w[c * stride + i]` for the first `8 * V`
 /// rows `t` of the panel at `a` and every row `c` of `sums` (adding to what `sums` holds when
-/// `accumulate`): tiles of `C` weight rows, then one at a time.
+/// `accumulate`): tiles of `C` weight rows, then one at a time, asking for `ahead`'s lines as
+/// they go.
 ///
 /// # Safety
 /// `len * PANEL` values readable at `a`, `sums.len()` rows of `stride` at `w`, each with `len`.

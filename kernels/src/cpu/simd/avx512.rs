@@ -226,7 +226,7 @@ pub unsafe fn panel_dots<W: Weight>(packed: &[f32], rows: usize, weight: &[W], k
 /// For each of `V` panels `(a, first, mask)` and each weight row `c < cols`:
 /// `out[first + c * rows + t] (+)= Σ_{i < len} a[i * PANEL + t] * w[c * stride + i]` for the
 /// panel's rows `t` in `mask` (adding to what `out` holds when `accumulate`): tiles of
-/// [`GROUP`] weight rows, then one at a time.
+/// [`GROUP`] weight rows, then one at a time, asking for `ahead`'s lines as they go.
 ///
 /// # Safety
 /// Each `a` has `len * PANEL` readable values; `cols` rows of `stride` at `w`, each with `len`;
