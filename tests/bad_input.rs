@@ -210,6 +210,27 @@ fn state_files_that_are_garbage_or_from_another_model() {
     assert_fails_with(&run("embedded:passkey-n16"), &["random.safetensors", "another model"]);
     let again = run("embedded:random");
     assert!(again.status.success(), "its own model takes it back: {}", String::from_utf8_lossy(&again.stderr));
+
+    // The fingerprint is sixteen hex digits, and a version 2 state must name its model.
+    let edited = |key: &str, value: Option<&str>| -> String {
+        let bytes = std::fs::read(&random).unwrap();
+        let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut metadata = metadata.metadata().clone().unwrap();
+        match value {
+            Some(v) => metadata.insert(key.into(), v.into()),
+            None => metadata.remove(key),
+        };
+        let parsed = SafeTensors::deserialize(&bytes).unwrap();
+        let path = dir.path().join(format!("edited-{key}-{}.safetensors", value.unwrap_or("none").len()));
+        std::fs::write(&path, safetensors::serialize(parsed.tensors(), Some(metadata)).unwrap()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let saved = SafeTensors::read_metadata(&std::fs::read(&random).unwrap()).unwrap().1.metadata().clone().unwrap()["model"].clone();
+    let load = |path: &str| coil(&["run", "--model", "embedded:random", "--token-ids", &ids, "--max-new-tokens", "1", "--state-in", path]);
+    for bad in [&saved[1..], &format!("+{}", &saved[1..]), &format!("00000000{saved}")] {
+        assert_fails_with(&load(&edited("model", Some(bad))), &["metadata `model`", "not a model fingerprint"]);
+    }
+    assert_fails_with(&load(&edited("model", None)), &["metadata `model` is missing"]);
 }
 
 #[test]
@@ -239,10 +260,20 @@ fn a_windowed_state_whose_window_disagrees_with_its_position() {
         args.extend_from_slice(&window);
         assert_fails_with(&coil(&args), &["window layer 0 holds the inputs of tokens"]);
     }
-    let newer = tampered("version", "2");
+    let newer = tampered("version", "3");
     let mut args = vec!["run", "--prompt", " x", "--max-new-tokens", "1", "--state-in", &newer];
     args.extend_from_slice(&window);
-    assert_fails_with(&coil(&args), &["state format version 2", "reads version 1"]);
+    assert_fails_with(&coil(&args), &["state format version 3", "reads versions 1 and 2"]);
+
+    // A window on other layers than the run's (it panicked on a ring overflow), or a layer
+    // listed twice.
+    let saved_path = saved.to_str().unwrap();
+    let args = ["run", "--prompt", " x", "--max-new-tokens", "1", "--state-in", saved_path, "--mitigate", "window:size=4,granularity=2,layers=1"];
+    assert_fails_with(&coil(&args), &["carries a window on layers 0,1", "this run's window is on layers 1"]);
+    let twice = tampered("window_layers", "0,0");
+    let mut args = vec!["run", "--prompt", " x", "--max-new-tokens", "1", "--state-in", &twice];
+    args.extend_from_slice(&window);
+    assert_fails_with(&coil(&args), &["window_layers", "`0`"]);
 }
 
 #[test]

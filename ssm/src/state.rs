@@ -224,7 +224,9 @@ pub(crate) struct LayerState<'a> {
 }
 
 const FORMAT: &str = "coil-state";
-const VERSION: &str = "1";
+/// The state file format [`State::save`] writes: version 2 names its model (metadata `model`);
+/// version 1 (still read) did not.
+const VERSION: &str = "2";
 
 impl State {
     /// The state before any token: all zeros.
@@ -264,8 +266,23 @@ impl State {
                 message: format!("size + granularity must be at most {MAX_WINDOW_SPAN} tokens (2^40)"),
             });
         };
+        let listed = |on: &mut dyn Iterator<Item = bool>| -> String {
+            let layers: Vec<String> = on.enumerate().filter(|&(_, on)| on).map(|(l, _)| l.to_string()).collect();
+            if layers.is_empty() { "no layer".into() } else { format!("layers {}", layers.join(",")) }
+        };
         match &self.window {
-            Some(w) if w.size == size && w.granularity == granularity => return Ok(()),
+            Some(w) if w.size == size && w.granularity == granularity => {
+                if w.rings.iter().map(Option::is_some).eq(layers.iter().copied()) {
+                    return Ok(());
+                }
+                return Err(Error::StateMismatch {
+                    message: format!(
+                        "the state carries a window on {}, but this run's window is on {}",
+                        listed(&mut w.rings.iter().map(Option::is_some)),
+                        listed(&mut layers.iter().copied())
+                    ),
+                });
+            }
             Some(w) => {
                 return Err(Error::StateMismatch {
                     message: format!("the state carries a window of size {} granularity {}, not {size}/{granularity}", w.size, w.granularity),
@@ -463,8 +480,9 @@ impl State {
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
             return Err(file_error("not a Coil state file (metadata `format` is not `coil-state`)".into()));
         }
-        if let Some(version) = meta.get("version").filter(|&v| v != VERSION) {
-            return Err(file_error(format!("state format version {version}; this build reads version {VERSION}")));
+        let version = meta.get("version").map_or("1", String::as_str);
+        if version != "1" && version != VERSION {
+            return Err(file_error(format!("state format version {version}; this build reads versions 1 and {VERSION}")));
         }
         let number = |key: &str| -> Result<u64, Error> {
             meta.get(key).and_then(|p| p.parse::<u64>().ok()).ok_or_else(|| file_error(format!("metadata `{key}` is missing or not a number")))
@@ -509,8 +527,12 @@ impl State {
         let s = expected;
         let mut state = State::new(s);
         state.model = match meta.get("model") {
-            Some(hex) => Some(u64::from_str_radix(hex, 16).map_err(|_| file_error(format!("metadata `model` is `{hex}`, not a model fingerprint")))?),
-            None => None,
+            Some(hex) if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(u64::from_str_radix(hex, 16).expect("sixteen hex digits"))
+            }
+            Some(hex) => return Err(file_error(format!("metadata `model` is `{hex}`, not a model fingerprint (16 hex digits)"))),
+            None if version == "1" => None,
+            None => return Err(file_error(format!("metadata `model` is missing (a version {version} state names its model)"))),
         };
         state.position = position;
         finite_f32_into("conv_states", &s.conv_dims(), &mut state.conv)?;
@@ -525,8 +547,8 @@ impl State {
             let mut on = vec![false; s.layers];
             for item in listed.split(',').filter(|i| !i.is_empty()) {
                 match item.parse::<usize>() {
-                    Ok(l) if l < s.layers => on[l] = true,
-                    _ => return Err(file_error(format!("metadata `window_layers` names `{item}`, not a layer of this model"))),
+                    Ok(l) if l < s.layers && !on[l] => on[l] = true,
+                    _ => return Err(file_error(format!("metadata `window_layers` names `{item}`: not a layer of this model, or twice"))),
                 }
             }
             state.position = 0; // attach_window requires the start of a stream
