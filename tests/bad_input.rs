@@ -318,6 +318,35 @@ fn a_killed_writers_temporary_file_is_removed_by_the_next_write() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn outputs_write_through_links_and_into_pipes_instead_of_replacing_them() {
+    // The atomic rename replaced whatever the output named: a symlink lost its link (and its
+    // target got nothing), and `--state-out /dev/null` as root replaced /dev/null with a file.
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("target.state");
+    std::fs::write(&target, b"old").unwrap();
+    let link = dir.path().join("link.state");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = coil(&["run", "--model", "embedded:random", "--prompt", "x", "--max-new-tokens", "1", "--state-out", link.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link is still a link");
+    assert!(std::fs::read(&target).unwrap().len() > 1000, "the state went into the file the link names");
+
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let out = coil(&["run", "--model", "embedded:random", "--prompt", "x", "--max-new-tokens", "1", "--state-out", fifo.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = reader.join().unwrap();
+    assert!(SafeTensors::deserialize(&bytes).is_ok(), "the reader got the whole state");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the pipe is still a pipe");
+}
+
+#[test]
 fn logits_out_refuses_above_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let ids = ids_file(dir.path(), "1 2 3 4");

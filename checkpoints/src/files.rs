@@ -38,33 +38,53 @@ pub fn read_text_limited(path: &Path, limit: u64) -> std::io::Result<String> {
 /// An output being written under a temporary name beside its final one (`.NAME.partial-PID`),
 /// renamed into place by [`Partial::finish`]. Dropped unfinished (an error, a panic), the
 /// temporary file is removed. A process killed outright cannot remove it, so creating one first
-/// removes what earlier writers of the same output left when they are no longer running.
+/// removes what earlier writers of the same output left: a file is stale when its PID is not
+/// running here and no process holds the lock each writer keeps on its file (so a writer in
+/// another PID namespace, or on another host sharing the folder, keeps its file).
+///
+/// A symlink is written through (the file it names is replaced; the link stays a link); a
+/// device or pipe (`/dev/null`, a FIFO) is written directly, since it cannot be replaced.
 #[derive(Debug)]
 pub struct Partial {
-    temporary: PathBuf,
     path: PathBuf,
+    /// `None` for a device or pipe, written in place.
+    temporary: Option<(PathBuf, std::fs::File)>,
     finished: bool,
 }
 
 impl Partial {
-    /// The temporary name for `path` (nothing is created yet).
-    pub fn new(path: &Path) -> Partial {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let prefix = format!(".{name}.partial-");
-        remove_stale(path, &prefix);
+    /// Creates the temporary file for `path` (nothing for a device or pipe).
+    pub fn new(path: &Path) -> std::io::Result<Partial> {
+        let path = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+            _ => path.to_owned(),
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a folder, not a file")),
+            Ok(m) if !m.is_file() => return Ok(Partial { path, temporary: None, finished: false }),
+            _ => {}
+        }
+        let prefix = partial_prefix(&path);
+        remove_stale(&path, &prefix);
         let temporary = path.with_file_name(format!("{prefix}{}", std::process::id()));
-        Partial { temporary, path: path.to_owned(), finished: false }
+        let file = std::fs::File::create(&temporary)?;
+        // Held until the file is renamed or removed: what tells other writers it is alive. A
+        // file system without locks still gets the PID check.
+        let _ = file.try_lock();
+        Ok(Partial { path, temporary: Some((temporary, file)), finished: false })
     }
 
-    /// Where to write: the temporary file.
+    /// Where to write: the temporary file (the output itself for a device or pipe).
     pub fn temporary(&self) -> &Path {
-        &self.temporary
+        self.temporary.as_ref().map_or(&self.path, |(t, _)| t)
     }
 
     /// Syncs the written file and renames it over the final name.
     pub fn finish(mut self) -> std::io::Result<()> {
-        std::fs::File::open(&self.temporary)?.sync_all()?;
-        std::fs::rename(&self.temporary, &self.path)?;
+        if let Some((temporary, _)) = &self.temporary {
+            std::fs::File::open(temporary)?.sync_all()?;
+            std::fs::rename(temporary, &self.path)?;
+        }
         self.finished = true;
         Ok(())
     }
@@ -72,8 +92,8 @@ impl Partial {
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if !self.finished {
-            let _ = std::fs::remove_file(&self.temporary);
+        if let (Some((temporary, _)), false) = (&self.temporary, self.finished) {
+            let _ = std::fs::remove_file(temporary);
         }
     }
 }
@@ -81,14 +101,28 @@ impl Drop for Partial {
 /// Writes `path` through a [`Partial`]: `write` fills the temporary file, which then replaces
 /// `path`; on any error nothing is left behind and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
-    let partial = Partial::new(path);
+    let partial = Partial::new(path)?;
     write(partial.temporary())?;
     partial.finish()
 }
 
+/// `.NAME.partial-`, with NAME shortened (and a hash of it added) where the temporary name
+/// would pass the 255 bytes a file name may have.
+fn partial_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.len() <= 200 {
+        return format!(".{name}.partial-");
+    }
+    let mut cut = 160;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    format!(".{}~{hash:016x}.partial-", &name[..cut])
+}
+
 /// Removes the `{prefix}{pid}` files beside `path` whose process is gone (Linux: no
-/// `/proc/{pid}`). Elsewhere, and for a running process (another writer, or a reused PID), they
-/// are left alone.
+/// `/proc/{pid}`) and whose lock nobody holds. Elsewhere nothing is removed.
 fn remove_stale(path: &Path, prefix: &str) {
     if !cfg!(target_os = "linux") {
         return;
@@ -100,8 +134,15 @@ fn remove_stale(path: &Path, prefix: &str) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) || pid.len() > 10 {
+            continue;
+        }
+        if pid == std::process::id().to_string() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let unlocked = std::fs::OpenOptions::new().write(true).open(entry.path()).is_ok_and(|f| f.try_lock().is_ok());
+        if unlocked && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -125,6 +166,46 @@ mod tests {
             // A device that never ends.
             assert!(read_limited(Path::new("/dev/zero"), 1 << 20).unwrap_err().to_string().contains("larger than 1 MB"));
         }
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn links_are_written_through_devices_in_place_and_long_names_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        // A link: the file it names gets the bytes, the link stays a link.
+        let target = dir.join("target.txt");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.join("link.txt");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomically(&link, |tmp| std::fs::write(tmp, b"new")).unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        // A device is written, not replaced by a regular file.
+        write_atomically(Path::new("/dev/null"), |tmp| std::fs::write(tmp, b"discarded")).unwrap();
+        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+        // A name of 250 bytes: its temporary name must stay under 255.
+        let long = dir.join("x".repeat(250));
+        write_atomically(&long, |tmp| std::fs::write(tmp, b"long")).unwrap();
+        assert_eq!(std::fs::read(&long).unwrap(), b"long");
+        assert!(write_atomically(dir, |tmp| std::fs::write(tmp, b"")).is_err(), "a folder is not replaced");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_locked_partial_file_is_kept_whatever_its_pid() {
+        // A writer in another PID namespace (or on another host) names its file by a PID that is
+        // not running here; its lock shows it is alive.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let live = dir.path().join(".out.bin.partial-4294968");
+        let held = std::fs::File::create(&live).unwrap();
+        held.try_lock().unwrap();
+        write_atomically(&path, |tmp| std::fs::write(tmp, b"new")).unwrap();
+        assert!(live.exists(), "a locked partial file was removed");
+        drop(held);
+        write_atomically(&path, |tmp| std::fs::write(tmp, b"newer")).unwrap();
+        assert!(!live.exists(), "an unlocked one of a dead PID stays");
     }
 
     #[test]

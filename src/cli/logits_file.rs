@@ -39,7 +39,7 @@ impl LogitsWriter {
         while header.len() % 8 != 0 {
             header.push(b' ');
         }
-        let partial = Partial::new(path);
+        let partial = Partial::new(path).with_context(|| format!("cannot write {}", path.display()))?;
         let file = File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
         let mut file = BufWriter::new(file);
         file.write_all(&(header.len() as u64).to_le_bytes())?;
