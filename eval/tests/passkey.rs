@@ -278,19 +278,43 @@ fn a_damaged_results_file_is_refused_not_trimmed() {
     run_sweep(&fakes, &config, &mut ResultsFile::open(whole.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
     let complete = std::fs::read(whole.path().join("results.jsonl")).unwrap();
     let first_line = complete.iter().position(|&b| b == b'\n').unwrap() + 1;
-    let damaged: [Vec<u8>; 3] = [
+    // An unfinished last line is cut only when it starts a record (it was cut after the whole
+    // line, the foreign last lines below, before).
+    let damaged: [Vec<u8>; 6] = [
         [&complete[..], b"garbage\n"].concat(),
         [&complete[..first_line], b"\xff\xfe\n", &complete[first_line..]].concat(),
         b"\xff\n".to_vec(),
+        [&complete[..], b"hello world"].concat(),
+        b"{\"foo\": 1}".to_vec(),
+        [&complete[..], &vec![b'{'; 2 << 20]].concat(),
     ];
     for bytes in damaged {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("results.jsonl");
         std::fs::write(&file, &bytes).unwrap();
         let error = ResultsFile::open(dir.path(), Shard::whole(), true).err().expect("refused");
-        assert!(error.to_string().contains("is not a passkey result"), "{error}");
+        assert!(error.to_string().contains("not a passkey result") || error.to_string().contains("not the start of a passkey result"), "{error}");
         assert_eq!(std::fs::read(&file).unwrap(), bytes, "left as it was");
         assert!(read_results(&[dir.path().to_owned()]).is_err());
+    }
+
+    // A whole record without its newline is kept (and finished), not run again.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("results.jsonl");
+    std::fs::write(&file, &complete[..complete.len() - 1]).unwrap();
+    let results = ResultsFile::open(dir.path(), Shard::whole(), true).unwrap();
+    assert_eq!(results.done_count(), complete.iter().filter(|&&b| b == b'\n').count());
+    drop(results);
+    assert_eq!(std::fs::read(&file).unwrap(), complete, "its newline restored");
+
+    // A results file that is a device (read without end) is refused, not read.
+    #[cfg(unix)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("results.jsonl")).unwrap();
+        let error = ResultsFile::open(dir.path(), Shard::whole(), true).err().expect("refused").to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+        assert!(read_results(&[dir.path().to_owned()]).err().expect("refused").to_string().contains("not a regular file"));
     }
 }
 

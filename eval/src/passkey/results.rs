@@ -102,6 +102,9 @@ impl ResultsFile {
         let path = dir.join(shard.file_name());
         let fail = |message: String| EvalError::Results { path: path.clone(), message };
         std::fs::create_dir_all(dir).map_err(|e| EvalError::Results { path: dir.to_owned(), message: e.to_string() })?;
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(fail("not a regular file".into()));
+        }
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| fail(e.to_string()))?;
         // Held while the sweep runs: a second run into the same file would compute every cell the
         // first one does. (A file system without locks is not a reason to refuse the run.)
@@ -116,11 +119,15 @@ impl ResultsFile {
         if !bytes.is_empty() && !resume {
             return Err(fail("holds results of an earlier run: pass --resume to continue it, or choose another --out".into()));
         }
-        let (records, good_len) = parse_lines(&bytes, &path)?;
+        let (records, good_len, unterminated) = parse_lines(&bytes, &path)?;
         done.extend(records.iter().map(CellRecord::id));
         setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths)));
         if good_len < bytes.len() {
             file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
+        }
+        if unterminated {
+            // A whole record whose newline the kill cut off: finished, so the next one starts a line.
+            file.write_all(b"\n").map_err(|e| fail(e.to_string()))?;
         }
         Ok(ResultsFile { path, file, done, setups })
     }
@@ -171,33 +178,59 @@ impl ResultsFile {
 /// an unfinished last line (no newline: a write a kill interrupted) is dropped; any other line
 /// that is not a record, invalid UTF-8 included, means the file is not ours (or was damaged)
 /// and is an error, so nothing in it is skipped or cut silently.
-fn parse_lines(bytes: &[u8], path: &Path) -> Result<(Vec<CellRecord>, usize), EvalError> {
+/// The records of a results file, the length of its bytes that hold them, and whether its last
+/// record lacks the newline that ends it. An unfinished last line that is the start of a
+/// record (a write a kill cut short) is left out of both; anything else that is not a record
+/// is an error.
+fn parse_lines(bytes: &[u8], path: &Path) -> Result<(Vec<CellRecord>, usize, bool), EvalError> {
     let mut records = Vec::new();
     let mut offset = 0;
     let mut good_len = 0;
+    let fail = |message: String| EvalError::Results { path: path.to_owned(), message };
     for (i, line) in bytes.split_inclusive(|&b| b == b'\n').enumerate() {
         offset += line.len();
-        if !line.ends_with(b"\n") {
-            break; // the last line, torn by a kill: dropped, its cell runs again
-        }
         let record = std::str::from_utf8(line).ok().map(str::trim).map(|text| match text {
             "" => Ok(None),
             text => serde_json::from_str::<CellRecord>(text).map(Some),
         });
+        let finished = line.ends_with(b"\n");
         match record {
             Some(Ok(record)) => {
                 records.extend(record);
                 good_len = offset;
+                if !finished {
+                    return Ok((records, good_len, true));
+                }
             }
-            _ => {
-                return Err(EvalError::Results {
-                    path: path.to_owned(),
-                    message: format!("line {} is not a passkey result; is this a results file of `coil passkey`?", i + 1),
-                })
+            // Every record starts with this; a torn one is a prefix of a record.
+            _ if !finished && (line.starts_with(RECORD_START) || RECORD_START.starts_with(line)) && line.len() <= MAX_RECORD_BYTES => break,
+            _ if !finished => {
+                return Err(fail(format!(
+                    "its last line ({} bytes, unfinished) is not the start of a passkey result; is this a results file of \
+                     `coil passkey`?",
+                    line.len()
+                )))
             }
+            _ => return Err(fail(format!("line {} is not a passkey result; is this a results file of `coil passkey`?", i + 1))),
         }
     }
-    Ok((records, good_len))
+    Ok((records, good_len, false))
+}
+
+/// How every line of a results file starts (`CellRecord`'s first field).
+const RECORD_START: &[u8] = b"{\"model\":";
+
+/// Far more than one record's line takes; a longer unfinished line is not a torn record.
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// The bytes of a results file, refusing anything but a regular file (a device or pipe would be
+/// read without end).
+fn read_file(path: &Path) -> Result<Vec<u8>, EvalError> {
+    let fail = |message: String| EvalError::Results { path: path.to_owned(), message };
+    if !std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    std::fs::read(path).map_err(|e| fail(e.to_string()))
 }
 
 /// Every record in `results*.jsonl` of each directory (shards merged), a torn last line skipped,
@@ -221,7 +254,7 @@ pub fn read_results(dirs: &[PathBuf]) -> Result<Vec<CellRecord>, EvalError> {
     // different answers, the folders hold different runs, and merging them would pick one.
     let mut by_id: std::collections::BTreeMap<String, (CellRecord, PathBuf)> = std::collections::BTreeMap::new();
     for path in files {
-        let bytes = std::fs::read(&path).map_err(|e| EvalError::Results { path: path.clone(), message: e.to_string() })?;
+        let bytes = read_file(&path)?;
         for record in parse_lines(&bytes, &path)?.0 {
             match by_id.get(&record.id()) {
                 Some((seen, first)) if (&seen.key, &seen.prediction, seen.correct) != (&record.key, &record.prediction, record.correct) => {
