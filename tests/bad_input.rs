@@ -279,21 +279,41 @@ fn a_windowed_state_whose_window_disagrees_with_its_position() {
 #[test]
 #[cfg(target_os = "linux")]
 fn inputs_that_never_end_are_refused_not_read_forever() {
-    // A config, tokenizer, template, thresholds or state symlinked to a device: each read stops
-    // at a limit far above any real file of its kind (or refuses a state that is not a file).
+    // A config, tokenizer, weights, template or state that is a device or a pipe (which would be
+    // read without end, or wait for a writer) is refused; a real file far larger than any of its
+    // kind is refused at a limit.
     let dir = tempfile::tempdir().unwrap();
     let model = edited_checkpoint(dir.path(), |_| {});
-    std::os::unix::fs::symlink("/dev/zero", model.join("tokenizer.json")).unwrap();
-    assert_fails_with(&coil(&["inspect", "--model", model.to_str().unwrap()]), &["tokenizer.json", "larger than 1024 MB"]);
-    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
-    std::fs::remove_file(model.join("config.json")).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", model.join("config.json")).unwrap();
-    assert_fails_with(&coil(&["inspect", "--model", model.to_str().unwrap()]), &["config.json", "larger than 64 MB"]);
+    let inspect = || coil(&["inspect", "--model", model.to_str().unwrap()]);
+    let replace = |name: &str, with: &dyn Fn(&Path)| {
+        let path = model.join(name);
+        let saved = std::fs::read(&path).ok();
+        let _ = std::fs::remove_file(&path);
+        with(&path);
+        move || {
+            std::fs::remove_file(&path).unwrap();
+            if let Some(bytes) = &saved {
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+    };
+    let to_zero = |path: &Path| std::os::unix::fs::symlink("/dev/zero", path).unwrap();
+    let fifo = |path: &Path| assert!(Command::new("mkfifo").arg(path).status().unwrap().success());
+    for name in ["config.json", "tokenizer.json", "model.safetensors"] {
+        for make in [&to_zero as &dyn Fn(&Path), &fifo] {
+            let restore = replace(name, make);
+            assert_fails_with(&inspect(), &[name, "not a regular file"]);
+            restore();
+        }
+    }
+    let restore = replace("config.json", &|path: &Path| std::fs::write(path, vec![b' '; 65 << 20]).unwrap());
+    assert_fails_with(&inspect(), &["config.json", "larger than 64 MB"]);
+    restore();
     assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-in", "/dev/zero"]), &["/dev/zero", "not a regular file"]);
     let out = dir.path().join("sweep");
     assert_fails_with(
         &coil(&["passkey", "--model", "embedded:passkey-n16", "--template", "/dev/zero", "--lengths", "64", "--out", out.to_str().unwrap()]),
-        &["/dev/zero", "larger than 64 MB"],
+        &["/dev/zero", "not a regular file"],
     );
 }
 

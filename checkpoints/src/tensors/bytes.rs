@@ -27,6 +27,9 @@ impl std::ops::Deref for Bytes {
 impl Bytes {
     pub(crate) fn map_file(path: &Path) -> Result<Bytes, LoadError> {
         let io = |source| LoadError::Io { path: path.to_owned(), source };
+        if !std::fs::metadata(path).map_err(io)?.is_file() {
+            return Err(io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+        }
         let file = File::open(path).map_err(io)?;
         // SAFETY: the map is read-only and private to this process. Another process truncating the
         // file while we read it is outside what any memory-mapped loader can defend against.

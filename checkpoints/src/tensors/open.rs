@@ -12,13 +12,16 @@ const LAYOUTS: [(&str, &str); 2] =
     [("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")];
 
 pub(super) fn open_dir(dir: &Path) -> Result<TensorStore, LoadError> {
+    // Present at all (a link to nowhere, a device, a pipe): taken, and refused by name when it is
+    // not a file to read.
+    let present = |path: &Path| std::fs::symlink_metadata(path).is_ok();
     for (single, index) in LAYOUTS {
         let single = dir.join(single);
-        if single.is_file() {
+        if present(&single) {
             return TensorStore::from_files(vec![(single.clone(), Bytes::map_file(&single)?)]);
         }
         let index = dir.join(index);
-        if index.is_file() {
+        if present(&index) {
             return open_shards(dir, &index);
         }
     }
