@@ -314,7 +314,7 @@ fn a_damaged_results_file_is_refused_not_trimmed() {
         std::os::unix::fs::symlink("/dev/zero", dir.path().join("results.jsonl")).unwrap();
         let error = ResultsFile::open(dir.path(), Shard::whole(), true).err().expect("refused").to_string();
         assert!(error.contains("not a regular file"), "{error}");
-        assert!(read_results(&[dir.path().to_owned()]).err().expect("refused").to_string().contains("not a regular file"));
+        assert!(read_results(&[dir.path().to_owned()]).expect_err("refused").to_string().contains("not a regular file"));
     }
 }
 
