@@ -231,6 +231,8 @@ fn state_files_that_are_garbage_or_from_another_model() {
         assert_fails_with(&load(&edited("model", Some(bad))), &["metadata `model`", "not a model fingerprint"]);
     }
     assert_fails_with(&load(&edited("model", None)), &["metadata `model` is missing"]);
+    // A position at the end of u64 wrapped to a small one as the run went on.
+    assert_fails_with(&load(&edited("position", Some("18446744073709551615"))), &["pass the last position"]);
 }
 
 #[test]

@@ -46,4 +46,7 @@ pub enum Error {
 
     #[error("the model produced non-finite logits at token {position}")]
     NonFiniteLogits { position: u64 },
+
+    #[error("the state is at token {position}: {tokens} more would pass the last position a state counts (2^64 - 1)")]
+    PositionOverflow { position: u64, tokens: usize },
 }

@@ -396,6 +396,7 @@ impl Model {
         for (i, state) in states.iter_mut().enumerate() {
             let sequence = tokens.sequence(i);
             self.prepare_state(plan, state)?;
+            check_room(state, sequence.len())?;
             if let Some(i) = sequence.iter().position(|&t| t as usize >= vocab) {
                 return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
             }
@@ -487,6 +488,7 @@ impl Model {
             return Err(Error::EmptyInput);
         }
         state.check_shape(self.state_shape())?;
+        check_room(state, tokens.len())?;
         // Reject bad ids before the state moves, so a failed call leaves it untouched.
         let vocab = self.config.vocab_size;
         if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
@@ -542,4 +544,13 @@ fn check_finite(state: &State, tokens: usize, hidden: &[f32]) -> Result<(), Erro
         return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
     }
     Ok(())
+}
+
+/// Refuses `tokens` more when the state's position would pass `u64::MAX` (a state file can say
+/// anything), before anything moves.
+fn check_room(state: &State, tokens: usize) -> Result<(), Error> {
+    match state.position().checked_add(tokens as u64) {
+        Some(_) => Ok(()),
+        None => Err(Error::PositionOverflow { position: state.position(), tokens }),
+    }
 }
