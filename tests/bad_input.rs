@@ -481,6 +481,14 @@ fn small_argument_and_file_mistakes_are_named() {
     );
     let csv = dir.path().join("stats.csv");
     assert_fails_with(&coil(&["stats", "--length", "64", "--collapse-factor", "NaN", "--out", csv.to_str().unwrap()]), &["--collapse-factor"]);
+    // Lengths whose tokens would be held in memory (they grew memory without end), from a flag or
+    // from a checkpoint's training.json.
+    assert_fails_with(&coil(&["stats", "--length", "99999999999999", "--out", csv.to_str().unwrap()]), &["--length", "at most 67108864"]);
+    let thresholds = dir.path().join("t.json");
+    assert_fails_with(
+        &coil(&["calibrate", "--model", "embedded:passkey-n16", "--length", "99999999999999", "--out", thresholds.to_str().unwrap()]),
+        &["--length", "at most 67108864"],
+    );
     let ids = ids_file(dir.path(), "1 2 3");
     assert_fails_with(&coil(&["score", "--token-ids", &ids, "--bucket", "0"]), &["--bucket must be at least 1"]);
     let one = coil(&["score", "--token-ids", &ids_file(dir.path(), "5"), "--json"]);

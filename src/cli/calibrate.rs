@@ -15,6 +15,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         anyhow::bail!("--factor must be a positive number, got {}", args.factor);
     }
     let length = args.length.or_else(|| loaded.train_length()).unwrap_or(8192);
+    check_length(if args.length.is_some() { "--length" } else { "the checkpoint's training length (training.json)" }, length)?;
     let tokens = calibration_tokens(&loaded, args.text_file.as_ref(), length)?;
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let started = std::time::Instant::now();
@@ -38,13 +39,25 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+/// The most tokens `calibrate` and `stats` take (their ids are held in memory: 268 MB; about a
+/// day of prefill on two CPU cores).
+const MAX_LENGTH: usize = 1 << 26;
+
+/// Refuses a token count past [`MAX_LENGTH`], naming where it came from.
+pub fn check_length(source: &str, length: usize) -> Result<()> {
+    if length > MAX_LENGTH {
+        anyhow::bail!("{source} asks for {length} tokens, which are held in memory here: at most {MAX_LENGTH} (2^26)");
+    }
+    Ok(())
+}
+
 /// The first `length` tokens of a text file, or of the passkey filler.
 pub fn calibration_tokens(loaded: &super::load::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
     let tokenizer = loaded.tokenizer.as_ref().context("calibration text needs the model's tokenizer.json")?;
     let tokens = match text {
         None => Probe::Filler.tokens(tokenizer, length)?,
         Some(path) => {
-            let mut ids = Vec::with_capacity(length);
+            let mut ids = Vec::with_capacity(length.min(1 << 20));
             InputSource::TextFile(path.clone()).stream_tokens(Some(tokenizer), |block, _| {
                 let room = length - ids.len().min(length);
                 ids.extend_from_slice(&block[..block.len().min(room)]);

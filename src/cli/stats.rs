@@ -30,6 +30,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if args.every == 0 || args.length == 0 {
         bail!("--every and --length must be at least 1");
     }
+    super::calibrate::check_length("--length", args.length)?;
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
         bail!("--collapse-factor must be a positive number, not {}", args.collapse_factor);
     }
