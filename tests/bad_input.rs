@@ -459,6 +459,11 @@ fn an_output_that_is_an_input_a_folder_or_in_a_missing_folder_is_refused_up_fron
     assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--plot", png.to_str().unwrap()]), &["loss.png", "SVG"]);
     assert_fails_with(&coil(&["stats", "--text-file", t, "--length", "64", "--out", &format!("{folder}/s.csv"), "--plot", png.to_str().unwrap()]), &["SVG"]);
     assert!(!dir.path().join("s.csv").exists(), "stats refused its plot before writing its CSV");
+    // Two outputs naming one file (written one over the other), however the name is spelt.
+    let svg = dir.path().join("loss.svg");
+    let same = format!("{folder}/./loss.svg");
+    assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "16", "--plot", svg.to_str().unwrap(), "--csv", &same]), &["both name"]);
+    assert!(!svg.exists());
 }
 
 #[test]

@@ -16,17 +16,20 @@ pub struct PlotError {
 type Canvas<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
 type Drawn = std::result::Result<(), Box<dyn std::error::Error>>;
 
-/// Checks the file name, draws on a white SVG canvas and writes it, naming the file in any error.
+/// Checks the file name, draws on a white SVG canvas and writes it (atomically: a killed run
+/// leaves the previous plot or none, never half of one), naming the file in any error.
 fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Canvas) -> Drawn) -> Result<(), PlotError> {
     check_svg(path)?;
+    let mut svg = String::new();
     let drawn = (|| -> Drawn {
-        let root = SVGBackend::new(path, size).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
         root.fill(&WHITE)?;
         draw(&root)?;
         root.present()?;
         Ok(())
     })();
-    drawn.map_err(|e| failed(path, e))
+    drawn.map_err(|e| failed(path, e))?;
+    coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &svg)).map_err(|e| PlotError { path: path.to_owned(), message: e.to_string() })
 }
 
 /// The frame every plot shares: title, margin and axis label areas.

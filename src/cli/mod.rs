@@ -27,8 +27,22 @@ pub use score::score;
 pub(crate) fn check_outputs(inputs: &[Option<&std::path::Path>], outputs: &[(&str, Option<&std::path::Path>)]) -> anyhow::Result<()> {
     use anyhow::bail;
     let inputs: Vec<std::path::PathBuf> = inputs.iter().flatten().filter_map(|p| p.canonicalize().ok()).collect();
+    // Where an output lands (it may not exist yet): its folder resolved, then its name.
+    let resolved = |p: &std::path::Path| {
+        p.canonicalize().ok().or_else(|| {
+            let parent = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            Some(parent.canonicalize().ok()?.join(p.file_name()?))
+        })
+    };
+    let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
     for &(flag, output) in outputs {
         let Some(output) = output else { continue };
+        if let Some(at) = resolved(output) {
+            if let Some((other, _)) = seen.iter().find(|(_, p)| *p == at) {
+                bail!("{other} and {flag} both name {}: one would overwrite the other", output.display());
+            }
+            seen.push((flag, at));
+        }
         if output.is_dir() {
             bail!("{flag} {}: is a folder, not a file", output.display());
         }

@@ -105,7 +105,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
         match &args.csv {
             Some(path) => {
-                std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+                coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &text))
+                    .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("per-bucket loss written to {}", path.display());
             }
             None => out.write_all(text.as_bytes())?,
