@@ -70,6 +70,15 @@ fn missing_checkpoint_folder_and_files() {
 fn invalid_json_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = edited_checkpoint(dir.path(), |_| {});
+    // The optional training.json, when there, must hold a positive `train_length` (a bad one
+    // was ignored, and calibration silently used a default length).
+    for bad in ["{\"train_length\": 0}", "{\"train_length\": \"2k\"}", "not json"] {
+        std::fs::write(path.join("training.json"), bad).unwrap();
+        assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["training.json", "train_length"]);
+    }
+    std::fs::write(path.join("training.json"), "{\"train_length\": 512}").unwrap();
+    assert!(coil(&["inspect", "--model", path.to_str().unwrap()]).status.success());
+    std::fs::remove_file(path.join("training.json")).unwrap();
     std::fs::write(path.join("config.json"), "{\"hidden_size\": 64,,}").unwrap();
     assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["config.json", "invalid JSON"]);
     std::fs::write(path.join("config.json"), [0xff, 0xfe, b'{']).unwrap();

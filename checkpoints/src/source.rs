@@ -68,7 +68,16 @@ impl Checkpoint {
         // Absent: no tokenizer. Present but not a readable file (a folder, a broken symlink from a
         // model cache): an error naming it, not a silent "this model has no tokenizer".
         let tokenizer = if std::fs::symlink_metadata(&tokenizer_path).is_ok() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
-        let train_length = crate::files::read_limited(&dir.join("training.json"), crate::files::JSON_LIMIT).ok().and_then(|b| train_length(&b));
+        // Optional; when there, it must say what it is for (a bad one was silently ignored, and
+        // the length it should have given silently became a default).
+        let training = dir.join("training.json");
+        let train_length = match std::fs::symlink_metadata(&training) {
+            Err(_) => None,
+            Ok(_) => {
+                let bytes = crate::files::read_limited(&training, crate::files::JSON_LIMIT).map_err(|source| LoadError::Io { path: training.clone(), source })?;
+                Some(train_length(&bytes).ok_or_else(|| LoadError::config(&training, "`train_length` must be a positive integer"))?)
+            }
+        };
         Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length })
     }
 
