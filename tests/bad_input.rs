@@ -378,6 +378,60 @@ fn outputs_write_through_links_and_into_pipes_instead_of_replacing_them() {
 }
 
 #[test]
+#[cfg(target_os = "linux")]
+fn outputs_never_land_on_inputs_through_any_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name);
+    let model = edited_checkpoint(&d(""), |_| {});
+    let m = model.to_str().unwrap();
+    let ids = ids_file(dir.path(), "1 2 3");
+    // A checkpoint's own files (they were replaced: the weights by logits, the config by a state).
+    let weights = model.join("model.safetensors");
+    assert_fails_with(
+        &coil(&["score", "--model", m, "--token-ids", &ids, "--logits-out", weights.to_str().unwrap()]),
+        &["model.safetensors", "also an input"],
+    );
+    let config = model.join("config.json");
+    assert_fails_with(&coil(&["run", "--model", m, "--token-ids", &ids, "--state-out", config.to_str().unwrap()]), &["config.json", "also an input"]);
+    assert!(coil(&["inspect", "--model", m]).status.success(), "the checkpoint is intact");
+    // Two outputs meeting through a dangling link (the plot was written, then replaced).
+    std::os::unix::fs::symlink("o2.svg", d("olink.svg")).unwrap();
+    let text = d("in.txt");
+    std::fs::write(&text, "some words to score here").unwrap();
+    let (t, olink, o2) = (text.to_str().unwrap(), d("olink.svg"), d("o2.svg"));
+    assert_fails_with(&coil(&["score", "--text-file", t, "--bucket", "4", "--csv", olink.to_str().unwrap(), "--plot", o2.to_str().unwrap()]), &["both name"]);
+    // A dangling link into a missing folder: refused before the run, not after it.
+    std::os::unix::fs::symlink("nowhere/x.state", d("dangling")).unwrap();
+    assert_fails_with(&coil(&["run", "--prompt", "hi", "--state-out", d("dangling").to_str().unwrap()]), &["nowhere", "does not exist"]);
+
+    // A report file linked to the results it is made of.
+    let sweep = d("sweep");
+    let out = coil(&["passkey", "--model", "embedded:passkey-n16", "--lengths", "64", "--depths", "2", "--out", sweep.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let results = std::fs::read(sweep.join("results.jsonl")).unwrap();
+    std::fs::remove_file(sweep.join("report.md")).unwrap();
+    std::os::unix::fs::symlink("results.jsonl", sweep.join("report.md")).unwrap();
+    assert_fails_with(&coil(&["report", sweep.to_str().unwrap()]), &["report.md", "results file"]);
+    assert_eq!(std::fs::read(sweep.join("results.jsonl")).unwrap(), results, "the results are intact");
+
+    // convert: an output folder whose model.safetensors links into the source, or is a pipe; and
+    // a tokenizer.json an earlier conversion left (of another model) is removed.
+    let converted = d("converted");
+    std::fs::create_dir(&converted).unwrap();
+    std::os::unix::fs::symlink(&weights, converted.join("model.safetensors")).unwrap();
+    let convert = || coil(&["convert", "--model", m, "--out", converted.to_str().unwrap()]);
+    assert_fails_with(&convert(), &["model.safetensors", "replace the source"]);
+    std::fs::remove_file(converted.join("model.safetensors")).unwrap();
+    assert!(Command::new("mkfifo").arg(converted.join("model.safetensors")).status().unwrap().success());
+    assert_fails_with(&convert(), &["model.safetensors", "not a regular file"]);
+    std::fs::remove_file(converted.join("model.safetensors")).unwrap();
+    std::fs::write(converted.join("tokenizer.json"), "{}").unwrap();
+    assert!(convert().status.success());
+    assert!(!converted.join("tokenizer.json").exists(), "another model's tokenizer was left beside the weights");
+    assert!(coil(&["inspect", "--model", m]).status.success(), "the source is intact");
+}
+
+#[test]
 fn logits_out_refuses_above_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let ids = ids_file(dir.path(), "1 2 3 4");

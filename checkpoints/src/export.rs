@@ -45,7 +45,8 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
         });
     }
     let tokenizer_path = model_dir.join("tokenizer.json");
-    let tokenizer = if tokenizer_path.is_file() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
+    // Present but unreadable (a dangling link, a pipe) is an error, as when loading.
+    let tokenizer = if std::fs::symlink_metadata(&tokenizer_path).is_ok() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
 
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
@@ -53,12 +54,16 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
         return Err(LoadError::config(out_dir, "the output folder must differ from the source folder"));
     }
 
+    let model = out_dir.join("model.safetensors");
+    let config_out = out_dir.join("config.json");
+    let tokenizer_out = out_dir.join("tokenizer.json");
+    check_targets(model_dir, &[&model, &config_out, &tokenizer_out])?;
+
     let tensors = hf_tensors(&config, &weights, &store);
     let mut dtypes: Vec<DType> = tensors.iter().map(|t| t.dtype).collect();
     dtypes.sort_by_key(|d| d.size());
     dtypes.dedup();
 
-    let model = out_dir.join("model.safetensors");
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     let count = tensors.len();
     write_atomically(&model, |tmp| {
@@ -68,7 +73,6 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
 
     let eos = tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>"));
     let config_json = hf_config(&config, weights.lm_head.is_none(), weights.stored_dtype, eos);
-    let config_out = out_dir.join("config.json");
     let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
     write_atomically(&config_out, |tmp| std::fs::write(tmp, &text))?;
     // safetensors writes through a private (0600) temporary file; give the weights the mode
@@ -79,11 +83,16 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
 
     let tokenizer = match tokenizer {
         Some(_) => {
-            let target = out_dir.join("tokenizer.json");
-            write_atomically(&target, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?;
-            Some(target)
+            write_atomically(&tokenizer_out, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?;
+            Some(tokenizer_out)
         }
-        None => None,
+        None => {
+            // One left by an earlier conversion into this folder belongs to another model.
+            if std::fs::symlink_metadata(&tokenizer_out).is_ok() {
+                std::fs::remove_file(&tokenizer_out).map_err(io(&tokenizer_out))?;
+            }
+            None
+        }
     };
     Ok(Exported { config: config_out, model, tokenizer, tensors: count, dtypes })
 }
@@ -211,6 +220,28 @@ fn hf_config(config: &Config, tied: bool, dtype: DType, eos: Option<u32>) -> Val
         }
     }
     value
+}
+
+/// Refuses, before anything is written, an output that would land on a file of the source folder
+/// (through a link planted in the output folder) or on a device or pipe (the safetensors writer
+/// would replace it with a regular file).
+fn check_targets(source: &Path, outputs: &[&Path]) -> Result<(), LoadError> {
+    let sources: Vec<PathBuf> = std::fs::read_dir(source)
+        .map(|entries| entries.flatten().filter_map(|e| e.path().canonicalize().ok()).collect())
+        .unwrap_or_default();
+    for &output in outputs {
+        let io = |source| LoadError::Io { path: output.to_owned(), source };
+        let target = crate::files::resolve_output(output).map_err(io)?;
+        if let Ok(kind) = std::fs::metadata(&target) {
+            if !kind.is_file() {
+                return Err(LoadError::config(output, "is not a regular file (a folder, device or pipe): convert writes files"));
+            }
+            if target.canonicalize().is_ok_and(|t| sources.contains(&t)) {
+                return Err(LoadError::config(output, "is a file of the checkpoint being converted (through a link): writing it would replace the source"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`crate::files::write_atomically`], its error naming `path`.

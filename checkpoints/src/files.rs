@@ -59,10 +59,7 @@ pub struct Partial {
 impl Partial {
     /// Creates the temporary file for `path` (nothing for a device or pipe).
     pub fn new(path: &Path) -> std::io::Result<Partial> {
-        let path = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
-            _ => path.to_owned(),
-        };
+        let path = resolve_output(path)?;
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => return Err(std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a folder, not a file")),
             Ok(m) if !m.is_file() => return Ok(Partial { path, temporary: None, finished: false }),
@@ -100,6 +97,25 @@ impl Drop for Partial {
             let _ = std::fs::remove_file(temporary);
         }
     }
+}
+
+/// Where writing `path` lands: its symlinks followed (a relative one from its link's folder),
+/// the last one possibly dangling (the file it names is then created).
+pub fn resolve_output(path: &Path) -> std::io::Result<PathBuf> {
+    let mut path = path.to_owned();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&path)?;
+                path = match path.parent() {
+                    Some(folder) if target.is_relative() => folder.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(path),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
 /// Writes `path` through a [`Partial`]: `write` fills the temporary file, which then replaces
@@ -145,8 +161,11 @@ fn remove_stale(path: &Path, prefix: &str) {
         if pid == std::process::id().to_string() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let unlocked = std::fs::OpenOptions::new().write(true).open(entry.path()).is_ok_and(|f| f.try_lock().is_ok());
-        if unlocked && entry.file_type().is_ok_and(|t| t.is_file()) {
+        // Only a regular file (opening a FIFO for writing would wait for a reader).
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        if std::fs::OpenOptions::new().write(true).open(entry.path()).is_ok_and(|f| f.try_lock().is_ok()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }

@@ -9,7 +9,9 @@ use super::input::InputSource;
 use super::load::load;
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
-    super::check_outputs(&[args.text_file.as_deref()], &[("--out", Some(&args.out))])?;
+    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    inputs.extend(args.text_file.iter().cloned());
+    super::check_outputs(inputs, &[("--out", Some(&args.out))])?;
     let loaded = load(&args.model)?;
     if !(args.factor > 0.0 && args.factor.is_finite()) {
         anyhow::bail!("--factor must be a positive number, got {}", args.factor);

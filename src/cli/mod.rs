@@ -21,38 +21,58 @@ pub use inspect::inspect;
 pub use run::run;
 pub use score::score;
 
-/// Checks a command's output files before any work starts: none may name one of its input files
-/// (writing the results would replace the input), none may be an existing folder, and each one's
-/// folder must exist. Without this the mistake surfaced only after the whole run, or not at all.
-pub(crate) fn check_outputs(inputs: &[Option<&std::path::Path>], outputs: &[(&str, Option<&std::path::Path>)]) -> anyhow::Result<()> {
+
+/// The files a command reads besides its text: every file of the checkpoint folder and the
+/// thresholds files its mitigations name (outputs must not replace them either).
+pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<std::path::PathBuf> = model
+        .filter(|m| m.is_dir())
+        .and_then(|m| std::fs::read_dir(m).ok())
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    for spec in mitigations {
+        for part in spec.split([';', ',', ':']) {
+            if let Some(file) = part.trim().strip_prefix("thresholds=") {
+                files.push(file.into());
+            }
+        }
+    }
+    files
+}
+
+/// Checks a command's output files before any work starts: none may land on one of its input
+/// files (`inputs`; writing the results would replace the input), two may not land on one file,
+/// none may be an existing folder, and each one's folder must exist (links followed, a dangling
+/// one to the file it would create). Without this the mistake surfaced only after the whole run,
+/// or not at all.
+pub(crate) fn check_outputs(inputs: Vec<std::path::PathBuf>, outputs: &[(&str, Option<&std::path::Path>)]) -> anyhow::Result<()> {
     use anyhow::bail;
-    let inputs: Vec<std::path::PathBuf> = inputs.iter().flatten().filter_map(|p| p.canonicalize().ok()).collect();
-    // Where an output lands (it may not exist yet): its folder resolved, then its name.
-    let resolved = |p: &std::path::Path| {
-        p.canonicalize().ok().or_else(|| {
-            let parent = p.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            Some(parent.canonicalize().ok()?.join(p.file_name()?))
-        })
-    };
-    let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    use std::path::{Path, PathBuf};
+    let inputs: Vec<PathBuf> = inputs.iter().filter_map(|p| p.canonicalize().ok()).collect();
+    let mut seen: Vec<(&str, PathBuf)> = Vec::new();
     for &(flag, output) in outputs {
         let Some(output) = output else { continue };
-        if let Some(at) = resolved(output) {
-            if let Some((other, _)) = seen.iter().find(|(_, p)| *p == at) {
-                bail!("{other} and {flag} both name {}: one would overwrite the other", output.display());
-            }
-            seen.push((flag, at));
-        }
-        if output.is_dir() {
+        // Where the bytes land: links followed (a dangling one names the file it creates).
+        let target = coil_checkpoints::files::resolve_output(output).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", output.display()))?;
+        if target.is_dir() {
             bail!("{flag} {}: is a folder, not a file", output.display());
         }
-        let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !parent.is_dir() {
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let Ok(folder) = parent.canonicalize() else {
             bail!("{flag} {}: the folder {} does not exist", output.display(), parent.display());
+        };
+        let Some(name) = target.file_name() else { bail!("{flag} {}: names no file", output.display()) };
+        if name.len() > 255 {
+            bail!("{flag} {}: the name is longer than the 255 bytes a file name may have", output.display());
         }
-        if output.canonicalize().is_ok_and(|o| inputs.contains(&o)) {
+        let at = folder.join(name);
+        if inputs.contains(&at) {
             bail!("{flag} {}: is also an input of this command; writing it would replace the input", output.display());
         }
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == at) {
+            bail!("{other} and {flag} both name {}: one would overwrite the other", output.display());
+        }
+        seen.push((flag, at));
     }
     Ok(())
 }

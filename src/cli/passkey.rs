@@ -51,6 +51,14 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         bail!("--depths must be from 1 to {}, not {}", coil::passkey::MAX_DEPTHS, args.depths);
     }
     let template = Template::named(&args.template)?;
+    if args.out.is_dir() {
+        // The report's files must not land on an input (a template or checkpoint kept there).
+        let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), &[])).collect();
+        inputs.extend(super::read_files(None, &args.arms));
+        inputs.push(args.template.clone().into());
+        let (report, accuracy) = (args.out.join("report.md"), args.out.join("accuracy.csv"));
+        super::check_outputs(inputs, &[("the report", Some(&report)), ("the accuracy table", Some(&accuracy))])?;
+    }
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
     if let Some((i, arm)) = arms.iter().enumerate().find(|(i, arm)| arms[..*i].contains(arm)) {

@@ -13,7 +13,9 @@ use super::progress::Progress;
 pub fn run(args: RunArgs) -> Result<()> {
     let sampling = sampling_config(&args.sampling)?;
     // --state-in and --state-out may be one file (continue a stream and save it back).
-    super::check_outputs(&[args.prompt_file.as_deref(), args.token_ids.as_deref()], &[("--state-out", args.state_out.as_deref())])?;
+    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
+    super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref())])?;
     let loaded = load(&args.model)?;
     let input = match (&args.prompt, &args.prompt_file, &args.token_ids) {
         (Some(text), _, _) => InputSource::Text(text.clone()),

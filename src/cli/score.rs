@@ -14,7 +14,9 @@ use super::progress::Progress;
 
 pub fn score(args: ScoreArgs) -> Result<()> {
     let outputs = [("--logits-out", args.logits_out.as_deref()), ("--csv", args.csv.as_deref()), ("--plot", args.plot.as_deref())];
-    super::check_outputs(&[args.text_file.as_deref(), args.token_ids.as_deref()], &outputs)?;
+    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    inputs.extend(args.text_file.iter().chain(&args.token_ids).cloned());
+    super::check_outputs(inputs, &outputs)?;
     if let Some(plot) = &args.plot {
         coil_eval::plot::check_svg(plot)?;
     }

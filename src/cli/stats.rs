@@ -22,7 +22,9 @@ struct Trace {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    super::check_outputs(&[args.text_file.as_deref()], &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
+    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    inputs.extend(args.text_file.iter().cloned());
+    super::check_outputs(inputs, &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
     if let Some(plot) = &args.plot {
         coil_eval::plot::check_svg(plot)?;
     }

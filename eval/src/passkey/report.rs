@@ -279,7 +279,17 @@ fn unique_stems(names: &[String]) -> Vec<String> {
     names
         .iter()
         .map(|name| {
-            let base = file_safe(name);
+            let mut base = file_safe(name);
+            // Two stems and a prefix make a plot's name: keep each well inside 255 bytes, a long
+            // one cut and told apart by a hash of the whole name.
+            if base.len() > 100 {
+                let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+                let mut cut = 80;
+                while !base.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                base = format!("{}~{hash:016x}", &base[..cut]);
+            }
             let stem = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|s| !taken.contains(s)).expect("unbounded");
             taken.insert(stem.clone());
             stem
@@ -287,11 +297,22 @@ fn unique_stems(names: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// `dir/name`, refused when it lands on a results file (a link planted in the folder): writing
+/// the report there would replace the results it is made of.
+fn output(dir: &Path, name: &str) -> Result<std::path::PathBuf, EvalError> {
+    let path = dir.join(name);
+    let lands = coil_checkpoints::files::resolve_output(&path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if lands.is_some_and(|n| n.starts_with("results") && n.ends_with(".jsonl")) {
+        return Err(EvalError::Results { path, message: "is a link to a results file; the report would replace the results".into() });
+    }
+    Ok(path)
+}
+
 /// Writes `report.md`, `accuracy.csv` and the SVG plots into `dir`; returns the report.
 pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Result<Report, EvalError> {
     let report = Report::build(records, threshold);
     let write = |name: &str, text: &str| {
-        let path = dir.join(name);
+        let path = output(dir, name)?;
         coil_checkpoints::files::write_atomically(&path, |temporary| std::fs::write(temporary, text))
             .map_err(|e| EvalError::Results { message: e.to_string(), path })
     };
@@ -317,7 +338,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             .map(|arm| (arm.clone(), rows.iter().filter(|r| &r.mitigation == arm).map(|r| (r.length, r.accuracy())).collect()))
             .collect();
         let train = report.capacity.iter().find(|c| &c.model == model).and_then(|c| c.train_length);
-        let path = dir.join(format!("accuracy-{model_stem}.svg"));
+        let path = output(dir, &format!("accuracy-{model_stem}.svg"))?;
         plot::accuracy_curves(&path, &format!("passkey accuracy, {model}"), &series, train)?;
         plots.push(path);
         for (arm, arm_stem) in arms.iter().zip(unique_stems(&arms)) {
@@ -337,7 +358,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
                     }
                 }
             }
-            let path = dir.join(format!("heatmap-{model_stem}-{arm_stem}.svg"));
+            let path = output(dir, &format!("heatmap-{model_stem}-{arm_stem}.svg"))?;
             plot::heatmap(&path, &format!("passkey accuracy by depth, {model}, {arm}"), &lengths, &cells)?;
             plots.push(path);
         }
@@ -350,7 +371,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
         })
         .collect();
     let fits: Vec<(String, f64, f64, f64)> = report.fits.iter().filter_map(|(arm, f)| f.map(|f| (arm.clone(), f.a, f.b, f.c))).collect();
-    let path = dir.join("capacity.svg");
+    let path = output(dir, "capacity.svg")?;
     plot::capacity(&path, &points, &fits)?;
     plots.push(path);
     write("report.md", &report.markdown(&plots))?;

@@ -5,6 +5,9 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+/// The most tokens `state-norm:calibrate=T` takes (they are held in memory).
+const MAX_CALIBRATION_TOKENS: usize = 1 << 26;
+
 /// A set of layer or head indices: `None` means all.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IndexSet(Option<Vec<RangeInclusive<usize>>>);
@@ -252,6 +255,9 @@ impl FromStr for Mitigation {
                 }
                 let thresholds = match (o.take("thresholds"), o.number::<usize>("calibrate")?) {
                     (Some(file), None) => Thresholds::File(PathBuf::from(file)),
+                    (None, Some(tokens)) if tokens > MAX_CALIBRATION_TOKENS => {
+                        return Err(format!("`{spec}`: calibrate=T holds T tokens in memory: at most {MAX_CALIBRATION_TOKENS} (2^26)"))
+                    }
                     (None, Some(tokens)) if tokens > 0 => {
                         let factor = positive_finite(spec, "factor", o.number::<f32>("factor")?.unwrap_or(1.0))?;
                         Thresholds::Calibrate { tokens, factor }
