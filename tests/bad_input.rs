@@ -465,6 +465,9 @@ fn bad_arguments() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
     assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
+    assert_fails_with(&coil(&["inspect", "--threads", "100000"]), &["--threads", "4096"]);
+    // Calibration tokens are held in memory: a huge count aborted on allocation.
+    assert_fails_with(&coil(&["run", "--prompt", "hi", "--mitigate", "state-norm:calibrate=18446744073709551615"]), &["calibrate=T", "at most"]);
 }
 
 #[test]

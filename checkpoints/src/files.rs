@@ -83,6 +83,10 @@ impl Partial {
     /// Syncs the written file and renames it over the final name.
     pub fn finish(mut self) -> std::io::Result<()> {
         if let Some((temporary, _)) = &self.temporary {
+            // A replaced file keeps its permissions (the new one would get the umask's).
+            if let Ok(old) = std::fs::metadata(&self.path) {
+                let _ = std::fs::set_permissions(temporary, old.permissions());
+            }
             std::fs::File::open(temporary)?.sync_all()?;
             std::fs::rename(temporary, &self.path)?;
         }
@@ -254,8 +258,11 @@ mod tests {
         for file in [&dead, &running, &other] {
             std::fs::write(file, b"x").unwrap();
         }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         write_atomically(&path, |tmp| std::fs::write(tmp, b"new")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "a replaced file keeps its mode");
         if cfg!(target_os = "linux") {
             assert!(!dead.exists(), "a dead writer's temporary file is removed");
         }

@@ -293,7 +293,8 @@ fn a_damaged_results_file_is_refused_not_trimmed() {
         let file = dir.path().join("results.jsonl");
         std::fs::write(&file, &bytes).unwrap();
         let error = ResultsFile::open(dir.path(), Shard::whole(), true).err().expect("refused");
-        assert!(error.to_string().contains("not a passkey result") || error.to_string().contains("not the start of a passkey result"), "{error}");
+        let error = error.to_string();
+        assert!(["not a passkey result", "not the start of a passkey result", "longer than any record"].iter().any(|m| error.contains(m)), "{error}");
         assert_eq!(std::fs::read(&file).unwrap(), bytes, "left as it was");
         assert!(read_results(&[dir.path().to_owned()]).is_err());
     }

@@ -7,6 +7,9 @@ use coil::{Checkpoint, Model, Source, Tokenizer};
 
 use super::args::{ModelArgs, WeightsArg};
 
+/// More worker threads than any machine has cores (100,000 took minutes just to start).
+const MAX_THREADS: usize = 4096;
+
 pub struct Loaded {
     pub model: Arc<Model>,
     pub tokenizer: Option<Tokenizer>,
@@ -31,8 +34,8 @@ pub fn source_of(model: Option<&std::path::Path>) -> Source {
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
     if let Some(threads) = args.threads {
-        if threads == 0 {
-            bail!("--threads must be at least 1");
+        if threads == 0 || threads > MAX_THREADS {
+            bail!("--threads must be from 1 to {MAX_THREADS}, not {threads}");
         }
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
     }

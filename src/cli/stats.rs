@@ -52,7 +52,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let mut session = Session::with_plan(loaded.model.clone(), plan);
     session.state_mut().record_stats(true);
 
-    let file = std::fs::File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    // Written beside its name and renamed at the end: a killed run leaves the previous CSV whole.
+    let partial = coil_checkpoints::files::Partial::new(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    let file = std::fs::File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
     let mut csv = std::io::BufWriter::new(file);
     writeln!(csv, "{HEADER}")?;
     let config = loaded.model.config();
@@ -102,6 +104,8 @@ pub fn run(args: StatsArgs) -> Result<()> {
         progress.advance(piece.len() as u64, position);
     }
     progress.finish();
+    drop(csv);
+    partial.finish().with_context(|| format!("cannot write {}", args.out.display()))?;
 
     let ratio = |t: &Trace| match (t.reference, t.norms.last()) {
         (Some(r), Some(&(_, n))) => n / r.max(f32::MIN_POSITIVE),

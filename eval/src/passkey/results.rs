@@ -205,11 +205,11 @@ fn parse_lines(bytes: &[u8], path: &Path) -> Result<(Vec<CellRecord>, usize, boo
             // Every record starts with this; a torn one is a prefix of a record.
             _ if !finished && (line.starts_with(RECORD_START) || RECORD_START.starts_with(line)) && line.len() <= MAX_RECORD_BYTES => break,
             _ if !finished => {
+                let what = if line.starts_with(RECORD_START) { "is longer than any record" } else { "is not the start of a passkey result" };
                 return Err(fail(format!(
-                    "its last line ({} bytes, unfinished) is not the start of a passkey result; is this a results file of \
-                     `coil passkey`?",
+                    "its last line ({} bytes, unfinished) {what}; is this a results file of `coil passkey`?",
                     line.len()
-                )))
+                )));
             }
             _ => return Err(fail(format!("line {} is not a passkey result; is this a results file of `coil passkey`?", i + 1))),
         }
