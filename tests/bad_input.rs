@@ -466,6 +466,15 @@ fn bad_arguments() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
     assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
     assert_fails_with(&coil(&["inspect", "--threads", "100000"]), &["--threads", "4096"]);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let f = file.path().to_str().unwrap();
+    assert_fails_with(&coil(&["passkey", "--lengths", "64", "--depths", "2", "--out", f]), &["is a file, not a folder"]);
+    let folder = tempfile::tempdir().unwrap();
+    let thresholds = folder.path().join("t.json");
+    assert_fails_with(
+        &coil(&["calibrate", "--model", "embedded:passkey-n16", "--length", "64", "--factor", "1e-45", "--out", thresholds.to_str().unwrap()]),
+        &["--factor", "positive finite thresholds"],
+    );
     // Calibration tokens are held in memory: a huge count aborted on allocation.
     assert_fails_with(&coil(&["run", "--prompt", "hi", "--mitigate", "state-norm:calibrate=18446744073709551615"]), &["calibrate=T", "at most"]);
 }

@@ -22,6 +22,15 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let started = std::time::Instant::now();
     let thresholds = calibrate(&loaded.model, &plan, &tokens, args.factor)?;
+    // A factor so small (or large) that a threshold rounds to 0 or infinity: state-norm refuses
+    // such a file, so refuse to write it.
+    if let Some((l, h)) = thresholds.iter().enumerate().find_map(|(l, t)| t.iter().position(|&v| !(v > 0.0 && v.is_finite())).map(|h| (l, h))) {
+        anyhow::bail!(
+            "--factor {} makes layer {l} head {h}'s threshold {} (its state norm times the factor); state-norm needs positive finite thresholds",
+            args.factor,
+            thresholds[l][h]
+        );
+    }
     let provenance = serde_json::json!({
         "model": loaded.source.to_string(),
         "tokens": tokens.len(),

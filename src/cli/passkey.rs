@@ -51,6 +51,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         bail!("--depths must be from 1 to {}, not {}", coil::passkey::MAX_DEPTHS, args.depths);
     }
     let template = Template::named(&args.template)?;
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: is a file, not a folder", args.out.display());
+    }
     if args.out.is_dir() {
         // The report's files must not land on an input (a template or checkpoint kept there).
         let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), &[])).collect();
@@ -153,6 +156,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
     }
     let records = read_results(&args.dirs)?;
     let out = args.out.clone().unwrap_or_else(|| args.dirs[0].clone());
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: is a file, not a folder", out.display());
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let report = write_report(&records, args.threshold, &out)?;
     print_capacity(&report);
