@@ -394,6 +394,15 @@ fn outputs_never_land_on_inputs_through_any_door() {
     let config = model.join("config.json");
     assert_fails_with(&coil(&["run", "--model", m, "--token-ids", &ids, "--state-out", config.to_str().unwrap()]), &["config.json", "also an input"]);
     assert!(coil(&["inspect", "--model", m]).status.success(), "the checkpoint is intact");
+    // Anything else in the folder is not an input: a state kept there is continued in place.
+    let kept = model.join("chat.state");
+    for _ in 0..2 {
+        let run = coil(&["run", "--model", m, "--token-ids", &ids, "--max-new-tokens", "1", "--state-out", kept.to_str().unwrap()]);
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    }
+    let k = kept.to_str().unwrap();
+    let run = coil(&["run", "--model", m, "--token-ids", &ids, "--max-new-tokens", "1", "--state-in", k, "--state-out", k]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     // Two outputs meeting through a dangling link (the plot was written, then replaced).
     std::os::unix::fs::symlink("o2.svg", d("olink.svg")).unwrap();
     let text = d("in.txt");

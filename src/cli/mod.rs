@@ -22,13 +22,18 @@ pub use run::run;
 pub use score::score;
 
 
-/// The files a command reads besides its text: every file of the checkpoint folder and the
-/// thresholds files its mitigations name (outputs must not replace them either).
+/// The files a command reads besides its text: the checkpoint's own files (config, tokenizer,
+/// training.json, the weights and their shards and index: `model*` and `pytorch_model*`; not
+/// whatever else the folder holds, such as states saved there) and the thresholds files its
+/// mitigations name. Outputs must not replace them either.
 pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]) -> Vec<std::path::PathBuf> {
+    let checkpoint_file = |name: &str| {
+        ["config.json", "tokenizer.json", "training.json"].contains(&name) || name.starts_with("model") || name.starts_with("pytorch_model")
+    };
     let mut files: Vec<std::path::PathBuf> = model
         .filter(|m| m.is_dir())
         .and_then(|m| std::fs::read_dir(m).ok())
-        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .map(|entries| entries.flatten().filter(|e| e.file_name().to_str().is_some_and(checkpoint_file)).map(|e| e.path()).collect())
         .unwrap_or_default();
     for spec in mitigations {
         for part in spec.split([';', ',', ':']) {
