@@ -21,7 +21,6 @@ pub use inspect::inspect;
 pub use run::run;
 pub use score::score;
 
-
 /// The files a command reads besides its text: the checkpoint's own files (config, tokenizer,
 /// training.json, the weights and their shards and index: `model*` and `pytorch_model*`; not
 /// whatever else the folder holds, such as states saved there) and the thresholds files its
