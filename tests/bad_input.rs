@@ -475,6 +475,13 @@ fn bad_arguments() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--temperature=-1"]), &["--temperature"]);
     assert_fails_with(&coil(&["inspect", "--threads", "0"]), &["--threads"]);
     assert_fails_with(&coil(&["inspect", "--threads", "100000"]), &["--threads", "4096"]);
+    // A reference position the stream never reaches flagged nothing, silently.
+    let stats_out = tempfile::tempdir().unwrap();
+    let csv = stats_out.path().join("s.csv");
+    assert_fails_with(
+        &coil(&["stats", "--probe", "filler", "--length", "100", "--reference-length", "1000", "--out", csv.to_str().unwrap()]),
+        &["--reference-length 1000"],
+    );
     let file = tempfile::NamedTempFile::new().unwrap();
     let f = file.path().to_str().unwrap();
     assert_fails_with(&coil(&["passkey", "--lengths", "64", "--depths", "2", "--out", f]), &["is a file, not a folder"]);
@@ -493,6 +500,11 @@ fn bad_mitigations() {
     assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "warp:2"]), &["unknown mitigation `warp`"]);
     assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "a-scale:2,layers=9"]), &["layer 9 does not exist"]);
     assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "window:size=4", "--mitigate", "state-norm:calibrate=10"]), &["cannot be combined"]);
+    assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", "window:size=4;window:size=8"]), &["window can appear only once"]);
+    // The factor given twice: the positional one silently won.
+    for spec in ["dt-scale:0.5,factor=0.7", "a-scale:2,factor=3"] {
+        assert_fails_with(&coil(&["run", "--prompt", "x", "--mitigate", spec]), &["give the factor once"]);
+    }
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.json");
     std::fs::write(&file, r#"{"thresholds": [[1.0, 2.0]]}"#).unwrap();

@@ -44,6 +44,10 @@ pub fn run(args: StatsArgs) -> Result<()> {
             probe.tokens(tokenizer, args.length)?
         }
     };
+    // A head's norm is compared with its norm at this position, which the stream must reach.
+    if let Some(r) = args.reference_length.filter(|&r| r == 0 || r >= tokens.len()) {
+        bail!("--reference-length {r} must be from 1 to one less than the {} tokens streamed: no head could be compared", tokens.len());
+    }
     let reference_length = args
         .reference_length
         .unwrap_or_else(|| loaded.train_length().unwrap_or(8192).min(tokens.len() / 2))

@@ -207,8 +207,11 @@ impl Plan {
                     }
                 }
                 Mitigation::StateNorm { thresholds, every, .. } => {
-                    if plan.layers.iter().any(|l| l.state_norm.is_some() || l.window.is_some()) {
-                        return Err(invalid(m, "state-norm can appear once and cannot be combined with window".into()));
+                    if plan.layers.iter().any(|l| l.state_norm.is_some()) {
+                        return Err(invalid(m, "state-norm can appear only once".into()));
+                    }
+                    if plan.layers.iter().any(|l| l.window.is_some()) {
+                        return Err(invalid(m, "state-norm cannot be combined with window".into()));
                     }
                     let taus = match thresholds {
                         Thresholds::Values(values) => values.clone(),
@@ -236,8 +239,11 @@ impl Plan {
                     }
                 }
                 Mitigation::Window { size, granularity, .. } => {
-                    if plan.layers.iter().any(|l| l.state_norm.is_some() || l.window.is_some()) {
-                        return Err(invalid(m, "window can appear once and cannot be combined with state-norm".into()));
+                    if plan.layers.iter().any(|l| l.window.is_some()) {
+                        return Err(invalid(m, "window can appear only once".into()));
+                    }
+                    if plan.layers.iter().any(|l| l.state_norm.is_some()) {
+                        return Err(invalid(m, "window cannot be combined with state-norm".into()));
                     }
                     for (l, layer) in plan.layers.iter_mut().enumerate() {
                         if scope.layers.contains(l) {

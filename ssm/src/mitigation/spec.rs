@@ -215,7 +215,11 @@ impl FromStr for Mitigation {
         let scope = o.scope()?;
         let mitigation = match name {
             "dt-scale" | "a-scale" => {
-                let factor = o.number::<f32>("")?.or(o.number::<f32>("factor")?).ok_or_else(|| format!("`{spec}`: give the factor, e.g. `{name}:0.5`"))?;
+                let factor = match (o.number::<f32>("")?, o.number::<f32>("factor")?) {
+                    (Some(_), Some(_)) => return Err(format!("`{spec}`: give the factor once, as `{name}:F` or as `factor=F`")),
+                    (Some(f), None) | (None, Some(f)) => f,
+                    (None, None) => return Err(format!("`{spec}`: give the factor, e.g. `{name}:0.5`")),
+                };
                 let factor = positive_finite(spec, "the factor", factor)?;
                 if name == "dt-scale" { Mitigation::DtScale { factor, scope } } else { Mitigation::AScale { factor, scope } }
             }
