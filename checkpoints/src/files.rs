@@ -134,15 +134,50 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Resul
 /// would pass the 255 bytes a file name may have.
 fn partial_prefix(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.len() <= 200 {
-        return format!(".{name}.partial-");
+    format!(".{}.partial-", shorten_name(&name, 200))
+}
+
+/// `name` when it has at most `limit` bytes; else its first `limit - 40` bytes (cut at a
+/// character) and `~` and a [`Fnv1a`] hash of the whole name, so long names stay apart.
+pub fn shorten_name(name: &str, limit: usize) -> String {
+    if name.len() <= limit {
+        return name.to_owned();
     }
-    let mut cut = 160;
+    let mut cut = limit.saturating_sub(40);
     while !name.is_char_boundary(cut) {
         cut -= 1;
     }
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
-    format!(".{}~{hash:016x}.partial-", &name[..cut])
+    format!("{}~{:016x}", &name[..cut], Fnv1a::of(name.as_bytes()))
+}
+
+/// FNV-1a, 64-bit: a hash stable across builds and platforms (the standard library's hasher
+/// promises neither), for what is written down: template labels, model fingerprints, names.
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    /// The hash of `bytes`.
+    pub fn of(bytes: &[u8]) -> u64 {
+        Fnv1a::default().write(bytes).finish()
+    }
+
+    /// Hashes `bytes` on.
+    pub fn write(mut self, bytes: &[u8]) -> Fnv1a {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn finish(self) -> u64 {
+        self.0
+    }
 }
 
 /// Removes the `{prefix}{pid}` files beside `path` whose process is gone (Linux: no
@@ -196,8 +231,22 @@ mod tests {
     }
 
     #[test]
+    fn fnv1a_gives_the_published_values_and_long_names_stay_apart() {
+        // Labels and fingerprints already written down depend on these staying put.
+        assert_eq!(Fnv1a::of(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(Fnv1a::of(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(Fnv1a::of(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(Fnv1a::default().write(b"foo").write(b"bar").finish(), Fnv1a::of(b"foobar"));
+        assert_eq!(shorten_name("short", 100), "short");
+        let (a, b) = ("é".repeat(80) + "a", "é".repeat(80) + "b");
+        let (short_a, short_b) = (shorten_name(&a, 100), shorten_name(&b, 100));
+        assert!(short_a.len() <= 100 && short_a.starts_with("éé"), "{short_a}");
+        assert_ne!(short_a, short_b, "names that differ past the cut stay apart");
+    }
+
+    #[test]
     #[cfg(unix)]
-    fn links_are_written_through_devices_in_place_and_long_names_fit() {
+    fn links_are_written_through_pipes_in_place_and_long_names_fit() {
         let dir = tempfile::tempdir().unwrap();
         let dir = dir.path();
         // A link: the file it names gets the bytes, the link stays a link.
@@ -208,9 +257,18 @@ mod tests {
         write_atomically(&link, |tmp| std::fs::write(tmp, b"new")).unwrap();
         assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
-        // A device is written, not replaced by a regular file.
-        write_atomically(Path::new("/dev/null"), |tmp| std::fs::write(tmp, b"discarded")).unwrap();
-        assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
+        // A pipe is written, not replaced by a regular file (a pipe of its own, not /dev/null: a
+        // regression must not break the machine the tests run on).
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_atomically(&fifo, |tmp| std::fs::write(tmp, b"through")).unwrap();
+        assert_eq!(reader.join().unwrap(), b"through");
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
         // A name of 250 bytes: its temporary name must stay under 255.
         let long = dir.join("x".repeat(250));
         write_atomically(&long, |tmp| std::fs::write(tmp, b"long")).unwrap();

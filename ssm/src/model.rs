@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use coil_checkpoints::files::Fnv1a;
 use coil_checkpoints::{Checkpoint, Weights};
 use coil_kernels::{Backend, Cpu, Matrix, WeightDtype};
 
@@ -130,23 +131,11 @@ impl Model {
     }
 
     fn compute_fingerprint(&self) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut add = |bytes: &[u8]| {
-            for &b in bytes {
-                hash = (hash ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
         let s = self.state_shape();
-        for n in [s.layers, s.conv_dim, s.conv_kernel, s.heads, s.head_dim, s.d_state, self.config.d_model] {
-            add(&(n as u64).to_le_bytes());
-        }
+        let sizes = [s.layers, s.conv_dim, s.conv_kernel, s.heads, s.head_dim, s.d_state, self.config.d_model];
+        let hash = sizes.iter().fold(Fnv1a::default(), |hash, &n| hash.write(&(n as u64).to_le_bytes()));
         let values = self.blocks.iter().flat_map(|b| [b.a_log(), b.d(), b.dt_bias()]).chain([self.norm_f.as_slice()]);
-        for values in values {
-            for v in values {
-                add(&v.to_bits().to_le_bytes());
-            }
-        }
-        hash
+        values.flatten().fold(hash, |hash, v| hash.write(&v.to_bits().to_le_bytes())).finish()
     }
 
     /// Reads a state saved by [`State::save`], refusing one of another shape, or one saved by

@@ -279,17 +279,8 @@ fn unique_stems(names: &[String]) -> Vec<String> {
     names
         .iter()
         .map(|name| {
-            let mut base = file_safe(name);
-            // Two stems and a prefix make a plot's name: keep each well inside 255 bytes, a long
-            // one cut and told apart by a hash of the whole name.
-            if base.len() > 100 {
-                let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
-                let mut cut = 80;
-                while !base.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                base = format!("{}~{hash:016x}", &base[..cut]);
-            }
+            // Two stems and a prefix make a plot's name: keep each well inside 255 bytes.
+            let base = coil_checkpoints::files::shorten_name(&file_safe(name), 100);
             let stem = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|s| !taken.contains(s)).expect("unbounded");
             taken.insert(stem.clone());
             stem

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use coil_checkpoints::files::Fnv1a;
 use serde::Deserialize;
 
 use crate::passkey::EvalError;
@@ -105,12 +106,7 @@ impl Template {
     }
 }
 
-/// FNV-1a (64-bit) over `parts`, each followed by a zero byte: stable across builds and
-/// platforms (the standard library's hasher promises neither).
+/// [`Fnv1a`] over `parts`, each followed by a zero byte.
 fn content_hash(parts: &[&str]) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for byte in parts.iter().flat_map(|p| p.bytes().chain([0])) {
-        hash = (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+    parts.iter().fold(Fnv1a::default(), |hash, part| hash.write(part.as_bytes()).write(&[0])).finish()
 }
