@@ -394,6 +394,14 @@ fn outputs_never_land_on_inputs_through_any_door() {
     let config = model.join("config.json");
     assert_fails_with(&coil(&["run", "--model", m, "--token-ids", &ids, "--state-out", config.to_str().unwrap()]), &["config.json", "also an input"]);
     assert!(coil(&["inspect", "--model", m]).status.success(), "the checkpoint is intact");
+    // A thresholds file the run reads (calibrate wrote over it).
+    let thresholds = d("t.json");
+    std::fs::write(&thresholds, "{}").unwrap();
+    let spec = format!("state-norm:thresholds={}", thresholds.display());
+    assert_fails_with(
+        &coil(&["calibrate", "--model", "embedded:passkey-n16", "--length", "64", "--mitigate", &spec, "--out", thresholds.to_str().unwrap()]),
+        &["t.json", "also an input"],
+    );
     // Anything else in the folder is not an input: a state kept there is continued in place.
     let kept = model.join("chat.state");
     for _ in 0..2 {

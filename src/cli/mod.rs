@@ -34,11 +34,10 @@ pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]
         .and_then(|m| std::fs::read_dir(m).ok())
         .map(|entries| entries.flatten().filter(|e| e.file_name().to_str().is_some_and(checkpoint_file)).map(|e| e.path()).collect())
         .unwrap_or_default();
-    for spec in mitigations {
-        for part in spec.split([';', ',', ':']) {
-            if let Some(file) = part.trim().strip_prefix("thresholds=") {
-                files.push(file.into());
-            }
+    // A spec that does not parse is reported when the plan is resolved; it names no file here.
+    for mitigation in mitigations.iter().filter_map(|spec| coil::Mitigation::parse_list(spec).ok()).flatten() {
+        if let coil::Mitigation::StateNorm { thresholds: coil::Thresholds::File(path), .. } = mitigation {
+            files.push(path);
         }
     }
     files
