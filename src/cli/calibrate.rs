@@ -50,14 +50,11 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// The most tokens `calibrate` and `stats` take (their ids are held in memory: 268 MB; about a
-/// day of prefill on two CPU cores).
-const MAX_LENGTH: usize = 1 << 26;
-
-/// Refuses a token count past [`MAX_LENGTH`], naming where it came from.
+/// Refuses a token count past [`coil_ssm::MAX_CALIBRATION_TOKENS`], naming where it came from.
 pub fn check_length(source: &str, length: usize) -> Result<()> {
-    if length > MAX_LENGTH {
-        anyhow::bail!("{source} asks for {length} tokens, which are held in memory here: at most {MAX_LENGTH} (2^26)");
+    let most = coil_ssm::MAX_CALIBRATION_TOKENS;
+    if length > most {
+        anyhow::bail!("{source} asks for {length} tokens, which are held in memory here: at most {most} (2^26)");
     }
     Ok(())
 }

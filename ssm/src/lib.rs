@@ -14,7 +14,7 @@ mod state;
 pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
 pub use coil_kernels::{Backend, Cpu, Reference, WeightDtype};
 pub use error::Error;
-pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mitigation, Plan, Scope, Thresholds};
+pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mitigation, Plan, Scope, Thresholds, MAX_CALIBRATION_TOKENS};
 pub use model::{LogitRows, Model};
 pub use random::random_weights;
 pub use sampling::{Sampler, SamplingConfig};

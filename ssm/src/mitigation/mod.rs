@@ -7,4 +7,4 @@ mod spec;
 
 pub use plan::{calibrate, read_thresholds, write_thresholds, Plan};
 pub(crate) use plan::{LayerPlan, WindowPlan};
-pub use spec::{IndexSet, Mitigation, Scope, Thresholds};
+pub use spec::{IndexSet, Mitigation, Scope, Thresholds, MAX_CALIBRATION_TOKENS};

@@ -5,8 +5,9 @@ use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// The most tokens `state-norm:calibrate=T` takes (they are held in memory).
-const MAX_CALIBRATION_TOKENS: usize = 1 << 26;
+/// The most tokens a calibration takes (`state-norm:calibrate=T`, `coil calibrate`, `coil stats`):
+/// they are held in memory (268 MB of ids; about a day of prefill on two CPU cores).
+pub const MAX_CALIBRATION_TOKENS: usize = 1 << 26;
 
 /// A set of layer or head indices: `None` means all.
 #[derive(Clone, Debug, Default, PartialEq)]
