@@ -2,16 +2,18 @@
 //! for side-by-side comparisons with other engines:
 //!
 //! `throughput SHAPE PREFILL DECODE [THREADS] [MITIGATIONS] [--device D] [--batch B]
-//! [--weights f32|bf16] [--model DIR] [--chunk Q]`
+//! [--weights f32|bf16|f16] [--model DIR] [--chunk Q]`
 //!
 //! e.g. `cargo run --release -p coil-benches --bin throughput -- 130m 2048 64 2`. MITIGATIONS are
 //! `--mitigate` specs joined by `;` (`window:size=1024,granularity=256`), empty or `none` for the
-//! plain model; THREADS 0 keeps rayon's default. `--batch B` decodes B independent sequences
-//! together (`Model::step_batch`, B copies of the prefilled state) and reports their aggregate
-//! tokens/s. `--weights bf16` holds the weight matrices in bf16; `--chunk Q` overrides the
-//! checkpoint's SSD chunk length. Prints `prefill:` and `decode:`
-//! lines, and on Linux a `memory:` line (resident MB before the prefill, peak after it: flat in
-//! the prompt length, as the prefill streams in pieces).
+//! plain model; THREADS 0 keeps rayon's default. PREFILL and B may be lists (`8192,65536`,
+//! `--batch 1,32`), measured one after the other on the one model (a large one takes a minute to
+//! build): each prefill starts from an empty state, and each decode from the last prefill's state.
+//! `--batch B` decodes B independent sequences together (`Model::step_batch`, B copies of the
+//! prefilled state) and reports their aggregate tokens/s. `--weights bf16` holds the weight
+//! matrices in bf16; `--chunk Q` overrides the checkpoint's SSD chunk length. Prints `prefill:`
+//! and `decode:` lines, and on Linux a `memory:` line per prefill (resident MB before it, peak
+//! after it: flat in the prompt length, as the prefill streams in pieces).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +29,7 @@ fn fail(message: String) -> ! {
 
 fn main() {
     let mut positional = Vec::new();
-    let (mut device, mut batch, mut weights) = (Device::Cpu, 1usize, coil_kernels::WeightDtype::F32);
+    let (mut device, mut batches, mut weights) = (Device::Cpu, vec![1usize], coil_kernels::WeightDtype::F32);
     let mut model_dir: Option<String> = None;
     let mut chunk: Option<usize> = None;
     let mut args = std::env::args().skip(1);
@@ -44,12 +46,12 @@ fn main() {
             }
             "--model" => model_dir = args.next(),
             "--chunk" => chunk = Some(args.next().and_then(|q| q.parse().ok()).filter(|&q| q > 0).unwrap_or_else(|| fail("--chunk takes a positive number".into()))),
-            "--batch" => batch = args.next().and_then(|b| b.parse().ok()).filter(|&b| b > 0).unwrap_or_else(|| fail("--batch takes a positive number".into())),
+            "--batch" => batches = list(&args.next().unwrap_or_default(), "--batch"),
             _ => positional.push(arg),
         }
     }
     let shape = positional.first().map_or("130m", String::as_str);
-    let prefill: usize = positional.get(1).and_then(|a| a.parse().ok()).unwrap_or(2048);
+    let prefills = list(positional.get(1).map_or("2048", String::as_str), "PREFILL");
     let decode: usize = positional.get(2).and_then(|a| a.parse().ok()).unwrap_or(64);
     if let Some(threads) = positional.get(3).and_then(|a| a.parse().ok()).filter(|&t: &usize| t > 0) {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().expect("thread pool");
@@ -74,8 +76,9 @@ fn main() {
     let specs = positional.get(4).map(String::as_str).filter(|s| !s.is_empty()).unwrap_or("none");
     let mitigations = Mitigation::parse_list(specs).unwrap_or_else(|e| fail(e.to_string()));
     let vocab = model.config().vocab_size_unpadded as u32;
-    let tokens: Vec<u32> = (0..prefill as u32).map(|i| (i * 7919) % vocab).collect();
-    // state-norm:calibrate=T calibrates on these same tokens (T <= the prefill length).
+    let longest = *prefills.iter().max().expect("at least one length");
+    let tokens: Vec<u32> = (0..longest as u32).map(|i| (i * 7919) % vocab).collect();
+    // state-norm:calibrate=T calibrates on these same tokens (T <= the longest prefill).
     let plan = Arc::new(Plan::resolve(&model, &mitigations, Some(&tokens), std::path::Path::new(".")).expect("plan resolves"));
 
     // Warm up (page in the weights, upload them to a device, compile kernels, spin up the pool).
@@ -83,33 +86,6 @@ fn main() {
     warm.prefill(&tokens[..tokens.len().min(256)]).expect("warm-up");
     warm.step(1).expect("warm-up step");
 
-    let mut session = Session::with_plan(model.clone(), plan.clone());
-    // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS, so the peak below is
-    // the prefill's, not the model build's.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let resident_before = memory_mb("VmRSS:");
-    let started = Instant::now();
-    session.prefill(&tokens).expect("prefill");
-    let prefill_seconds = started.elapsed().as_secs_f64();
-    let peak_after_prefill = memory_mb("VmHWM:");
-
-    // The batch's states are copied (and their pages touched) before the clock starts.
-    let mut states: Vec<_> = (1..batch).map(|_| session.state().clone()).collect();
-    let started = Instant::now();
-    if batch == 1 {
-        for i in 0..decode {
-            session.step((i as u32 * 31) % vocab).expect("step");
-        }
-    } else {
-        states.push(session.into_state());
-        let mut logits = Vec::new();
-        for i in 0..decode {
-            let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % vocab).collect();
-            let mut refs: Vec<_> = states.iter_mut().collect();
-            model.step_batch_into(&plan, &mut refs, &next, &mut logits).expect("batch step");
-        }
-    }
-    let decode_seconds = started.elapsed().as_secs_f64();
     println!(
         "shape {shape} {:?} weights ({} MB) on {}, {} threads, mitigation {}",
         model.weight_dtype(),
@@ -121,11 +97,51 @@ fn main() {
         rayon::current_num_threads(),
         plan.describe()
     );
-    println!("prefill: {prefill} tokens {:.1} tok/s", prefill as f64 / prefill_seconds);
-    println!("decode: batch {batch} x {decode} tokens {:.2} tok/s aggregate", (batch * decode) as f64 / decode_seconds);
-    if let (Some(before), Some(peak)) = (resident_before, peak_after_prefill) {
-        println!("memory: {before:.0} MB resident before the prefill, peak {peak:.0} MB after it");
+    let mut prefilled = None;
+    for &prefill in &prefills {
+        let mut session = Session::with_plan(model.clone(), plan.clone());
+        // Writing 5 to clear_refs resets the peak (VmHWM) to the current RSS, so the peak below is
+        // the prefill's, not the model build's.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let resident_before = memory_mb("VmRSS:");
+        let started = Instant::now();
+        session.prefill(&tokens[..prefill]).expect("prefill");
+        let prefill_seconds = started.elapsed().as_secs_f64();
+        let peak_after_prefill = memory_mb("VmHWM:");
+        println!("prefill: {prefill} tokens {:.1} tok/s", prefill as f64 / prefill_seconds);
+        if let (Some(before), Some(peak)) = (resident_before, peak_after_prefill) {
+            println!("memory: {before:.0} MB resident before the prefill, peak {peak:.0} MB after it");
+        }
+        prefilled = Some(session.into_state());
     }
+    // Decode from the last prefill's state.
+    let prefilled = prefilled.expect("at least one length");
+    for &batch in &batches {
+        // The batch's states are copied (and their pages touched) before the clock starts.
+        let mut states: Vec<_> = (0..batch).map(|_| prefilled.clone()).collect();
+        let started = Instant::now();
+        if batch == 1 {
+            let mut session = Session::with_state_and_plan(model.clone(), states.pop().expect("one state"), plan.clone()).expect("state");
+            for i in 0..decode {
+                session.step((i as u32 * 31) % vocab).expect("step");
+            }
+        } else {
+            let mut logits = Vec::new();
+            for i in 0..decode {
+                let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % vocab).collect();
+                let mut refs: Vec<_> = states.iter_mut().collect();
+                model.step_batch_into(&plan, &mut refs, &next, &mut logits).expect("batch step");
+            }
+        }
+        let decode_seconds = started.elapsed().as_secs_f64();
+        println!("decode: batch {batch} x {decode} tokens {:.2} tok/s aggregate", (batch * decode) as f64 / decode_seconds);
+    }
+}
+
+/// A comma-separated list of positive numbers (`8192,65536`).
+fn list(text: &str, what: &str) -> Vec<usize> {
+    let numbers: Option<Vec<usize>> = text.split(',').map(|n| n.trim().parse().ok().filter(|&n| n > 0)).collect();
+    numbers.filter(|n| !n.is_empty()).unwrap_or_else(|| fail(format!("{what} takes positive numbers joined by commas, not {text:?}")))
 }
 
 /// A `/proc/self/status` line (`VmRSS:`, `VmHWM:`) in MB, where there is one (Linux).
