@@ -22,6 +22,10 @@ trap finish EXIT
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not found"
 nproc
+# A CUDA toolkit's stub libcuda (lib/stubs, which this workplace's H200 image puts on
+# LD_LIBRARY_PATH) shadows the driver's: cudarc asks for libcuda.so first.
+LD_LIBRARY_PATH=$(tr ':' '\n' <<< "${LD_LIBRARY_PATH:-}" | grep -v '/stubs/\?$' | paste -sd:)
+export LD_LIBRARY_PATH
 # NVRTC compiles the kernels at run time: make it findable if ldconfig does not know it.
 if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
     for lib in $(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' 2>/dev/null | head -20); do

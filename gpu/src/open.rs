@@ -121,11 +121,24 @@ mod cuda {
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err("libcuda is not installed (no NVIDIA driver)".into());
         }
-        let count = cudarc::driver::CudaContext::device_count().map_err(|e| format!("the CUDA driver failed: {e:?}"))?;
+        let count = cudarc::driver::CudaContext::device_count().map_err(driver_failure)?;
         if count > 0 && !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             return Err("libnvrtc (the CUDA runtime compiler, which builds the kernels) is not installed".into());
         }
         Ok(count.max(0) as usize)
+    }
+
+    /// Why the driver could not count devices, with the usual cause of a stub library: a CUDA
+    /// toolkit's `lib/stubs` folder on `LD_LIBRARY_PATH` (some images set it so) shadows the
+    /// driver's `libcuda.so.1`, as cudarc asks for `libcuda.so` first.
+    pub(super) fn driver_failure(error: cudarc::driver::DriverError) -> String {
+        if error.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_STUB_LIBRARY {
+            return "the libcuda loaded is the CUDA toolkit's stub, not the driver: take the toolkit's `stubs` \
+                    folder out of LD_LIBRARY_PATH"
+                .into();
+        }
+        // The code's name, not `DriverError`'s Debug, which asks the driver for a description.
+        format!("the CUDA driver failed: {:?}", error.0)
     }
 
     pub fn open(index: usize) -> Result<Arc<dyn Backend>, DeviceError> {
@@ -242,5 +255,18 @@ mod wgpu_backend {
         let client = guarded(&adapter.to_string(), || WgpuRuntime::client(device))?;
         // Unrolled scans are right for GPUs; lavapipe's compiler takes seconds over them.
         Ok(Arc::new(crate::Gpu::new(client, "wgpu", adapter.is_hardware())))
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use cudarc::driver::{sys::CUresult, DriverError};
+
+    #[test]
+    fn a_stub_libcuda_is_named_as_such() {
+        let stub = super::cuda::driver_failure(DriverError(CUresult::CUDA_ERROR_STUB_LIBRARY));
+        assert!(stub.contains("stub") && stub.contains("LD_LIBRARY_PATH"), "{stub}");
+        let other = super::cuda::driver_failure(DriverError(CUresult::CUDA_ERROR_NO_DEVICE));
+        assert!(other.contains("CUDA_ERROR_NO_DEVICE") && !other.contains("stub"), "{other}");
     }
 }
