@@ -326,3 +326,27 @@ fn a_stored_head_that_differs_from_a_tied_embedding_is_used_as_hf_does() {
     let text = String::from_utf8(coil(&["inspect", "--model", tied_config.to_str().unwrap()]).stdout).unwrap();
     assert!(text.contains("differs from the embedding"), "{text}");
 }
+
+/// Without a terminal (a log, a pipe), long commands still report progress: a plain line every
+/// `COIL_PROGRESS_SECONDS` (30 s by default), here every update.
+#[test]
+fn progress_reaches_a_log_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("prompt.txt");
+    // Several 8 KB text blocks, so the prefill reports more than once.
+    std::fs::write(&prompt, "the sky is blue and the grass is green. ".repeat(1000)).unwrap();
+    let progress_lines = |args: &[&str], prefix: &str| -> Vec<String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(args).env("COIL_PROGRESS_SECONDS", "0").output().unwrap();
+        assert!(output.status.success(), "coil {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stderr).lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect()
+    };
+
+    let lines = progress_lines(&["run", "--prompt-file", prompt.to_str().unwrap(), "--max-new-tokens", "1"], "prefill: ");
+    let with_share: Vec<_> = lines.iter().filter(|l| l.contains("% of the input") && l.contains("tok/s")).collect();
+    assert!(with_share.len() >= 3, "{lines:#?}");
+
+    let out = dir.path().join("sweep");
+    let args = ["passkey", "--model", "embedded:passkey-n16", "--lengths", "256", "--depths", "3", "--out", out.to_str().unwrap()];
+    let lines = progress_lines(&args, "passkey: ");
+    assert!(lines.iter().any(|l| l.contains("3/3 cells")), "{lines:#?}");
+}

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use coil::Source;
 use coil_eval::passkey::{parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
 use super::load::load;
+use super::progress::Progress;
 
 /// The name each swept model goes by in the results (and what a resumed sweep matches cells on):
 /// its folder's name, or as much more of its path as tells apart two folders of the same name
@@ -124,14 +124,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         if shard.count > 1 { format!(" in shard {}/{}", shard.index, shard.count) } else { String::new() },
         results.path().display()
     );
-    let bar = ProgressBar::new(cells as u64).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} cells {msg} ETA {eta}").expect("valid template").progress_chars("=> "),
-    );
-    let summary = run_sweep(&subjects, &config, &mut results, |p| {
-        bar.set_position(p.cells_done as u64);
-        bar.set_message(format!("{:.0} tok/s", p.tokens as f64 / p.seconds.max(1e-9)));
-    })?;
-    bar.finish_and_clear();
+    let mut progress = Progress::cells("passkey", cells as u64);
+    let summary = run_sweep(&subjects, &config, &mut results, |p| progress.set(p.tokens, p.cells_done as u64))?;
+    progress.finish();
     eprintln!(
         "{} cells run, {} already done; {} tokens in {:.1} s ({:.0} tok/s); forking at the needles saved {:.0}% of the work ({} tokens instead of {})",
         summary.cells_run,
