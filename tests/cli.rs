@@ -277,6 +277,48 @@ fn calibrate_stats_and_buckets_write_what_they_promise() {
     assert_eq!(lines[0], "first_position,last_position,tokens,mean_nll");
     assert!(lines[1].starts_with("0,63,63,"), "position 0 has no prediction: {}", lines[1]);
     assert!(lines[2].starts_with("64,127,64,"));
+    let tokens: u64 = lines.iter().skip(1).map(|l| l.split(',').nth(2).unwrap().parse::<u64>().unwrap()).sum::<u64>() + 1;
+    assert!(lines.last().unwrap().contains(&format!(",{},", tokens - 1)), "the last bucket ends at the last position: {}", lines.last().unwrap());
+}
+
+/// `score` streams: its input is read, scored and written piece by piece (memory flat in the
+/// input's length), and the losses do not depend on where the pieces fall, nor on whether the
+/// input is read whole first (as --logits-out does).
+#[test]
+fn streamed_scores_equal_whole_input_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    // About 30 KB: several 8 KB text blocks, whose cuts the pieces must not see.
+    std::fs::write(&text, "The grass is green, the sky is blue, and the state holds what it can. ".repeat(420)).unwrap();
+    let text = text.to_str().unwrap();
+    let json_nll = |extra: &[&str]| -> (Vec<f64>, serde_json::Value) {
+        let output = coil(&[&["score", "--text-file", text, "--json"], extra].concat());
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+        let nll = report["nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        (nll, report)
+    };
+    let (streamed, report) = json_nll(&["--piece-len", "7"]);
+    let tokens = report["tokens"].as_u64().unwrap() as usize;
+    assert!(tokens > 6000, "{tokens} tokens");
+    assert_eq!(streamed.len(), tokens - 1);
+    let mean = streamed.iter().sum::<f64>() / streamed.len() as f64;
+    assert!((report["mean_nll"].as_f64().unwrap() - mean).abs() < 1e-9);
+    let logits = dir.path().join("l.safetensors");
+    for extra in [&["--piece-len", "4096"][..], &["--piece-len", "300", "--logits-out", logits.to_str().unwrap()]] {
+        let (other, _) = json_nll(extra);
+        assert_eq!(other.len(), streamed.len(), "{extra:?}");
+        let diff = other.iter().zip(&streamed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-4, "{extra:?}: the losses differ by {diff:e}");
+    }
+
+    // The table: one line per predicted token, positions 1.. in order, the JSON's losses.
+    let table = String::from_utf8(coil(&["score", "--text-file", text, "--piece-len", "7"]).stdout).unwrap();
+    let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), tokens - 1);
+    for (i, (row, loss)) in rows.iter().zip(&streamed).enumerate() {
+        assert_eq!(row[0], (i + 1).to_string());
+        assert!((row[2].parse::<f64>().unwrap() - loss).abs() < 1e-5, "position {}: {row:?} vs {loss}", i + 1);
+    }
 }
 
 /// A copy of g1_tied (tied config) whose file also stores `lm_head.weight = head`, and whose

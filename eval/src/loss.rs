@@ -15,14 +15,17 @@ pub struct Buckets {
     width: u64,
     sums: Vec<f64>,
     counts: Vec<u64>,
+    /// The last position added (the last bucket may end there, short of its width).
+    last: u64,
 }
 
 impl Buckets {
     pub fn new(width: u64) -> Buckets {
-        Buckets { width: width.max(1), sums: Vec::new(), counts: Vec::new() }
+        Buckets { width: width.max(1), sums: Vec::new(), counts: Vec::new(), last: 0 }
     }
 
     pub fn add(&mut self, position: u64, loss: f64) {
+        self.last = self.last.max(position);
         let b = (position / self.width) as usize;
         if self.sums.len() <= b {
             self.sums.resize(b + 1, 0.0);
@@ -32,11 +35,12 @@ impl Buckets {
         self.counts[b] += 1;
     }
 
-    /// `(first position, last position, tokens, mean loss)` per non-empty bucket.
+    /// `(first position, last position, tokens, mean loss)` per non-empty bucket; the last
+    /// bucket ends at the last position added.
     pub fn rows(&self) -> impl Iterator<Item = (u64, u64, u64, f64)> + '_ {
         self.sums.iter().zip(&self.counts).enumerate().filter(|(_, (_, &n))| n > 0).map(move |(b, (&sum, &n))| {
             let first = b as u64 * self.width;
-            (first, first + self.width - 1, n, sum / n as f64)
+            (first, (first + self.width - 1).min(self.last), n, sum / n as f64)
         })
     }
 }
@@ -57,6 +61,6 @@ mod tests {
             b.add(p, p as f64);
         }
         let rows: Vec<_> = b.rows().collect();
-        assert_eq!(rows, vec![(0, 3, 3, 2.0), (4, 7, 4, 5.5), (8, 11, 2, 8.5)]);
+        assert_eq!(rows, vec![(0, 3, 3, 2.0), (4, 7, 4, 5.5), (8, 9, 2, 8.5)], "the last bucket ends at the last position");
     }
 }

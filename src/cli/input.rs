@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use coil::Tokenizer;
@@ -185,16 +185,6 @@ pub fn parse_ids(text: &str, start: u64, name: &str) -> Result<Vec<u32>> {
         }
         position += field.len() + 1;
     }
-    Ok(ids)
-}
-
-/// Reads a whole token-id file (for commands that need every id up front).
-pub fn read_ids(path: &Path) -> Result<Vec<u32>> {
-    let mut ids = Vec::new();
-    InputSource::TokenIds(path.to_owned()).stream_tokens(None, |block, _| {
-        ids.extend_from_slice(block);
-        Ok(())
-    })?;
     Ok(ids)
 }
 

@@ -99,10 +99,6 @@ impl Progress {
         line
     }
 
-    pub fn tokens(&self) -> u64 {
-        self.tokens
-    }
-
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

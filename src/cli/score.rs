@@ -7,7 +7,7 @@ use coil::Session;
 use coil_eval::loss::{negative_log_likelihood, Buckets};
 
 use super::args::ScoreArgs;
-use super::input::{read_ids, InputSource};
+use super::input::InputSource;
 use super::load::load;
 use super::logits_file::LogitsWriter;
 use super::progress::Progress;
@@ -24,79 +24,120 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         bail!("--bucket must be at least 1 position");
     }
     let loaded = load(&args.model)?;
-    let ids = match (&args.text_file, &args.token_ids) {
-        (_, Some(path)) => read_ids(path)?,
-        (Some(path), None) => {
-            let mut ids = Vec::new();
-            InputSource::TextFile(path.clone()).stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
-                ids.extend_from_slice(block);
-                Ok(())
-            })?;
-            ids
-        }
+    let input = match (&args.text_file, &args.token_ids) {
+        (_, Some(path)) => InputSource::TokenIds(path.clone()),
+        (Some(path), None) => InputSource::TextFile(path.clone()),
         (None, None) => bail!("give --text-file or --token-ids"),
     };
-    if ids.is_empty() {
-        bail!("the input is empty: nothing to score");
-    }
-    let vocab = loaded.model.vocab_size();
-    let mut writer = match &args.logits_out {
-        Some(path) => Some(LogitsWriter::create(path, ids.len() as u64, vocab, args.max_logits_bytes)?),
-        None => None,
-    };
-
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = Session::with_plan(loaded.model.clone(), plan);
     session.set_piece_len(args.model.piece_len);
-    let mut buckets = args.bucket.map(Buckets::new);
-    let mut progress = Progress::new("score", Some(ids.len() as u64));
-    // nll[t] is the loss of predicting ids[t + 1] from the logits at position t.
-    let mut nll = Vec::with_capacity(ids.len().saturating_sub(1));
-    let mut failure = None;
-    session.score(&ids, |position, row| {
-        let t = position as usize;
-        if let Some(&next) = ids.get(t + 1) {
-            let loss = negative_log_likelihood(row, next as usize);
-            nll.push(loss);
-            if let Some(b) = buckets.as_mut() {
-                b.add(position + 1, loss);
+    let vocab = loaded.model.vocab_size();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    // The per-token losses stream out as they are computed (the buckets replace them unless
+    // --json asks for them too), so memory stays flat however long the input.
+    let per_token = match (args.json, args.bucket) {
+        (true, _) => PerToken::Json,
+        (false, Some(_)) => PerToken::None,
+        (false, None) => PerToken::Table,
+    };
+    // Written before the first loss (nothing is written for an input that fails at once).
+    let header = match per_token {
+        PerToken::Json => format!("{{\"model\":{},\"mitigation\":{},\"nll\":[", json(&loaded.source.to_string()), json(&session.plan().describe())),
+        PerToken::Table => "# position\ttoken\tnll (nats; the token at `position` given all before it)\n".into(),
+        PerToken::None => String::new(),
+    };
+    let mut scorer = Scorer { session, header, buckets: args.bucket.map(Buckets::new), per_token, sum: 0.0, scored: 0, tokens: 0, logits: None };
+
+    let progress = match &args.logits_out {
+        // The logits file's header holds the row count: read the input first (as many tokens as
+        // --max-logits-bytes allows), then score it.
+        Some(path) => {
+            let max_rows = args.max_logits_bytes / (vocab as u64 * 4);
+            let mut ids = Vec::new();
+            input.stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
+                ids.extend_from_slice(block);
+                if ids.len() as u64 > max_rows {
+                    bail!(
+                        "--logits-out would write more than {max_rows} rows of {vocab} f32 logits, above the limit of {} MB; raise it with --max-logits-bytes",
+                        args.max_logits_bytes / 1_000_000
+                    );
+                }
+                Ok(())
+            })?;
+            if ids.is_empty() {
+                bail!("the input is empty: nothing to score");
             }
-        }
-        if let Some(w) = writer.as_mut() {
-            if let Err(e) = w.write_row(row) {
-                failure.get_or_insert(e);
+            scorer.logits = Some(LogitsWriter::create(path, ids.len() as u64, vocab, args.max_logits_bytes)?);
+            let mut progress = Progress::new("score", Some(ids.len() as u64));
+            for piece in ids.chunks(args.model.piece_len) {
+                scorer.score(piece, &mut out)?;
+                progress.advance(piece.len() as u64, scorer.tokens);
             }
+            if let Some(writer) = scorer.logits.take() {
+                writer.finish()?;
+                eprintln!("logits [{}, {vocab}] written to {}", ids.len(), path.display());
+            }
+            progress
         }
-        if t.is_multiple_of(256) || t + 1 == ids.len() {
-            progress.advance((t + 1) as u64 - progress.tokens(), (t + 1) as u64);
+        // Tokens are scored in whole pieces as they arrive (one buffer size, full-width GEMMs).
+        None => {
+            let piece_len = args.model.piece_len;
+            let mut pending: Vec<u32> = Vec::new();
+            let mut progress = Progress::new("score", input.len_hint());
+            input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
+                pending.extend_from_slice(ids);
+                let whole = pending.len() / piece_len * piece_len;
+                if whole > 0 {
+                    scorer.score(&pending[..whole], &mut out)?;
+                    pending.drain(..whole);
+                }
+                progress.advance(ids.len() as u64, bytes_done);
+                Ok(())
+            })?;
+            if !pending.is_empty() {
+                scorer.score(&pending, &mut out)?;
+            }
+            progress
         }
-    })?;
+    };
     progress.finish();
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    if let (Some(w), Some(path)) = (writer, &args.logits_out) {
-        w.finish()?;
-        eprintln!("logits [{}, {vocab}] written to {}", ids.len(), path.display());
+    if scorer.tokens == 0 {
+        bail!("the input is empty: nothing to score");
     }
 
-    let mean = if nll.is_empty() { f64::NAN } else { nll.iter().sum::<f64>() / nll.len() as f64 };
-    if nll.is_empty() {
+    let mean = if scorer.scored == 0 { f64::NAN } else { scorer.sum / scorer.scored as f64 };
+    if scorer.scored == 0 {
         eprintln!("one token: no next-token prediction to score (the NLL needs at least two tokens)");
     } else {
         eprintln!(
             "scored {} tokens in {:.2} s ({:.0} tok/s): mean NLL {mean:.4} nats, perplexity {:.3}",
-            ids.len(),
+            scorer.tokens,
             progress.elapsed().as_secs_f64(),
-            progress.rate(),
+            scorer.tokens as f64 / progress.elapsed().as_secs_f64().max(1e-9),
             mean.exp()
         );
     }
+    if let PerToken::Json = per_token {
+        let finite = |v: f64| if v.is_finite() { Some(v) } else { None };
+        write!(
+            out,
+            "],\"tokens\":{},\"scored\":{},\"mean_nll\":{},\"perplexity\":{}}}",
+            scorer.tokens,
+            scorer.scored,
+            json(&finite(mean)),
+            json(&finite(mean.exp()))
+        )?;
+        // One line: the object, then the bucket CSV if asked for on standard output.
+        writeln!(out)?;
+    }
+    let buckets = scorer.buckets;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if let (Some(buckets), Some(path)) = (&buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
-        let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source, session.plan().describe());
+        let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source, scorer.session.plan().describe());
         coil_eval::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
         eprintln!("loss curve written to {}", path.display());
     }
@@ -113,31 +154,85 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             }
             None => out.write_all(text.as_bytes())?,
         }
-        // The buckets replace the per-token table (which --json still gives).
-        if !args.json {
-            out.flush()?;
-            return Ok(());
-        }
-    }
-    if args.json {
-        let report = serde_json::json!({
-            "model": loaded.source.to_string(),
-            "mitigation": session.plan().describe(),
-            "tokens": ids.len(),
-            "scored": nll.len(),
-            "mean_nll": if mean.is_finite() { Some(mean) } else { None },
-            "perplexity": if mean.is_finite() { Some(mean.exp()) } else { None },
-            "nll": nll,
-        });
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "# position\ttoken\tnll (nats; the token at `position` given all before it)")?;
-        for (i, value) in nll.iter().enumerate() {
-            writeln!(out, "{}\t{}\t{value:.6}", i + 1, ids[i + 1])?;
-        }
     }
     out.flush()?;
     Ok(())
 }
 
+
+/// Where each position's loss goes as it is computed.
+#[derive(Clone, Copy)]
+enum PerToken {
+    /// `position<TAB>token<TAB>nll` lines.
+    Table,
+    /// Values of the JSON object's `nll` array.
+    Json,
+    /// Nowhere (the buckets sum them).
+    None,
+}
+
+/// Scores a stream piece by piece: the loss of each token given everything before it, where the
+/// first token of a piece is predicted by the previous piece's last logits.
+struct Scorer {
+    session: Session,
+    /// What precedes the first loss on standard output.
+    header: String,
+    buckets: Option<Buckets>,
+    per_token: PerToken,
+    sum: f64,
+    scored: u64,
+    /// Tokens consumed so far.
+    tokens: u64,
+    logits: Option<LogitsWriter>,
+}
+
+impl Scorer {
+    fn score(&mut self, piece: &[u32], out: &mut impl Write) -> Result<()> {
+        let mut losses = Vec::with_capacity(piece.len());
+        // The first token, predicted by the logits at the previous piece's last position.
+        if let (Some(previous), Some(&first)) = (self.session.logits(), piece.first()) {
+            losses.push(negative_log_likelihood(previous, first as usize));
+        }
+        let mut failure = None;
+        let logits = &mut self.logits;
+        self.session.score(piece, |position, row| {
+            let i = (position - self.tokens) as usize;
+            if let Some(&next) = piece.get(i + 1) {
+                losses.push(negative_log_likelihood(row, next as usize));
+            }
+            if let Some(w) = logits.as_mut() {
+                if let Err(e) = w.write_row(row) {
+                    failure.get_or_insert(e);
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if self.tokens == 0 {
+            out.write_all(self.header.as_bytes())?;
+        }
+        // `losses[j]` is the loss of the token at position `first + j`.
+        let first = if self.tokens == 0 { 1 } else { self.tokens };
+        for (j, &loss) in losses.iter().enumerate() {
+            let position = first + j as u64;
+            if let Some(b) = self.buckets.as_mut() {
+                b.add(position, loss);
+            }
+            match self.per_token {
+                PerToken::Table => writeln!(out, "{position}\t{}\t{loss:.6}", piece[(position - self.tokens) as usize])?,
+                PerToken::Json => write!(out, "{}{}", if self.scored + j as u64 == 0 { "" } else { "," }, json(&loss))?,
+                PerToken::None => {}
+            }
+        }
+        self.sum += losses.iter().sum::<f64>();
+        self.scored += losses.len() as u64;
+        self.tokens += piece.len() as u64;
+        Ok(())
+    }
+}
+
+/// One JSON value as text (NaN and infinities as `null`, as serde_json writes them).
+fn json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("plain values serialise")
+}
