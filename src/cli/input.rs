@@ -174,9 +174,10 @@ pub fn parse_ids(text: &str, start: u64, name: &str) -> Result<Vec<u32>> {
     let mut position = 0usize;
     for field in text.split(|c: char| c.is_whitespace() || c == ',') {
         if !field.is_empty() {
-            match field.parse::<u32>() {
-                Ok(id) => ids.push(id),
-                Err(_) => bail!(
+            // Digits only: `parse` would take a leading `+` too.
+            match field.parse::<u32>().ok().filter(|_| field.bytes().all(|b| b.is_ascii_digit())) {
+                Some(id) => ids.push(id),
+                None => bail!(
                     "{name}: `{}` at byte {} is not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
                     field.chars().take(40).collect::<String>(),
                     start + position as u64
@@ -204,6 +205,7 @@ mod tests {
         let err = parse_ids("1 2 x3", 100, "f").unwrap_err().to_string();
         assert!(err.contains("`x3` at byte 104"), "{err}");
         assert!(parse_ids("-1", 0, "f").is_err());
+        assert!(parse_ids("1 +5", 0, "f").unwrap_err().to_string().contains("`+5` at byte 2"));
         assert!(parse_ids("4294967296", 0, "f").is_err());
     }
 }
