@@ -286,6 +286,8 @@ impl FromStr for Mitigation {
                 }
                 Mitigation::Window { size, granularity, scope }
             }
+            // `parse_list` drops a plain `none`; one with options is a mistake worth naming.
+            "none" => return Err(format!("`{spec}`: `none` (no mitigation) takes no options")),
             other => {
                 return Err(format!(
                     "unknown mitigation `{other}` (expected none, rri, state-norm, window, dt-scale, a-scale, dt-clamp or decay-clip)"
@@ -362,6 +364,7 @@ mod tests {
     fn bad_specs_say_what_is_wrong() {
         for (spec, needle) in [
             ("warp:9", "unknown mitigation `warp`"),
+            ("none:foo=1", "`none` (no mitigation) takes no options"),
             ("dt-scale", "give the factor"),
             ("dt-scale:-1", "positive"),
             ("rri:lambda=0", "positive"),
