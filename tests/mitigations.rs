@@ -109,6 +109,9 @@ fn check(case: &Case) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mid.state");
     first.state().save(&path).unwrap();
+    let again = dir.path().join("again.state");
+    first.state().save(&again).unwrap();
+    assert!(std::fs::read(&path).unwrap() == std::fs::read(&again).unwrap(), "{what}: one state, two different files");
     let reloaded = State::load(&path, m.state_shape()).unwrap();
     assert!(&reloaded == first.state(), "{what}: state save/load round trip changed the state");
     let mut second = Session::with_state_and_plan(m.clone(), reloaded, p.clone()).unwrap();

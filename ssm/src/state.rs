@@ -462,6 +462,7 @@ impl State {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| file_error(e.to_string()))?;
         let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(e.to_string()))?;
+        let bytes = sorted_header(&bytes).map_err(file_error)?;
         coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &bytes)).map_err(|e| file_error(e.to_string()))
     }
 
@@ -592,3 +593,21 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+
+/// A safetensors file with its header's keys sorted. safetensors writes the metadata from a
+/// `HashMap`, in another order each run; sorted, one state always gives the same bytes.
+fn sorted_header(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    let header = header_len.and_then(|n| bytes.get(8..8usize.checked_add(n)?)).ok_or("safetensors wrote a short header")?;
+    // serde_json's maps are ordered by key (the workspace does not turn on `preserve_order`).
+    let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("safetensors wrote a bad header: {e}"))?;
+    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    // The data starts 8-byte aligned, the header padded with spaces (as safetensors does).
+    sorted.resize(sorted.len().next_multiple_of(8), b' ');
+    let data = &bytes[8 + header.len()..];
+    let mut out = Vec::with_capacity(8 + sorted.len() + data.len());
+    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sorted);
+    out.extend_from_slice(data);
+    Ok(out)
+}
