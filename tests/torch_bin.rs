@@ -133,6 +133,16 @@ fn convert_writes_an_hf_folder_with_the_same_logits() {
     // The weights are as readable as the config (safetensors' temporary file was private).
     let mode = |name: &str| std::fs::metadata(out.join(name)).unwrap().permissions();
     assert_eq!(mode("model.safetensors"), mode("config.json"));
+    // Nothing else is left in the folder (no temporary files), and a second conversion writes
+    // the same bytes.
+    let mut names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    let again = dir.path().join("again");
+    coil(&["convert", "--model", source.to_str().unwrap(), "--out", again.to_str().unwrap()]);
+    for name in names {
+        assert!(std::fs::read(out.join(&name)).unwrap() == std::fs::read(again.join(&name)).unwrap(), "{name} differs between two conversions");
+    }
 }
 
 #[test]

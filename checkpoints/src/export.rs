@@ -3,7 +3,7 @@
 //! a mamba_ssm `pytorch_model.bin` into safetensors without Python.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, View};
@@ -64,22 +64,13 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     dtypes.sort_by_key(|d| d.size());
     dtypes.dedup();
 
-    let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
     let count = tensors.len();
-    write_atomically(&model, |tmp| {
-        safetensors::serialize_to_file(tensors.into_iter().map(|t| (t.name.clone(), t)), Some(metadata), tmp)
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    })?;
+    write_atomically(&model, |tmp| write_safetensors(&tensors, tmp))?;
 
     let eos = tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>"));
     let config_json = hf_config(&config, weights.lm_head.is_none(), weights.stored_dtype, eos);
     let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
     write_atomically(&config_out, |tmp| std::fs::write(tmp, &text))?;
-    // safetensors writes through a private (0600) temporary file; give the weights the mode
-    // every other file here gets (a new file's default under the umask), so whoever may read
-    // the config may read the weights.
-    let mode = std::fs::metadata(&config_out).map_err(io(&config_out))?.permissions();
-    std::fs::set_permissions(&model, mode).map_err(io(&model))?;
 
     let tokenizer = match tokenizer {
         Some(_) => {
@@ -130,6 +121,31 @@ impl View for OutTensor<'_> {
     fn data_len(&self) -> usize {
         self.values.len() * self.dtype.size().min(4)
     }
+}
+
+/// `tensors` as a safetensors file at `path`: the header's length (u64, little-endian), the JSON
+/// header (`__metadata__` and each tensor's dtype, shape and byte range; keys sorted, padded with
+/// spaces so the data starts 8-byte aligned), then each tensor's bytes in header order. Written
+/// here rather than by `safetensors::serialize_to_file`, which goes through a temporary file of
+/// its own that a killed run leaves behind; one tensor is encoded at a time.
+fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!({ "format": "pt" }));
+    let mut offset = 0;
+    for t in tensors {
+        let end = offset + t.data_len();
+        header.insert(t.name.clone(), json!({ "dtype": t.dtype(), "shape": t.shape(), "data_offsets": [offset, end] }));
+        offset = end;
+    }
+    let mut header = serde_json::to_vec(&header)?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    file.write_all(&(header.len() as u64).to_le_bytes())?;
+    file.write_all(&header)?;
+    for t in tensors {
+        file.write_all(&t.data())?;
+    }
+    file.flush() // write_atomically syncs the file before it takes the name
 }
 
 /// Every weight under its HF name and shape, in the dtype the source stored it in.
