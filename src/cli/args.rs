@@ -75,8 +75,9 @@ pub struct PasskeyArgs {
     pub threads: Option<usize>,
     #[arg(long, value_name = "Q")]
     pub chunk_size: Option<usize>,
-    /// auto, cpu, cuda[:N] or wgpu[:N].
-    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    /// cpu, cuda[:N], wgpu[:N] or auto (a GPU if present, else the CPU). The CPU is the default:
+    /// the GPU backend is slower than it for now (README, Devices).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: coil::Device,
     /// auto (the checkpoint's dtype for bf16 and f16 checkpoints, else f32), f32, bf16 or f16.
     #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
@@ -121,9 +122,10 @@ pub struct ModelArgs {
     /// Tokens per prefill pass; memory grows with it, not with the input.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub piece_len: usize,
-    /// Where to compute: auto (CUDA, else a hardware GPU through wgpu, else the CPU), cpu,
-    /// cuda[:N] or wgpu[:N] (`coil devices` lists them).
-    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    /// Where to compute: cpu, cuda[:N], wgpu[:N] (`coil devices` lists them) or auto (CUDA, else a
+    /// hardware GPU through wgpu, else the CPU). The CPU is the default: the GPU backend is slower
+    /// than it for now (README, Devices).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: coil::Device,
     /// How weight matrices are held: auto (bf16 or f16 for a checkpoint stored so, else f32), f32,
     /// bf16 or f16 (half the memory and decode bandwidth; f32 weights are rounded; f16 keeps more
