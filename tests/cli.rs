@@ -311,6 +311,12 @@ fn streamed_scores_equal_whole_input_scores() {
         assert!(diff < 1e-4, "{extra:?}: the losses differ by {diff:e}");
     }
 
+    // --json with --bucket: the object's line, then the bucket CSV.
+    let both = String::from_utf8(coil(&["score", "--text-file", text, "--json", "--bucket", "1000"]).stdout).unwrap();
+    let (object, csv) = both.split_once('\n').unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(object).unwrap()["scored"].as_u64(), Some(tokens as u64 - 1));
+    assert!(csv.starts_with("first_position,last_position,tokens,mean_nll\n0,999,999,"), "{csv}");
+
     // The table: one line per predicted token, positions 1.. in order, the JSON's losses.
     let table = String::from_utf8(coil(&["score", "--text-file", text, "--piece-len", "7"]).stdout).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();

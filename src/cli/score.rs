@@ -132,16 +132,13 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         // One line: the object, then the bucket CSV if asked for on standard output.
         writeln!(out)?;
     }
-    let buckets = scorer.buckets;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    if let (Some(buckets), Some(path)) = (&buckets, &args.plot) {
+    if let (Some(buckets), Some(path)) = (&scorer.buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
         let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source, scorer.session.plan().describe());
         coil_eval::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
         eprintln!("loss curve written to {}", path.display());
     }
-    if let Some(buckets) = &buckets {
+    if let Some(buckets) = &scorer.buckets {
         let mut text = String::from("first_position,last_position,tokens,mean_nll\n");
         for (first, last, n, mean) in buckets.rows() {
             text += &format!("{first},{last},{n},{mean:.6}\n");
@@ -158,7 +155,6 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     out.flush()?;
     Ok(())
 }
-
 
 /// Where each position's loss goes as it is computed.
 #[derive(Clone, Copy)]
