@@ -186,6 +186,50 @@ fn token_ids_out_of_range_malformed_or_empty() {
     assert_fails_with(&coil(&["run", "--prompt", ""]), &["empty"]);
 }
 
+/// `score` streams piece by piece: a bad id that opens a piece is an error naming it (it was
+/// scored against the previous piece's logits first, and panicked), and the rows of the pieces
+/// before it are written before the error.
+#[test]
+fn score_reports_a_bad_id_wherever_the_pieces_fall() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("g1_tied");
+    let model = model.to_str().unwrap();
+    let ones = |n: usize| vec!["1"; n].join(" ");
+    let at_a_piece_start = ids_file(dir.path(), &format!("{} 96", ones(1024)));
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &at_a_piece_start]), &["token id 96 at position 1024"]);
+    let second = ids_file(dir.path(), "1 4294967295");
+    for extra in [&["--piece-len", "1"][..], &["--piece-len", "1", "--json"], &["--piece-len", "1", "--bucket", "2"]] {
+        let output = coil(&[&["score", "--model", model, "--token-ids", &second], extra].concat());
+        assert_fails_with(&output, &["token id 4294967295 at position 1"]);
+    }
+    let later = ids_file(dir.path(), &format!("{} 96 {}", ones(300), ones(10)));
+    let output = coil(&["score", "--model", model, "--token-ids", &later, "--piece-len", "7"]);
+    assert_fails_with(&output, &["token id 96 at position 300"]);
+    // Pieces of 7: the one holding position 300 starts at 294, so rows 1..=293 were written.
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.lines().last().unwrap().starts_with("293\t1\t"), "{table}");
+
+    // A run of digits longer than a read block is no id (it was cut into two ids: `0…0` and `5`).
+    let zeros = ids_file(dir.path(), &format!("{}5 3", "0".repeat(8192)));
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &zeros]), &["without a separator"]);
+    // Control characters in a bad field are escaped; invalid UTF-8 in an ids file says what ids are.
+    let control = ids_file(dir.path(), "1 2 \u{1b}[31mred");
+    let output = coil(&["score", "--model", model, "--token-ids", &control]);
+    assert_fails_with(&output, &["\\u{1b}[31mred"]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains('\u{1b}'));
+    let bytes = dir.path().join("bytes.txt");
+    std::fs::write(&bytes, b"1 2 \xff 3").unwrap();
+    assert_fails_with(&coil(&["score", "--model", model, "--token-ids", bytes.to_str().unwrap()]), &["invalid UTF-8 at byte 4", "ASCII digits"]);
+
+    // A bad COIL_PROGRESS_SECONDS is a warning, not a panic.
+    let fine = ids_file(dir.path(), "1 2 3");
+    for bad in ["nan", "-1", "inf", "1e400", "soon"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(["score", "--model", model, "--token-ids", &fine]).env("COIL_PROGRESS_SECONDS", bad).output().unwrap();
+        assert!(output.status.success(), "{bad}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("COIL_PROGRESS_SECONDS"), "{bad}");
+    }
+}
+
 #[test]
 fn text_for_a_model_without_tokenizer_and_invalid_utf8() {
     let dir = tempfile::tempdir().unwrap();

@@ -311,11 +311,12 @@ fn streamed_scores_equal_whole_input_scores() {
         assert!(diff < 1e-4, "{extra:?}: the losses differ by {diff:e}");
     }
 
-    // --json with --bucket: the object's line, then the bucket CSV.
-    let both = String::from_utf8(coil(&["score", "--text-file", text, "--json", "--bucket", "1000"]).stdout).unwrap();
-    let (object, csv) = both.split_once('\n').unwrap();
-    assert_eq!(serde_json::from_str::<serde_json::Value>(object).unwrap()["scored"].as_u64(), Some(tokens as u64 - 1));
-    assert!(csv.starts_with("first_position,last_position,tokens,mean_nll\n0,999,999,"), "{csv}");
+    // --json with --bucket: one JSON object, the buckets in it.
+    let both: serde_json::Value = serde_json::from_slice(&coil(&["score", "--text-file", text, "--json", "--bucket", "1000"]).stdout).unwrap();
+    assert_eq!(both["scored"].as_u64(), Some(tokens as u64 - 1));
+    let buckets = both["buckets"].as_array().unwrap();
+    assert_eq!((buckets[0]["first_position"].as_u64(), buckets[0]["last_position"].as_u64(), buckets[0]["tokens"].as_u64()), (Some(0), Some(999), Some(999)));
+    assert_eq!(buckets.iter().map(|b| b["tokens"].as_u64().unwrap()).sum::<u64>(), tokens as u64 - 1);
 
     // The table: one line per predicted token, positions 1.. in order, the JSON's losses.
     let table = String::from_utf8(coil(&["score", "--text-file", text, "--piece-len", "7"]).stdout).unwrap();

@@ -57,9 +57,9 @@ impl InputSource {
         mut sink: impl FnMut(&[u32], u64) -> Result<()>,
     ) -> Result<u64> {
         let name = self.name();
-        let mut blocks = Blocks::new(self.open()?, &name);
-        let mut total = 0u64;
         let is_ids = matches!(self, InputSource::TokenIds(_));
+        let mut blocks = Blocks::new(self.open()?, &name, is_ids);
+        let mut total = 0u64;
         let tokenizer = match (is_ids, tokenizer) {
             (true, _) => None,
             (false, Some(t)) => Some(t),
@@ -88,11 +88,13 @@ struct Blocks<'a> {
     /// Bytes handed out so far.
     offset: u64,
     eof: bool,
+    /// A token-id file rather than text (for the messages).
+    ids: bool,
 }
 
 impl<'a> Blocks<'a> {
-    fn new(reader: Box<dyn Read>, name: &'a str) -> Self {
-        Blocks { reader, name, buffer: Vec::new(), offset: 0, eof: false }
+    fn new(reader: Box<dyn Read>, name: &'a str, ids: bool) -> Self {
+        Blocks { reader, name, buffer: Vec::new(), offset: 0, eof: false, ids }
     }
 
     fn fill(&mut self) -> Result<()> {
@@ -117,9 +119,14 @@ impl<'a> Blocks<'a> {
                 Ok(std::str::from_utf8(&self.buffer[..e.valid_up_to()]).expect("prefix is valid"))
             }
             Err(e) => bail!(
-                "{}: invalid UTF-8 at byte {} (text input must be UTF-8; pass token ids with --token-ids instead)",
+                "{}: invalid UTF-8 at byte {} ({})",
                 self.name,
-                self.offset + e.valid_up_to() as u64
+                self.offset + e.valid_up_to() as u64,
+                if self.ids {
+                    "token ids are ASCII digits separated by whitespace or commas"
+                } else {
+                    "text input must be UTF-8; pass token ids with --token-ids instead"
+                }
             ),
         }
     }
@@ -150,7 +157,17 @@ impl<'a> Blocks<'a> {
         let split = if self.eof {
             text.len()
         } else {
-            text.rfind(|c: char| c.is_whitespace() || c == ',').map_or(text.len(), |i| i + 1)
+            match text.rfind(|c: char| c.is_whitespace() || c == ',') {
+                Some(i) => i + 1,
+                // A block's worth without a separator is no token id (cutting it would make two
+                // ids of one run of digits, `000…05` becoming `0 5`).
+                None => bail!(
+                    "{}: at byte {}, {} bytes without a separator are not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    self.name,
+                    self.offset,
+                    text.len()
+                ),
+            }
         };
         Ok(Some(self.take(split)))
     }
@@ -178,8 +195,10 @@ pub fn parse_ids(text: &str, start: u64, name: &str) -> Result<Vec<u32>> {
             match field.parse::<u32>().ok().filter(|_| field.bytes().all(|b| b.is_ascii_digit())) {
                 Some(id) => ids.push(id),
                 None => bail!(
-                    "{name}: `{}` at byte {} is not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
-                    field.chars().take(40).collect::<String>(),
+                    "{name}: `{}{}` at byte {} is not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    // Control characters escaped: the message goes to a terminal.
+                    field.chars().take(40).collect::<String>().escape_debug(),
+                    if field.chars().nth(40).is_some() { "…" } else { "" },
                     start + position as u64
                 ),
             }

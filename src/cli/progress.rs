@@ -12,7 +12,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub const LOG_EVERY: Duration = Duration::from_secs(30);
 
 fn log_every() -> Duration {
-    std::env::var("COIL_PROGRESS_SECONDS").ok().and_then(|s| s.parse().ok()).map_or(LOG_EVERY, Duration::from_secs_f64)
+    let Ok(text) = std::env::var("COIL_PROGRESS_SECONDS") else { return LOG_EVERY };
+    match text.trim().parse().ok().and_then(|s: f64| Duration::try_from_secs_f64(s).ok()) {
+        Some(every) => every,
+        None => {
+            eprintln!("warning: COIL_PROGRESS_SECONDS={text:?} is not a number of seconds (0 or more): progress every {} s", LOG_EVERY.as_secs());
+            LOG_EVERY
+        }
+    }
 }
 
 pub struct Progress {

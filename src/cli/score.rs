@@ -89,10 +89,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
                 pending.extend_from_slice(ids);
                 let whole = pending.len() / piece_len * piece_len;
-                if whole > 0 {
-                    scorer.score(&pending[..whole], &mut out)?;
-                    pending.drain(..whole);
+                // A piece at a time, so the rows before a bad token are written before it fails.
+                for piece in pending[..whole].chunks(piece_len) {
+                    scorer.score(piece, &mut out)?;
                 }
+                pending.drain(..whole);
                 progress.advance(ids.len() as u64, bytes_done);
                 Ok(())
             })?;
@@ -123,14 +124,21 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         let finite = |v: f64| if v.is_finite() { Some(v) } else { None };
         write!(
             out,
-            "],\"tokens\":{},\"scored\":{},\"mean_nll\":{},\"perplexity\":{}}}",
+            "],\"tokens\":{},\"scored\":{},\"mean_nll\":{},\"perplexity\":{}",
             scorer.tokens,
             scorer.scored,
             json(&finite(mean)),
             json(&finite(mean.exp()))
         )?;
-        // One line: the object, then the bucket CSV if asked for on standard output.
-        writeln!(out)?;
+        // Standard output holds one JSON object: the buckets, unless --csv takes them, go in it.
+        if let (Some(buckets), None) = (&scorer.buckets, &args.csv) {
+            let rows: Vec<_> = buckets
+                .rows()
+                .map(|(first, last, tokens, mean)| serde_json::json!({ "first_position": first, "last_position": last, "tokens": tokens, "mean_nll": finite(mean) }))
+                .collect();
+            write!(out, ",\"buckets\":{}", json(&rows))?;
+        }
+        writeln!(out, "}}")?;
     }
     if let (Some(buckets), Some(path)) = (&scorer.buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
@@ -149,6 +157,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("per-bucket loss written to {}", path.display());
             }
+            None if args.json => {} // in the JSON object above
             None => out.write_all(text.as_bytes())?,
         }
     }
@@ -185,9 +194,12 @@ struct Scorer {
 impl Scorer {
     fn score(&mut self, piece: &[u32], out: &mut impl Write) -> Result<()> {
         let mut losses = Vec::with_capacity(piece.len());
-        // The first token, predicted by the logits at the previous piece's last position.
+        // The first token, predicted by the logits at the previous piece's last position (an id
+        // out of range is the session's to report, with its position, below).
         if let (Some(previous), Some(&first)) = (self.session.logits(), piece.first()) {
-            losses.push(negative_log_likelihood(previous, first as usize));
+            if (first as usize) < previous.len() {
+                losses.push(negative_log_likelihood(previous, first as usize));
+            }
         }
         let mut failure = None;
         let logits = &mut self.logits;
