@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
 
+use crate::files::Partial;
 use crate::{Config, DType, LoadError, TensorStore, Tokenizer, Weights};
 
 /// What [`convert_to_hf`] wrote.
@@ -65,18 +66,23 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     dtypes.dedup();
 
     let count = tensors.len();
-    write_atomically(&model, |tmp| write_safetensors(&tensors, tmp))?;
-
     let eos = tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>"));
     let config_json = hf_config(&config, weights.lm_head.is_none(), weights.stored_dtype, eos);
     let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
-    write_atomically(&config_out, |tmp| std::fs::write(tmp, &text))?;
+
+    // Every file is written beside its final name first and only then renamed into place, one
+    // rename after the other: a killed run leaves the old folder or the new one (short of a kill
+    // between two renames), never new weights under an old config.
+    let mut written = vec![write_beside(&model, |tmp| write_safetensors(&tensors, tmp))?, write_beside(&config_out, |tmp| std::fs::write(tmp, &text))?];
+    if tokenizer.is_some() {
+        written.push(write_beside(&tokenizer_out, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?);
+    }
+    for (path, partial) in written {
+        partial.finish().map_err(|source| LoadError::Io { path, source })?;
+    }
 
     let tokenizer = match tokenizer {
-        Some(_) => {
-            write_atomically(&tokenizer_out, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?;
-            Some(tokenizer_out)
-        }
+        Some(_) => Some(tokenizer_out),
         None => {
             // One left by an earlier conversion into this folder belongs to another model.
             if std::fs::symlink_metadata(&tokenizer_out).is_ok() {
@@ -145,7 +151,7 @@ fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> 
     for t in tensors {
         file.write_all(&t.data())?;
     }
-    file.flush() // write_atomically syncs the file before it takes the name
+    file.flush() // write_beside syncs the file before it takes the name
 }
 
 /// Every weight under its HF name and shape, in the dtype the source stored it in.
@@ -260,7 +266,13 @@ fn check_targets(source: &Path, outputs: &[&Path]) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// [`crate::files::write_atomically`], its error naming `path`.
-fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(), LoadError> {
-    crate::files::write_atomically(path, write).map_err(|source| LoadError::Io { path: path.to_owned(), source })
+/// `write` into a temporary file beside `path`, synced, for [`Partial::finish`] to rename into
+/// place; errors name `path`.
+fn write_beside(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<(PathBuf, Partial), LoadError> {
+    let written = Partial::new(path).and_then(|partial| {
+        write(partial.temporary())?;
+        std::fs::File::open(partial.temporary())?.sync_all()?;
+        Ok(partial)
+    });
+    written.map(|partial| (path.to_owned(), partial)).map_err(|source| LoadError::Io { path: path.to_owned(), source })
 }
