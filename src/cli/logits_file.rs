@@ -25,9 +25,8 @@ impl LogitsWriter {
         match bytes {
             Some(b) if b <= max_bytes => {}
             _ => bail!(
-                "--logits-out would write {rows} x {width} f32 logits ({} MB), above the limit of {} MB; raise it with --max-logits-bytes",
-                bytes.map_or(u64::MAX, |b| b / 1_000_000),
-                max_bytes / 1_000_000
+                "--logits-out would write {rows} x {width} f32 logits ({} bytes), above the limit of {max_bytes}; raise it with --max-logits-bytes",
+                bytes.map_or("over 2^64".into(), |b| b.to_string()),
             ),
         }
         let total = rows * width as u64 * 4;

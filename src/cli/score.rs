@@ -60,8 +60,8 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 ids.extend_from_slice(block);
                 if ids.len() as u64 > max_rows {
                     bail!(
-                        "--logits-out would write more than {max_rows} rows of {vocab} f32 logits, above the limit of {} MB; raise it with --max-logits-bytes",
-                        args.max_logits_bytes / 1_000_000
+                        "--logits-out would write more than {max_rows} rows of {vocab} f32 logits, above the limit of {} bytes; raise it with --max-logits-bytes",
+                        args.max_logits_bytes
                     );
                 }
                 Ok(())
