@@ -70,12 +70,17 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     let config_json = hf_config(&config, weights.lm_head.is_none(), weights.stored_dtype, eos);
     let text = serde_json::to_string_pretty(&config_json).expect("a JSON value serialises") + "\n";
 
-    // Every file is written beside its final name first and only then renamed into place, one
-    // rename after the other: a killed run leaves the old folder or the new one (short of a kill
-    // between two renames), never new weights under an old config.
+    // Every file is written beside its final name first and only then renamed into place. The
+    // old config goes first: a run killed (or failing) between the renames leaves a folder
+    // without config.json, which says it is no checkpoint, never new weights under an old config
+    // (which, were the shapes alike, would load).
     let mut written = vec![write_beside(&model, |tmp| write_safetensors(&tensors, tmp))?, write_beside(&config_out, |tmp| std::fs::write(tmp, &text))?];
     if tokenizer.is_some() {
         written.push(write_beside(&tokenizer_out, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?);
+    }
+    let old_config = crate::files::resolve_output(&config_out).map_err(io(&config_out))?;
+    if std::fs::symlink_metadata(&old_config).is_ok() {
+        std::fs::remove_file(&old_config).map_err(io(&config_out))?;
     }
     for (path, partial) in written {
         partial.finish().map_err(|source| LoadError::Io { path, source })?;

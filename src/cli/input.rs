@@ -162,10 +162,10 @@ impl<'a> Blocks<'a> {
                 // A block's worth without a separator is no token id (cutting it would make two
                 // ids of one run of digits, `000…05` becoming `0 5`).
                 None => bail!(
-                    "{}: at byte {}, {} bytes without a separator are not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    "{}: from byte {} on, {} KB or more without a separator, which is no token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
                     self.name,
                     self.offset,
-                    text.len()
+                    TEXT_BLOCK / 1024
                 ),
             }
         };

@@ -16,7 +16,7 @@ fn log_every() -> Duration {
     match text.trim().parse().ok().and_then(|s: f64| Duration::try_from_secs_f64(s).ok()) {
         Some(every) => every,
         None => {
-            eprintln!("warning: COIL_PROGRESS_SECONDS={text:?} is not a number of seconds (0 or more): progress every {} s", LOG_EVERY.as_secs());
+            eprintln!("warning: COIL_PROGRESS_SECONDS={text:?} is not a number of seconds from 0 to 2^64: progress every {} s", LOG_EVERY.as_secs());
             LOG_EVERY
         }
     }
