@@ -209,6 +209,14 @@ fn score_reports_a_bad_id_wherever_the_pieces_fall() {
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.lines().last().unwrap().starts_with("293\t1\t"), "{table}");
 
+    // --json stays one JSON object: the losses before the bad id, then the error.
+    let short = ids_file(dir.path(), "1 2 3 96");
+    let output = coil(&["score", "--model", model, "--token-ids", &short, "--json", "--piece-len", "1"]);
+    assert_fails_with(&output, &["token id 96 at position 3"]);
+    let object: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    assert_eq!(object["nll"].as_array().map(Vec::len), Some(2), "{object}");
+    assert!(object["error"].as_str().unwrap().contains("token id 96 at position 3"), "{object}");
+
     // A run of digits longer than a read block is no id (it was cut into two ids: `0…0` and `5`).
     let zeros = ids_file(dir.path(), &format!("{}5 3", "0".repeat(8192)));
     assert_fails_with(&coil(&["score", "--model", model, "--token-ids", &zeros]), &["without a separator"]);

@@ -50,57 +50,69 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     };
     let mut scorer = Scorer { session, header, buckets: args.bucket.map(Buckets::new), per_token, sum: 0.0, scored: 0, tokens: 0, logits: None };
 
-    let progress = match &args.logits_out {
-        // The logits file's header holds the row count: read the input first (as many tokens as
-        // --max-logits-bytes allows), then score it.
-        Some(path) => {
-            let max_rows = args.max_logits_bytes / (vocab as u64 * 4);
-            let mut ids = Vec::new();
-            input.stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
-                ids.extend_from_slice(block);
-                if ids.len() as u64 > max_rows {
-                    bail!(
-                        "--logits-out would write more than {max_rows} rows of {vocab} f32 logits, above the limit of {} bytes; raise it with --max-logits-bytes",
-                        args.max_logits_bytes
-                    );
+    let fed = (|| -> Result<Progress> {
+        Ok(match &args.logits_out {
+            // The logits file's header holds the row count: read the input first (as many tokens as
+            // --max-logits-bytes allows), then score it.
+            Some(path) => {
+                let max_rows = args.max_logits_bytes / (vocab as u64 * 4);
+                let mut ids = Vec::new();
+                input.stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
+                    ids.extend_from_slice(block);
+                    if ids.len() as u64 > max_rows {
+                        bail!(
+                            "--logits-out would write more than {max_rows} rows of {vocab} f32 logits, above the limit of {} bytes; raise it with --max-logits-bytes",
+                            args.max_logits_bytes
+                        );
+                    }
+                    Ok(())
+                })?;
+                if ids.is_empty() {
+                    bail!("the input is empty: nothing to score");
                 }
-                Ok(())
-            })?;
-            if ids.is_empty() {
-                bail!("the input is empty: nothing to score");
-            }
-            scorer.logits = Some(LogitsWriter::create(path, ids.len() as u64, vocab, args.max_logits_bytes)?);
-            let mut progress = Progress::new("score", Some(ids.len() as u64));
-            for piece in ids.chunks(args.model.piece_len) {
-                scorer.score(piece, &mut out)?;
-                progress.advance(piece.len() as u64, scorer.tokens);
-            }
-            if let Some(writer) = scorer.logits.take() {
-                writer.finish()?;
-                eprintln!("logits [{}, {vocab}] written to {}", ids.len(), path.display());
-            }
-            progress
-        }
-        // Tokens are scored in whole pieces as they arrive (one buffer size, full-width GEMMs).
-        None => {
-            let piece_len = args.model.piece_len;
-            let mut pending: Vec<u32> = Vec::new();
-            let mut progress = Progress::new("score", input.len_hint());
-            input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
-                pending.extend_from_slice(ids);
-                let whole = pending.len() / piece_len * piece_len;
-                // A piece at a time, so the rows before a bad token are written before it fails.
-                for piece in pending[..whole].chunks(piece_len) {
+                scorer.logits = Some(LogitsWriter::create(path, ids.len() as u64, vocab, args.max_logits_bytes)?);
+                let mut progress = Progress::new("score", Some(ids.len() as u64));
+                for piece in ids.chunks(args.model.piece_len) {
                     scorer.score(piece, &mut out)?;
+                    progress.advance(piece.len() as u64, scorer.tokens);
                 }
-                pending.drain(..whole);
-                progress.advance(ids.len() as u64, bytes_done);
-                Ok(())
-            })?;
-            if !pending.is_empty() {
-                scorer.score(&pending, &mut out)?;
+                if let Some(writer) = scorer.logits.take() {
+                    writer.finish()?;
+                    eprintln!("logits [{}, {vocab}] written to {}", ids.len(), path.display());
+                }
+                progress
             }
-            progress
+            // Tokens are scored in whole pieces as they arrive (one buffer size, full-width GEMMs).
+            None => {
+                let piece_len = args.model.piece_len;
+                let mut pending: Vec<u32> = Vec::new();
+                let mut progress = Progress::new("score", input.len_hint());
+                input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
+                    pending.extend_from_slice(ids);
+                    let whole = pending.len() / piece_len * piece_len;
+                    // A piece at a time, so the rows before a bad token are written before it fails.
+                    for piece in pending[..whole].chunks(piece_len) {
+                        scorer.score(piece, &mut out)?;
+                    }
+                    pending.drain(..whole);
+                    progress.advance(ids.len() as u64, bytes_done);
+                    Ok(())
+                })?;
+                if !pending.is_empty() {
+                    scorer.score(&pending, &mut out)?;
+                }
+                progress
+            }
+        })
+    })();
+    let progress = match fed {
+        Ok(progress) => progress,
+        Err(e) => {
+            // Standard output stays one JSON object: the losses so far, then the error.
+            if matches!(per_token, PerToken::Json) && scorer.tokens > 0 {
+                let _ = writeln!(out, "],\"error\":{}}}", json(&format!("{e:#}")));
+            }
+            return Err(e);
         }
     };
     progress.finish();
