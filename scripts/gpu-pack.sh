@@ -21,12 +21,14 @@ for line in sys.stdin:
 }
 
 rm -rf .gpu && mkdir -p .gpu/bin
+# Artifacts as JSON on stdout; compiler errors and warnings rendered on stderr as usual.
+json=(-q --locked --message-format=json-render-diagnostics)
 {
-    cargo build --release --locked -p coil -p coil-benches --bins --message-format=json
-    cargo test --release --locked --no-run --message-format=json -p coil-gpu --test kernels -p coil-ssm --test paths_agree
-    cargo test --release --locked --no-run --message-format=json -p coil --test golden --test mitigations
-    cargo bench --locked --no-run --message-format=json -p coil-benches --bench ops
-} 2> >(grep -E '^(error|warning: unused)' >&2) | executables | while read -r name path; do
+    cargo build --release "${json[@]}" -p coil -p coil-benches --bins
+    cargo test --release --no-run "${json[@]}" -p coil-gpu --test kernels -p coil-ssm --test paths_agree
+    cargo test --release --no-run "${json[@]}" -p coil --test golden --test mitigations
+    cargo bench --no-run "${json[@]}" -p coil-benches --bench ops
+} | executables | while read -r name path; do
     strip -o ".gpu/bin/$name" "$path"
 done
 # Where the tests' CARGO_MANIFEST_DIR points: gpu-check.sh links it to its checkout if missing.
