@@ -134,9 +134,9 @@ impl View for OutTensor<'_> {
     }
 }
 
-/// `tensors` as a safetensors file at `path`: the header's length (u64, little-endian), the JSON
-/// header (`__metadata__` and each tensor's dtype, shape and byte range; keys sorted, padded with
-/// spaces so the data starts 8-byte aligned), then each tensor's bytes in header order. Written
+/// `tensors` as a safetensors file at `path`: the header ([`crate::files::safetensors_header`]:
+/// `__metadata__` and each tensor's dtype, shape and byte range), then each tensor's bytes in
+/// header order. Written
 /// here rather than by `safetensors::serialize_to_file`, which goes through a temporary file of
 /// its own that a killed run leaves behind; one tensor is encoded at a time.
 fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> {
@@ -148,11 +148,8 @@ fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> 
         header.insert(t.name.clone(), json!({ "dtype": t.dtype(), "shape": t.shape(), "data_offsets": [offset, end] }));
         offset = end;
     }
-    let mut header = serde_json::to_vec(&header)?;
-    header.resize(header.len().next_multiple_of(8), b' ');
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    file.write_all(&(header.len() as u64).to_le_bytes())?;
-    file.write_all(&header)?;
+    file.write_all(&crate::files::safetensors_header(&Value::Object(header)))?;
     for t in tensors {
         file.write_all(&t.data())?;
     }

@@ -122,6 +122,18 @@ pub fn resolve_output(path: &Path) -> std::io::Result<PathBuf> {
     Err(std::io::Error::other("too many levels of symbolic links"))
 }
 
+/// The start of a safetensors file: the header's length (u64, little-endian), then `header` as
+/// JSON, keys sorted (serde_json's maps are ordered; the workspace leaves `preserve_order` off, so
+/// one header always gives the same bytes), padded with spaces so the data after it starts 8-byte
+/// aligned, as safetensors does.
+pub fn safetensors_header(header: &serde_json::Value) -> Vec<u8> {
+    let mut json = serde_json::to_vec(header).expect("a JSON value serialises");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut bytes = (json.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    bytes
+}
+
 /// Writes `path` through a [`Partial`]: `write` fills the temporary file, which then replaces
 /// `path`; on any error nothing is left behind and `path` is untouched.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
@@ -213,6 +225,22 @@ fn remove_stale(path: &Path, prefix: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safetensors_headers_are_read_back_by_safetensors_and_align_the_data() {
+        for name in ["x", "a_longer_tensor_name"] {
+            let data: Vec<u8> = [1.5f32, -2.0, 3.25].iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut bytes = safetensors_header(&serde_json::json!({
+                "__metadata__": { "b": "2", "a": "1" },
+                name: { "dtype": "F32", "shape": [3], "data_offsets": [0, 12] },
+            }));
+            assert_eq!(bytes.len() % 8, 0, "{name}: the data starts 8-byte aligned");
+            assert!(String::from_utf8_lossy(&bytes[8..]).starts_with(r#"{"__metadata__":{"a":"1","b":"2"}"#), "keys sorted");
+            bytes.extend_from_slice(&data);
+            let read = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            assert_eq!(read.tensor(name).unwrap().data(), &data[..]);
+        }
+    }
 
     #[test]
     fn reading_stops_at_the_limit() {

@@ -30,18 +30,13 @@ impl LogitsWriter {
             ),
         }
         let total = rows * width as u64 * 4;
-        let mut header = format!(
-            r#"{{"__metadata__":{{"format":"pt","producer":"coil score"}},"logits":{{"dtype":"F32","shape":[{rows},{width}],"data_offsets":[0,{total}]}}}}"#
-        )
-        .into_bytes();
-        // The data must start 8-byte aligned; safetensors pads the header with spaces.
-        while header.len() % 8 != 0 {
-            header.push(b' ');
-        }
+        let header = coil_checkpoints::files::safetensors_header(&serde_json::json!({
+            "__metadata__": { "format": "pt", "producer": "coil score" },
+            "logits": { "dtype": "F32", "shape": [rows, width], "data_offsets": [0, total] },
+        }));
         let partial = Partial::new(path).with_context(|| format!("cannot write {}", path.display()))?;
         let file = File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
         let mut file = BufWriter::new(file);
-        file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
         Ok(LogitsWriter { file, partial, path: path.to_owned(), rows_left: rows, width })
     }

@@ -599,15 +599,8 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 fn sorted_header(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
     let header = header_len.and_then(|n| bytes.get(8..8usize.checked_add(n)?)).ok_or("safetensors wrote a short header")?;
-    // serde_json's maps are ordered by key (the workspace does not turn on `preserve_order`).
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("safetensors wrote a bad header: {e}"))?;
-    let mut sorted = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
-    // The data starts 8-byte aligned, the header padded with spaces (as safetensors does).
-    sorted.resize(sorted.len().next_multiple_of(8), b' ');
-    let data = &bytes[8 + header.len()..];
-    let mut out = Vec::with_capacity(8 + sorted.len() + data.len());
-    out.extend_from_slice(&(sorted.len() as u64).to_le_bytes());
-    out.extend_from_slice(&sorted);
-    out.extend_from_slice(data);
+    let mut out = coil_checkpoints::files::safetensors_header(&value);
+    out.extend_from_slice(&bytes[8 + header.len()..]);
     Ok(out)
 }
