@@ -241,7 +241,12 @@ impl Scorer {
             }
             match self.per_token {
                 PerToken::Table => writeln!(out, "{position}\t{}\t{loss:.6}", piece[(position - self.tokens) as usize])?,
-                PerToken::Json => write!(out, "{}{}", if self.scored + j as u64 == 0 { "" } else { "," }, json(&loss))?,
+                PerToken::Json => {
+                    if self.scored + j as u64 > 0 {
+                        out.write_all(b",")?;
+                    }
+                    serde_json::to_writer(&mut *out, &loss)?;
+                }
                 PerToken::None => {}
             }
         }
