@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use coil::Tokenizer;
 
+use super::progress::Progress;
+
 /// Bytes of text tokenized at a time: small enough that the tokenizer's per-token bookkeeping
 /// stays a few MB whatever the input length.
 const TEXT_BLOCK: usize = 8 * 1024;
@@ -74,6 +76,36 @@ impl InputSource {
             if !ids.is_empty() {
                 sink(&ids, blocks.offset)?;
             }
+        }
+        Ok(total)
+    }
+
+    /// [`InputSource::stream_tokens`] handed on in pieces of `piece_len` tokens (the last may be
+    /// shorter), so every forward pass but the last has one length (one buffer size, full-width
+    /// GEMMs) however the blocks fall; `progress` advances as blocks are read. A piece is handed
+    /// on before the next is read, so what came before a bad token is done when it fails.
+    /// Returns the number of tokens.
+    pub fn stream_pieces(
+        &self,
+        tokenizer: Option<&Tokenizer>,
+        piece_len: usize,
+        progress: &mut Progress,
+        mut feed: impl FnMut(&[u32]) -> Result<()>,
+    ) -> Result<u64> {
+        // Grown as tokens arrive (not sized from piece_len, which may be far longer than the input).
+        let mut pending: Vec<u32> = Vec::new();
+        let total = self.stream_tokens(tokenizer, |ids, bytes_done| {
+            pending.extend_from_slice(ids);
+            let whole = pending.len() / piece_len * piece_len;
+            for piece in pending[..whole].chunks(piece_len) {
+                feed(piece)?;
+            }
+            pending.drain(..whole);
+            progress.advance(ids.len() as u64, bytes_done);
+            Ok(())
+        })?;
+        if !pending.is_empty() {
+            feed(&pending)?;
         }
         Ok(total)
     }

@@ -35,25 +35,11 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     session.set_piece_len(args.model.piece_len);
 
-    // Tokens arrive in text-block-sized bursts; they are prefilled in whole pieces so every
-    // forward pass has the same length (one buffer size, full-width GEMMs).
-    let piece_len = args.model.piece_len;
-    // Grown as tokens arrive (not sized from --piece-len, which may be far longer than the input).
-    let mut pending: Vec<u32> = Vec::new();
     let mut progress = Progress::new("prefill", input.len_hint());
-    let prompt_tokens = input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
-        pending.extend_from_slice(ids);
-        let whole = pending.len() / piece_len * piece_len;
-        if whole > 0 {
-            session.prefill(&pending[..whole])?;
-            pending.drain(..whole);
-        }
-        progress.advance(ids.len() as u64, bytes_done);
+    let prompt_tokens = input.stream_pieces(loaded.tokenizer.as_ref(), args.model.piece_len, &mut progress, |piece| {
+        session.prefill(piece)?;
         Ok(())
     })?;
-    if !pending.is_empty() {
-        session.prefill(&pending)?;
-    }
     progress.finish();
     if prompt_tokens == 0 {
         bail!("the prompt is empty: at least one token is needed to start generating");

@@ -82,25 +82,10 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 }
                 progress
             }
-            // Tokens are scored in whole pieces as they arrive (one buffer size, full-width GEMMs).
+            // Scored as the pieces arrive.
             None => {
-                let piece_len = args.model.piece_len;
-                let mut pending: Vec<u32> = Vec::new();
                 let mut progress = Progress::new("score", input.len_hint());
-                input.stream_tokens(loaded.tokenizer.as_ref(), |ids, bytes_done| {
-                    pending.extend_from_slice(ids);
-                    let whole = pending.len() / piece_len * piece_len;
-                    // A piece at a time, so the rows before a bad token are written before it fails.
-                    for piece in pending[..whole].chunks(piece_len) {
-                        scorer.score(piece, &mut out)?;
-                    }
-                    pending.drain(..whole);
-                    progress.advance(ids.len() as u64, bytes_done);
-                    Ok(())
-                })?;
-                if !pending.is_empty() {
-                    scorer.score(&pending, &mut out)?;
-                }
+                input.stream_pieces(loaded.tokenizer.as_ref(), args.model.piece_len, &mut progress, |piece| scorer.score(piece, &mut out))?;
                 progress
             }
         })
