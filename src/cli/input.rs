@@ -9,6 +9,9 @@ use coil::Tokenizer;
 
 use super::progress::Progress;
 
+/// What a token-id file holds, for the messages about one that does not.
+const IDS_FORMAT: &str = "token ids are non-negative integers below 2^32 in ASCII digits, separated by whitespace or commas";
+
 /// Bytes of text tokenized at a time: small enough that the tokenizer's per-token bookkeeping
 /// stays a few MB whatever the input length.
 const TEXT_BLOCK: usize = 8 * 1024;
@@ -155,7 +158,7 @@ impl<'a> Blocks<'a> {
                 self.name,
                 self.offset + e.valid_up_to() as u64,
                 if self.ids {
-                    "token ids are ASCII digits separated by whitespace or commas"
+                    IDS_FORMAT
                 } else {
                     "text input must be UTF-8; pass token ids with --token-ids instead"
                 }
@@ -194,7 +197,7 @@ impl<'a> Blocks<'a> {
                 // A block's worth without a separator is no token id (cutting it would make two
                 // ids of one run of digits, `000…05` becoming `0 5`).
                 None => bail!(
-                    "{}: from byte {} on, {} KB or more without a separator, which is no token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    "{}: from byte {} on, {} KB or more without a separator, which is no token id ({IDS_FORMAT})",
                     self.name,
                     self.offset,
                     TEXT_BLOCK / 1024
@@ -227,7 +230,7 @@ pub fn parse_ids(text: &str, start: u64, name: &str) -> Result<Vec<u32>> {
             match field.parse::<u32>().ok().filter(|_| field.bytes().all(|b| b.is_ascii_digit())) {
                 Some(id) => ids.push(id),
                 None => bail!(
-                    "{name}: `{}{}` at byte {} is not a token id (expected non-negative integers below 2^32, separated by whitespace or commas)",
+                    "{name}: `{}{}` at byte {} is not a token id ({IDS_FORMAT})",
                     // Control characters escaped: the message goes to a terminal.
                     field.chars().take(40).collect::<String>().escape_debug(),
                     if field.chars().nth(40).is_some() { "…" } else { "" },
