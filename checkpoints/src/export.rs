@@ -136,9 +136,9 @@ impl View for OutTensor<'_> {
 
 /// `tensors` as a safetensors file at `path`: the header ([`crate::files::safetensors_header`]:
 /// `__metadata__` and each tensor's dtype, shape and byte range), then each tensor's bytes in
-/// header order. Written
-/// here rather than by `safetensors::serialize_to_file`, which goes through a temporary file of
-/// its own that a killed run leaves behind; one tensor is encoded at a time.
+/// header order, one tensor encoded at a time. Written here rather than by
+/// `safetensors::serialize_to_file`, which goes through a temporary file of its own that a killed
+/// run leaves behind.
 fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), json!({ "format": "pt" }));
