@@ -11,9 +11,12 @@ const TILE_K: u32 = 16;
 /// Threads per side of a `linear_tiled` cube; each computes a 4 x 4 block of outputs.
 pub const TILE_THREADS: u32 = 16;
 
-/// `out[r, j] = Σ_k input[r, k] · weight[j, k] (+ bias[j])`, one 64 x 64 output tile per cube
-/// (cube x: column tile, cube y: row tile), 16 x 16 threads of 4 x 4 outputs each.
+/// `out[r, col_offset + j] = Σ_k input[r, k] · weight[j, k] (+ bias[col_offset + j])`, one
+/// 64 x 64 output tile per cube (cube x: column tile, cube y: row tile), 16 x 16 threads of 4 x 4
+/// outputs each. `weight` is a block of `n_len` rows of a larger matrix whose output rows are
+/// `out_stride` wide, starting at column `col_offset`.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn linear_tiled(
     input: &Array<f32>,
     weight: &Array<f32>,
@@ -22,6 +25,8 @@ pub fn linear_tiled(
     rows: u32,
     k_len: u32,
     n_len: u32,
+    out_stride: u32,
+    col_offset: u32,
     #[comptime] has_bias: bool,
 ) {
     let tx = UNIT_POS_X;
@@ -77,9 +82,9 @@ pub fn linear_tiled(
             if r < rows && c < n_len {
                 let mut v = acc[(i * 4 + j) as usize];
                 if has_bias {
-                    v += bias[c as usize];
+                    v += bias[(col_offset + c) as usize];
                 }
-                out[(r * n_len + c) as usize] = v;
+                out[(r * out_stride + col_offset + c) as usize] = v;
             }
         }
     }
@@ -112,9 +117,11 @@ fn cube_index() -> u32 {
     CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
 }
 
-/// `linear` for a few rows (decode): one cube per output feature `j`, its threads striding over
-/// `k` for each of the `rows` (at most 4, comptime) inputs, then a tree sum.
+/// `linear` for a few rows (decode): one cube per output feature `j` of the block, its threads
+/// striding over `k` for each of the `rows` (at most 4, comptime) inputs, then a tree sum. The
+/// block and output layout are those of [`linear_tiled`].
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn linear_few_rows(
     input: &Array<f32>,
     weight: &Array<f32>,
@@ -122,6 +129,8 @@ pub fn linear_few_rows(
     out: &mut Array<f32>,
     k_len: u32,
     n_len: u32,
+    out_stride: u32,
+    col_offset: u32,
     #[comptime] rows: u32,
     #[comptime] has_bias: bool,
 ) {
@@ -151,9 +160,9 @@ pub fn linear_few_rows(
         if thread == 0 && j < n_len {
             let mut v = total;
             if has_bias {
-                v += bias[j as usize];
+                v += bias[(col_offset + j) as usize];
             }
-            out[(r * n_len + j) as usize] = v;
+            out[(r * out_stride + col_offset + j) as usize] = v;
         }
     }
 }

@@ -4,13 +4,15 @@
 //! [`open`] turns a [`Device`] choice into a [`Backend`]; it never panics when a device is
 //! missing, it says which one and why. The backend computes on host buffers like the CPU one, so
 //! the model code is the same on every device: weight matrices stay resident on the device (one
-//! copy per matrix, made on first use), activations and the state travel per op. Everything is
+//! copy per matrix, made on first use, in blocks under the device's largest buffer), activations
+//! and the state travel per op. A device failure is an error the model returns, never a result. Everything is
 //! f32 with f32 accumulation; `--device` results agree with the CPU within f32 rounding.
 
 mod backend;
+mod fault;
 pub mod kernels;
 mod open;
 
 pub use backend::Gpu;
 pub use coil_kernels::{Backend, Device};
-pub use open::{adapters, cuda_devices, open, test_backend, Adapter, AdapterKind, DeviceError};
+pub use open::{adapters, cuda_devices, open, open_with_max_buffer, test_backend, Adapter, AdapterKind, DeviceError, MAX_BUFFER_VAR};

@@ -55,18 +55,26 @@ pub fn cuda_devices() -> Result<usize, String> {
     cuda::probe()
 }
 
-/// Opens `device`; see [`Device`] for what `Auto` picks.
+/// Opens `device`; see [`Device`] for what `Auto` picks. [`MAX_BUFFER_VAR`], when set, caps
+/// the device's buffers as [`open_with_max_buffer`] does.
 pub fn open(device: Device) -> Result<Arc<dyn Backend>, DeviceError> {
+    open_with_max_buffer(device, max_buffer_bytes(&device.to_string())?)
+}
+
+/// [`open`] with every device buffer at most `max_buffer_bytes` (`None`: the device's own
+/// limit). Lower than the device's, it makes small models take the paths that split large
+/// matrices; higher, it lets through what the device will refuse (to see how that surfaces).
+pub fn open_with_max_buffer(device: Device, max_buffer_bytes: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
     match device {
         Device::Cpu => Ok(Arc::new(Cpu)),
-        Device::Cuda(index) => cuda::open(index),
-        Device::Wgpu(index) => wgpu_open(index),
+        Device::Cuda(index) => cuda::open(index, max_buffer_bytes),
+        Device::Wgpu(index) => wgpu_open(index, max_buffer_bytes),
         Device::Auto => {
             if cuda::count() > 0 {
-                return cuda::open(0);
+                return cuda::open(0, max_buffer_bytes);
             }
             match adapters().into_iter().find(Adapter::is_hardware) {
-                Some(adapter) => wgpu_open(Some(adapter.index)),
+                Some(adapter) => wgpu_open(Some(adapter.index), max_buffer_bytes),
                 None => Ok(Arc::new(Cpu)),
             }
         }
@@ -88,6 +96,23 @@ pub fn test_backend() -> Arc<dyn Backend> {
             backend
         })
         .clone()
+}
+
+/// The environment variable [`open`] reads the largest device buffer from, in bytes, in place
+/// of the device's own limit (see [`open_with_max_buffer`]).
+pub const MAX_BUFFER_VAR: &str = "COIL_GPU_MAX_BUFFER";
+
+fn max_buffer_bytes(device: &str) -> Result<Option<u64>, DeviceError> {
+    let Some(value) = std::env::var_os(MAX_BUFFER_VAR) else {
+        return Ok(None);
+    };
+    match value.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(bytes) if bytes >= 4 => Ok(Some(bytes)),
+        _ => Err(DeviceError::Init {
+            device: device.to_string(),
+            message: format!("{MAX_BUFFER_VAR}={value:?} is not a number of bytes (at least 4)"),
+        }),
+    }
 }
 
 /// Runs `start` (a CubeCL client's creation, which panics on a device thread when the device
@@ -141,13 +166,14 @@ mod cuda {
         format!("the CUDA driver failed: {:?}", error.0)
     }
 
-    pub fn open(index: usize) -> Result<Arc<dyn Backend>, DeviceError> {
+    pub fn open(index: usize, max_buffer: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
         let count = probe().map_err(|reason| DeviceError::NoCuda { index, reason })?;
         if index >= count {
             return Err(DeviceError::NoCuda { index, reason: format!("{count} CUDA device(s) present") });
         }
-        let client = guarded(&format!("cuda:{index}"), || CudaRuntime::client(&CudaDevice { index }))?;
-        Ok(Arc::new(crate::Gpu::new(client, "cuda", true)))
+        let device = format!("cuda:{index}");
+        let client = guarded(&device, || CudaRuntime::client(&CudaDevice { index }))?;
+        Ok(Arc::new(crate::Gpu::new(client, "cuda", device, true, max_buffer)))
     }
 }
 
@@ -163,7 +189,7 @@ mod cuda {
         Err("this build has no CUDA support (the `cuda` feature)".into())
     }
 
-    pub fn open(_index: usize) -> Result<Arc<dyn Backend>, DeviceError> {
+    pub fn open(_index: usize, _max_buffer: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
         Err(DeviceError::NotBuilt { runtime: "CUDA", feature: "cuda" })
     }
 }
@@ -182,12 +208,12 @@ pub fn adapters() -> Vec<Adapter> {
 }
 
 #[cfg(feature = "wgpu")]
-fn wgpu_open(index: Option<usize>) -> Result<Arc<dyn Backend>, DeviceError> {
-    wgpu_backend::open(index)
+fn wgpu_open(index: Option<usize>, max_buffer: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
+    wgpu_backend::open(index, max_buffer)
 }
 
 #[cfg(not(feature = "wgpu"))]
-fn wgpu_open(_index: Option<usize>) -> Result<Arc<dyn Backend>, DeviceError> {
+fn wgpu_open(_index: Option<usize>, _max_buffer: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
     Err(DeviceError::NotBuilt { runtime: "wgpu", feature: "wgpu" })
 }
 
@@ -236,7 +262,7 @@ mod wgpu_backend {
             .collect()
     }
 
-    pub fn open(index: Option<usize>) -> Result<Arc<dyn Backend>, DeviceError> {
+    pub fn open(index: Option<usize>, max_buffer: Option<u64>) -> Result<Arc<dyn Backend>, DeviceError> {
         let listed = adapters();
         let found = || {
             if listed.is_empty() {
@@ -254,7 +280,7 @@ mod wgpu_backend {
         };
         let client = guarded(&adapter.to_string(), || WgpuRuntime::client(device))?;
         // Unrolled scans are right for GPUs; lavapipe's compiler takes seconds over them.
-        Ok(Arc::new(crate::Gpu::new(client, "wgpu", adapter.is_hardware())))
+        Ok(Arc::new(crate::Gpu::new(client, "wgpu", adapter.to_string(), adapter.is_hardware(), max_buffer)))
     }
 }
 

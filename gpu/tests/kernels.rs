@@ -65,3 +65,38 @@ fn a_missing_device_is_an_error_not_a_panic() {
     let err = coil_gpu::open(Device::Cuda(99)).err().expect("there is no CUDA device 99");
     assert!(err.to_string().contains("CUDA device 99"), "{err}");
 }
+
+/// With buffers capped at 128 KB every large operand is split: a weight matrix into blocks of
+/// rows (each launch writing its columns of one output), long inputs into consecutive launches.
+/// Every op still matches the reference.
+#[test]
+fn ops_split_under_a_small_buffer_limit_match_reference() {
+    let device = std::env::var("COIL_TEST_DEVICE").unwrap_or_else(|_| "wgpu".into());
+    let small = coil_gpu::open_with_max_buffer(device.parse().unwrap(), Some(128 << 10)).unwrap();
+    conformance::linear(&*small);
+    conformance::norms(&*small);
+    conformance::causal_conv(&*small);
+    conformance::ssd_scan(&*small);
+    assert_eq!(small.device_failure(), None);
+}
+
+/// An input past the device's largest buffer that cannot be split (one weight row is wider than
+/// the buffer) is computed elsewhere, not refused; a buffer the backend is asked to allocate past
+/// the limit is a failure the backend names, with NaN (never stale values) in the outputs.
+#[test]
+fn a_refused_buffer_is_a_named_failure_and_never_a_result() {
+    let device = std::env::var("COIL_TEST_DEVICE").unwrap_or_else(|_| "wgpu".into());
+    let tiny = coil_gpu::open_with_max_buffer(device.parse().unwrap(), Some(256)).unwrap();
+    let mut rng = conformance::Rng::new(3);
+    // A norm row of 100 values fits 256 bytes (64 values) only in pieces it cannot be cut into.
+    let (x, weight) = (rng.vec(200, 1.0), rng.vec(100, 1.0));
+    let mut out = vec![0.0; 200];
+    tiny.rms_norm(&x, &weight, 1e-5, &mut out);
+    let failure = tiny.device_failure().expect("a 400-byte row in 256-byte buffers fails");
+    assert!(failure.contains("400 bytes") && failure.contains("256 bytes") && failure.contains("RMSNorm"), "{failure}");
+    assert!(out.iter().all(|v| v.is_nan()), "outputs of a failed op must be NaN");
+    // Once failed, later ops fail too: their results cannot be trusted.
+    let mut again = vec![0.0; 4];
+    tiny.linear(&rng.vec(2, 1.0), &Matrix::new(rng.vec(8, 1.0), 4, 2), None, &mut again);
+    assert!(again.iter().all(|v| v.is_nan()));
+}

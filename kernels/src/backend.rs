@@ -61,6 +61,16 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// The first failure of the device this backend computes on, if it has failed: an op cannot
+    /// return an error (ops run deep inside a forward pass), so a backend that can fail (a GPU:
+    /// an allocation, a compilation, a read) keeps the first failure, leaves NaN in the outputs
+    /// of every op from then on, and names it here. The model asks after every pass and returns
+    /// it as an error; the states that pass touched are then not to be trusted. Default: never
+    /// fails.
+    fn device_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the ops of independent sequences (a batch's convs and scans) may be called from
     /// several threads at once, each splitting its own work further. A device that runs ops in
     /// submission order gains nothing from it.

@@ -44,6 +44,9 @@ pub enum Error {
     #[error("weight matrix `{matrix}` has values beyond the range of {dtype} (±65504): hold the weights as bf16 or f32")]
     WeightRange { dtype: coil_kernels::WeightDtype, matrix: String },
 
+    #[error("{message}")]
+    Device { message: String },
+
     #[error("the model produced non-finite logits at token {position}")]
     NonFiniteLogits { position: u64 },
 

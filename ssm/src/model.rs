@@ -398,6 +398,7 @@ impl Model {
         if let Ok(mut pool) = self.batch_buffers.lock() {
             pool.push(buffers);
         }
+        self.device_ok()?;
         result
     }
 
@@ -461,7 +462,17 @@ impl Model {
     ) -> Result<(), Error> {
         let mut result = Ok(());
         self.backend.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
+        self.device_ok()?;
         result
+    }
+
+    /// The backend's device failure, if any, as the error of the pass that ran into it (its
+    /// outputs are NaN, so this comes before any check of them).
+    fn device_ok(&self) -> Result<(), Error> {
+        match self.backend.device_failure() {
+            Some(message) => Err(Error::Device { message }),
+            None => Ok(()),
+        }
     }
 
     /// [`Model::forward_in`] on the calling thread.

@@ -83,8 +83,8 @@ fn main() {
 
     // Warm up (page in the weights, upload them to a device, compile kernels, spin up the pool).
     let mut warm = Session::new(model.clone());
-    warm.prefill(&tokens[..tokens.len().min(256)]).expect("warm-up");
-    warm.step(1).expect("warm-up step");
+    warm.prefill(&tokens[..tokens.len().min(256)]).unwrap_or_else(|e| fail(format!("warm-up: {e}")));
+    warm.step(1).unwrap_or_else(|e| fail(format!("warm-up step: {e}")));
 
     println!(
         "shape {shape} {:?} weights ({} MB) on {}, {} threads, mitigation {}",
@@ -105,7 +105,7 @@ fn main() {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let resident_before = memory_mb("VmRSS:");
         let started = Instant::now();
-        session.prefill(&tokens[..prefill]).expect("prefill");
+        session.prefill(&tokens[..prefill]).unwrap_or_else(|e| fail(format!("prefill: {e}")));
         let prefill_seconds = started.elapsed().as_secs_f64();
         let peak_after_prefill = memory_mb("VmHWM:");
         println!("prefill: {prefill} tokens {:.1} tok/s", prefill as f64 / prefill_seconds);
@@ -123,14 +123,14 @@ fn main() {
         if batch == 1 {
             let mut session = Session::with_state_and_plan(model.clone(), states.pop().expect("one state"), plan.clone()).expect("state");
             for i in 0..decode {
-                session.step((i as u32 * 31) % vocab).expect("step");
+                session.step((i as u32 * 31) % vocab).unwrap_or_else(|e| fail(format!("step: {e}")));
             }
         } else {
             let mut logits = Vec::new();
             for i in 0..decode {
                 let next: Vec<u32> = (0..batch).map(|b| ((i + b) as u32 * 31) % vocab).collect();
                 let mut refs: Vec<_> = states.iter_mut().collect();
-                model.step_batch_into(&plan, &mut refs, &next, &mut logits).expect("batch step");
+                model.step_batch_into(&plan, &mut refs, &next, &mut logits).unwrap_or_else(|e| fail(format!("batch step: {e}")));
             }
         }
         let decode_seconds = started.elapsed().as_secs_f64();
