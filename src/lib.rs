@@ -569,8 +569,28 @@ pub use coil_kernels::Backend;
 /// ```
 pub mod backend {
     #[doc(inline)]
-    pub use coil_kernels::{Backend, Cpu, DtLimit, Matrix, Recurrence, Reference, ScanInputs, SsmShape, Values};
+    pub use coil_kernels::{Backend, Cpu, DtLimit, Matrix, Recurrence, Reference, ScanInputs, SsmShape, Traffic, Values};
 }
+
+/// What a model's backend launched and moved between host and device ([`Model::device_traffic`]),
+/// and the tokens the model ran ([`Model::tokens_run`]): what `--device-stats` writes.
+///
+/// ```
+/// use coil::{Checkpoint, LogitRows, Model};
+///
+/// let model = Model::from_checkpoint(Checkpoint::embedded_default()?);
+/// let mut state = model.new_state();
+/// model.forward(&mut state, &[5, 6, 7], LogitRows::Last)?;
+/// model.step(&mut state, 8)?;
+/// assert_eq!((model.tokens_run().prefill, model.tokens_run().decode), (3, 1));
+/// assert_eq!(model.device_traffic(), coil::Traffic::default()); // the CPU moves nothing
+/// # Ok::<(), coil::Error>(())
+/// ```
+#[doc(inline)]
+pub use coil_ssm::TokensRun;
+
+#[doc(inline)]
+pub use coil_kernels::Traffic;
 
 /// How a model holds its weight matrices: f32, bf16 or f16 (the 16-bit types take half the
 /// memory and half the bytes decode reads per token; products still accumulate in f32). See

@@ -130,3 +130,36 @@ fn a_released_vocabulary_runs_on_the_gpu_as_on_the_cpu_and_a_device_failure_is_a
         assert!(!failed_out.exists(), "logits were written from a failed device");
     }
 }
+
+/// `--device-stats` counts what the device did: on the CPU nothing crosses a bus; on a GPU every
+/// launch, wait and byte is counted, weights apart; tokens are counted by kind on both.
+#[test]
+fn device_stats_count_tokens_launches_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids.txt");
+    std::fs::write(&ids, (0..600).map(|i| ((i * 7919) % 500).to_string()).collect::<Vec<_>>().join(" ")).unwrap();
+    let mut seen = Vec::new();
+    for device in ["cpu".to_string(), gpu_device()] {
+        let stats_path = dir.path().join(format!("{device}.json"));
+        let output = Command::new(env!("CARGO_BIN_EXE_coil"))
+            .args(["run", "--token-ids", ids.to_str().unwrap(), "--max-new-tokens", "16", "--ignore-eos", "--device", &device])
+            .args(["--device-stats", stats_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{device}: {}", String::from_utf8_lossy(&output.stderr));
+        let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(&stats_path).unwrap()).unwrap();
+        let count = |key: &str| stats[key].as_u64().unwrap_or_else(|| panic!("{device}: no {key} in {stats}"));
+        assert_eq!((count("prefill_tokens"), count("decode_tokens")), (600, 16), "{stats}");
+        let traffic = ["launches", "syncs", "bytes_up", "bytes_down", "load_bytes_up"].map(count);
+        if device == "cpu" {
+            assert_eq!(stats["device"], "cpu");
+            assert_eq!(traffic, [0; 5], "the CPU moves nothing: {stats}");
+        } else {
+            assert!(traffic.iter().all(|&n| n > 0), "{stats}");
+            // Every pass reads its logits back: at least one wait per decode step.
+            assert!(count("syncs") >= 16, "{stats}");
+        }
+        seen.push(stats);
+    }
+    assert_ne!(seen[0]["device"], seen[1]["device"]);
+}

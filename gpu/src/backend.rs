@@ -1,7 +1,7 @@
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use coil_kernels::{Backend, Cpu, Matrix, Recurrence, ScanInputs, SsmShape};
+use coil_kernels::{Backend, Cpu, Matrix, Recurrence, ScanInputs, SsmShape, Traffic};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -36,6 +36,33 @@ pub struct Gpu<R: Runtime> {
     failure: Mutex<Option<String>>,
     /// Device-thread panics recorded before this backend opened: not its own.
     panics_before: usize,
+    counters: Counters,
+}
+
+/// [`Traffic`], counted as it happens.
+#[derive(Default)]
+struct Counters {
+    launches: AtomicU64,
+    syncs: AtomicU64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    load_bytes_up: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, amount: usize) {
+        counter.fetch_add(amount as u64, Relaxed);
+    }
+
+    fn snapshot(&self) -> Traffic {
+        Traffic {
+            launches: self.launches.load(Relaxed),
+            syncs: self.syncs.load(Relaxed),
+            bytes_up: self.bytes_up.load(Relaxed),
+            bytes_down: self.bytes_down.load(Relaxed),
+            load_bytes_up: self.load_bytes_up.load(Relaxed),
+        }
+    }
 }
 
 /// The kernels index with 32 bits: no buffer holds more f32 values than this.
@@ -64,19 +91,24 @@ impl<R: Runtime> Gpu<R> {
         let max_values = usize::try_from(bytes / 4).unwrap_or(usize::MAX).clamp(1, MAX_INDEXED_VALUES);
         Gpu {
             client,
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: NEXT_ID.fetch_add(1, Relaxed),
             name,
             device,
             unroll,
             max_values,
             failure: Mutex::new(None),
             panics_before: fault::seen(),
+            counters: Counters::default(),
         }
     }
 
     /// The most f32 values one device buffer holds.
     pub fn max_buffer_values(&self) -> usize {
         self.max_values
+    }
+
+    fn launched(&self, kernels: usize) {
+        Counters::add(&self.counters.launches, kernels);
     }
 
     fn failed(&self) -> bool {
@@ -98,6 +130,12 @@ impl<R: Runtime> Gpu<R> {
 
     /// A buffer holding `data`, or a failure naming `what` when the device cannot hold it.
     fn upload(&self, what: &str, data: &[f32]) -> Handle {
+        self.send(what, data, &self.counters.bytes_up)
+    }
+
+    /// [`Gpu::upload`], counting the bytes in `counter`.
+    fn send(&self, what: &str, data: &[f32], counter: &AtomicU64) -> Handle {
+        Counters::add(counter, std::mem::size_of_val(data));
         if data.len() > self.max_values {
             self.refuse(what, data.len());
             return self.client.empty(4);
@@ -130,8 +168,10 @@ impl<R: Runtime> Gpu<R> {
     /// result is ever taken from a buffer that was not filled.
     fn download(&self, what: &str, handle: Handle, out: &mut [f32]) {
         if !self.failed() {
+            Counters::add(&self.counters.syncs, 1);
             match self.client.read_one(handle) {
                 Ok(bytes) => {
+                    Counters::add(&self.counters.bytes_down, bytes.len());
                     self.check_device(what);
                     let values = f32::from_bytes(&bytes);
                     if values.len() >= out.len() {
@@ -164,7 +204,7 @@ impl<R: Runtime> Gpu<R> {
                     let end = rows.min(first_row + block_rows);
                     matrix.rows_f32(first_row..end, &mut widened);
                     let what = format!("rows {first_row}..{end} of a {rows} x {cols} weight matrix");
-                    RowBlock { handle: self.upload(&what, &widened), first_row, rows: end - first_row }
+                    RowBlock { handle: self.send(&what, &widened, &self.counters.load_bytes_up), first_row, rows: end - first_row }
                 })
                 .collect();
             DeviceMatrix { blocks }
@@ -191,6 +231,7 @@ impl<R: Runtime> Gpu<R> {
         }
         for block in &weight.blocks {
             let (first, block_n) = (block.first_row as u32, block.rows as u32);
+            self.launched(1);
             unsafe {
                 if rows <= 4 {
                     kernels::linear_few_rows::launch_unchecked::<R>(
@@ -250,6 +291,7 @@ impl<R: Runtime> Gpu<R> {
         if self.failed() {
             return out.fill(f32::NAN);
         }
+        self.launched(1);
         unsafe {
             kernels::rms_norm::launch_unchecked::<R>(
                 &self.client,
@@ -273,6 +315,10 @@ impl<R: Runtime> Gpu<R> {
 impl<R: Runtime> Backend for Gpu<R> {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn traffic(&self) -> Traffic {
+        self.counters.snapshot()
     }
 
     fn device_failure(&self) -> Option<String> {
@@ -357,6 +403,7 @@ impl<R: Runtime> Gpu<R> {
             return conv_state.fill(f32::NAN);
         }
         let threads = 256u32;
+        self.launched(2);
         unsafe {
             kernels::causal_conv1d::launch_unchecked::<R>(
                 &self.client,
@@ -409,6 +456,7 @@ impl<R: Runtime> Gpu<R> {
         }
         let arg = |(handle, len): &(Handle, usize)| unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) };
         let block = (shape.head_dim as u32).clamp(1, 128);
+        self.launched(1);
         unsafe {
             kernels::selective_scan::launch_unchecked::<R>(
                 &self.client,

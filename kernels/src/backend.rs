@@ -71,6 +71,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// What this backend has launched and moved between host and device since it opened. Host
+    /// backends compute where the data already is: they launch no kernels and move nothing, so
+    /// the default is all zeros.
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+
     /// Whether the ops of independent sequences (a batch's convs and scans) may be called from
     /// several threads at once, each splitting its own work further. A device that runs ops in
     /// submission order gains nothing from it.
@@ -121,3 +128,19 @@ pub trait Backend: Send + Sync {
     fn retract_inputs(&self, shape: SsmShape, state: &mut [f32], xdt: &[f32], b: &[f32], weights: &[f32]);
 }
 
+
+/// Counters of the work a backend handed to its device, for checking what crosses the bus on any
+/// machine (lavapipe in CI counts the same launches and bytes as a real GPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Kernels launched.
+    pub launches: u64,
+    /// Times the host waited on the device (each read of a result is one).
+    pub syncs: u64,
+    /// Bytes sent to the device while running: inputs, states, per-op parameters.
+    pub bytes_up: u64,
+    /// Bytes read back from the device.
+    pub bytes_down: u64,
+    /// Bytes of weight matrices sent once, when first used (loading, counted apart).
+    pub load_bytes_up: u64,
+}

@@ -11,7 +11,7 @@ mod host;
 pub mod reference;
 mod shape;
 
-pub use backend::Backend;
+pub use backend::{Backend, Traffic};
 pub use device::Device;
 pub use host::HostArray;
 pub use matrix::{bf16_to_f32, f32_to_bf16, Matrix, Values, WeightDtype};

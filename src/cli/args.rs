@@ -79,6 +79,10 @@ pub struct PasskeyArgs {
     /// the GPU backend is slower than it for now (README, Devices).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: coil::Device,
+    /// Write what the device did as one JSON object: kernel launches, blocking syncs, bytes sent
+    /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
+    #[arg(long, value_name = "FILE")]
+    pub device_stats: Option<PathBuf>,
     /// auto (the checkpoint's dtype for bf16 and f16 checkpoints, else f32), f32, bf16 or f16.
     #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
     pub weights: WeightsArg,
@@ -146,6 +150,10 @@ pub enum WeightsArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Write what the device did as one JSON object: kernel launches, blocking syncs, bytes sent
+    /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
+    #[arg(long, value_name = "FILE")]
+    pub device_stats: Option<PathBuf>,
     /// The prompt text (otherwise --prompt-file, --token-ids, or standard input).
     #[arg(long, conflicts_with_all = ["prompt_file", "token_ids"])]
     pub prompt: Option<String>,
@@ -192,6 +200,10 @@ pub struct SamplingArgs {
 pub struct ScoreArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Write what the device did as one JSON object: kernel launches, blocking syncs, bytes sent
+    /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
+    #[arg(long, value_name = "FILE")]
+    pub device_stats: Option<PathBuf>,
     /// A UTF-8 text to score.
     #[arg(long, value_name = "FILE", required_unless_present = "token_ids", conflicts_with = "token_ids")]
     pub text_file: Option<PathBuf>,

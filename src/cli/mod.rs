@@ -48,6 +48,29 @@ pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]
 /// none may be an existing folder, and each one's folder must exist (links followed, a dangling
 /// one to the file it would create). Without this the mistake surfaced only after the whole run,
 /// or not at all.
+/// `--device-stats FILE`: the traffic of the backend `models` ran on and the tokens they ran, as
+/// one JSON object (written atomically; nothing without the flag).
+pub(crate) fn write_device_stats(path: Option<&std::path::Path>, models: &[&coil::Model]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (Some(path), Some(first)) = (path, models.first()) else {
+        return Ok(());
+    };
+    let traffic = first.device_traffic();
+    let tokens = models.iter().map(|m| m.tokens_run()).fold((0, 0), |(p, d), t| (p + t.prefill, d + t.decode));
+    let stats = serde_json::json!({
+        "device": first.backend_name(),
+        "launches": traffic.launches,
+        "syncs": traffic.syncs,
+        "bytes_up": traffic.bytes_up,
+        "bytes_down": traffic.bytes_down,
+        "load_bytes_up": traffic.load_bytes_up,
+        "prefill_tokens": tokens.0,
+        "decode_tokens": tokens.1,
+    });
+    coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, format!("{stats}\n")))
+        .with_context(|| format!("--device-stats {}", path.display()))
+}
+
 pub(crate) fn check_outputs(inputs: Vec<std::path::PathBuf>, outputs: &[(&str, Option<&std::path::Path>)]) -> anyhow::Result<()> {
     use anyhow::bail;
     use std::path::{Path, PathBuf};

@@ -54,14 +54,18 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {}: is a file, not a folder", args.out.display());
     }
-    if args.out.is_dir() {
-        // The report's files must not land on an input (a template or checkpoint kept there).
-        let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), &[])).collect();
-        inputs.extend(super::read_files(None, &args.arms));
-        inputs.push(args.template.clone().into());
-        let (report, accuracy) = (args.out.join("report.md"), args.out.join("accuracy.csv"));
-        super::check_outputs(inputs, &[("the report", Some(&report)), ("the accuracy table", Some(&accuracy))])?;
-    }
+    // The outputs must not land on an input (a template or checkpoint kept there).
+    let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), &[])).collect();
+    inputs.extend(super::read_files(None, &args.arms));
+    inputs.push(args.template.clone().into());
+    let (report, accuracy) = (args.out.join("report.md"), args.out.join("accuracy.csv"));
+    let in_out = args.out.is_dir();
+    let outputs = [
+        ("the report", Some(&*report).filter(|_| in_out)),
+        ("the accuracy table", Some(&*accuracy).filter(|_| in_out)),
+        ("--device-stats", args.device_stats.as_deref()),
+    ];
+    super::check_outputs(inputs, &outputs)?;
     let shard = args.shard.as_deref().map(Shard::parse).transpose()?.unwrap_or(Shard::whole());
     let arms = if args.arms.is_empty() { vec!["none".to_owned()] } else { args.arms.clone() };
     if let Some((i, arm)) = arms.iter().enumerate().find(|(i, arm)| arms[..*i].contains(arm)) {
@@ -87,6 +91,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         models.push(load(&model_args)?);
     }
     let names = labels(&models.iter().map(|m| &m.source).collect::<Vec<_>>())?;
+    let ran: Vec<std::sync::Arc<coil::Model>> = models.iter().map(|m| m.model.clone()).collect();
     let mut subjects = Vec::new();
     for (mut loaded, name) in models.into_iter().zip(names) {
         // Weights converted by --weights are another subject: their cells must not be taken for
@@ -142,7 +147,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let report = write_report(&records, args.threshold, &args.out)?;
     print_capacity(&report);
     eprintln!("report: {}", args.out.join("report.md").display());
-    Ok(())
+    super::write_device_stats(args.device_stats.as_deref(), &ran.iter().map(|m| &**m).collect::<Vec<_>>())
 }
 
 pub fn report(args: ReportArgs) -> Result<()> {

@@ -15,7 +15,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // --state-in and --state-out may be one file (continue a stream and save it back).
     let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
     inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
-    super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref())])?;
+    super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref()), ("--device-stats", args.device_stats.as_deref())])?;
     let loaded = load(&args.model)?;
     let input = match (&args.prompt, &args.prompt_file, &args.token_ids) {
         (Some(text), _, _) => InputSource::Text(text.clone()),
@@ -92,7 +92,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         session.state().save(path)?;
         eprintln!("state after {} tokens saved to {}", session.position(), path.display());
     }
-    Ok(())
+    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model])
 }
 
 fn sampling_config(args: &SamplingArgs) -> Result<SamplingConfig> {

@@ -13,7 +13,12 @@ use super::logits_file::LogitsWriter;
 use super::progress::Progress;
 
 pub fn score(args: ScoreArgs) -> Result<()> {
-    let outputs = [("--logits-out", args.logits_out.as_deref()), ("--csv", args.csv.as_deref()), ("--plot", args.plot.as_deref())];
+    let outputs = [
+        ("--logits-out", args.logits_out.as_deref()),
+        ("--csv", args.csv.as_deref()),
+        ("--plot", args.plot.as_deref()),
+        ("--device-stats", args.device_stats.as_deref()),
+    ];
     let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &outputs)?;
@@ -159,7 +164,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     }
     out.flush()?;
-    Ok(())
+    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model])
 }
 
 /// Where each position's loss goes as it is computed.

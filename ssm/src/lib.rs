@@ -12,10 +12,10 @@ mod session;
 mod state;
 
 pub use coil_checkpoints::{Checkpoint, Config, Dialect, LoadError, Source, Tokenizer};
-pub use coil_kernels::{Backend, Cpu, Reference, WeightDtype};
+pub use coil_kernels::{Backend, Cpu, Reference, Traffic, WeightDtype};
 pub use error::Error;
 pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mitigation, Plan, Scope, Thresholds, MAX_CALIBRATION_TOKENS};
-pub use model::{LogitRows, Model};
+pub use model::{LogitRows, Model, TokensRun};
 pub use random::random_weights;
 pub use sampling::{Sampler, SamplingConfig};
 pub use session::Session;

@@ -1,11 +1,12 @@
 //! The model: immutable weights and the forward pass. Everything that changes lives in a
 //! [`State`], so one `Model` serves any number of streams and threads.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use coil_checkpoints::files::Fnv1a;
 use coil_checkpoints::{Checkpoint, Weights};
-use coil_kernels::{Backend, Cpu, Matrix, WeightDtype};
+use coil_kernels::{Backend, Cpu, Matrix, Traffic, WeightDtype};
 
 use crate::mixer::{Activations, Block, Dims};
 use crate::mitigation::Plan;
@@ -20,6 +21,22 @@ pub enum LogitRows {
     Last,
     /// Every position's, `[T, V]`.
     All,
+}
+
+/// Tokens a model has run, by kind of pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokensRun {
+    /// Tokens fed in passes of a prompt or a scored text (any length, one included).
+    pub prefill: u64,
+    /// Tokens fed as decode steps ([`Model::step`], [`Model::step_batch`], `Session::step`).
+    pub decode: u64,
+}
+
+/// Which kind of pass a forward is, for [`TokensRun`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    Prefill,
+    Decode,
 }
 
 /// A Mamba-2 language model, ready to run on one backend.
@@ -39,6 +56,8 @@ pub struct Model {
     /// Buffers of the batched passes, kept between calls (a batch step would otherwise have
     /// the kernel zero megabytes of fresh pages every token).
     batch_buffers: std::sync::Mutex<Vec<BatchBuffers>>,
+    prefill_tokens: AtomicU64,
+    decode_tokens: AtomicU64,
 }
 
 /// The token sequences of a batch, one per state.
@@ -105,6 +124,8 @@ impl Model {
         let mut model = Model {
             plain: Plan::empty(),
             batch_buffers: Default::default(),
+            prefill_tokens: AtomicU64::new(0),
+            decode_tokens: AtomicU64::new(0),
             parameters,
             fingerprint: 0,
             chunk_size: None,
@@ -225,6 +246,24 @@ impl Model {
         self.backend.name()
     }
 
+    /// What the backend has launched and moved so far, for every model that runs on it.
+    pub fn device_traffic(&self) -> Traffic {
+        self.backend.traffic()
+    }
+
+    /// Tokens this model has run (in every state and session), prefill and decode apart.
+    pub fn tokens_run(&self) -> TokensRun {
+        TokensRun { prefill: self.prefill_tokens.load(Relaxed), decode: self.decode_tokens.load(Relaxed) }
+    }
+
+    fn count(&self, pass: Pass, tokens: usize) {
+        let counter = match pass {
+            Pass::Prefill => &self.prefill_tokens,
+            Pass::Decode => &self.decode_tokens,
+        };
+        counter.fetch_add(tokens as u64, Relaxed);
+    }
+
     /// Width of the logits (embedding rows, padding included).
     pub fn vocab_size(&self) -> usize {
         self.config.vocab_size
@@ -268,8 +307,12 @@ impl Model {
 
     /// [`Model::forward`] with mitigations (a [`Plan`] resolved for this model).
     pub fn forward_with(&self, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, Error> {
+        self.forward_pass(Pass::Prefill, plan, state, tokens, rows)
+    }
+
+    fn forward_pass(&self, pass: Pass, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows) -> Result<Vec<f32>, Error> {
         let mut workspace = self.workspace(tokens.len());
-        self.forward_in(plan, state, tokens, rows, &mut workspace)?;
+        self.forward_in(pass, plan, state, tokens, rows, &mut workspace)?;
         Ok(std::mem::take(&mut workspace.logits))
     }
 
@@ -313,7 +356,7 @@ impl Model {
 
     /// One token through the recurrent step; returns its logits `[V]`.
     pub fn step(&self, state: &mut State, token: u32) -> Result<Vec<f32>, Error> {
-        self.forward(state, &[token], LogitRows::Last)
+        self.forward_pass(Pass::Decode, &self.plain, state, &[token], LogitRows::Last)
     }
 
     /// One decode step of several independent sequences in one pass: `tokens[i]` continues the
@@ -345,7 +388,7 @@ impl Model {
         if states.len() != tokens.len() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.len() });
         }
-        self.batch_into(plan, states, &OneEach(tokens), logits)
+        self.batch_into(Pass::Decode, plan, states, &OneEach(tokens), logits)
     }
 
     /// Feeds `tokens[i]` to `states[i]` for every sequence `i`, all sequences the same length,
@@ -364,10 +407,17 @@ impl Model {
 
     /// [`Model::prefill_batch`] into `logits` (resized to `[B, V]`).
     pub fn prefill_batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &[impl AsRef<[u32]> + Sync], logits: &mut Vec<f32>) -> Result<(), Error> {
-        self.batch_into(plan, states, tokens, logits)
+        self.batch_into(Pass::Prefill, plan, states, tokens, logits)
     }
 
-    fn batch_into(&self, plan: &Plan, states: &mut [&mut State], tokens: &(impl Sequences + ?Sized), logits: &mut Vec<f32>) -> Result<(), Error> {
+    fn batch_into(
+        &self,
+        pass: Pass,
+        plan: &Plan,
+        states: &mut [&mut State],
+        tokens: &(impl Sequences + ?Sized),
+        logits: &mut Vec<f32>,
+    ) -> Result<(), Error> {
         if states.len() != tokens.count() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.count() });
         }
@@ -399,6 +449,9 @@ impl Model {
             pool.push(buffers);
         }
         self.device_ok()?;
+        if result.is_ok() {
+            self.count(pass, (0..tokens.count()).map(|i| tokens.sequence(i).len()).sum());
+        }
         result
     }
 
@@ -454,6 +507,7 @@ impl Model {
     /// [`Model::forward`] into reusable buffers; the logits are left in `workspace.logits`.
     pub(crate) fn forward_in(
         &self,
+        pass: Pass,
         plan: &Plan,
         state: &mut State,
         tokens: &[u32],
@@ -463,6 +517,9 @@ impl Model {
         let mut result = Ok(());
         self.backend.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
         self.device_ok()?;
+        if result.is_ok() {
+            self.count(pass, tokens.len());
+        }
         result
     }
 

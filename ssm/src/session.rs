@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::model::Workspace;
+use crate::model::{Pass, Workspace};
 use crate::{Error, LogitRows, Model, Plan, Sampler, State};
 
 /// Tokens per forward pass in prefill. Activation memory is proportional to it (about 50 KB per
@@ -135,7 +135,7 @@ impl Session {
         let mut done = 0;
         for (i, piece) in pieces.enumerate() {
             let rows = if i + 1 == count { LogitRows::Last } else { LogitRows::None };
-            self.model.forward_in(&self.plan, &mut self.state, piece, rows, &mut self.workspace)?;
+            self.model.forward_in(Pass::Prefill, &self.plan, &mut self.state, piece, rows, &mut self.workspace)?;
             done += piece.len();
             progress(done);
         }
@@ -195,7 +195,7 @@ impl Session {
         let vocab = self.model.vocab_size();
         for piece in tokens.chunks(self.piece_len) {
             let start = self.state.position();
-            self.model.forward_in(&self.plan, &mut self.state, piece, LogitRows::All, &mut self.workspace)?;
+            self.model.forward_in(Pass::Prefill, &self.plan, &mut self.state, piece, LogitRows::All, &mut self.workspace)?;
             for (i, row) in self.workspace.logits.chunks_exact(vocab).enumerate() {
                 on_row(start + i as u64, row);
             }
@@ -211,7 +211,7 @@ impl Session {
     /// Consumes one token through the recurrent step; returns its logits `[V]`.
     pub fn step(&mut self, token: u32) -> Result<&[f32], Error> {
         self.has_logits = false;
-        self.model.forward_in(&self.plan, &mut self.state, &[token], LogitRows::Last, &mut self.step_workspace)?;
+        self.model.forward_in(Pass::Decode, &self.plan, &mut self.state, &[token], LogitRows::Last, &mut self.step_workspace)?;
         self.has_logits = true;
         Ok(&self.step_workspace.logits)
     }
