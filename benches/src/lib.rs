@@ -5,8 +5,26 @@ use std::sync::Arc;
 use coil_ssm::{random_weights, Config, Dialect, Model};
 
 /// The shape of a released state-spaces/mamba2 checkpoint, by name: `130m`, `370m`, `780m`,
-/// `1.3b`, `2.7b`.
+/// `1.3b`, `2.7b`; `NAME:LAYERS` or `NAME:LAYERS:VOCAB` keeps the widths with fewer layers or
+/// another vocabulary (`130m:4:8192`, small enough to time on lavapipe).
 pub fn released_shape(name: &str) -> Option<Config> {
+    let mut parts = name.split(':');
+    let base = released_shape_named(parts.next()?)?;
+    let n_layer = match parts.next() {
+        Some(layers) => layers.parse().ok().filter(|&n| n > 0)?,
+        None => base.n_layer,
+    };
+    let vocab_size = match parts.next() {
+        Some(vocab) => vocab.parse().ok().filter(|&n| n > 0)?,
+        None => base.vocab_size,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Config { n_layer, vocab_size, vocab_size_unpadded: base.vocab_size_unpadded.min(vocab_size), ..base })
+}
+
+fn released_shape_named(name: &str) -> Option<Config> {
     let (d_model, n_layer) = match name {
         "130m" => (768, 24),
         "370m" => (1024, 48),

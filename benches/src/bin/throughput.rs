@@ -64,7 +64,7 @@ fn main() {
             coil_ssm::Model::from_checkpoint(checkpoint).with_backend(backend)
         }
         None => {
-            let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b")) };
+            let Some(config) = released_shape(shape) else { fail(format!("unknown shape `{shape}`: use 130m, 370m, 780m, 1.3b or 2.7b, optionally with :LAYERS[:VOCAB]")) };
             Arc::into_inner(random_model_on(&config, backend)).expect("one owner")
         }
     };
