@@ -44,7 +44,10 @@ pub enum Error {
     Eval(#[from] EvalError),
 
     /// Text was asked of a checkpoint that has no `tokenizer.json`.
-    #[error("the checkpoint {checkpoint} has no tokenizer.json: pass token ids instead of text")]
+    #[error(
+        "the checkpoint {checkpoint} has no tokenizer.json: give one with `Loaded::with_tokenizer_file` (the released \
+         Mamba-2 checkpoints use GPT-NeoX-20B's), or pass token ids instead of text"
+    )]
     NoTokenizer {
         /// Where the checkpoint came from.
         checkpoint: Source,

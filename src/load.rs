@@ -133,6 +133,39 @@ impl Loaded {
         self.tokenizer.as_ref().ok_or_else(|| Error::NoTokenizer { checkpoint: self.source.clone() })
     }
 
+    /// The same model reading and writing text with `tokenizer` instead of the checkpoint's own
+    /// (or instead of none: the released Mamba-2 checkpoints ship no tokenizer and use
+    /// GPT-NeoX-20B's). Ids past the model's vocabulary are refused when text is fed.
+    ///
+    /// ```
+    /// use coil::{Device, Source, Tokenizer};
+    ///
+    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+    /// let other = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    /// let loaded = coil::load_default()?.with_tokenizer(other);
+    /// assert!(loaded.tokenizer()?.path().ends_with("passkey-n16/tokenizer.json"));
+    /// # Ok::<(), coil::Error>(())
+    /// ```
+    pub fn with_tokenizer(self, tokenizer: Tokenizer) -> Loaded {
+        Loaded { tokenizer: Some(Arc::new(tokenizer)), ..self }
+    }
+
+    /// [`Loaded::with_tokenizer`] with the `tokenizer.json` at `path`, wherever it is: a
+    /// checkpoint folder may be read-only (a model hub's cache) and hold none.
+    ///
+    /// ```
+    /// use coil::{Device, Source};
+    ///
+    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+    /// let loaded = coil::load_default()?.with_tokenizer_file(&dir.join("tokenizer.json"))?;
+    /// let ids = loaded.encode("The grass is green.")?;
+    /// assert_eq!(loaded.session().prefill(&ids)?.len(), loaded.model().vocab_size());
+    /// # Ok::<(), coil::Error>(())
+    /// ```
+    pub fn with_tokenizer_file(self, path: &Path) -> Result<Loaded, Error> {
+        Ok(self.with_tokenizer(Tokenizer::from_file(path)?))
+    }
+
     /// Where the checkpoint came from.
     ///
     /// ```

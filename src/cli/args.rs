@@ -40,6 +40,10 @@ pub struct PasskeyArgs {
     /// embedded checkpoint.
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
+    /// A tokenizer.json to read and write text with, in place of each checkpoint's own: the
+    /// released Mamba-2 checkpoints ship none (they use GPT-NeoX-20B's tokenizer.json).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Context lengths in tokens: `1k,2k,4k`, or geometric `1k..1m` (doubling), `1k..1m:x4`.
     #[arg(long, value_name = "LIST")]
     pub lengths: String,
@@ -116,6 +120,10 @@ pub struct ModelArgs {
     /// or `embedded:NAME` for one compiled into the binary; defaults to `embedded:default`.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// A tokenizer.json to read and write text with, in place of the checkpoint's own: the
+    /// released Mamba-2 checkpoints ship none (they use GPT-NeoX-20B's tokenizer.json).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,

@@ -9,7 +9,7 @@ use super::input::InputSource;
 use super::load::load;
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
-    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().cloned());
     super::check_outputs(inputs, &[("--out", Some(&args.out))])?;
     let loaded = load(&args.model)?;
@@ -61,7 +61,7 @@ pub fn check_length(source: &str, length: usize) -> Result<()> {
 
 /// The first `length` tokens of a text file, or of the passkey filler.
 pub fn calibration_tokens(loaded: &super::load::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
-    let tokenizer = loaded.tokenizer.as_ref().context("calibration text needs the model's tokenizer.json")?;
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| format!("calibration text needs a tokenizer: {}", super::NO_TOKENIZER))?;
     let tokens = match text {
         None => Probe::Filler.tokens(tokenizer, length)?,
         Some(path) => {

@@ -68,7 +68,7 @@ impl InputSource {
         let tokenizer = match (is_ids, tokenizer) {
             (true, _) => None,
             (false, Some(t)) => Some(t),
-            (false, None) => bail!("this model has no tokenizer.json, so it cannot read text: pass token ids with --token-ids FILE"),
+            (false, None) => bail!("{}, or pass token ids with --token-ids FILE", super::NO_TOKENIZER),
         };
         while let Some(block) = if is_ids { blocks.next_ids_block()? } else { blocks.next_text_block()? } {
             let ids = match tokenizer {

@@ -60,7 +60,11 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         WeightsArg::Auto => as_stored,
     };
     let stored_dtype = stored.to_string();
-    let (tokenizer, train_length) = (checkpoint.tokenizer, checkpoint.train_length);
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Some(Tokenizer::from_file(path).context("--tokenizer")?),
+        None => checkpoint.tokenizer,
+    };
+    let train_length = checkpoint.train_length;
     let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
     let mut model = Model::from_checkpoint(checkpoint)
         .with_backend(backend(args.device)?)

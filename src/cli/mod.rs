@@ -25,7 +25,11 @@ pub use score::score;
 /// training.json, the weights and their shards and index: `model*` and `pytorch_model*`; not
 /// whatever else the folder holds, such as states saved there) and the thresholds files its
 /// mitigations name. Outputs must not replace them either.
-pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]) -> Vec<std::path::PathBuf> {
+/// How to give a model without a tokenizer.json one, for the errors of commands that need text.
+pub(crate) const NO_TOKENIZER: &str = "the checkpoint has no tokenizer.json; give one with --tokenizer FILE \
+     (the released Mamba-2 checkpoints use GPT-NeoX-20B's tokenizer.json)";
+
+pub(crate) fn read_files(model: Option<&std::path::Path>, tokenizer: Option<&std::path::Path>, mitigations: &[String]) -> Vec<std::path::PathBuf> {
     let checkpoint_file = |name: &str| {
         ["config.json", "tokenizer.json", "training.json"].contains(&name) || name.starts_with("model") || name.starts_with("pytorch_model")
     };
@@ -34,6 +38,7 @@ pub(crate) fn read_files(model: Option<&std::path::Path>, mitigations: &[String]
         .and_then(|m| std::fs::read_dir(m).ok())
         .map(|entries| entries.flatten().filter(|e| e.file_name().to_str().is_some_and(checkpoint_file)).map(|e| e.path()).collect())
         .unwrap_or_default();
+    files.extend(tokenizer.map(std::path::Path::to_path_buf));
     // A spec that does not parse is reported when the plan is resolved; it names no file here.
     for mitigation in mitigations.iter().filter_map(|spec| coil::Mitigation::parse_list(spec).ok()).flatten() {
         if let coil::Mitigation::StateNorm { thresholds: coil::Thresholds::File(path), .. } = mitigation {

@@ -55,8 +55,8 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         bail!("--out {}: is a file, not a folder", args.out.display());
     }
     // The outputs must not land on an input (a template or checkpoint kept there).
-    let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), &[])).collect();
-    inputs.extend(super::read_files(None, &args.arms));
+    let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), None, &[])).collect();
+    inputs.extend(super::read_files(None, args.tokenizer.as_deref(), &args.arms));
     inputs.push(args.template.clone().into());
     let (report, accuracy) = (args.out.join("report.md"), args.out.join("accuracy.csv"));
     let in_out = args.out.is_dir();
@@ -82,6 +82,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     for (i, dir) in sources.iter().enumerate() {
         let model_args = ModelArgs {
             model: dir.clone(),
+            tokenizer: args.tokenizer.clone(),
             threads: if i == 0 { args.threads } else { None },
             chunk_size: args.chunk_size,
             piece_len: 1024,
@@ -103,7 +104,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             .map(|arm| super::plan::resolve(&loaded, &MitigationArgs { specs: vec![arm.clone()] }))
             .collect::<Result<Vec<_>>>()?;
         let tokenizer = Arc::new(
-            loaded.tokenizer.take().with_context(|| format!("{}: the passkey sweep needs the model's tokenizer.json", loaded.source))?,
+            loaded.tokenizer.take().with_context(|| format!("{}: the passkey sweep needs a tokenizer: {}", loaded.source, super::NO_TOKENIZER))?,
         );
         for plan in plans {
             subjects.push(CoilSubject {

@@ -27,7 +27,7 @@ pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
             let tokenizer = loaded
                 .tokenizer
                 .as_ref()
-                .context("state-norm:calibrate runs the passkey filler, which needs the model's tokenizer.json; give thresholds=FILE instead")?;
+                .with_context(|| format!("state-norm:calibrate runs the passkey filler, which needs a tokenizer ({}), or give thresholds=FILE instead", super::NO_TOKENIZER))?;
             Some(Probe::Filler.tokens(tokenizer, tokens)?)
         }
         None => None,

@@ -13,7 +13,7 @@ use super::progress::Progress;
 pub fn run(args: RunArgs) -> Result<()> {
     let sampling = sampling_config(&args.sampling)?;
     // --state-in and --state-out may be one file (continue a stream and save it back).
-    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref()), ("--device-stats", args.device_stats.as_deref())])?;
     let loaded = load(&args.model)?;

@@ -19,7 +19,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         ("--plot", args.plot.as_deref()),
         ("--device-stats", args.device_stats.as_deref()),
     ];
-    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &outputs)?;
     if let Some(plot) = &args.plot {

@@ -22,7 +22,7 @@ struct Trace {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    let mut inputs = super::read_files(args.model.model.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().cloned());
     super::check_outputs(inputs, &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
     if let Some(plot) = &args.plot {
@@ -36,7 +36,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
         bail!("--collapse-factor must be a positive number, not {}", args.collapse_factor);
     }
-    let tokenizer = loaded.tokenizer.as_ref().context("stats streams text, which needs the model's tokenizer.json")?;
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| format!("stats streams text, which needs a tokenizer: {}", super::NO_TOKENIZER))?;
     let tokens = match (&args.text_file, &args.probe) {
         (Some(path), _) => super::calibrate::calibration_tokens(&loaded, Some(path), args.length)?,
         (None, probe) => {
