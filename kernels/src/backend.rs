@@ -1,6 +1,10 @@
-use crate::{DtLimit, Matrix, Recurrence, ScanInputs, SsmShape};
+use std::sync::Arc;
 
-/// The ops of a Mamba-2 forward pass, on row-major f32 buffers in host memory.
+use crate::{DtLimit, Engine, Matrix, Recurrence, ScanInputs, SsmShape};
+
+/// The ops of a Mamba-2 forward pass, on row-major f32 buffers in host memory. A model runs them
+/// through an [`Engine`]: [`crate::HostEngine`] for a host backend, the backend's own
+/// [`Backend::device_engine`] for a device.
 ///
 /// Shapes are given in each method's doc; `T` is the number of tokens in the call. Implementations
 /// may panic when a buffer's length disagrees with the sizes passed: that is a bug in the caller,
@@ -8,6 +12,13 @@ use crate::{DtLimit, Matrix, Recurrence, ScanInputs, SsmShape};
 pub trait Backend: Send + Sync {
     /// A short name for logs and reports.
     fn name(&self) -> &'static str;
+
+    /// The engine a model runs on when its buffers live on a device: the model then holds its
+    /// states and activations there and calls this engine's ops on them. `None` (the default, for
+    /// host backends): the model runs these ops on host buffers ([`HostEngine`]).
+    fn device_engine(&self) -> Option<Arc<dyn Engine>> {
+        None
+    }
 
     /// Runs `work` (a forward pass: many ops) where this backend's ops are cheapest to issue.
     /// The CPU backend moves it onto a thread of its pool, so each op's fork-join stays inside

@@ -66,6 +66,21 @@ impl<T: Pod> HostArray<T> {
         array
     }
 
+    /// `len` zeros on the heap whatever their size (working buffers, resized often).
+    pub fn heap_zeros(len: usize) -> HostArray<T> {
+        HostArray { repr: Repr::Heap(vec![T::zeroed(); len]) }
+    }
+
+    /// Makes the array hold `len` values, zeros past the old end: a heap array keeps its
+    /// allocation when large enough; a mapped one is replaced when its length changes.
+    pub fn resize(&mut self, len: usize) {
+        match &mut self.repr {
+            Repr::Heap(values) => values.resize(len, T::zeroed()),
+            Repr::Mapped { len: old, .. } if *old == len => {}
+            Repr::Mapped { .. } => *self = HostArray::zeroed(len),
+        }
+    }
+
     /// Whether the array lives in its own huge-page-advised mapping.
     pub fn is_mapped(&self) -> bool {
         matches!(self.repr, Repr::Mapped { .. })

@@ -3,8 +3,10 @@
 //! a naive [`Reference`] backend, kept as the oracle for tests, and the fast [`Cpu`] backend.
 
 mod backend;
+mod buffer;
 pub mod conformance;
 mod device;
+mod engine;
 mod matrix;
 pub mod cpu;
 mod host;
@@ -12,6 +14,8 @@ pub mod reference;
 mod shape;
 
 pub use backend::{Backend, Traffic};
+pub use buffer::{Buffer, DeviceArray, DeviceView, View, ViewMut};
+pub use engine::{DtStep, Engine, HostEngine, RecurrenceViews, ScanViews};
 pub use device::Device;
 pub use host::HostArray;
 pub use matrix::{bf16_to_f32, f32_to_bf16, Matrix, Values, WeightDtype};

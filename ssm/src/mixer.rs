@@ -1,7 +1,7 @@
 //! One residual block: pre-norm, the Mamba-2 mixer, residual add (mamba2.md, "One layer").
 
 use coil_checkpoints::LayerWeights;
-use coil_kernels::{Backend, DtLimit, Matrix, Recurrence, ScanInputs, SsmShape, WeightDtype};
+use coil_kernels::{Buffer, DtLimit, Engine, Matrix, Recurrence, RecurrenceViews, ScanViews, SsmShape, View, ViewMut, WeightDtype};
 use rayon::prelude::*;
 
 use crate::mitigation::LayerPlan;
@@ -10,26 +10,55 @@ use crate::Config;
 
 /// A block's weights, arranged for the ops.
 pub(crate) struct Block {
-    norm: Vec<f32>,
+    norm: Param,
     in_proj: Projection,   // [I + C + H, D]: z | xBC | dt
-    conv_weight: Vec<f32>, // [C, K]
-    conv_bias: Option<Vec<f32>>,
-    dt_bias: Vec<f32>,
+    conv_weight: Param, // [C, K]
+    conv_bias: Option<Param>,
+    dt_bias: Param,
     a_log: Vec<f32>, // [H]; A = -exp(A_log) is formed by the plan
-    d: Vec<f32>,
-    mixer_norm: Vec<f32>,
+    d: Param,
+    mixer_norm: Param,
     out_proj: Projection, // [D, I]
+}
+
+/// A small parameter vector: its values on the host, and a copy where a device engine computes.
+pub(crate) struct Param {
+    host: Vec<f32>,
+    device: Option<Buffer>,
+}
+
+impl Param {
+    pub fn new(host: Vec<f32>) -> Param {
+        Param { host, device: None }
+    }
+
+    pub fn host(&self) -> &[f32] {
+        &self.host
+    }
+
+    pub fn view(&self) -> View<'_> {
+        match &self.device {
+            Some(buffer) => buffer.view(),
+            None => View::Host(&self.host),
+        }
+    }
+
+    /// Copies the values to `engine`'s memory once, if it computes away from the host.
+    pub fn place(&mut self, engine: &dyn Engine) {
+        let buffer = engine.upload(&self.host);
+        self.device = (!buffer.is_host()).then_some(buffer);
+    }
 }
 
 /// A linear layer's weight and optional bias.
 struct Projection {
     weight: Matrix,
-    bias: Option<Vec<f32>>,
+    bias: Option<Param>,
 }
 
 impl Projection {
-    fn apply(&self, backend: &dyn Backend, input: &[f32], out: &mut [f32]) {
-        backend.linear(input, &self.weight, self.bias.as_deref(), out);
+    fn apply(&self, engine: &dyn Engine, input: View, out: ViewMut) {
+        engine.linear(input, &self.weight, self.bias.as_ref().map(Param::view), out);
     }
 
     fn convert(&mut self, dtype: WeightDtype) {
@@ -63,47 +92,53 @@ impl Dims {
     }
 }
 
-/// Per-call activations for T tokens, reused across blocks.
+/// Per-call activations for T tokens, reused across blocks, where the engine computes.
 pub(crate) struct Activations {
-    normed: Vec<f32>, // [T, D]
-    zxbcdt: Vec<f32>, // [T, I + C + H], in_proj's output before the split
-    z: Vec<f32>,      // [T, I]
-    xbc_raw: Vec<f32>,
-    xbc: Vec<f32>, // [T, C]
-    dt_raw: Vec<f32>,
-    dt: Vec<f32>, // [T, H]
-    x: Vec<f32>,  // [T, I]
-    b: Vec<f32>,  // [T, G*N]
-    c: Vec<f32>,
-    y: Vec<f32>, // [T, I]
-    u: Vec<f32>,
-    out: Vec<f32>, // [T, D]
+    normed: Buffer, // [T, D]
+    zxbcdt: Buffer, // [T, I + C + H], in_proj's output before the split
+    z: Buffer,      // [T, I]
+    xbc_raw: Buffer,
+    xbc: Buffer, // [T, C]
+    dt_raw: Buffer,
+    dt: Buffer, // [T, H]
+    x: Buffer,  // [T, I]
+    b: Buffer,  // [T, G*N]
+    c: Buffer,
+    y: Buffer, // [T, I]
+    u: Buffer,
+    out: Buffer, // [T, D]
+    tokens: usize,
+    /// Host copies of x, dt and B for the window's ring and the statistics, when the engine
+    /// computes elsewhere.
+    host: [Vec<f32>; 3],
 }
 
 impl Activations {
-    pub fn new(dims: &Dims, tokens: usize) -> Activations {
+    pub fn new(engine: &dyn Engine, dims: &Dims, tokens: usize) -> Activations {
         let mut act = Activations {
-            normed: Vec::new(),
-            zxbcdt: Vec::new(),
-            z: Vec::new(),
-            xbc_raw: Vec::new(),
-            xbc: Vec::new(),
-            dt_raw: Vec::new(),
-            dt: Vec::new(),
-            x: Vec::new(),
-            b: Vec::new(),
-            c: Vec::new(),
-            y: Vec::new(),
-            u: Vec::new(),
-            out: Vec::new(),
+            normed: engine.zeros(0),
+            zxbcdt: engine.zeros(0),
+            z: engine.zeros(0),
+            xbc_raw: engine.zeros(0),
+            xbc: engine.zeros(0),
+            dt_raw: engine.zeros(0),
+            dt: engine.zeros(0),
+            x: engine.zeros(0),
+            b: engine.zeros(0),
+            c: engine.zeros(0),
+            y: engine.zeros(0),
+            u: engine.zeros(0),
+            out: engine.zeros(0),
+            tokens: 0,
+            host: Default::default(),
         };
-        act.resize(dims, tokens);
+        act.resize(engine, dims, tokens);
         act
     }
 
     /// Sizes every buffer for `tokens`, keeping allocations: a stream of pieces of varying length
     /// reuses the same memory instead of fragmenting the heap.
-    pub fn resize(&mut self, dims: &Dims, tokens: usize) {
+    pub fn resize(&mut self, engine: &dyn Engine, dims: &Dims, tokens: usize) {
         let (d, i, c, h, bc) = (dims.d_model, dims.inner(), dims.conv_dim, dims.ssm.heads, dims.ssm.bc_width());
         for (buffer, width) in [
             (&mut self.normed, d),
@@ -120,27 +155,31 @@ impl Activations {
             (&mut self.u, i),
             (&mut self.out, d),
         ] {
-            buffer.resize(tokens * width, 0.0);
+            if buffer.len() != tokens * width {
+                engine.resize(buffer, tokens * width);
+            }
         }
+        self.tokens = tokens;
     }
 
     /// Tokens these buffers hold.
-    pub fn tokens(&self, dims: &Dims) -> usize {
-        self.out.len() / dims.d_model
+    pub fn tokens(&self) -> usize {
+        self.tokens
     }
 
-    /// Makes these one-token buffers hold row `i` of `batch`'s in_proj outputs.
-    fn copy_inputs_from(&mut self, batch: &Activations, dims: &Dims, rows: std::ops::Range<usize>) {
+    /// Makes these buffers hold rows `rows` of `batch`'s in_proj outputs.
+    fn copy_inputs_from(&mut self, engine: &dyn Engine, batch: &Activations, dims: &Dims, rows: std::ops::Range<usize>) {
         let (c, h) = (dims.conv_dim, dims.ssm.heads);
-        self.resize(dims, rows.len());
-        self.xbc_raw.copy_from_slice(&batch.xbc_raw[rows.start * c..rows.end * c]);
-        self.dt_raw.copy_from_slice(&batch.dt_raw[rows.start * h..rows.end * h]);
+        self.resize(engine, dims, rows.len());
+        engine.copy_columns(batch.xbc_raw.slice(rows.start * c..rows.end * c), c, 0, self.xbc_raw.view_mut());
+        engine.copy_columns(batch.dt_raw.slice(rows.start * h..rows.end * h), h, 0, self.dt_raw.view_mut());
     }
 
     /// Stores these buffers' scan output as rows `first..` of `self`.
-    fn copy_output_from(&mut self, part: &Activations, dims: &Dims, first: usize) {
+    fn copy_output_from(&mut self, engine: &dyn Engine, part: &Activations, dims: &Dims, first: usize) {
         let inner = dims.inner();
-        self.y[first * inner..first * inner + part.y.len()].copy_from_slice(&part.y);
+        let rows = first * inner..first * inner + part.y.len();
+        engine.copy_columns(part.y.view(), inner, 0, self.y.slice_mut(rows));
     }
 }
 
@@ -156,6 +195,16 @@ impl Block {
         }
     }
 
+    /// Copies the small parameters to where `engine` computes (once, at load); the matrices go
+    /// on first use.
+    pub fn place(&mut self, engine: &dyn Engine) {
+        let params = [&mut self.norm, &mut self.conv_weight, &mut self.dt_bias, &mut self.d, &mut self.mixer_norm];
+        let biases = [self.conv_bias.as_mut(), self.in_proj.bias.as_mut(), self.out_proj.bias.as_mut()];
+        for param in params.into_iter().chain(biases.into_iter().flatten()) {
+            param.place(engine);
+        }
+    }
+
     /// The projection matrices, by name.
     pub fn matrices(&self) -> [(&'static str, &Matrix); 2] {
         [("in_proj", &self.in_proj.weight), ("out_proj", &self.out_proj.weight)]
@@ -167,27 +216,27 @@ impl Block {
     }
 
     pub fn dt_bias(&self) -> &[f32] {
-        &self.dt_bias
+        self.dt_bias.host()
     }
 
     /// The skip weights `D`.
     pub fn d(&self) -> &[f32] {
-        &self.d
+        self.d.host()
     }
 
     pub fn new(w: LayerWeights, dims: &Dims) -> Block {
         let d_model = dims.d_model;
         let rows = dims.inner() + dims.conv_dim + dims.ssm.heads;
         Block {
-            norm: w.norm,
-            in_proj: Projection { weight: Matrix::new(w.in_proj, rows, d_model), bias: w.in_proj_bias },
-            conv_weight: w.conv_weight,
-            conv_bias: w.conv_bias,
-            dt_bias: w.dt_bias,
+            norm: Param::new(w.norm),
+            in_proj: Projection { weight: Matrix::new(w.in_proj, rows, d_model), bias: w.in_proj_bias.map(Param::new) },
+            conv_weight: Param::new(w.conv_weight),
+            conv_bias: w.conv_bias.map(Param::new),
+            dt_bias: Param::new(w.dt_bias),
             a_log: w.a_log,
-            d: w.d,
-            mixer_norm: w.mixer_norm,
-            out_proj: Projection { weight: Matrix::new(w.out_proj, d_model, dims.inner()), bias: w.out_proj_bias },
+            d: Param::new(w.d),
+            mixer_norm: Param::new(w.mixer_norm),
+            out_proj: Projection { weight: Matrix::new(w.out_proj, d_model, dims.inner()), bias: w.out_proj_bias.map(Param::new) },
         }
     }
 
@@ -198,32 +247,31 @@ impl Block {
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
-        backend: &dyn Backend,
+        engine: &dyn Engine,
         dims: &Dims,
-        hidden: &mut [f32],
+        hidden: &mut Buffer,
         layer: LayerState,
         plan: &LayerPlan,
         position: u64,
         chunk: usize,
         act: &mut Activations,
     ) {
-        let tokens = hidden.len() / dims.d_model;
-        debug_assert_eq!(act.tokens(dims), tokens);
-        self.project_in(backend, dims, hidden, act);
-        self.mix(backend, dims, layer, plan, position, chunk, act);
-        self.project_out(backend, dims, hidden, act);
+        debug_assert_eq!(act.tokens() * dims.d_model, hidden.len());
+        self.project_in(engine, dims, hidden.view(), act);
+        self.mix(engine, dims, layer, plan, position, chunk, act);
+        self.project_out(engine, dims, hidden, act);
     }
 
     /// B independent sequences of T tokens each: rows `i*T..(i+1)*T` of `hidden: [B*T, D]`
     /// continue `states[i]` (this block is their layer `layer`). The projections run once over
     /// all B*T rows (one pass over the weights); the conv and the scan run per sequence on its
-    /// own state, through its own `parts[i]`, the sequences at once where the backend allows.
+    /// own state, through its own `parts[i]`, the sequences at once where the engine allows.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_batch(
         &self,
-        backend: &dyn Backend,
+        engine: &dyn Engine,
         dims: &Dims,
-        hidden: &mut [f32],
+        hidden: &mut Buffer,
         states: &mut [&mut State],
         layer: usize,
         plan: &LayerPlan,
@@ -231,69 +279,66 @@ impl Block {
         act: &mut Activations,
         parts: &mut [Activations],
     ) {
-        let tokens = act.tokens(dims) / states.len();
-        debug_assert_eq!(act.tokens(dims), states.len() * tokens);
+        let tokens = act.tokens() / states.len();
+        debug_assert_eq!(act.tokens(), states.len() * tokens);
         debug_assert_eq!(parts.len(), states.len());
-        self.project_in(backend, dims, hidden, act);
+        self.project_in(engine, dims, hidden.view(), act);
         let mix_one = |(i, (state, part)): (usize, (&mut &mut State, &mut Activations))| {
-            part.copy_inputs_from(act, dims, i * tokens..(i + 1) * tokens);
+            part.copy_inputs_from(engine, act, dims, i * tokens..(i + 1) * tokens);
             let position = state.position();
-            self.mix(backend, dims, state.layer_mut(layer), plan, position, chunk, part);
+            self.mix(engine, dims, state.layer_mut(layer), plan, position, chunk, part);
         };
-        if backend.concurrent_sequences() {
+        if engine.concurrent_sequences() {
             states.par_iter_mut().zip(parts.par_iter_mut()).enumerate().for_each(mix_one);
         } else {
             states.iter_mut().zip(parts.iter_mut()).enumerate().for_each(mix_one);
         }
         for (i, part) in parts.iter().enumerate() {
-            act.copy_output_from(part, dims, i * tokens);
+            act.copy_output_from(engine, part, dims, i * tokens);
         }
-        self.project_out(backend, dims, hidden, act);
+        self.project_out(engine, dims, hidden, act);
     }
 
     /// Pre-norm and in_proj: `act.z`, `act.xbc_raw`, `act.dt_raw` for every row of `hidden`.
-    fn project_in(&self, backend: &dyn Backend, dims: &Dims, hidden: &[f32], act: &mut Activations) {
-        backend.rms_norm(hidden, &self.norm, dims.eps, &mut act.normed);
-        // One product (one pass over the weights, one fork-join), then each row's z | xBC | dt
-        // into its own contiguous buffer.
-        self.in_proj.apply(backend, &act.normed, &mut act.zxbcdt);
-        let (i, c) = (dims.inner(), dims.conv_dim);
-        let h = dims.ssm.heads;
-        let parts = act.z.par_chunks_mut(i).zip(act.xbc_raw.par_chunks_mut(c)).zip(act.dt_raw.par_chunks_mut(h));
-        parts.zip(act.zxbcdt.par_chunks(i + c + h)).with_min_len(COPY_MIN_ROWS).for_each(|(((z, xbc), dt), row)| {
-            z.copy_from_slice(&row[..i]);
-            xbc.copy_from_slice(&row[i..i + c]);
-            dt.copy_from_slice(&row[i + c..]);
-        });
+    fn project_in(&self, engine: &dyn Engine, dims: &Dims, hidden: View, act: &mut Activations) {
+        engine.rms_norm(hidden, self.norm.view(), dims.eps, act.normed.view_mut());
+        // One product (one pass over the weights), then each row's z | xBC | dt into its own
+        // contiguous buffer.
+        self.in_proj.apply(engine, act.normed.view(), act.zxbcdt.view_mut());
+        let (i, c, h) = (dims.inner(), dims.conv_dim, dims.ssm.heads);
+        let zxbcdt = act.zxbcdt.view();
+        engine.copy_columns(zxbcdt, i + c + h, 0, act.z.view_mut());
+        engine.copy_columns(zxbcdt, i + c + h, i, act.xbc_raw.view_mut());
+        engine.copy_columns(zxbcdt, i + c + h, i + c, act.dt_raw.view_mut());
     }
 
     /// The recurrent part for consecutive tokens of one sequence: conv, dt, the scan from and
     /// into `layer`, leaving `act.y`.
     #[allow(clippy::too_many_arguments)]
-    fn mix(&self, backend: &dyn Backend, dims: &Dims, layer: LayerState, plan: &LayerPlan, position: u64, chunk: usize, act: &mut Activations) {
-        let (inner, conv_dim) = (dims.inner(), dims.conv_dim);
-        backend.causal_conv1d(&act.xbc_raw, layer.conv, &self.conv_weight, self.conv_bias.as_deref(), conv_dim, &mut act.xbc);
-        split_xbc(&act.xbc, conv_dim, inner, dims.ssm.bc_width(), &mut act.x, &mut act.b, &mut act.c);
+    fn mix(&self, engine: &dyn Engine, dims: &Dims, mut layer: LayerState, plan: &LayerPlan, position: u64, chunk: usize, act: &mut Activations) {
+        let (inner, conv_dim, bc) = (dims.inner(), dims.conv_dim, dims.ssm.bc_width());
+        let conv_bias = self.conv_bias.as_ref().map(Param::view);
+        engine.causal_conv1d(act.xbc_raw.view(), layer.conv.reborrow(), self.conv_weight.view(), conv_bias, conv_dim, act.xbc.view_mut());
+        let xbc = act.xbc.view();
+        engine.copy_columns(xbc, conv_dim, 0, act.x.view_mut());
+        engine.copy_columns(xbc, conv_dim, inner, act.b.view_mut());
+        engine.copy_columns(xbc, conv_dim, inner + bc, act.c.view_mut());
 
         // dt: softplus, then the plan's steps (the checkpoint's clamp first, then mitigations).
-        backend.discretize_dt(&act.dt_raw, &self.dt_bias, DtLimit::default(), &mut act.dt);
-        plan.transform_dt(&mut act.dt);
+        engine.prepare_dt(act.dt_raw.view(), self.dt_bias.view(), DtLimit::default(), &plan.dt_steps, act.dt.view_mut());
         if plan.b_scale != 1.0 {
-            act.b.iter_mut().for_each(|v| *v *= plan.b_scale);
+            engine.scale(act.b.view_mut(), plan.b_scale);
         }
-        let recurrence = Recurrence { a: &plan.a, log_decay_offset: &plan.log_decay_offset, d: &self.d };
-        self.scan(backend, dims, layer, plan, &recurrence, position, chunk, act);
+        self.scan(engine, dims, &mut layer, plan, position, chunk, act);
     }
 
     /// Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I),
     /// out_proj, and the residual add into `hidden`.
-    fn project_out(&self, backend: &dyn Backend, dims: &Dims, hidden: &mut [f32], act: &mut Activations) {
-        backend.gated_rms_norm(&act.y, &act.z, &self.mixer_norm, dims.inner() / dims.ssm.groups, dims.eps, &mut act.u);
-        self.out_proj.apply(backend, &act.u, &mut act.out);
-        let d = dims.d_model;
-        hidden.par_chunks_mut(d).zip(act.out.par_chunks(d)).with_min_len(COPY_MIN_ROWS).for_each(|(hidden, out)| {
-            hidden.iter_mut().zip(out).for_each(|(h, o)| *h += o);
-        });
+    fn project_out(&self, engine: &dyn Engine, dims: &Dims, hidden: &mut Buffer, act: &mut Activations) {
+        let group = dims.inner() / dims.ssm.groups;
+        engine.gated_rms_norm(act.y.view(), act.z.view(), self.mixer_norm.view(), group, dims.eps, act.u.view_mut());
+        self.out_proj.apply(engine, act.u.view(), act.out.view_mut());
+        engine.add(hidden.view_mut(), act.out.view());
     }
 
     /// The selective scan over the activations' tokens, in segments between the points where
@@ -301,20 +346,29 @@ impl Block {
     #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
-        backend: &dyn Backend,
+        engine: &dyn Engine,
         dims: &Dims,
-        mut layer: LayerState,
+        layer: &mut LayerState,
         plan: &LayerPlan,
-        recurrence: &Recurrence,
         position: u64,
         chunk: usize,
         act: &mut Activations,
     ) {
         let shape = dims.ssm;
-        let (inner, heads, p_len) = (shape.inner(), shape.heads, shape.head_dim);
-        let tokens = act.dt.len() / heads;
-        let inputs = ScanInputs { x: &act.x, dt: &act.dt, b: &act.b, c: &act.c };
+        let (inner, heads, p_len, bc) = (shape.inner(), shape.heads, shape.head_dim, shape.bc_width());
+        let tokens = act.tokens();
+        let recurrence = Recurrence { a: &plan.a, log_decay_offset: &plan.log_decay_offset, d: self.d.host() };
+        let views = RecurrenceViews { a: View::Host(&plan.a), log_decay_offset: View::Host(&plan.log_decay_offset), d: self.d.view() };
+        let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
         let window = plan.window.filter(|_| layer.ring.is_some());
+        // What the host keeps per token (running log-decay sums, the window's lagged inputs,
+        // dt statistics) reads dt, and with the window x and B, from host memory.
+        let [x_host, dt_host, b_host] = &mut act.host;
+        let dt = inputs.dt.on_host(dt_host);
+        let (x, b) = match layer.ring {
+            Some(_) => (inputs.x.on_host(x_host), inputs.b.on_host(b_host)),
+            None => (&[][..], &[][..]),
+        };
         // A segment ends after token i when the state norm clamps there, and before token i when
         // the window's start moves there.
         let ends_after = |i: usize| plan.state_norm.as_ref().is_some_and(|n| (position + i as u64 + 1).is_multiple_of(n.every));
@@ -334,19 +388,20 @@ impl Block {
             if let (Some(w), Some(ring)) = (window, layer.ring.as_deref_mut()) {
                 if window_moves(first) {
                     debug_assert_eq!(ring.oldest_position, w.start(first - 1));
-                    retract(backend, &shape, layer.ssm, ring, (w.start(first) - w.start(first - 1)) as usize, layer.log_decay_total, &mut retract_scratch);
+                    let count = (w.start(first) - w.start(first - 1)) as usize;
+                    retract(engine, &shape, layer.ssm.reborrow(), ring, count, layer.log_decay_total, &mut retract_scratch);
                 }
             }
             let segment = inputs.slice(&shape, start..end);
-            let y = &mut act.y[start * inner..end * inner];
+            let y = act.y.slice_mut(start * inner..end * inner);
             if end - start == 1 {
-                backend.ssm_step(shape, *recurrence, segment, layer.ssm, y);
+                engine.ssm_step(shape, views, segment, layer.ssm.reborrow(), y);
             } else {
-                backend.ssd_scan(shape, *recurrence, segment, layer.ssm, chunk, y);
+                engine.ssd_scan(shape, views, segment, layer.ssm.reborrow(), chunk, y);
             }
             // Running log-decay sums (f64), the window's lagged inputs and dt statistics.
             for t in start..end {
-                let dt = &inputs.dt[t * heads..(t + 1) * heads];
+                let dt = &dt[t * heads..(t + 1) * heads];
                 for h in 0..heads {
                     let log_decay = recurrence.log_decay(h, dt[h]);
                     layer.log_decay_total[h] += log_decay as f64;
@@ -356,14 +411,13 @@ impl Block {
                 }
                 if let Some(ring) = layer.ring.as_deref_mut() {
                     for (i, v) in xdt.iter_mut().enumerate() {
-                        *v = inputs.x[t * inner + i] * dt[i / p_len];
+                        *v = x[t * inner + i] * dt[i / p_len];
                     }
-                    let bc = shape.bc_width();
-                    ring.push(&xdt, &inputs.b[t * bc..(t + 1) * bc], layer.log_decay_total);
+                    ring.push(&xdt, &b[t * bc..(t + 1) * bc], layer.log_decay_total);
                 }
             }
             if let Some(norm) = plan.state_norm.as_ref().filter(|_| ends_after(end - 1)) {
-                backend.clamp_state_norms(shape, layer.ssm, &norm.thresholds);
+                engine.clamp_state_norms(shape, layer.ssm.reborrow(), &norm.thresholds);
             }
             start = end;
         }
@@ -372,13 +426,13 @@ impl Block {
 
 /// Takes the ring's oldest `count` inputs out of the state, each decayed from when it was written
 /// to now: weight `exp(L_now - L_k)`, a difference of f64 running sums.
-fn retract(backend: &dyn Backend, shape: &SsmShape, state: &mut [f32], ring: &mut Ring, count: usize, log_now: &[f64], scratch: &mut RetractScratch) {
+fn retract(engine: &dyn Engine, shape: &SsmShape, state: ViewMut, ring: &mut Ring, count: usize, log_now: &[f64], scratch: &mut RetractScratch) {
     let RetractScratch { xdt, b, log_cum, weights } = scratch;
     ring.pop_oldest(count, xdt, b, log_cum);
     let heads = shape.heads;
     weights.clear();
     weights.extend(log_cum.iter().enumerate().map(|(i, &l)| (log_now[i % heads] - l).exp() as f32));
-    backend.retract_inputs(*shape, state, xdt, b, weights);
+    engine.retract_inputs(*shape, state, xdt, b, weights);
 }
 
 /// Buffers of [`retract`], kept across the window moves of one forward pass.
@@ -389,18 +443,3 @@ struct RetractScratch {
     log_cum: Vec<f64>,
     weights: Vec<f32>,
 }
-
-/// Splits conv output rows `[x | B | C]` into three contiguous buffers.
-fn split_xbc(xbc: &[f32], conv_dim: usize, inner: usize, bc: usize, x: &mut [f32], b: &mut [f32], c: &mut [f32]) {
-    let parts = x.par_chunks_mut(inner).zip(b.par_chunks_mut(bc)).zip(c.par_chunks_mut(bc));
-    parts.zip(xbc.par_chunks(conv_dim)).with_min_len(COPY_MIN_ROWS).for_each(|(((x, b), c), row)| {
-        x.copy_from_slice(&row[..inner]);
-        b.copy_from_slice(&row[inner..inner + bc]);
-        c.copy_from_slice(&row[inner + bc..]);
-    });
-}
-
-/// Rows per task of the copies between a block's ops (in_proj's output split three ways, the
-/// conv's output split three ways, the residual add): at prefill sizes each moves tens of MB
-/// per layer, in parallel; a decode step's single row stays on the calling thread.
-const COPY_MIN_ROWS: usize = 64;

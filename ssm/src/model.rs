@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use coil_checkpoints::files::Fnv1a;
 use coil_checkpoints::{Checkpoint, Weights};
-use coil_kernels::{Backend, Cpu, Matrix, Traffic, WeightDtype};
+use coil_kernels::{Backend, Buffer, Cpu, Engine, HostEngine, Matrix, Traffic, View, ViewMut, WeightDtype};
 
-use crate::mixer::{Activations, Block, Dims};
+use crate::mixer::{Activations, Block, Dims, Param};
 use crate::mitigation::Plan;
 use crate::{Config, Error, State, StateShape};
 
@@ -43,10 +43,11 @@ pub(crate) enum Pass {
 pub struct Model {
     config: Config,
     dims: Dims,
-    backend: Arc<dyn Backend>,
+    /// The backend's engine: its ops on buffers where it computes.
+    engine: Arc<dyn Engine>,
     embedding: Matrix, // [V, D]
     blocks: Vec<Block>,
-    norm_f: Vec<f32>,
+    norm_f: Param,
     lm_head: Option<Matrix>, // [V, D]; None = tied to the embedding
     chunk_size: Option<usize>, // set explicitly; else the backend's choice or the checkpoint's
     parameters: usize,
@@ -93,21 +94,25 @@ impl Sequences for OneEach<'_> {
 struct BatchBuffers {
     workspace: Workspace,
     parts: Vec<Activations>, // one per sequence: their recurrent parts may run at once
-    last: Vec<f32>,
+    last: Buffer,
+    ids: Vec<u32>,
 }
 
-/// Buffers for a forward pass, reused between calls of any length.
+/// Buffers for a forward pass, reused between calls of any length, where the engine computes;
+/// only the logits are on the host.
 pub(crate) struct Workspace {
-    hidden: Vec<f32>,
+    hidden: Buffer,
     act: Activations,
-    normed: Vec<f32>,
+    normed: Buffer,
     pub(crate) logits: Vec<f32>,
 }
 
 impl Workspace {
-    fn resize(&mut self, dims: &Dims, tokens: usize) {
-        self.hidden.resize(tokens * dims.d_model, 0.0);
-        self.act.resize(dims, tokens);
+    fn resize(&mut self, engine: &dyn Engine, dims: &Dims, tokens: usize) {
+        if self.hidden.len() != tokens * dims.d_model {
+            engine.resize(&mut self.hidden, tokens * dims.d_model);
+        }
+        self.act.resize(engine, dims, tokens);
     }
 }
 
@@ -130,16 +135,25 @@ impl Model {
             fingerprint: 0,
             chunk_size: None,
             dims,
-            backend,
+            engine: engine_of(backend),
             embedding: Matrix::new(weights.embedding, config.vocab_size, config.d_model),
             blocks: weights.layers.into_iter().map(|layer| Block::new(layer, &dims)).collect(),
-            norm_f: weights.norm_f,
+            norm_f: Param::new(weights.norm_f),
             lm_head: weights.lm_head.map(|head| Matrix::new(head, config.vocab_size, config.d_model)),
             config,
         };
         model.plain = Plan::plain(&model);
         model.fingerprint = model.compute_fingerprint();
+        model.place_parameters();
         model
+    }
+
+    /// Copies the small parameters where the engine computes.
+    fn place_parameters(&mut self) {
+        for block in &mut self.blocks {
+            block.place(&*self.engine);
+        }
+        self.norm_f.place(&*self.engine);
     }
 
     /// A 64-bit FNV-1a hash of the state's shape and of the per-head parameters every token's
@@ -155,7 +169,7 @@ impl Model {
         let s = self.state_shape();
         let sizes = [s.layers, s.conv_dim, s.conv_kernel, s.heads, s.head_dim, s.d_state, self.config.d_model];
         let hash = sizes.iter().fold(Fnv1a::default(), |hash, &n| hash.write(&(n as u64).to_le_bytes()));
-        let values = self.blocks.iter().flat_map(|b| [b.a_log(), b.d(), b.dt_bias()]).chain([self.norm_f.as_slice()]);
+        let values = self.blocks.iter().flat_map(|b| [b.a_log(), b.d(), b.dt_bias()]).chain([self.norm_f.host()]);
         values.flatten().fold(hash, |hash, v| hash.write(&v.to_bits().to_le_bytes())).finish()
     }
 
@@ -182,7 +196,10 @@ impl Model {
 
     /// Runs on another backend (the naive [`coil_kernels::Reference`], say).
     pub fn with_backend(mut self, backend: Arc<dyn Backend>) -> Model {
-        self.backend = backend;
+        self.engine = engine_of(backend);
+        self.place_parameters();
+        // Buffers made for the old engine would be the wrong kind.
+        self.batch_buffers = Default::default();
         self
     }
 
@@ -235,7 +252,7 @@ impl Model {
 
     /// The SSD chunk length prefill runs with.
     pub fn chunk_size(&self) -> usize {
-        self.chunk_size.or_else(|| self.backend.preferred_chunk()).unwrap_or(self.config.chunk_size)
+        self.chunk_size.or_else(|| self.engine.preferred_chunk()).unwrap_or(self.config.chunk_size)
     }
 
     pub fn config(&self) -> &Config {
@@ -243,12 +260,12 @@ impl Model {
     }
 
     pub fn backend_name(&self) -> &'static str {
-        self.backend.name()
+        self.engine.name()
     }
 
     /// What the backend has launched and moved so far, for every model that runs on it.
     pub fn device_traffic(&self) -> Traffic {
-        self.backend.traffic()
+        self.engine.traffic()
     }
 
     /// Tokens this model has run (in every state and session), prefill and decode apart.
@@ -442,9 +459,9 @@ impl Model {
         }
         let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
         let mut buffers =
-            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), parts: Vec::new(), last: Vec::new() });
+            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), parts: Vec::new(), last: self.engine.zeros(0), ids: Vec::new() });
         let mut result = Ok(());
-        self.backend.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
+        self.engine.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
         if let Ok(mut pool) = self.batch_buffers.lock() {
             pool.push(buffers);
         }
@@ -464,30 +481,41 @@ impl Model {
         logits: &mut Vec<f32>,
     ) -> Result<(), Error> {
         let (batch, len, d, vocab) = (tokens.count(), tokens.sequence(0).len(), self.dims.d_model, self.config.vocab_size);
-        let BatchBuffers { workspace, parts, last } = buffers;
-        parts.resize_with(parts.len().max(batch), || Activations::new(&self.dims, 0));
-        workspace.resize(&self.dims, batch * len);
-        for (hidden, &token) in workspace.hidden.chunks_exact_mut(d).zip((0..batch).flat_map(|i| tokens.sequence(i))) {
-            self.embedding.row_f32(token as usize, hidden);
+        let engine = &*self.engine;
+        let BatchBuffers { workspace, parts, last, ids } = buffers;
+        parts.resize_with(parts.len().max(batch), || Activations::new(engine, &self.dims, 0));
+        workspace.resize(engine, &self.dims, batch * len);
+        for state in states.iter_mut() {
+            state.place(engine);
         }
+        ids.clear();
+        ids.extend((0..batch).flat_map(|i| tokens.sequence(i).iter().copied()));
+        engine.embed(&self.embedding, ids, workspace.hidden.view_mut());
         let chunk = self.chunk_size();
         for (i, block) in self.blocks.iter().enumerate() {
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(&*self.backend, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch]);
+            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch]);
         }
         for state in states.iter_mut() {
             state.advance(len);
         }
         // Each sequence's last row.
-        last.clear();
-        last.extend(workspace.hidden.chunks_exact(len * d).flat_map(|rows| rows[(len - 1) * d..].iter().copied()));
-        for (hidden, state) in last.chunks_exact(d).zip(states.iter()) {
-            check_finite(state, len, hidden)?;
+        if last.len() != batch * d {
+            engine.resize(last, batch * d);
+        }
+        for i in 0..batch {
+            let row = (i * len + len - 1) * d;
+            engine.copy_columns(workspace.hidden.slice(row..row + d), d, 0, last.slice_mut(i * d..(i + 1) * d));
+        }
+        for (i, state) in states.iter().enumerate() {
+            check_finite(engine, state, len, last.slice(i * d..(i + 1) * d))?;
         }
         logits.resize(batch * vocab, 0.0);
-        workspace.normed.resize(batch * d, 0.0);
-        self.backend.rms_norm(last, &self.norm_f, self.dims.eps, &mut workspace.normed);
-        self.backend.linear(&workspace.normed, self.lm_head.as_ref().unwrap_or(&self.embedding), None, logits);
+        if workspace.normed.len() != batch * d {
+            engine.resize(&mut workspace.normed, batch * d);
+        }
+        engine.rms_norm(last.view(), self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
+        engine.linear(workspace.normed.view(), self.lm_head.as_ref().unwrap_or(&self.embedding), None, ViewMut::Host(logits));
         if let Some(i) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
             return Err(Error::NonFiniteLogits { position: states[i].position() });
         }
@@ -495,11 +523,11 @@ impl Model {
     }
 
     pub(crate) fn workspace(&self, tokens: usize) -> Workspace {
-        let d = self.dims.d_model;
+        let engine = &*self.engine;
         Workspace {
-            hidden: vec![0.0; tokens * d],
-            act: Activations::new(&self.dims, tokens),
-            normed: Vec::new(),
+            hidden: engine.zeros(tokens * self.dims.d_model),
+            act: Activations::new(engine, &self.dims, tokens),
+            normed: engine.zeros(0),
             logits: Vec::new(),
         }
     }
@@ -515,7 +543,7 @@ impl Model {
         workspace: &mut Workspace,
     ) -> Result<(), Error> {
         let mut result = Ok(());
-        self.backend.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
+        self.engine.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
         self.device_ok()?;
         if result.is_ok() {
             self.count(pass, tokens.len());
@@ -526,7 +554,7 @@ impl Model {
     /// The backend's device failure, if any, as the error of the pass that ran into it (its
     /// outputs are NaN, so this comes before any check of them).
     fn device_ok(&self) -> Result<(), Error> {
-        match self.backend.device_failure() {
+        match self.engine.device_failure() {
             Some(message) => Err(Error::Device { message }),
             None => Ok(()),
         }
@@ -551,33 +579,35 @@ impl Model {
         if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
             return Err(Error::TokenOutOfRange { token: tokens[i], position: state.position() + i as u64, vocab });
         }
-        workspace.resize(&self.dims, tokens.len());
+        let engine = &*self.engine;
+        state.place(engine);
+        workspace.resize(engine, &self.dims, tokens.len());
         let d = self.dims.d_model;
-        for (row, &token) in workspace.hidden.chunks_exact_mut(d).zip(tokens) {
-            self.embedding.row_f32(token as usize, row);
-        }
+        engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
         let (position, chunk) = (state.position(), self.chunk_size());
         for (i, block) in self.blocks.iter().enumerate() {
-            let backend: &dyn Backend = &*self.backend;
             let layer = state.layer_mut(i);
-            block.forward(backend, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
+            block.forward(engine, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
         }
         state.advance(tokens.len());
 
         let hidden_rows = match rows {
-            LogitRows::All => &workspace.hidden[..],
-            LogitRows::Last | LogitRows::None => &workspace.hidden[(tokens.len() - 1) * d..],
+            LogitRows::All => workspace.hidden.view(),
+            LogitRows::Last | LogitRows::None => workspace.hidden.slice((tokens.len() - 1) * d..tokens.len() * d),
         };
-        check_finite(state, tokens.len(), hidden_rows)?;
+        check_finite(engine, state, tokens.len(), hidden_rows)?;
         if rows == LogitRows::None {
             workspace.logits.clear();
             return Ok(());
         }
-        workspace.normed.resize(hidden_rows.len(), 0.0);
-        self.backend.rms_norm(hidden_rows, &self.norm_f, self.dims.eps, &mut workspace.normed);
+        if workspace.normed.len() != hidden_rows.len() {
+            engine.resize(&mut workspace.normed, hidden_rows.len());
+        }
+        engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
         workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        self.backend.linear(&workspace.normed, head, None, &mut workspace.logits);
+        // Straight into host memory: the only values a pass brings back.
+        engine.linear(workspace.normed.view(), head, None, ViewMut::Host(&mut workspace.logits));
         if workspace.logits.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFiniteLogits { position: state.position() });
         }
@@ -585,19 +615,24 @@ impl Model {
     }
 }
 
+/// The engine a model on `backend` runs on.
+fn engine_of(backend: Arc<dyn Backend>) -> Arc<dyn Engine> {
+    backend.device_engine().unwrap_or_else(|| Arc::new(HostEngine::new(backend)))
+}
+
 /// After `tokens` went into `state`: an error if the state holds a non-finite value or `hidden`
 /// (the rows logits are taken from) does. A step's output reads every state value, so a
 /// non-finite one shows there; a chunked pass can leave one that no output shows (a decay of
 /// exactly zero carries it), so after more than one token the state is scanned (a pass over it
 /// per prefill piece).
-fn check_finite(state: &State, tokens: usize, hidden: &[f32]) -> Result<(), Error> {
-    let overflow = || state.first_non_finite_layer().map(|layer| Error::StateOverflow { layer, position: state.position() });
+fn check_finite(engine: &dyn Engine, state: &State, tokens: usize, hidden: View) -> Result<(), Error> {
+    let overflow = || state.first_non_finite_layer_in(engine).map(|layer| Error::StateOverflow { layer, position: state.position() });
     if tokens > 1 {
         if let Some(err) = overflow() {
             return Err(err);
         }
     }
-    if hidden.iter().any(|v| !v.is_finite()) {
+    if engine.any_non_finite(hidden) {
         return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
     }
     Ok(())

@@ -6,7 +6,9 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use coil_kernels::HostArray;
+use std::sync::OnceLock;
+
+use coil_kernels::{Buffer, Engine, HostArray, ViewMut};
 
 use crate::{Config, Error};
 
@@ -62,13 +64,20 @@ impl StateShape {
 /// Per layer: the conv state `[conv_dim, K]` (the last K raw xBC inputs, oldest first) and the
 /// ssm state `[H, P, N]`. Cloning a state forks the stream; [`State::save`] and [`State::load`]
 /// carry it across processes.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// The state lives where its model computes (a GPU's memory, for a model on a GPU): a forward
+/// pass moves it there once, and [`State::conv`], [`State::ssm`] and the diagnostics read it back
+/// once after each change. Cloning a state on a device copies it on the device.
+#[derive(Clone, Debug)]
 pub struct State {
     shape: StateShape,
-    // Both in huge pages when large (decode reads and writes the whole ssm state every token),
-    // and zeros written, not mapped, when new (see `HostArray::zeroed`).
-    conv: HostArray<f32>, // [L, conv_dim, K]
-    ssm: HostArray<f32>,  // [L, H, P, N]
+    // In host memory, both in huge pages when large (decode reads and writes the whole ssm state
+    // every token), and zeros written, not mapped, when new (see `HostArray::zeroed`).
+    conv: Buffer, // [L, conv_dim, K]
+    ssm: Buffer,  // [L, H, P, N]
+    /// Host copies of `conv` and `ssm` when they live on a device, made when first read after a
+    /// change.
+    on_host: OnceLock<[HostArray<f32>; 2]>,
     position: u64,
     /// `[L, H]` running sum of `log(alpha)` over every token so far, in f64: the retention of the
     /// stream's first input is its exponential, and window retractions read differences of it.
@@ -216,8 +225,8 @@ impl PartialEq for Ring {
 
 /// One layer's part of a [`State`], for the forward pass.
 pub(crate) struct LayerState<'a> {
-    pub conv: &'a mut [f32],
-    pub ssm: &'a mut [f32],
+    pub conv: ViewMut<'a>,
+    pub ssm: ViewMut<'a>,
     pub log_decay_total: &'a mut [f64],
     pub ring: Option<&'a mut Ring>,
     pub stats: Option<&'a mut [HeadStats]>,
@@ -228,13 +237,28 @@ const FORMAT: &str = "coil-state";
 /// version 1 (still read) did not.
 const VERSION: &str = "2";
 
+impl PartialEq for State {
+    /// Equal values, wherever they live.
+    fn eq(&self, other: &State) -> bool {
+        self.shape == other.shape
+            && self.position == other.position
+            && self.conv() == other.conv()
+            && self.ssm() == other.ssm()
+            && self.log_decay_total == other.log_decay_total
+            && self.window == other.window
+            && self.stats == other.stats
+            && self.model == other.model
+    }
+}
+
 impl State {
     /// The state before any token: all zeros.
     pub fn new(shape: StateShape) -> State {
         State {
             shape,
-            conv: HostArray::zeroed(shape.layers * shape.conv_len()),
-            ssm: HostArray::zeroed(shape.layers * shape.ssm_len()),
+            conv: Buffer::host_zeros(shape.layers * shape.conv_len()),
+            ssm: Buffer::host_zeros(shape.layers * shape.ssm_len()),
+            on_host: OnceLock::new(),
             position: 0,
             log_decay_total: vec![0.0; shape.layers * shape.heads],
             window: None,
@@ -331,7 +355,7 @@ impl State {
     /// `[L][H]` Frobenius norm of each head's `[P, N]` state.
     pub fn head_norms(&self) -> Vec<Vec<f32>> {
         let head_len = self.shape.head_dim * self.shape.d_state;
-        self.ssm
+        self.ssm()
             .chunks(self.shape.ssm_len())
             .map(|layer| layer.chunks(head_len).map(|h| h.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32).collect())
             .collect()
@@ -353,20 +377,37 @@ impl State {
 
     /// All layers' conv states, `[L, conv_dim, K]`.
     pub fn conv(&self) -> &[f32] {
-        &self.conv
+        match &self.conv {
+            Buffer::Host(values) => values,
+            Buffer::Device(_) => &self.host_copies()[0],
+        }
     }
 
     /// All layers' ssm states, `[L, H, P, N]`.
     pub fn ssm(&self) -> &[f32] {
-        &self.ssm
+        match &self.ssm {
+            Buffer::Host(values) => values,
+            Buffer::Device(_) => &self.host_copies()[1],
+        }
+    }
+
+    fn host_copies(&self) -> &[HostArray<f32>; 2] {
+        self.on_host.get_or_init(|| [self.conv.to_host(), self.ssm.to_host()])
+    }
+
+    /// Moves the state where `engine` computes (once: a state stays where it was last used).
+    pub(crate) fn place(&mut self, engine: &dyn Engine) {
+        engine.adopt(&mut self.conv);
+        engine.adopt(&mut self.ssm);
     }
 
     /// Layer `i`'s part of the state.
     pub(crate) fn layer_mut(&mut self, i: usize) -> LayerState<'_> {
         let (c, s, h) = (self.shape.conv_len(), self.shape.ssm_len(), self.shape.heads);
+        self.on_host = OnceLock::new();
         LayerState {
-            conv: &mut self.conv[i * c..(i + 1) * c],
-            ssm: &mut self.ssm[i * s..(i + 1) * s],
+            conv: self.conv.slice_mut(i * c..(i + 1) * c),
+            ssm: self.ssm.slice_mut(i * s..(i + 1) * s),
             log_decay_total: &mut self.log_decay_total[i * h..(i + 1) * h],
             ring: self.window.as_mut().and_then(|w| w.rings[i].as_mut()),
             stats: self.stats.as_mut().map(|stats| &mut stats[i * h..(i + 1) * h]),
@@ -376,14 +417,19 @@ impl State {
     /// Layer `i`'s ssm state `[H, P, N]`.
     pub fn ssm_layer(&self, i: usize) -> &[f32] {
         let s = self.shape.ssm_len();
-        &self.ssm[i * s..(i + 1) * s]
+        &self.ssm()[i * s..(i + 1) * s]
     }
 
     /// Overwrites this state with `other` (a snapshot taken earlier), reusing the allocation.
     pub fn restore(&mut self, other: &State) -> Result<(), Error> {
         self.check_shape(other.shape)?;
-        self.conv.copy_from_slice(&other.conv);
-        self.ssm.copy_from_slice(&other.ssm);
+        for (mine, theirs) in [(&mut self.conv, &other.conv), (&mut self.ssm, &other.ssm)] {
+            match (mine, theirs) {
+                (Buffer::Host(mine), Buffer::Host(theirs)) => mine.copy_from_slice(theirs),
+                (mine, theirs) => *mine = theirs.clone(),
+            }
+        }
+        self.on_host = other.on_host.clone();
         self.log_decay_total.copy_from_slice(&other.log_decay_total);
         self.window.clone_from(&other.window);
         self.position = other.position;
@@ -402,7 +448,15 @@ impl State {
     pub fn first_non_finite_layer(&self) -> Option<usize> {
         (0..self.shape.layers).find(|&i| {
             let (c, s) = (self.shape.conv_len(), self.shape.ssm_len());
-            self.conv[i * c..(i + 1) * c].iter().chain(&self.ssm[i * s..(i + 1) * s]).any(|v| !v.is_finite())
+            self.conv()[i * c..(i + 1) * c].iter().chain(&self.ssm()[i * s..(i + 1) * s]).any(|v| !v.is_finite())
+        })
+    }
+
+    /// [`State::first_non_finite_layer`], asked of the engine where the state lives.
+    pub(crate) fn first_non_finite_layer_in(&self, engine: &dyn Engine) -> Option<usize> {
+        let (c, s) = (self.shape.conv_len(), self.shape.ssm_len());
+        (0..self.shape.layers).find(|&i| {
+            engine.any_non_finite(self.conv.slice(i * c..(i + 1) * c)) || engine.any_non_finite(self.ssm.slice(i * s..(i + 1) * s))
         })
     }
 
@@ -432,8 +486,8 @@ impl State {
         }
         // (name, dtype, shape, bytes)
         let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
-            ("conv_states".into(), Dtype::F32, s.conv_dims().to_vec(), f32_bytes(&self.conv)),
-            ("ssm_states".into(), Dtype::F32, s.ssm_dims().to_vec(), f32_bytes(&self.ssm)),
+            ("conv_states".into(), Dtype::F32, s.conv_dims().to_vec(), f32_bytes(self.conv())),
+            ("ssm_states".into(), Dtype::F32, s.ssm_dims().to_vec(), f32_bytes(self.ssm())),
             ("log_decay_total".into(), Dtype::F64, vec![s.layers, s.heads], f64_bytes(&self.log_decay_total)),
         ];
         if let Some(window) = &self.window {
@@ -536,8 +590,8 @@ impl State {
             None => return Err(file_error(format!("metadata `model` is missing (a version {version} state names its model)"))),
         };
         state.position = position;
-        finite_f32_into("conv_states", &s.conv_dims(), &mut state.conv)?;
-        finite_f32_into("ssm_states", &s.ssm_dims(), &mut state.ssm)?;
+        finite_f32_into("conv_states", &s.conv_dims(), state.conv.view_mut().host())?;
+        finite_f32_into("ssm_states", &s.ssm_dims(), state.ssm.view_mut().host())?;
         state.log_decay_total = finite_f64("log_decay_total", &[s.layers, s.heads])?;
         if meta.contains_key("window_size") {
             let (size, granularity) = (number("window_size")?, number("window_granularity")?);

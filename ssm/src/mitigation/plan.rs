@@ -3,17 +3,10 @@
 
 use std::path::Path;
 
-use coil_kernels::softplus;
+use coil_kernels::{softplus, DtStep};
 
 use super::spec::{Mitigation, Thresholds};
 use crate::{Error, Model};
-
-/// One step of the per-token dt transform, per head.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum DtStep {
-    Clamp { min: Vec<f32>, max: Vec<f32> },
-    Scale(Vec<f32>),
-}
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct StateNormPlan {
@@ -48,29 +41,6 @@ pub(crate) struct LayerPlan {
     pub dt_steps: Vec<DtStep>,
     pub state_norm: Option<StateNormPlan>,
     pub window: Option<WindowPlan>,
-}
-
-impl LayerPlan {
-    /// Applies the dt steps to `dt: [T, H]` in place.
-    pub fn transform_dt(&self, dt: &mut [f32]) {
-        let heads = self.a.len();
-        for row in dt.chunks_exact_mut(heads) {
-            for step in &self.dt_steps {
-                match step {
-                    DtStep::Clamp { min, max } => {
-                        for ((v, &lo), &hi) in row.iter_mut().zip(min).zip(max) {
-                            *v = v.max(lo).min(hi);
-                        }
-                    }
-                    DtStep::Scale(factors) => {
-                        for (v, f) in row.iter_mut().zip(factors) {
-                            *v *= f;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Mitigations resolved for a model. Cheap to share (`Arc`) between sessions.
