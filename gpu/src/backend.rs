@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use coil_kernels::{Backend, Cpu, Matrix, Recurrence, ScanInputs, SsmShape, Traffic};
+use coil_kernels::{Backend, Cpu, Engine, Matrix, Recurrence, ScanInputs, SsmShape, Traffic};
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -9,21 +9,28 @@ use crate::{fault, kernels};
 
 /// The ops on one CubeCL device (`R`: CUDA or wgpu).
 ///
-/// Each op uploads its inputs, launches its kernels and reads the result back; weight matrices
-/// are uploaded once per matrix and kept ([`Matrix::resident`]), in blocks of rows that each fit
-/// the device's largest buffer. Two mitigation ops, the state norm clamp and the window's
-/// retraction, run on the CPU: they touch the state a few times per window step, never per token
-/// and channel.
+/// As a [`Backend`] (host slices in and out, the conformance suite's view of it) each op uploads
+/// its inputs, launches its kernels and reads the result back. A model runs on its
+/// [`Backend::device_engine`] instead ([`crate::engine`]): states, activations and the small
+/// parameters stay on the device, and a pass brings back only its logits. Weight matrices are
+/// uploaded once per matrix and kept ([`Matrix::resident`]), in blocks of rows that each fit the
+/// device's largest buffer.
 ///
 /// The device can fail where an op cannot say so (ops return nothing): an allocation past what
 /// the driver grants, a shader it rejects. The first failure is kept; from then on every op
 /// leaves NaN in its outputs, and [`Backend::device_failure`] names it, which the model checks
 /// after every pass. A result is never computed from a buffer that was not filled.
 pub struct Gpu<R: Runtime> {
-    client: ComputeClient<R>,
+    core: Arc<Core<R>>,
+}
+
+/// What the backend and its engine share: the device, its limits, failure and counters, and the
+/// launches of every kernel on whole device buffers.
+pub(crate) struct Core<R: Runtime> {
+    pub(crate) client: ComputeClient<R>,
     /// Tags this instance's device copies of weight matrices.
     id: u64,
-    name: &'static str,
+    pub(crate) name: &'static str,
     /// The device as messages name it (`wgpu:0 llvmpipe (…)`, `cuda:0`).
     device: String,
     /// Unroll the scan's loop over the state row: right on real GPUs; lavapipe's shader
@@ -32,21 +39,24 @@ pub struct Gpu<R: Runtime> {
     /// The most f32 values one buffer holds: the device's largest allocation (on wgpu its
     /// storage-buffer binding limit, 128 MiB on lavapipe), and below the kernels' 32-bit
     /// indexing. Everything larger is split into blocks under it.
-    max_values: usize,
+    pub(crate) max_values: usize,
     failure: Mutex<Option<String>>,
     /// Device-thread panics recorded before this backend opened: not its own.
     panics_before: usize,
-    counters: Counters,
+    pub(crate) counters: Counters,
 }
+
+/// The kernels index with 32 bits: no buffer holds more f32 values than this.
+const MAX_INDEXED_VALUES: usize = 1 << 31;
 
 /// [`Traffic`], counted as it happens.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     launches: AtomicU64,
     syncs: AtomicU64,
-    bytes_up: AtomicU64,
+    pub(crate) bytes_up: AtomicU64,
     bytes_down: AtomicU64,
-    load_bytes_up: AtomicU64,
+    pub(crate) load_bytes_up: AtomicU64,
 }
 
 impl Counters {
@@ -65,18 +75,26 @@ impl Counters {
     }
 }
 
-/// The kernels index with 32 bits: no buffer holds more f32 values than this.
-const MAX_INDEXED_VALUES: usize = 1 << 31;
-
 /// A weight matrix on the device: consecutive blocks of whole rows, each its own buffer.
-struct DeviceMatrix {
-    blocks: Vec<RowBlock>,
+pub(crate) struct DeviceMatrix {
+    pub(crate) blocks: Vec<RowBlock>,
 }
 
-struct RowBlock {
-    handle: Handle,
-    first_row: usize,
-    rows: usize,
+pub(crate) struct RowBlock {
+    pub(crate) handle: Handle,
+    pub(crate) first_row: usize,
+    pub(crate) rows: usize,
+}
+
+/// The per-head parameters and per-token inputs of a scan, as device buffers and their lengths.
+pub(crate) struct ScanArgs {
+    pub x: (Handle, usize),
+    pub dt: (Handle, usize),
+    pub a: (Handle, usize),
+    pub offset: (Handle, usize),
+    pub b: (Handle, usize),
+    pub c: (Handle, usize),
+    pub d: (Handle, usize),
 }
 
 impl<R: Runtime> Gpu<R> {
@@ -89,7 +107,7 @@ impl<R: Runtime> Gpu<R> {
         fault::watch();
         let bytes = max_buffer_bytes.unwrap_or(client.properties().memory.max_page_size);
         let max_values = usize::try_from(bytes / 4).unwrap_or(usize::MAX).clamp(1, MAX_INDEXED_VALUES);
-        Gpu {
+        let core = Core {
             client,
             id: NEXT_ID.fetch_add(1, Relaxed),
             name,
@@ -99,25 +117,36 @@ impl<R: Runtime> Gpu<R> {
             failure: Mutex::new(None),
             panics_before: fault::seen(),
             counters: Counters::default(),
-        }
+        };
+        Gpu { core: Arc::new(core) }
     }
 
     /// The most f32 values one device buffer holds.
     pub fn max_buffer_values(&self) -> usize {
-        self.max_values
+        self.core.max_values
     }
+}
 
-    fn launched(&self, kernels: usize) {
+impl<R: Runtime> Core<R> {
+    pub(crate) fn launched(&self, kernels: usize) {
         Counters::add(&self.counters.launches, kernels);
     }
 
-    fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
 
     /// Keeps the first failure (later ones are usually its consequences).
-    fn fail(&self, message: String) {
+    pub(crate) fn fail(&self, message: String) {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(message);
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn traffic(&self) -> Traffic {
+        self.counters.snapshot()
     }
 
     /// Records a device-thread panic that happened since this backend opened, naming `what`
@@ -129,12 +158,12 @@ impl<R: Runtime> Gpu<R> {
     }
 
     /// A buffer holding `data`, or a failure naming `what` when the device cannot hold it.
-    fn upload(&self, what: &str, data: &[f32]) -> Handle {
+    pub(crate) fn upload(&self, what: &str, data: &[f32]) -> Handle {
         self.send(what, data, &self.counters.bytes_up)
     }
 
-    /// [`Gpu::upload`], counting the bytes in `counter`.
-    fn send(&self, what: &str, data: &[f32], counter: &AtomicU64) -> Handle {
+    /// [`Core::upload`], counting the bytes in `counter`.
+    pub(crate) fn send(&self, what: &str, data: &[f32], counter: &AtomicU64) -> Handle {
         Counters::add(counter, std::mem::size_of_val(data));
         if data.len() > self.max_values {
             self.refuse(what, data.len());
@@ -147,7 +176,14 @@ impl<R: Runtime> Gpu<R> {
         self.client.create_from_slice(f32::as_bytes(data))
     }
 
-    fn empty(&self, what: &str, len: usize) -> Handle {
+    /// Token ids (or any u32 values) on the device.
+    pub(crate) fn upload_ids(&self, ids: &[u32]) -> Handle {
+        Counters::add(&self.counters.bytes_up, std::mem::size_of_val(ids));
+        self.client.create_from_slice(u32::as_bytes(if ids.is_empty() { &[0] } else { ids }))
+    }
+
+    /// An uninitialised buffer of `len` values.
+    pub(crate) fn alloc(&self, what: &str, len: usize) -> Handle {
         if len > self.max_values {
             self.refuse(what, len);
             return self.client.empty(4);
@@ -164,12 +200,20 @@ impl<R: Runtime> Gpu<R> {
         ));
     }
 
-    /// Reads `handle` into `out`; NaN instead when the device failed (now or before), so no
-    /// result is ever taken from a buffer that was not filled.
-    fn download(&self, what: &str, handle: Handle, out: &mut [f32]) {
-        if !self.failed() {
+    /// Reads values `offset..offset + out.len()` of `handle` into `out`; NaN instead when the
+    /// device failed (now or before), so no result is ever taken from a buffer that was not
+    /// filled.
+    pub(crate) fn read(&self, what: &str, handle: &Handle, offset: usize, out: &mut [f32]) {
+        if !self.failed() && !out.is_empty() {
             Counters::add(&self.counters.syncs, 1);
-            match self.client.read_one(handle) {
+            // From the offset to the buffer's end (CubeCL 0.10 sizes a trimmed end from its own
+            // page slice, not the handle: cut only the start).
+            let range = if offset > 0 { handle.clone().offset_start(offset as u64 * 4) } else { handle.clone() };
+            // A read whose task fails on the device thread panics here (CubeCL unwraps the
+            // channel's error): recorded as the device's failure.
+            let read = fault::guarded(|| self.client.read_one(range))
+                .unwrap_or_else(|| Err(cubecl::server::ServerError::Generic { reason: "the read's task failed".into(), backtrace: Default::default() }));
+            match read {
                 Ok(bytes) => {
                     Counters::add(&self.counters.bytes_down, bytes.len());
                     self.check_device(what);
@@ -191,7 +235,7 @@ impl<R: Runtime> Gpu<R> {
         }
     }
 
-    fn matrix(&self, weight: &Matrix) -> Arc<DeviceMatrix> {
+    pub(crate) fn matrix(&self, weight: &Matrix) -> Arc<DeviceMatrix> {
         // Kept as f32 on the device (the kernels read f32); bf16 and f16 rows are widened here,
         // one block at a time.
         weight.resident(self.id, |matrix| {
@@ -212,23 +256,46 @@ impl<R: Runtime> Gpu<R> {
     }
 
     /// A grid of `count` cubes spread over x and y (each at most 65535).
-    fn grid(count: usize) -> CubeCount {
+    pub(crate) fn grid(count: usize) -> CubeCount {
         let count = count.max(1) as u32;
         let x = count.min(65535);
         CubeCount::Static(x, count.div_ceil(x), 1)
     }
 
-    /// `out[rows, n] = input[rows, k] · weightᵀ`, one launch per block of weight rows, each
-    /// writing its columns of the one output buffer.
-    fn linear_rows(&self, input: &[f32], weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, out: &mut [f32]) {
-        let rows = input.len() / k;
-        let x = self.upload("a linear layer's input", input);
-        let y = self.empty("a linear layer's output", rows * n);
-        let none = self.upload("", &[]);
-        let bias_arg = bias.unwrap_or(&none);
-        if self.failed() {
-            return out.fill(f32::NAN);
+    /// One thread per item, 256 to a cube.
+    pub(crate) fn elementwise(count: usize) -> (CubeCount, CubeDim) {
+        (Self::grid(count.div_ceil(256)), CubeDim::new_1d(256))
+    }
+
+    /// `dst[dst_offset..][..len] = src[src_offset..][..len]` on the device.
+    pub(crate) fn copy(&self, src: &Handle, src_offset: usize, dst: &Handle, dst_offset: usize, len: usize) {
+        if len == 0 || self.failed() {
+            return;
         }
+        let (count, dim) = Self::elementwise(len);
+        self.launched(1);
+        unsafe {
+            kernels::copy::launch_unchecked::<R>(
+                &self.client,
+                count,
+                dim,
+                ArrayArg::from_raw_parts(src.clone(), src_offset + len),
+                ArrayArg::from_raw_parts(dst.clone(), dst_offset + len),
+                src_offset as u32,
+                dst_offset as u32,
+                len as u32,
+            );
+        }
+    }
+
+    /// `y[rows, n] = x[rows, k] · weightᵀ (+ bias)`, one launch per block of weight rows, each
+    /// writing its columns of `y`. Both buffers must fit the device.
+    pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle) {
+        if self.failed() || rows == 0 {
+            return;
+        }
+        let none = self.client.empty(4);
+        let bias_arg = bias.unwrap_or(&none);
         for block in &weight.blocks {
             let (first, block_n) = (block.first_row as u32, block.rows as u32);
             self.launched(1);
@@ -269,38 +336,26 @@ impl<R: Runtime> Gpu<R> {
                 }
             }
         }
-        self.download(&format!("a linear layer ({rows} x {k} times {n} x {k})"), y, out);
     }
 
-    /// RMSNorm (gated when `z` is given) in launches of whole rows that fit one buffer.
-    fn norm(&self, x: &[f32], z: Option<&[f32]>, weight: &[f32], group: usize, eps: f32, out: &mut [f32]) {
-        let block = (self.max_values / weight.len()).max(1) * weight.len();
-        for (i, (x, out)) in x.chunks(block).zip(out.chunks_mut(block)).enumerate() {
-            let z = z.map(|z| &z[i * block..i * block + x.len()]);
-            self.norm_launch(x, z, weight, group, eps, out);
+    /// RMSNorm (gated when `z` is given) over `len` values in rows of `width`, groups of `group`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm(&self, x: &Handle, z: Option<&Handle>, weight: &Handle, y: &Handle, len: usize, group: usize, width: usize, eps: f32) {
+        if self.failed() || len == 0 {
+            return;
         }
-    }
-
-    fn norm_launch(&self, x: &[f32], z: Option<&[f32]>, weight: &[f32], group: usize, eps: f32, out: &mut [f32]) {
-        let width = weight.len();
-        let items = x.len() / group;
-        let x_handle = self.upload("an RMSNorm's input", x);
-        let w_handle = self.upload("an RMSNorm's weight", weight);
-        let y_handle = self.empty("an RMSNorm's output", x.len());
-        let z_handle = self.upload("a gated RMSNorm's gate", z.unwrap_or(&[]));
-        if self.failed() {
-            return out.fill(f32::NAN);
-        }
+        let none = self.client.empty(4);
+        let items = len / group;
         self.launched(1);
         unsafe {
             kernels::rms_norm::launch_unchecked::<R>(
                 &self.client,
                 Self::grid(items),
                 CubeDim::new_1d(kernels::REDUCE_THREADS),
-                ArrayArg::from_raw_parts(x_handle, x.len()),
-                ArrayArg::from_raw_parts(z_handle, z.map_or(1, <[f32]>::len)),
-                ArrayArg::from_raw_parts(w_handle, width),
-                ArrayArg::from_raw_parts(y_handle.clone(), x.len()),
+                ArrayArg::from_raw_parts(x.clone(), len),
+                ArrayArg::from_raw_parts(z.unwrap_or(&none).clone(), if z.is_some() { len } else { 1 }),
+                ArrayArg::from_raw_parts(weight.clone(), width),
+                ArrayArg::from_raw_parts(y.clone(), len),
                 items as u32,
                 group as u32,
                 width as u32,
@@ -308,24 +363,116 @@ impl<R: Runtime> Gpu<R> {
                 z.is_some(),
             );
         }
-        self.download(&format!("an RMSNorm of {} rows of {width}", x.len() / width), y_handle, out);
+    }
+
+    /// The causal conv over `tokens` from `state` (`[channels, taps]` from `state_offset`),
+    /// updated in place.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn conv(
+        &self,
+        x: &Handle,
+        (state, state_offset): (&Handle, usize),
+        weight: &Handle,
+        bias: Option<&Handle>,
+        y: &Handle,
+        tokens: usize,
+        channels: usize,
+        taps: usize,
+    ) {
+        if self.failed() || tokens == 0 {
+            return;
+        }
+        let none = self.client.empty(4);
+        let new_state = self.alloc("the conv state", channels * taps);
+        let threads = 256u32;
+        self.launched(2);
+        unsafe {
+            kernels::causal_conv1d::launch_unchecked::<R>(
+                &self.client,
+                Self::grid((tokens * channels).div_ceil(threads as usize)),
+                CubeDim::new_1d(threads),
+                ArrayArg::from_raw_parts(x.clone(), tokens * channels),
+                ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
+                ArrayArg::from_raw_parts(weight.clone(), channels * taps),
+                ArrayArg::from_raw_parts(bias.unwrap_or(&none).clone(), channels),
+                ArrayArg::from_raw_parts(y.clone(), tokens * channels),
+                state_offset as u32,
+                tokens as u32,
+                channels as u32,
+                taps as u32,
+                bias.is_some(),
+            );
+            kernels::conv_state_update::launch_unchecked::<R>(
+                &self.client,
+                Self::grid((channels * taps).div_ceil(threads as usize)),
+                CubeDim::new_1d(threads),
+                ArrayArg::from_raw_parts(x.clone(), tokens * channels),
+                ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
+                ArrayArg::from_raw_parts(new_state.clone(), channels * taps),
+                state_offset as u32,
+                tokens as u32,
+                channels as u32,
+                taps as u32,
+            );
+        }
+        self.copy(&new_state, 0, state, state_offset, channels * taps);
+    }
+
+    /// The selective scan over `tokens` from `state` (`[H, P, N]` from `state_offset`), updated
+    /// in place.
+    pub(crate) fn scan(&self, shape: SsmShape, args: &ScanArgs, (state, state_offset): (&Handle, usize), y: &Handle, tokens: usize) {
+        if self.failed() || tokens == 0 {
+            return;
+        }
+        let arg = |(handle, len): &(Handle, usize)| unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) };
+        let block = (shape.head_dim as u32).clamp(1, 128);
+        self.launched(1);
+        unsafe {
+            kernels::selective_scan::launch_unchecked::<R>(
+                &self.client,
+                CubeCount::Static((shape.head_dim as u32).div_ceil(block), shape.heads as u32, 1),
+                CubeDim::new_1d(block),
+                arg(&args.x),
+                arg(&args.dt),
+                arg(&args.a),
+                arg(&args.offset),
+                arg(&args.b),
+                arg(&args.c),
+                arg(&args.d),
+                ArrayArg::from_raw_parts(state.clone(), state_offset + shape.state_len()),
+                ArrayArg::from_raw_parts(y.clone(), tokens * shape.inner()),
+                state_offset as u32,
+                tokens as u32,
+                shape.heads as u32,
+                shape.head_dim as u32,
+                shape.groups as u32,
+                shape.d_state as u32,
+                args.d.1 != shape.heads,
+                self.unroll,
+            );
+        }
     }
 }
 
 impl<R: Runtime> Backend for Gpu<R> {
     fn name(&self) -> &'static str {
-        self.name
+        self.core.name
+    }
+
+    fn device_engine(&self) -> Option<Arc<dyn Engine>> {
+        Some(Arc::new(crate::engine::GpuEngine::new(self.core.clone())))
     }
 
     fn traffic(&self) -> Traffic {
-        self.counters.snapshot()
+        self.core.traffic()
     }
 
     fn device_failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.core.failure()
     }
 
     fn linear(&self, input: &[f32], weight: &Matrix, bias: Option<&[f32]>, out: &mut [f32]) {
+        let core = &*self.core;
         let (k, n) = (weight.cols(), weight.rows());
         assert_eq!(input.len() % k, 0, "input width");
         let rows = input.len() / k;
@@ -333,19 +480,23 @@ impl<R: Runtime> Backend for Gpu<R> {
         if rows == 0 {
             return;
         }
-        if self.failed() {
+        if core.failed() {
             return out.fill(f32::NAN);
         }
-        if k > self.max_values {
+        if k > core.max_values {
             // Not one row of the weight fits a buffer: no split by rows helps.
             return Cpu.linear(input, weight, bias, out);
         }
-        let w = self.matrix(weight);
-        let bias = bias.map(|b| self.upload("a linear layer's bias", b));
+        let w = core.matrix(weight);
+        let bias = bias.map(|b| core.upload("a linear layer's bias", b));
         // Row blocks of the input whose input and output each fit one buffer.
-        let block_rows = (self.max_values / n.max(k)).max(1);
+        let block_rows = (core.max_values / n.max(k)).max(1);
         for (input, out) in input.chunks(block_rows * k).zip(out.chunks_mut(block_rows * n)) {
-            self.linear_rows(input, &w, bias.as_ref(), k, n, out);
+            let rows = input.len() / k;
+            let x = core.upload("a linear layer's input", input);
+            let y = core.alloc("a linear layer's output", rows * n);
+            core.linear(&x, rows, &w, bias.as_ref(), k, n, &y);
+            core.read(&format!("a linear layer ({rows} x {k} times {n} x {k})"), &y, 0, out);
         }
     }
 
@@ -358,24 +509,52 @@ impl<R: Runtime> Backend for Gpu<R> {
     }
 
     fn causal_conv1d(&self, xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, channels: usize, out: &mut [f32]) {
+        let core = &*self.core;
+        let taps = conv_state.len() / channels;
+        let w = core.upload("the conv weight", weight);
+        let b = bias.map(|b| core.upload("the conv bias", b));
         // The conv continues from its state, so a long input runs as consecutive launches.
-        let block = (self.max_values / channels).max(1) * channels;
+        let block = (core.max_values / channels).max(1) * channels;
         for (xbc, out) in xbc.chunks(block).zip(out.chunks_mut(block)) {
-            self.conv_launch(xbc, conv_state, weight, bias, channels, out);
+            let tokens = xbc.len() / channels;
+            let x = core.upload("the conv's input", xbc);
+            let state = core.upload("the conv state", conv_state);
+            let y = core.alloc("the conv's output", xbc.len());
+            core.conv(&x, (&state, 0), &w, b.as_ref(), &y, tokens, channels, taps);
+            let what = format!("the causal conv over {tokens} tokens of {channels} channels");
+            core.read(&what, &y, 0, out);
+            core.read(&what, &state, 0, conv_state);
         }
     }
 
     fn ssd_scan(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], _chunk: usize, y: &mut [f32]) {
+        let core = &*self.core;
         let tokens = inputs.tokens(&shape);
         assert_eq!(y.len(), tokens * shape.inner(), "y length");
         assert_eq!(state.len(), shape.state_len(), "state length");
         // The scan continues from its state, so a long input runs as consecutive launches.
-        let block = (self.max_values / shape.inner().max(shape.bc_width())).max(1);
+        let block = (core.max_values / shape.inner().max(shape.bc_width())).max(1);
         let mut start = 0;
         while start < tokens {
             let end = tokens.min(start + block);
+            let inputs = inputs.slice(&shape, start..end);
+            let up = |what: &str, values: &[f32]| (core.upload(&format!("the scan's {what}"), values), values.len());
+            let args = ScanArgs {
+                x: up("x", inputs.x),
+                dt: up("dt", inputs.dt),
+                a: up("A", recurrence.a),
+                offset: up("log-decay offset", recurrence.log_decay_offset),
+                b: up("B", inputs.b),
+                c: up("C", inputs.c),
+                d: up("D", recurrence.d),
+            };
+            let state_handle = core.upload("the ssm state", state);
             let y = &mut y[start * shape.inner()..end * shape.inner()];
-            self.scan_launch(shape, recurrence, inputs.slice(&shape, start..end), state, y);
+            let y_handle = core.alloc("the scan's output", y.len());
+            core.scan(shape, &args, (&state_handle, 0), &y_handle, end - start);
+            let what = format!("the selective scan over {} tokens", end - start);
+            core.read(&what, &y_handle, 0, y);
+            core.read(&what, &state_handle, 0, state);
             start = end;
         }
     }
@@ -390,98 +569,18 @@ impl<R: Runtime> Backend for Gpu<R> {
 }
 
 impl<R: Runtime> Gpu<R> {
-    fn conv_launch(&self, xbc: &[f32], conv_state: &mut [f32], weight: &[f32], bias: Option<&[f32]>, channels: usize, out: &mut [f32]) {
-        let taps = conv_state.len() / channels;
-        let tokens = xbc.len() / channels;
-        let x = self.upload("the conv's input", xbc);
-        let state = self.upload("the conv state", conv_state);
-        let w = self.upload("the conv weight", weight);
-        let b = self.upload("the conv bias", bias.unwrap_or(&[]));
-        let (y, new_state) = (self.empty("the conv's output", xbc.len()), self.empty("the conv state", conv_state.len()));
-        if self.failed() {
-            out.fill(f32::NAN);
-            return conv_state.fill(f32::NAN);
+    /// RMSNorm (gated when `z` is given) in launches of whole rows that fit one buffer.
+    fn norm(&self, x: &[f32], z: Option<&[f32]>, weight: &[f32], group: usize, eps: f32, out: &mut [f32]) {
+        let core = &*self.core;
+        let width = weight.len();
+        let w = core.upload("an RMSNorm's weight", weight);
+        let block = (core.max_values / width).max(1) * width;
+        for (i, (x, out)) in x.chunks(block).zip(out.chunks_mut(block)).enumerate() {
+            let z = z.map(|z| core.upload("a gated RMSNorm's gate", &z[i * block..i * block + x.len()]));
+            let x_handle = core.upload("an RMSNorm's input", x);
+            let y = core.alloc("an RMSNorm's output", x.len());
+            core.norm(&x_handle, z.as_ref(), &w, &y, x.len(), group, width, eps);
+            core.read(&format!("an RMSNorm of {} rows of {width}", x.len() / width), &y, 0, out);
         }
-        let threads = 256u32;
-        self.launched(2);
-        unsafe {
-            kernels::causal_conv1d::launch_unchecked::<R>(
-                &self.client,
-                Self::grid(xbc.len().div_ceil(threads as usize)),
-                CubeDim::new_1d(threads),
-                ArrayArg::from_raw_parts(x.clone(), xbc.len()),
-                ArrayArg::from_raw_parts(state.clone(), conv_state.len()),
-                ArrayArg::from_raw_parts(w, weight.len()),
-                ArrayArg::from_raw_parts(b, channels),
-                ArrayArg::from_raw_parts(y.clone(), xbc.len()),
-                tokens as u32,
-                channels as u32,
-                taps as u32,
-                bias.is_some(),
-            );
-            kernels::conv_state_update::launch_unchecked::<R>(
-                &self.client,
-                Self::grid(conv_state.len().div_ceil(threads as usize)),
-                CubeDim::new_1d(threads),
-                ArrayArg::from_raw_parts(x, xbc.len()),
-                ArrayArg::from_raw_parts(state, conv_state.len()),
-                ArrayArg::from_raw_parts(new_state.clone(), conv_state.len()),
-                tokens as u32,
-                channels as u32,
-                taps as u32,
-            );
-        }
-        let what = format!("the causal conv over {tokens} tokens of {channels} channels");
-        self.download(&what, y, out);
-        self.download(&what, new_state, conv_state);
-    }
-
-    fn scan_launch(&self, shape: SsmShape, recurrence: Recurrence, inputs: ScanInputs, state: &mut [f32], y: &mut [f32]) {
-        let tokens = inputs.tokens(&shape);
-        let named = [
-            ("x", inputs.x),
-            ("dt", inputs.dt),
-            ("A", recurrence.a),
-            ("the log-decay offset", recurrence.log_decay_offset),
-            ("B", inputs.b),
-            ("C", inputs.c),
-            ("D", recurrence.d),
-        ];
-        let [x, dt, a, offset, b, c, d] = named.map(|(what, v)| (self.upload(&format!("the scan's {what}"), v), v.len()));
-        let state_handle = self.upload("the ssm state", state);
-        let y_handle = self.empty("the scan's output", y.len());
-        if self.failed() {
-            y.fill(f32::NAN);
-            return state.fill(f32::NAN);
-        }
-        let arg = |(handle, len): &(Handle, usize)| unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) };
-        let block = (shape.head_dim as u32).clamp(1, 128);
-        self.launched(1);
-        unsafe {
-            kernels::selective_scan::launch_unchecked::<R>(
-                &self.client,
-                CubeCount::Static((shape.head_dim as u32).div_ceil(block), shape.heads as u32, 1),
-                CubeDim::new_1d(block),
-                arg(&x),
-                arg(&dt),
-                arg(&a),
-                arg(&offset),
-                arg(&b),
-                arg(&c),
-                arg(&d),
-                ArrayArg::from_raw_parts(state_handle.clone(), state.len()),
-                ArrayArg::from_raw_parts(y_handle.clone(), y.len()),
-                tokens as u32,
-                shape.heads as u32,
-                shape.head_dim as u32,
-                shape.groups as u32,
-                shape.d_state as u32,
-                recurrence.d.len() != shape.heads,
-                self.unroll,
-            );
-        }
-        let what = format!("the selective scan over {tokens} tokens");
-        self.download(&what, y_handle, y);
-        self.download(&what, state_handle, state);
     }
 }

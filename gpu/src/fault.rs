@@ -7,11 +7,27 @@
 //! whatever bytes were there. [`watch`] installs a panic hook that records those panics, and each
 //! [`Gpu`](crate::Gpu) asks after every blocking read whether one happened since it last looked.
 
-use std::panic::PanicHookInfo;
+use std::cell::Cell;
+use std::panic::{AssertUnwindSafe, PanicHookInfo};
 use std::sync::{Mutex, Once};
 
 /// Messages of the panics seen on device-service threads, oldest first.
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Whether this thread is inside [`guarded`].
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `call` (a CubeCL call that panics on the caller's thread when its task failed on the
+/// device thread: a read unwraps the channel's error), recording a panic as a device failure
+/// instead of printing it. `None` when it panicked.
+pub(crate) fn guarded<T>(call: impl FnOnce() -> T) -> Option<T> {
+    GUARDED.with(|g| g.set(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(call)).ok();
+    GUARDED.with(|g| g.set(false));
+    result
+}
 
 /// Installs the hook (once per process). Panics on other threads go to the hook that was there
 /// before; a device thread's panic is recorded instead of printed, since the backend that owns
@@ -21,7 +37,7 @@ pub(crate) fn watch() {
     INSTALL.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if on_device_thread() {
+            if on_device_thread() || GUARDED.with(Cell::get) {
                 PANICS.lock().unwrap_or_else(|p| p.into_inner()).push(describe(info));
             } else {
                 previous(info);

@@ -224,15 +224,16 @@ fn gate(x: &Array<f32>, z: &Array<f32>, i: u32, #[comptime] gated: bool) -> f32 
 }
 
 /// The raw input at tap position `u` of a causal window: `u >= K` is token `u - K` of this call,
-/// below that the conv state's slot `u` (the state holds the K inputs before the call).
+/// below that the conv state's slot `u` (the state, from `state_offset`, holds the K inputs
+/// before the call).
 #[cube]
-fn conv_input(xbc: &Array<f32>, state: &Array<f32>, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
+fn conv_input(xbc: &Array<f32>, state: &Array<f32>, state_offset: u32, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
     let mut v = 0.0f32;
     if u >= taps {
         v = xbc[((u - taps) * channels + c) as usize];
     }
     if u < taps {
-        v = state[(c * taps + u) as usize];
+        v = state[(state_offset + c * taps + u) as usize];
     }
     v
 }
@@ -246,6 +247,7 @@ pub fn causal_conv1d(
     weight: &Array<f32>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
+    state_offset: u32,
     tokens: u32,
     channels: u32,
     #[comptime] taps: u32,
@@ -261,7 +263,7 @@ pub fn causal_conv1d(
         }
         #[unroll]
         for i in 0..taps {
-            acc += weight[(c * taps + i) as usize] * conv_input(xbc, state, t + 1 + i, c, channels, taps);
+            acc += weight[(c * taps + i) as usize] * conv_input(xbc, state, state_offset, t + 1 + i, c, channels, taps);
         }
         out[id as usize] = silu(acc);
     }
@@ -273,6 +275,7 @@ pub fn conv_state_update(
     xbc: &Array<f32>,
     state: &Array<f32>,
     new_state: &mut Array<f32>,
+    state_offset: u32,
     tokens: u32,
     channels: u32,
     #[comptime] taps: u32,
@@ -281,7 +284,7 @@ pub fn conv_state_update(
     if id < channels * taps {
         let c = id / taps;
         let i = id % taps;
-        new_state[id as usize] = conv_input(xbc, state, tokens + i, c, channels, taps);
+        new_state[id as usize] = conv_input(xbc, state, state_offset, tokens + i, c, channels, taps);
     }
 }
 
@@ -301,6 +304,7 @@ pub fn selective_scan(
     d: &Array<f32>,
     state: &mut Array<f32>,
     y: &mut Array<f32>,
+    state_offset: u32,
     tokens: u32,
     heads: u32,
     head_dim: u32,
@@ -317,7 +321,7 @@ pub fn selective_scan(
     let bc_width = groups * d_state;
     let mut bc = SharedMemory::<f32>::new(comptime!(2 * d_state as usize));
     let mut s = Array::<f32>::new(comptime!(d_state as usize));
-    let row = (h * head_dim + p) * d_state;
+    let row = state_offset + (h * head_dim + p) * d_state;
     #[unroll]
     for n in 0..d_state {
         let mut v = 0.0f32;
@@ -365,5 +369,165 @@ pub fn selective_scan(
         for n in 0..d_state {
             state[(row + n) as usize] = s[n as usize];
         }
+    }
+}
+
+/// The kernels of a resident forward pass between the products: copies, dt's preparation, the
+/// residual add, the embedding gather, checks. One thread per output value unless said.
+/// `out[out_offset + i] = src[src_offset + i]` for `i < len`.
+#[cube(launch_unchecked)]
+pub fn copy(src: &Array<f32>, out: &mut Array<f32>, src_offset: u32, out_offset: u32, len: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        out[(out_offset + i) as usize] = src[(src_offset + i) as usize];
+    }
+}
+
+/// Columns `first..first + width` of each of `rows` rows of `src_width` values (from
+/// `src_offset`) into `out` (`[rows, width]`, from `out_offset`).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn copy_columns(src: &Array<f32>, out: &mut Array<f32>, src_offset: u32, out_offset: u32, src_width: u32, first: u32, width: u32, rows: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < rows * width {
+        let r = i / width;
+        let c = i % width;
+        out[(out_offset + i) as usize] = src[(src_offset + r * src_width + first + c) as usize];
+    }
+}
+
+/// `dt[t, h] = clamp(softplus(dt_raw[t, h] + bias[h]), min, max)` with torch's softplus
+/// threshold (arguments above 20 pass through).
+#[cube(launch_unchecked)]
+pub fn softplus_dt(dt_raw: &Array<f32>, bias: &Array<f32>, dt: &mut Array<f32>, heads: u32, len: u32, min: f32, max: f32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        let v = dt_raw[i as usize] + bias[(i % heads) as usize];
+        let mut s = v;
+        if v <= 20.0 {
+            s = f32::log1p(f32::exp(v));
+        }
+        dt[i as usize] = f32::min(f32::max(s, min), max);
+    }
+}
+
+/// Per head: `dt[t, h] = clamp(dt[t, h], low[h], high[h])` (`clamp`), or `dt[t, h] *= low[h]`.
+#[cube(launch_unchecked)]
+pub fn dt_step(dt: &mut Array<f32>, low: &Array<f32>, high: &Array<f32>, heads: u32, len: u32, #[comptime] clamp: bool) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        let h = (i % heads) as usize;
+        let v = dt[i as usize];
+        if clamp {
+            dt[i as usize] = f32::min(f32::max(v, low[h]), high[h]);
+        } else {
+            dt[i as usize] = v * low[h];
+        }
+    }
+}
+
+/// `x[i] = value` for `i < len`.
+#[cube(launch_unchecked)]
+pub fn fill(x: &mut Array<f32>, len: u32, value: f32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        x[i as usize] = value;
+    }
+}
+
+/// `x[offset + i] *= factor`.
+#[cube(launch_unchecked)]
+pub fn scale(x: &mut Array<f32>, offset: u32, len: u32, factor: f32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        x[(offset + i) as usize] *= factor;
+    }
+}
+
+/// `acc[acc_offset + i] += x[x_offset + i]`.
+#[cube(launch_unchecked)]
+pub fn add(acc: &mut Array<f32>, x: &Array<f32>, acc_offset: u32, x_offset: u32, len: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        acc[(acc_offset + i) as usize] += x[(x_offset + i) as usize];
+    }
+}
+
+/// The embedding rows of `ids` that fall in a block of `block_rows` table rows starting at row
+/// `first_row`: `out[t, :] = block[ids[t] - first_row, :]` (rows of `width`, from `out_offset`).
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn gather_rows(block: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, out_offset: u32, first_row: u32, block_rows: u32, width: u32, tokens: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < tokens * width {
+        let t = i / width;
+        let id = ids[t as usize];
+        if id >= first_row && id < first_row + block_rows {
+            out[(out_offset + i) as usize] = block[((id - first_row) * width + i % width) as usize];
+        }
+    }
+}
+
+/// `flag[0] = 1` if any of `x[offset..offset + len]` is NaN or infinite (`flag` starts at 0;
+/// every thread that finds one writes the same value).
+#[cube(launch_unchecked)]
+pub fn find_non_finite(x: &Array<f32>, flag: &mut Array<f32>, offset: u32, len: u32) {
+    let i = ABSOLUTE_POS as u32;
+    if i < len {
+        let v = x[(offset + i) as usize];
+        if v.is_nan() || v.is_inf() {
+            flag[0] = 1.0;
+        }
+    }
+}
+
+/// State normalisation, one cube per head: the head's `[P, N]` values (`head_len` of them) are
+/// scaled by `min(1, tau[h] / ||S_h||)`.
+#[cube(launch_unchecked)]
+pub fn clamp_head_norms(state: &mut Array<f32>, tau: &Array<f32>, head_len: u32, heads: u32) {
+    let h = cube_index();
+    let thread = UNIT_POS_X;
+    let mut partial = SharedMemory::<f32>::new(128usize);
+    let mut sum = 0.0f32;
+    if h < heads {
+        let mut i = thread;
+        while i < head_len {
+            let v = state[(h * head_len + i) as usize];
+            sum += v * v;
+            i += REDUCE_THREADS;
+        }
+    }
+    partial[thread as usize] = sum;
+    let total = cube_sum(&mut partial, thread);
+    if h < heads {
+        let norm = f32::sqrt(total);
+        let limit = tau[h as usize];
+        if norm > limit {
+            let factor = limit / norm;
+            let mut i = thread;
+            while i < head_len {
+                state[(h * head_len + i) as usize] *= factor;
+                i += REDUCE_THREADS;
+            }
+        }
+    }
+}
+
+/// Per head: `out[h] = Σ_t (dt[t, h] · a[h] + offset[h])` over `tokens`, one thread per head,
+/// compensated (Kahan) so a long piece sums as closely as the host's f64 running sums.
+#[cube(launch_unchecked)]
+pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out: &mut Array<f32>, heads: u32, tokens: u32) {
+    let h = ABSOLUTE_POS as u32;
+    if h < heads {
+        let (a_h, offset_h) = (a[h as usize], offset[h as usize]);
+        let mut sum = 0.0f32;
+        let mut carry = 0.0f32;
+        for t in 0..tokens {
+            let term = dt[(t * heads + h) as usize] * a_h + offset_h - carry;
+            let next = sum + term;
+            carry = (next - sum) - term;
+            sum = next;
+        }
+        out[h as usize] = sum;
     }
 }

@@ -2,13 +2,16 @@
 //! CUDA (feature `cuda`) and for any GPU wgpu reaches (feature `wgpu`: Vulkan, Metal, DX12).
 //!
 //! [`open`] turns a [`Device`] choice into a [`Backend`]; it never panics when a device is
-//! missing, it says which one and why. The backend computes on host buffers like the CPU one, so
-//! the model code is the same on every device: weight matrices stay resident on the device (one
-//! copy per matrix, made on first use, in blocks under the device's largest buffer), activations
-//! and the state travel per op. A device failure is an error the model returns, never a result. Everything is
-//! f32 with f32 accumulation; `--device` results agree with the CPU within f32 rounding.
+//! missing, it says which one and why. A model on it runs on its engine (`Backend::device_engine`):
+//! the state, the activations and the small parameters stay in device buffers, weight matrices
+//! are uploaded once (in blocks under the device's largest buffer), and a pass brings back its
+//! logits and a few values per layer. As a plain [`Backend`] (host slices in and out) each op
+//! uploads and reads back. A device failure is an error the model returns, never a result.
+//! Everything is f32 with f32 accumulation; `--device` results agree with the CPU within f32
+//! rounding.
 
 mod backend;
+mod engine;
 mod fault;
 pub mod kernels;
 mod open;

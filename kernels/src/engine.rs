@@ -125,6 +125,10 @@ pub trait Engine: Send + Sync {
     /// `x *= factor`.
     fn scale(&self, x: ViewMut, factor: f32);
 
+    /// Adds `Σ_t (dt[t, h] · a[h] + offset[h])` to `totals[h]`: the running log-decay sums a
+    /// state keeps per head (f64; each term rounded to f32 first, as the scan computes it).
+    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64]);
+
     /// `acc += x`.
     fn add(&self, acc: ViewMut, x: View);
 
@@ -273,6 +277,14 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
 
     fn scale(&self, x: ViewMut, factor: f32) {
         x.host().iter_mut().for_each(|v| *v *= factor);
+    }
+
+    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64]) {
+        for row in dt.host().chunks_exact(a.len()) {
+            for (h, &dt) in row.iter().enumerate() {
+                totals[h] += (dt * a[h] + offset[h]) as f64;
+            }
+        }
     }
 
     fn add(&self, acc: ViewMut, x: View) {

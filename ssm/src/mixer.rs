@@ -361,10 +361,12 @@ impl Block {
         let views = RecurrenceViews { a: View::Host(&plan.a), log_decay_offset: View::Host(&plan.log_decay_offset), d: self.d.view() };
         let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
         let window = plan.window.filter(|_| layer.ring.is_some());
-        // What the host keeps per token (running log-decay sums, the window's lagged inputs,
-        // dt statistics) reads dt, and with the window x and B, from host memory.
+        // What the host keeps per token (the window's lagged inputs, dt statistics) reads dt, and
+        // with the window x and B, from host memory; without them the engine sums the log
+        // decays where dt is.
+        let per_token = layer.ring.is_some() || layer.stats.is_some();
         let [x_host, dt_host, b_host] = &mut act.host;
-        let dt = inputs.dt.on_host(dt_host);
+        let dt = if per_token { inputs.dt.on_host(dt_host) } else { &[][..] };
         let (x, b) = match layer.ring {
             Some(_) => (inputs.x.on_host(x_host), inputs.b.on_host(b_host)),
             None => (&[][..], &[][..]),
@@ -400,7 +402,10 @@ impl Block {
                 engine.ssd_scan(shape, views, segment, layer.ssm.reborrow(), chunk, y);
             }
             // Running log-decay sums (f64), the window's lagged inputs and dt statistics.
-            for t in start..end {
+            if !per_token {
+                engine.add_log_decay(segment.dt, &plan.a, &plan.log_decay_offset, layer.log_decay_total);
+            }
+            for t in (start..end).filter(|_| per_token) {
                 let dt = &dt[t * heads..(t + 1) * heads];
                 for h in 0..heads {
                     let log_decay = recurrence.log_decay(h, dt[h]);
