@@ -44,7 +44,13 @@ pub(crate) struct Core<R: Runtime> {
     /// Device-thread panics recorded before this backend opened: not its own.
     panics_before: usize,
     pub(crate) counters: Counters,
+    /// The smallest plane (warp, subgroup) size, when plane sums were found to work here: decode's
+    /// products then take a plane per output ([`kernels::linear_plane_rows`]).
+    plane_size: Option<u32>,
 }
+
+/// Threads per cube of the plane-per-output product.
+const PLANE_CUBE: u32 = 256;
 
 /// The kernels index with 32 bits: no buffer holds more f32 values than this.
 const MAX_INDEXED_VALUES: usize = 1 << 31;
@@ -107,7 +113,7 @@ impl<R: Runtime> Gpu<R> {
         fault::watch();
         let bytes = max_buffer_bytes.unwrap_or(client.properties().memory.max_page_size);
         let max_values = usize::try_from(bytes / 4).unwrap_or(usize::MAX).clamp(1, MAX_INDEXED_VALUES);
-        let core = Core {
+        let mut core = Core {
             client,
             id: NEXT_ID.fetch_add(1, Relaxed),
             name,
@@ -117,7 +123,12 @@ impl<R: Runtime> Gpu<R> {
             failure: Mutex::new(None),
             panics_before: fault::seen(),
             counters: Counters::default(),
+            plane_size: None,
         };
+        core.plane_size = core.probe_plane_sums();
+        // What the probe did is not the model's traffic, and a failure of it only rules planes out.
+        (core.counters, core.panics_before) = (Counters::default(), fault::seen());
+        *core.failure.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         Gpu { core: Arc::new(core) }
     }
 
@@ -128,6 +139,29 @@ impl<R: Runtime> Gpu<R> {
 }
 
 impl<R: Runtime> Core<R> {
+    /// Whether plane sums give the right products here (WGSL reports no plane support on some
+    /// drivers that have it, and a driver without subgroups rejects the shader): a 3 x 37 by
+    /// 70-output product against the CPU. The plane size to launch with when they do.
+    fn probe_plane_sums(&mut self) -> Option<u32> {
+        let plane = self.client.properties().hardware.plane_size_min;
+        if plane == 0 || PLANE_CUBE % plane != 0 {
+            return None;
+        }
+        self.plane_size = Some(plane);
+        let (rows, k, n) = (3, 37, 70);
+        let input: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 23) as f32 / 11.0 - 1.0).collect();
+        let weight = Matrix::new((0..n * k).map(|i| ((i * 104_729) % 31) as f32 / 15.0 - 1.0).collect(), n, k);
+        let mut expected = vec![0.0; rows * n];
+        Cpu.linear(&input, &weight, None, &mut expected);
+        let (x, y) = (self.upload("the plane probe", &input), self.alloc("the plane probe", rows * n));
+        let w = self.matrix(&weight);
+        self.linear(&x, rows, &w, None, k, n, &y);
+        let mut got = vec![0.0; rows * n];
+        self.read("the plane probe", &y, 0, &mut got);
+        let right = !self.failed() && got.iter().zip(&expected).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
+        right.then_some(plane)
+    }
+
     pub(crate) fn launched(&self, kernels: usize) {
         Counters::add(&self.counters.launches, kernels);
     }
@@ -300,7 +334,23 @@ impl<R: Runtime> Core<R> {
             let (first, block_n) = (block.first_row as u32, block.rows as u32);
             self.launched(1);
             unsafe {
-                if rows <= 4 {
+                if let (true, Some(plane)) = (rows <= 4, self.plane_size) {
+                    kernels::linear_plane_rows::launch_unchecked::<R>(
+                        &self.client,
+                        Self::grid(block.rows.div_ceil((PLANE_CUBE / plane) as usize)),
+                        CubeDim::new_1d(PLANE_CUBE),
+                        ArrayArg::from_raw_parts(x.clone(), rows * k),
+                        ArrayArg::from_raw_parts(block.handle.clone(), block.rows * k),
+                        ArrayArg::from_raw_parts(bias_arg.clone(), n),
+                        ArrayArg::from_raw_parts(y.clone(), rows * n),
+                        k as u32,
+                        block_n,
+                        n as u32,
+                        first,
+                        rows as u32,
+                        bias.is_some(),
+                    );
+                } else if rows <= 4 {
                     kernels::linear_few_rows::launch_unchecked::<R>(
                         &self.client,
                         Self::grid(block.rows),

@@ -531,3 +531,53 @@ pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out:
         out[h as usize] = sum;
     }
 }
+
+/// `linear` for a few rows (decode), one plane (warp, subgroup) per output feature `j` of the
+/// block: its lanes stride over `k` and a plane sum ends it, so no cube-wide barrier is needed
+/// (lavapipe runs those slowly; GPUs gain the coalesced reads). Block and output layout as in
+/// [`linear_tiled`]. Chosen only where [`crate`]'s probe found plane sums correct.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn linear_plane_rows(
+    input: &Array<f32>,
+    weight: &Array<f32>,
+    bias: &Array<f32>,
+    out: &mut Array<f32>,
+    k_len: u32,
+    n_len: u32,
+    out_stride: u32,
+    col_offset: u32,
+    #[comptime] rows: u32,
+    #[comptime] has_bias: bool,
+) {
+    let planes = CUBE_DIM_X / PLANE_DIM;
+    let j = cube_index() * planes + UNIT_POS_X / PLANE_DIM;
+    let lane = UNIT_POS_PLANE;
+    let mut acc = Array::<f32>::new(4usize);
+    #[unroll]
+    for r in 0..rows {
+        acc[r as usize] = 0.0;
+    }
+    if j < n_len {
+        let mut k = lane;
+        while k < k_len {
+            let w = weight[(j * k_len + k) as usize];
+            #[unroll]
+            for r in 0..rows {
+                acc[r as usize] += w * input[(r * k_len + k) as usize];
+            }
+            k += PLANE_DIM;
+        }
+    }
+    #[unroll]
+    for r in 0..rows {
+        let total = plane_sum(acc[r as usize]);
+        if lane == 0 && j < n_len {
+            let mut v = total;
+            if has_bias {
+                v += bias[(col_offset + j) as usize];
+            }
+            out[(r * out_stride + col_offset + j) as usize] = v;
+        }
+    }
+}
