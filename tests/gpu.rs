@@ -165,9 +165,9 @@ fn device_stats_count_tokens_launches_and_bytes() {
             let logits_bytes = passes * config.vocab_size as u64 * 4;
             assert!(count("bytes_down") <= logits_bytes * 11 / 10 + 65_536, "more than the logits came back: {stats}");
             assert!(count("bytes_up") <= 616 * 16 + 65_536, "more than the ids went up: {stats}");
-            // Per pass: the logits, a finiteness flag, and one small read per layer (its
-            // log-decay sums); a prefill also checks the state (two more).
-            assert!(count("syncs") <= passes * (config.n_layer as u64 + 2) + 2, "{stats}");
+            // One wait per pass (the logits, the log-decay sums and the finiteness flags come
+            // back together): pieces + decode tokens + 2.
+            assert!(count("syncs") <= 1 + 16 + 2, "{stats}");
         }
         seen.push(stats);
     }

@@ -269,6 +269,44 @@ impl<R: Runtime> Core<R> {
         }
     }
 
+    /// Reads each `(buffer, offset, out)` in one wait (see [`Core::read`]).
+    pub(crate) fn read_all(&self, what: &str, reads: &mut [(Handle, usize, &mut [f32])]) {
+        if reads.is_empty() {
+            return;
+        }
+        if !self.failed() {
+            Counters::add(&self.counters.syncs, 1);
+            let handles: Vec<Handle> =
+                reads.iter().map(|(handle, offset, _)| if *offset > 0 { handle.clone().offset_start(*offset as u64 * 4) } else { handle.clone() }).collect();
+            let read = fault::guarded(|| cubecl::future::block_on(self.client.read_async(handles)));
+            match read {
+                Some(Ok(all)) => {
+                    self.check_device(what);
+                    for ((_, _, out), bytes) in reads.iter_mut().zip(all) {
+                        Counters::add(&self.counters.bytes_down, bytes.len());
+                        let values = f32::from_bytes(&bytes);
+                        if values.len() >= out.len() {
+                            out.copy_from_slice(&values[..out.len()]);
+                        } else {
+                            self.fail(format!("{}: reading {what} back gave {} values, expected {}", self.device, values.len(), out.len()));
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    self.check_device(what);
+                    self.fail(format!("{}: reading {what} back from the device failed: {e:?}", self.device));
+                }
+                None => {
+                    self.check_device(what);
+                    self.fail(format!("{}: reading {what} back from the device failed", self.device));
+                }
+            }
+        }
+        if self.failed() {
+            reads.iter_mut().for_each(|(_, _, out)| out.fill(f32::NAN));
+        }
+    }
+
     pub(crate) fn matrix(&self, weight: &Matrix) -> Arc<DeviceMatrix> {
         // Kept as f32 on the device (the kernels read f32); bf16 and f16 rows are widened here,
         // one block at a time.

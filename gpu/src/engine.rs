@@ -227,7 +227,7 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         let handle = self.core.alloc("a working buffer", len);
         if let Some((count, dim)) = self.launch_elementwise(len) {
             unsafe {
-                kernels::fill::launch_unchecked::<R>(&self.core.client, count, dim, ArrayArg::from_raw_parts(handle.clone(), len), len as u32, 0.0);
+                kernels::fill::launch_unchecked::<R>(&self.core.client, count, dim, ArrayArg::from_raw_parts(handle.clone(), len), 0, len as u32, 0.0);
             }
         }
         self.array(handle, len)
@@ -262,6 +262,110 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         if buffer.len() != len || buffer.is_host() {
             *buffer = self.array(self.core.alloc("a working buffer", len), len);
         }
+    }
+
+    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64], deferred: Option<ViewMut>) {
+        let heads = a.len();
+        let tokens = dt.len() / heads;
+        if tokens == 0 {
+            return;
+        }
+        let dt = self.whole(dt, "dt");
+        let (a, offset) = (self.core.upload("A", a), self.core.upload("the log-decay offset", offset));
+        let device = deferred.as_ref().and_then(|d| match d {
+            ViewMut::Device(device) => self.ours(device).map(|array| (array.handle.clone(), device.offset)),
+            ViewMut::Host(_) => None,
+        });
+        let (sums, sums_offset, accumulate) = match &device {
+            Some((handle, offset)) => (handle.clone(), *offset, true),
+            None => (self.core.alloc("log-decay sums", heads), 0, false),
+        };
+        if let Some((count, dim)) = self.launch_elementwise(heads) {
+            unsafe {
+                kernels::log_decay_sums::launch_unchecked::<R>(
+                    &self.core.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(dt, tokens * heads),
+                    ArrayArg::from_raw_parts(a, heads),
+                    ArrayArg::from_raw_parts(offset, heads),
+                    ArrayArg::from_raw_parts(sums.clone(), sums_offset + heads),
+                    sums_offset as u32,
+                    heads as u32,
+                    tokens as u32,
+                    accumulate,
+                );
+            }
+        }
+        if device.is_none() {
+            let mut host = vec![0.0f32; heads];
+            self.core.read("the log-decay sums", &sums, 0, &mut host);
+            totals.iter_mut().zip(host).for_each(|(total, sum)| *total += sum as f64);
+        }
+    }
+
+    fn fill(&self, mut x: ViewMut, value: f32) {
+        let len = x.len();
+        let target = self.in_place(&x, "values to fill");
+        if let Some((count, dim)) = self.launch_elementwise(len) {
+            let (handle, offset) = target.at();
+            unsafe {
+                kernels::fill::launch_unchecked::<R>(
+                    &self.core.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(handle.clone(), offset + len),
+                    offset as u32,
+                    len as u32,
+                    value,
+                );
+            }
+        }
+        target.finish(self, x.reborrow(), "a fill");
+    }
+
+    fn flag_non_finite(&self, x: View, mut flag: ViewMut) {
+        let len = x.len();
+        let (handle, offset) = self.place(x, "values to check");
+        let target = self.in_place(&flag, "a flag");
+        if let Some((count, dim)) = self.launch_elementwise(len) {
+            let (flag_handle, flag_offset) = target.at();
+            unsafe {
+                kernels::find_non_finite::launch_unchecked::<R>(
+                    &self.core.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(handle, offset + len),
+                    ArrayArg::from_raw_parts(flag_handle.clone(), flag_offset + 1),
+                    offset as u32,
+                    len as u32,
+                    flag_offset as u32,
+                );
+            }
+        }
+        target.finish(self, flag.reborrow(), "a flag");
+    }
+
+    fn download_all(&self, parts: &mut [(View, &mut [f32])]) {
+        let mut reads = Vec::new();
+        for (from, out) in parts.iter_mut() {
+            match *from {
+                View::Host(values) => out.copy_from_slice(values),
+                View::Device(device) => match self.ours(&device) {
+                    Some(array) => reads.push((array.handle.clone(), device.offset, &mut **out)),
+                    None => device.array.read(device.offset, out),
+                },
+            }
+        }
+        self.core.read_all("a pass's results", &mut reads);
+    }
+
+    fn computes_on_host(&self) -> bool {
+        false
+    }
+
+    fn max_buffer(&self) -> usize {
+        self.core.max_values
     }
 
     fn download(&self, from: View, out: &mut [f32]) {
@@ -346,35 +450,6 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         self.core.scan(shape, &args, state_at.at(), y_target.handle(), tokens);
         self.finish(y_target, y, "the selective scan");
         state_at.finish(self, state.reborrow(), "the ssm state");
-    }
-
-    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64]) {
-        let heads = a.len();
-        let tokens = dt.len() / heads;
-        if tokens == 0 {
-            return;
-        }
-        let dt = self.whole(dt, "dt");
-        let (a, offset) = (self.core.upload("A", a), self.core.upload("the log-decay offset", offset));
-        let sums = self.core.alloc("log-decay sums", heads);
-        if let Some((count, dim)) = self.launch_elementwise(heads) {
-            unsafe {
-                kernels::log_decay_sums::launch_unchecked::<R>(
-                    &self.core.client,
-                    count,
-                    dim,
-                    ArrayArg::from_raw_parts(dt, tokens * heads),
-                    ArrayArg::from_raw_parts(a, heads),
-                    ArrayArg::from_raw_parts(offset, heads),
-                    ArrayArg::from_raw_parts(sums.clone(), heads),
-                    heads as u32,
-                    tokens as u32,
-                );
-            }
-        }
-        let mut host = vec![0.0f32; heads];
-        self.core.read("the log-decay sums", &sums, 0, &mut host);
-        totals.iter_mut().zip(host).for_each(|(total, sum)| *total += sum as f64);
     }
 
     fn ssm_step(&self, shape: SsmShape, recurrence: RecurrenceViews, inputs: ScanViews, state: ViewMut, y: ViewMut) {
@@ -583,6 +658,7 @@ impl<R: Runtime> Engine for GpuEngine<R> {
                     ArrayArg::from_raw_parts(flag.clone(), 1),
                     offset as u32,
                     len as u32,
+                    0,
                 );
             }
         }

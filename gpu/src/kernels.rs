@@ -426,12 +426,12 @@ pub fn dt_step(dt: &mut Array<f32>, low: &Array<f32>, high: &Array<f32>, heads: 
     }
 }
 
-/// `x[i] = value` for `i < len`.
+/// `x[offset + i] = value` for `i < len`.
 #[cube(launch_unchecked)]
-pub fn fill(x: &mut Array<f32>, len: u32, value: f32) {
+pub fn fill(x: &mut Array<f32>, offset: u32, len: u32, value: f32) {
     let i = ABSOLUTE_POS as u32;
     if i < len {
-        x[i as usize] = value;
+        x[(offset + i) as usize] = value;
     }
 }
 
@@ -468,15 +468,15 @@ pub fn gather_rows(block: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, o
     }
 }
 
-/// `flag[0] = 1` if any of `x[offset..offset + len]` is NaN or infinite (`flag` starts at 0;
-/// every thread that finds one writes the same value).
+/// `flag[flag_offset] = 1` if any of `x[offset..offset + len]` is NaN or infinite (left as it
+/// was otherwise; every thread that finds one writes the same value).
 #[cube(launch_unchecked)]
-pub fn find_non_finite(x: &Array<f32>, flag: &mut Array<f32>, offset: u32, len: u32) {
+pub fn find_non_finite(x: &Array<f32>, flag: &mut Array<f32>, offset: u32, len: u32, flag_offset: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < len {
         let v = x[(offset + i) as usize];
         if v.is_nan() || v.is_inf() {
-            flag[0] = 1.0;
+            flag[flag_offset as usize] = 1.0;
         }
     }
 }
@@ -516,7 +516,7 @@ pub fn clamp_head_norms(state: &mut Array<f32>, tau: &Array<f32>, head_len: u32,
 /// Per head: `out[h] = Σ_t (dt[t, h] · a[h] + offset[h])` over `tokens`, one thread per head,
 /// compensated (Kahan) so a long piece sums as closely as the host's f64 running sums.
 #[cube(launch_unchecked)]
-pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out: &mut Array<f32>, heads: u32, tokens: u32) {
+pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out: &mut Array<f32>, out_offset: u32, heads: u32, tokens: u32, #[comptime] accumulate: bool) {
     let h = ABSOLUTE_POS as u32;
     if h < heads {
         let (a_h, offset_h) = (a[h as usize], offset[h as usize]);
@@ -528,7 +528,11 @@ pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out:
             carry = (next - sum) - term;
             sum = next;
         }
-        out[h as usize] = sum;
+        if accumulate {
+            out[(out_offset + h) as usize] += sum;
+        } else {
+            out[(out_offset + h) as usize] = sum;
+        }
     }
 }
 

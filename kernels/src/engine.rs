@@ -125,9 +125,33 @@ pub trait Engine: Send + Sync {
     /// `x *= factor`.
     fn scale(&self, x: ViewMut, factor: f32);
 
-    /// Adds `Σ_t (dt[t, h] · a[h] + offset[h])` to `totals[h]`: the running log-decay sums a
-    /// state keeps per head (f64; each term rounded to f32 first, as the scan computes it).
-    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64]);
+    /// Adds `Σ_t (dt[t, h] · a[h] + offset[h])` to the running log-decay sums a state keeps per
+    /// head: to `totals[h]` (f64; each term rounded to f32 first, as the scan computes it), or,
+    /// on an engine that computes away from the host and given `deferred`, to `deferred[h]`
+    /// (f32, in the engine's memory), for the model to read back with the pass's other results.
+    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64], deferred: Option<ViewMut>);
+
+    /// `x[i] = value`.
+    fn fill(&self, x: ViewMut, value: f32);
+
+    /// Sets `flag[0]` to 1 when any value of `x` is NaN or infinite, and leaves it otherwise: a
+    /// check whose answer comes back with the pass's other reads.
+    fn flag_non_finite(&self, x: View, flag: ViewMut);
+
+    /// Copies each view to its host slice, all at once (one wait on a device).
+    fn download_all(&self, parts: &mut [(View, &mut [f32])]) {
+        for (from, out) in parts.iter_mut() {
+            self.download(*from, out);
+        }
+    }
+
+    /// Whether this engine's buffers are host memory.
+    fn computes_on_host(&self) -> bool;
+
+    /// The most values one of this engine's buffers holds.
+    fn max_buffer(&self) -> usize {
+        usize::MAX
+    }
 
     /// `acc += x`.
     fn add(&self, acc: ViewMut, x: View);
@@ -279,7 +303,7 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
         x.host().iter_mut().for_each(|v| *v *= factor);
     }
 
-    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64]) {
+    fn add_log_decay(&self, dt: View, a: &[f32], offset: &[f32], totals: &mut [f64], _deferred: Option<ViewMut>) {
         for row in dt.host().chunks_exact(a.len()) {
             for (h, &dt) in row.iter().enumerate() {
                 totals[h] += (dt * a[h] + offset[h]) as f64;
@@ -298,5 +322,19 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
 
     fn any_non_finite(&self, x: View) -> bool {
         x.host().iter().any(|v| !v.is_finite())
+    }
+
+    fn fill(&self, x: ViewMut, value: f32) {
+        x.host().fill(value);
+    }
+
+    fn flag_non_finite(&self, x: View, flag: ViewMut) {
+        if self.any_non_finite(x) {
+            flag.host()[0] = 1.0;
+        }
+    }
+
+    fn computes_on_host(&self) -> bool {
+        true
     }
 }

@@ -403,7 +403,8 @@ impl Block {
             }
             // Running log-decay sums (f64), the window's lagged inputs and dt statistics.
             if !per_token {
-                engine.add_log_decay(segment.dt, &plan.a, &plan.log_decay_offset, layer.log_decay_total);
+                let deferred = layer.deferred_decay.as_mut().map(ViewMut::reborrow);
+                engine.add_log_decay(segment.dt, &plan.a, &plan.log_decay_offset, layer.log_decay_total, deferred);
             }
             for t in (start..end).filter(|_| per_token) {
                 let dt = &dt[t * heads..(t + 1) * heads];

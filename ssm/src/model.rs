@@ -105,6 +105,11 @@ pub(crate) struct Workspace {
     act: Activations,
     normed: Buffer,
     pub(crate) logits: Vec<f32>,
+    /// On a device: the logits before they come back, and what else a pass reads back (each
+    /// layer's log-decay sums and the finiteness flags), there and on the host.
+    device_logits: Buffer,
+    results: Buffer,
+    results_host: Vec<f32>,
 }
 
 impl Workspace {
@@ -529,6 +534,9 @@ impl Model {
             act: Activations::new(engine, &self.dims, tokens),
             normed: engine.zeros(0),
             logits: Vec::new(),
+            device_logits: engine.zeros(0),
+            results: engine.zeros(0),
+            results_host: Vec::new(),
         }
     }
 
@@ -580,9 +588,12 @@ impl Model {
             return Err(Error::TokenOutOfRange { token: tokens[i], position: state.position() + i as u64, vocab });
         }
         let engine = &*self.engine;
-        state.place(engine);
+        if !engine.computes_on_host() {
+            return self.forward_on_device(plan, state, tokens, rows, workspace);
+        }
         workspace.resize(engine, &self.dims, tokens.len());
         let d = self.dims.d_model;
+        state.place(engine);
         engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
         let (position, chunk) = (state.position(), self.chunk_size());
         for (i, block) in self.blocks.iter().enumerate() {
@@ -606,8 +617,84 @@ impl Model {
         engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
         workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        // Straight into host memory: the only values a pass brings back.
         engine.linear(workspace.normed.view(), head, None, ViewMut::Host(&mut workspace.logits));
+        if workspace.logits.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteLogits { position: state.position() });
+        }
+        Ok(())
+    }
+
+    /// [`Model::forward_here`] on an engine that computes away from the host: the same ops, with
+    /// what the host needs of the pass (the logits rows, each layer's log-decay sums, the
+    /// finiteness flags) left on the device and read back together, once.
+    fn forward_on_device(&self, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows, workspace: &mut Workspace) -> Result<(), Error> {
+        let engine = &*self.engine;
+        let (d, vocab, heads, layers) = (self.dims.d_model, self.config.vocab_size, self.dims.ssm.heads, self.blocks.len());
+        workspace.resize(engine, &self.dims, tokens.len());
+        // `[L, H]` log-decay sums, then flags: the hidden rows, the conv state, the ssm state.
+        let flags = layers * heads;
+        if workspace.results.len() != flags + 3 {
+            engine.resize(&mut workspace.results, flags + 3);
+        }
+        engine.fill(workspace.results.view_mut(), 0.0);
+        state.place(engine);
+        engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
+        let (position, chunk) = (state.position(), self.chunk_size());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let mut layer = state.layer_mut(i);
+            layer.deferred_decay = Some(workspace.results.slice_mut(i * heads..(i + 1) * heads));
+            block.forward(engine, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
+        }
+        state.advance(tokens.len());
+
+        let hidden_rows = match rows {
+            LogitRows::All => workspace.hidden.view(),
+            LogitRows::Last | LogitRows::None => workspace.hidden.slice((tokens.len() - 1) * d..tokens.len() * d),
+        };
+        engine.flag_non_finite(hidden_rows, workspace.results.slice_mut(flags..flags + 1));
+        // A chunked pass can leave a non-finite state value that no output shows (see
+        // `check_finite`).
+        if tokens.len() > 1 {
+            let (conv, ssm) = state.buffers();
+            engine.flag_non_finite(conv.view(), workspace.results.slice_mut(flags + 1..flags + 2));
+            engine.flag_non_finite(ssm.view(), workspace.results.slice_mut(flags + 2..flags + 3));
+        }
+        let logit_rows = if rows == LogitRows::None { 0 } else { hidden_rows.len() / d };
+        if logit_rows > 0 {
+            if workspace.normed.len() != hidden_rows.len() {
+                engine.resize(&mut workspace.normed, hidden_rows.len());
+            }
+            engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
+        }
+        workspace.logits.resize(logit_rows * vocab, 0.0);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        // Logits past one device buffer (many rows of a large vocabulary) come back in blocks of
+        // rows, a read each; else with the rest.
+        let together = logit_rows > 0 && logit_rows * vocab <= engine.max_buffer();
+        if together {
+            if workspace.device_logits.len() != logit_rows * vocab {
+                engine.resize(&mut workspace.device_logits, logit_rows * vocab);
+            }
+            engine.linear(workspace.normed.view(), head, None, workspace.device_logits.view_mut());
+        } else if logit_rows > 0 {
+            engine.linear(workspace.normed.view(), head, None, ViewMut::Host(&mut workspace.logits));
+        }
+        workspace.results_host.resize(flags + 3, 0.0);
+        let results = (workspace.results.view(), &mut workspace.results_host[..]);
+        if together {
+            engine.download_all(&mut [results, (workspace.device_logits.view(), &mut workspace.logits[..])]);
+        } else {
+            engine.download_all(&mut [results]);
+        }
+        let results = &workspace.results_host;
+        state.add_log_decay(&results[..flags]);
+        let overflow = || state.first_non_finite_layer_in(engine).map(|layer| Error::StateOverflow { layer, position: state.position() });
+        if results[flags + 1] != 0.0 || results[flags + 2] != 0.0 {
+            return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
+        }
+        if results[flags] != 0.0 {
+            return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
+        }
         if workspace.logits.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFiniteLogits { position: state.position() });
         }

@@ -230,6 +230,9 @@ pub(crate) struct LayerState<'a> {
     pub log_decay_total: &'a mut [f64],
     pub ring: Option<&'a mut Ring>,
     pub stats: Option<&'a mut [HeadStats]>,
+    /// Where a device engine may leave this pass's log-decay sums `[H]` for the model to add to
+    /// `log_decay_total` after the pass.
+    pub deferred_decay: Option<ViewMut<'a>>,
 }
 
 const FORMAT: &str = "coil-state";
@@ -371,6 +374,11 @@ impl State {
         self.position
     }
 
+    /// Adds `sums` (`[L, H]`, one pass's log-decay sums) to the running totals.
+    pub(crate) fn add_log_decay(&mut self, sums: &[f32]) {
+        self.log_decay_total.iter_mut().zip(sums).for_each(|(total, &sum)| *total += sum as f64);
+    }
+
     pub(crate) fn advance(&mut self, tokens: usize) {
         self.position += tokens as u64;
     }
@@ -395,6 +403,11 @@ impl State {
         self.on_host.get_or_init(|| [self.conv.to_host(), self.ssm.to_host()])
     }
 
+    /// The conv and ssm arrays, where they live.
+    pub(crate) fn buffers(&self) -> (&Buffer, &Buffer) {
+        (&self.conv, &self.ssm)
+    }
+
     /// Moves the state where `engine` computes (once: a state stays where it was last used).
     pub(crate) fn place(&mut self, engine: &dyn Engine) {
         engine.adopt(&mut self.conv);
@@ -411,6 +424,7 @@ impl State {
             log_decay_total: &mut self.log_decay_total[i * h..(i + 1) * h],
             ring: self.window.as_mut().and_then(|w| w.rings[i].as_mut()),
             stats: self.stats.as_mut().map(|stats| &mut stats[i * h..(i + 1) * h]),
+            deferred_decay: None,
         }
     }
 
