@@ -212,12 +212,14 @@ fn a_diverging_state_is_reported_not_returned_as_nan() {
         layer.dt_bias.iter_mut().for_each(|b| *b = 3e38);
     }
     // Whatever the chunk length: where a whole prompt fits one chunk, the decays of exactly zero
-    // keep the overflow out of every output row, and only the state shows it.
-    for chunk in [1, 16, 64, 256] {
-        let model = Arc::new(Model::new(config.clone(), weights.clone(), Arc::new(coil_ssm::Cpu)).with_chunk_size(chunk));
+    // keep the overflow out of every output row, and only the state shows it. On the GPU the
+    // check's answer comes back with the pass's other results.
+    let backends: [Arc<dyn coil_ssm::Backend>; 2] = [Arc::new(coil_ssm::Cpu), coil_gpu::test_backend()];
+    for (backend, chunk) in backends.iter().flat_map(|b| [1, 16, 64, 256].map(|chunk| (b, chunk))) {
+        let model = Arc::new(Model::new(config.clone(), weights.clone(), backend.clone()).with_chunk_size(chunk));
         let mut session = Session::new(model);
         let err = session.prefill(&tokens(30, config.vocab_size, 1)).unwrap_err().to_string();
-        assert!(err.contains("non-finite") && err.contains("layer 0"), "chunk {chunk}: {err}");
+        assert!(err.contains("non-finite") && err.contains("layer 0"), "{} chunk {chunk}: {err}", backend.name());
     }
 }
 
