@@ -173,3 +173,24 @@ fn device_stats_count_tokens_launches_and_bytes() {
     }
     assert_ne!(seen[0]["device"], seen[1]["device"]);
 }
+
+/// 16-bit checkpoints keep their dtype on the device where it computes with it (f16 on lavapipe;
+/// bf16 is widened there): every product and the embedding read them as stored, and agree with
+/// the CPU holding the same dtype.
+#[test]
+fn sixteen_bit_weights_agree_with_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids.txt");
+    std::fs::write(&ids, "1 5 9 13 2 60 3 3 71 40 8").unwrap();
+    for case in ["f16_weights", "bf16_weights"] {
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(case);
+        let (cpu_out, gpu_out) = (dir.path().join(format!("{case}-cpu")), dir.path().join(format!("{case}-gpu")));
+        for (device, out) in [("cpu".to_string(), &cpu_out), (gpu_device(), &gpu_out)] {
+            let run = score(&model, &ids, out, &device, None);
+            assert!(run.status.success(), "{case} on {device}: {}", String::from_utf8_lossy(&run.stderr));
+        }
+        let (cpu, gpu) = (logits(&cpu_out), logits(&gpu_out));
+        let diff = cpu.iter().zip(&gpu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(!cpu.is_empty() && diff < 1e-4, "{case}: the GPU differs from the CPU by {diff:e}");
+    }
+}

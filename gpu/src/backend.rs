@@ -1,7 +1,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use coil_kernels::{Backend, Cpu, Engine, Matrix, Recurrence, ScanInputs, SsmShape, Traffic};
+use coil_kernels::{Backend, Cpu, Engine, Matrix, Recurrence, ScanInputs, SsmShape, Traffic, Values, WeightDtype};
+use cubecl::features::TypeUsage;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
@@ -81,9 +82,12 @@ impl Counters {
     }
 }
 
-/// A weight matrix on the device: consecutive blocks of whole rows, each its own buffer.
+/// A weight matrix on the device: consecutive blocks of whole rows, each its own buffer, in the
+/// matrix's dtype where the device computes with it (f16 on most, bf16 on CUDA from sm_80),
+/// else widened to f32.
 pub(crate) struct DeviceMatrix {
     pub(crate) blocks: Vec<RowBlock>,
+    pub(crate) dtype: WeightDtype,
 }
 
 pub(crate) struct RowBlock {
@@ -307,24 +311,48 @@ impl<R: Runtime> Core<R> {
         }
     }
 
+    /// Whether the device holds and reads `dtype` in buffers.
+    fn computes_with(&self, dtype: WeightDtype) -> bool {
+        match dtype {
+            WeightDtype::F32 => true,
+            WeightDtype::F16 => half::f16::supported_uses(&self.client).contains(TypeUsage::Buffer),
+            WeightDtype::Bf16 => half::bf16::supported_uses(&self.client).contains(TypeUsage::Buffer),
+        }
+    }
+
     pub(crate) fn matrix(&self, weight: &Matrix) -> Arc<DeviceMatrix> {
-        // Kept as f32 on the device (the kernels read f32); bf16 and f16 rows are widened here,
-        // one block at a time.
         weight.resident(self.id, |matrix| {
             let (rows, cols) = (matrix.rows(), matrix.cols());
-            let block_rows = (self.max_values / cols.max(1)).max(1);
+            let dtype = Some(matrix.dtype()).filter(|&d| self.computes_with(d)).unwrap_or(WeightDtype::F32);
+            let width = if dtype == WeightDtype::F32 { 4 } else { 2 };
+            // As many rows as fit the largest buffer (its limit is counted in f32 values).
+            let block_rows = (self.max_values * 4 / (cols.max(1) * width)).max(1);
             let mut widened = Vec::new();
             let blocks = (0..rows)
                 .step_by(block_rows)
                 .map(|first_row| {
                     let end = rows.min(first_row + block_rows);
-                    matrix.rows_f32(first_row..end, &mut widened);
                     let what = format!("rows {first_row}..{end} of a {rows} x {cols} weight matrix");
-                    RowBlock { handle: self.send(&what, &widened, &self.counters.load_bytes_up), first_row, rows: end - first_row }
+                    let span = first_row * cols..end * cols;
+                    let handle = match (dtype, matrix.values()) {
+                        (WeightDtype::F16, Values::F16(values)) => self.send_raw(bytemuck::cast_slice(&values[span])),
+                        (WeightDtype::Bf16, Values::Bf16(values)) => self.send_raw(bytemuck::cast_slice(&values[span])),
+                        _ => {
+                            matrix.rows_f32(first_row..end, &mut widened);
+                            self.send(&what, &widened, &self.counters.load_bytes_up)
+                        }
+                    };
+                    RowBlock { handle, first_row, rows: end - first_row }
                 })
                 .collect();
-            DeviceMatrix { blocks }
+            DeviceMatrix { blocks, dtype }
         })
+    }
+
+    /// 16-bit weights as they are (sized by the caller under the limit), counted as loading.
+    fn send_raw(&self, bytes: &[u8]) -> Handle {
+        Counters::add(&self.counters.load_bytes_up, bytes.len());
+        self.client.create_from_slice(if bytes.is_empty() { &[0, 0, 0, 0] } else { bytes })
     }
 
     /// A grid of `count` cubes spread over x and y (each at most 65535).
@@ -366,6 +394,16 @@ impl<R: Runtime> Core<R> {
         if self.failed() || rows == 0 {
             return;
         }
+        match weight.dtype {
+            WeightDtype::F32 => self.linear_as::<f32>(x, rows, weight, bias, k, n, y),
+            WeightDtype::F16 => self.linear_as::<half::f16>(x, rows, weight, bias, k, n, y),
+            WeightDtype::Bf16 => self.linear_as::<half::bf16>(x, rows, weight, bias, k, n, y),
+        }
+    }
+
+    /// [`Core::linear`] with weights held as `W`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_as<W: Float>(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle) {
         let none = self.client.empty(4);
         let bias_arg = bias.unwrap_or(&none);
         for block in &weight.blocks {
@@ -373,7 +411,7 @@ impl<R: Runtime> Core<R> {
             self.launched(1);
             unsafe {
                 if let (true, Some(plane)) = (rows <= 4, self.plane_size) {
-                    kernels::linear_plane_rows::launch_unchecked::<R>(
+                    kernels::linear_plane_rows::launch_unchecked::<W, R>(
                         &self.client,
                         Self::grid(block.rows.div_ceil((PLANE_CUBE / plane) as usize)),
                         CubeDim::new_1d(PLANE_CUBE),
@@ -389,7 +427,7 @@ impl<R: Runtime> Core<R> {
                         bias.is_some(),
                     );
                 } else if rows <= 4 {
-                    kernels::linear_few_rows::launch_unchecked::<R>(
+                    kernels::linear_few_rows::launch_unchecked::<W, R>(
                         &self.client,
                         Self::grid(block.rows),
                         CubeDim::new_1d(kernels::REDUCE_THREADS),
@@ -406,7 +444,7 @@ impl<R: Runtime> Core<R> {
                     );
                 } else {
                     let tile = kernels::TILE as usize;
-                    kernels::linear_tiled::launch_unchecked::<R>(
+                    kernels::linear_tiled::launch_unchecked::<W, R>(
                         &self.client,
                         CubeCount::Static(block.rows.div_ceil(tile) as u32, rows.div_ceil(tile) as u32, 1),
                         CubeDim::new_2d(kernels::TILE_THREADS, kernels::TILE_THREADS),

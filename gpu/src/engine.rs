@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use coil_kernels::{
     Buffer, Cpu, DeviceArray, DeviceView, DtLimit, DtStep, Engine, Matrix, RecurrenceViews, ScanViews, SsmShape, Traffic, View,
-    ViewMut,
+    ViewMut, WeightDtype,
 };
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::backend::{Core, ScanArgs};
+use crate::backend::{Core, RowBlock, ScanArgs};
 use crate::kernels;
 
 /// A buffer on the device.
@@ -181,6 +181,27 @@ impl<R: Runtime> GpuEngine<R> {
         }
         self.core.launched(1);
         Some(Core::<R>::elementwise(len))
+    }
+
+    /// The embedding rows of `tokens` ids that fall in `block` (held as `W`) into `out`.
+    fn gather<W: Float>(&self, block: &RowBlock, ids: &Handle, tokens: usize, width: usize, out: &Handle) {
+        if let Some((count, dim)) = self.launch_elementwise(tokens * width) {
+            unsafe {
+                kernels::gather_rows::launch_unchecked::<W, R>(
+                    &self.core.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(block.handle.clone(), block.rows * width),
+                    ArrayArg::from_raw_parts(ids.clone(), tokens),
+                    ArrayArg::from_raw_parts(out.clone(), tokens * width),
+                    0,
+                    block.first_row as u32,
+                    block.rows as u32,
+                    width as u32,
+                    tokens as u32,
+                );
+            }
+        }
     }
 
     /// The scan's device arguments for `inputs` and `recurrence`.
@@ -494,22 +515,10 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         let ids_handle = self.core.upload_ids(ids);
         let target = self.target(&out, "the embedded tokens", false);
         for block in &table.blocks {
-            if let Some((count, dim)) = self.launch_elementwise(ids.len() * width) {
-                unsafe {
-                    kernels::gather_rows::launch_unchecked::<R>(
-                        &self.core.client,
-                        count,
-                        dim,
-                        ArrayArg::from_raw_parts(block.handle.clone(), block.rows * width),
-                        ArrayArg::from_raw_parts(ids_handle.clone(), ids.len()),
-                        ArrayArg::from_raw_parts(target.handle().clone(), ids.len() * width),
-                        0,
-                        block.first_row as u32,
-                        block.rows as u32,
-                        width as u32,
-                        ids.len() as u32,
-                    );
-                }
+            match table.dtype {
+                WeightDtype::F32 => self.gather::<f32>(block, &ids_handle, ids.len(), width, target.handle()),
+                WeightDtype::F16 => self.gather::<half::f16>(block, &ids_handle, ids.len(), width, target.handle()),
+                WeightDtype::Bf16 => self.gather::<half::bf16>(block, &ids_handle, ids.len(), width, target.handle()),
             }
         }
         self.finish(target, out, "the embedding");

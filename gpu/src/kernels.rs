@@ -11,15 +11,15 @@ const TILE_K: u32 = 16;
 /// Threads per side of a `linear_tiled` cube; each computes a 4 x 4 block of outputs.
 pub const TILE_THREADS: u32 = 16;
 
-/// `out[r, col_offset + j] = Σ_k input[r, k] · weight[j, k] (+ bias[col_offset + j])`, one
-/// 64 x 64 output tile per cube (cube x: column tile, cube y: row tile), 16 x 16 threads of 4 x 4
+/// `out[r, col_offset + j] = Σ_k input[r, k] · weight[j, k] (+ bias[col_offset + j])`, weights
+/// of type `W` (f32, or f16/bf16 as stored, widened as read), one 64 x 64 output tile per cube (cube x: column tile, cube y: row tile), 16 x 16 threads of 4 x 4
 /// outputs each. `weight` is a block of `n_len` rows of a larger matrix whose output rows are
 /// `out_stride` wide, starting at column `col_offset`.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn linear_tiled(
+pub fn linear_tiled<W: Float>(
     input: &Array<f32>,
-    weight: &Array<f32>,
+    weight: &Array<W>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
     rows: u32,
@@ -55,7 +55,7 @@ pub fn linear_tiled(
             a_tile[idx as usize] = a;
             let mut w = 0.0f32;
             if col0 + r < n_len && gk < k_len {
-                w = weight[((col0 + r) * k_len + gk) as usize];
+                w = f32::cast_from(weight[((col0 + r) * k_len + gk) as usize]);
             }
             w_tile[idx as usize] = w;
         }
@@ -122,9 +122,9 @@ fn cube_index() -> u32 {
 /// block and output layout are those of [`linear_tiled`].
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn linear_few_rows(
+pub fn linear_few_rows<W: Float>(
     input: &Array<f32>,
-    weight: &Array<f32>,
+    weight: &Array<W>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
     k_len: u32,
@@ -145,7 +145,7 @@ pub fn linear_few_rows(
     if j < n_len {
         let mut k = thread;
         while k < k_len {
-            let w = weight[(j * k_len + k) as usize];
+            let w = f32::cast_from(weight[(j * k_len + k) as usize]);
             #[unroll]
             for r in 0..rows {
                 acc[r as usize] += w * input[(r * k_len + k) as usize];
@@ -457,13 +457,13 @@ pub fn add(acc: &mut Array<f32>, x: &Array<f32>, acc_offset: u32, x_offset: u32,
 /// `first_row`: `out[t, :] = block[ids[t] - first_row, :]` (rows of `width`, from `out_offset`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn gather_rows(block: &Array<f32>, ids: &Array<u32>, out: &mut Array<f32>, out_offset: u32, first_row: u32, block_rows: u32, width: u32, tokens: u32) {
+pub fn gather_rows<W: Float>(block: &Array<W>, ids: &Array<u32>, out: &mut Array<f32>, out_offset: u32, first_row: u32, block_rows: u32, width: u32, tokens: u32) {
     let i = ABSOLUTE_POS as u32;
     if i < tokens * width {
         let t = i / width;
         let id = ids[t as usize];
         if id >= first_row && id < first_row + block_rows {
-            out[(out_offset + i) as usize] = block[((id - first_row) * width + i % width) as usize];
+            out[(out_offset + i) as usize] = f32::cast_from(block[((id - first_row) * width + i % width) as usize]);
         }
     }
 }
@@ -542,9 +542,9 @@ pub fn log_decay_sums(dt: &Array<f32>, a: &Array<f32>, offset: &Array<f32>, out:
 /// [`linear_tiled`]. Chosen only where [`crate`]'s probe found plane sums correct.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-pub fn linear_plane_rows(
+pub fn linear_plane_rows<W: Float>(
     input: &Array<f32>,
-    weight: &Array<f32>,
+    weight: &Array<W>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
     k_len: u32,
@@ -565,7 +565,7 @@ pub fn linear_plane_rows(
     if j < n_len {
         let mut k = lane;
         while k < k_len {
-            let w = weight[(j * k_len + k) as usize];
+            let w = f32::cast_from(weight[(j * k_len + k) as usize]);
             #[unroll]
             for r in 0..rows {
                 acc[r as usize] += w * input[(r * k_len + k) as usize];
