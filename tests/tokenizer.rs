@@ -137,7 +137,7 @@ fn the_library_takes_a_tokenizer_from_another_file() {
     write_byte_level_bpe(&tokenizer);
     let model = checkpoint_with(dir.path(), "mamba_ssm_dialect", &["config.json", "pytorch_model.bin"]);
     let loaded = coil::load(&coil::Source::Dir(model), coil::Device::Cpu).unwrap();
-    let missing = loaded.encode("The grass").err().expect("no tokenizer yet");
+    let missing = loaded.encode("The grass").expect_err("no tokenizer yet");
     assert!(missing.to_string().contains("with_tokenizer_file"), "{missing}");
     let loaded = loaded.with_tokenizer_file(&tokenizer).unwrap();
     let ids = loaded.encode("The grass is green.").unwrap();

@@ -148,7 +148,7 @@ impl<R: Runtime> Core<R> {
     /// 70-output product against the CPU. The plane size to launch with when they do.
     fn probe_plane_sums(&mut self) -> Option<u32> {
         let plane = self.client.properties().hardware.plane_size_min;
-        if plane == 0 || PLANE_CUBE % plane != 0 {
+        if plane == 0 || !PLANE_CUBE.is_multiple_of(plane) {
             return None;
         }
         self.plane_size = Some(plane);
@@ -390,6 +390,7 @@ impl<R: Runtime> Core<R> {
 
     /// `y[rows, n] = x[rows, k] · weightᵀ (+ bias)`, one launch per block of weight rows, each
     /// writing its columns of `y`. Both buffers must fit the device.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle) {
         if self.failed() || rows == 0 {
             return;

@@ -612,42 +612,44 @@ impl<R: Runtime> Engine for GpuEngine<R> {
 
     fn scale(&self, mut x: ViewMut, factor: f32) {
         let len = x.len();
-        let target = self.target(&x, "values to scale", true);
+        let target = self.in_place(&x, "values to scale");
         if let Some((count, dim)) = self.launch_elementwise(len) {
+            let (handle, offset) = target.at();
             unsafe {
                 kernels::scale::launch_unchecked::<R>(
                     &self.core.client,
                     count,
                     dim,
-                    ArrayArg::from_raw_parts(target.handle().clone(), len),
-                    0,
+                    ArrayArg::from_raw_parts(handle.clone(), offset + len),
+                    offset as u32,
                     len as u32,
                     factor,
                 );
             }
         }
-        self.finish(target, x.reborrow(), "a scaling");
+        target.finish(self, x.reborrow(), "a scaling");
     }
 
     fn add(&self, mut acc: ViewMut, x: View) {
         let len = acc.len();
-        let target = self.target(&acc, "a sum", true);
+        let target = self.in_place(&acc, "a sum");
         let (x_handle, x_offset) = self.place(x, "a summand");
         if let Some((count, dim)) = self.launch_elementwise(len) {
+            let (handle, offset) = target.at();
             unsafe {
                 kernels::add::launch_unchecked::<R>(
                     &self.core.client,
                     count,
                     dim,
-                    ArrayArg::from_raw_parts(target.handle().clone(), len),
+                    ArrayArg::from_raw_parts(handle.clone(), offset + len),
                     ArrayArg::from_raw_parts(x_handle, x_offset + len),
-                    0,
+                    offset as u32,
                     x_offset as u32,
                     len as u32,
                 );
             }
         }
-        self.finish(target, acc.reborrow(), "the residual add");
+        target.finish(self, acc.reborrow(), "the residual add");
     }
 
     fn any_non_finite(&self, x: View) -> bool {

@@ -117,6 +117,22 @@ fn cube_index() -> u32 {
     CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X
 }
 
+/// `acc[r] += Σ weight[j, k] · input[r, k]` over `k = first, first + step, ...` for each of the
+/// `rows` inputs: one thread's share of a few-row product.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_dots<W: Float>(input: &Array<f32>, weight: &Array<W>, acc: &mut Array<f32>, j: u32, first: u32, step: u32, k_len: u32, #[comptime] rows: u32) {
+    let mut k = first;
+    while k < k_len {
+        let w = f32::cast_from(weight[(j * k_len + k) as usize]);
+        #[unroll]
+        for r in 0..rows {
+            acc[r as usize] += w * input[(r * k_len + k) as usize];
+        }
+        k += step;
+    }
+}
+
 /// `linear` for a few rows (decode): one cube per output feature `j` of the block, its threads
 /// striding over `k` for each of the `rows` (at most 4, comptime) inputs, then a tree sum. The
 /// block and output layout are those of [`linear_tiled`].
@@ -143,15 +159,7 @@ pub fn linear_few_rows<W: Float>(
         acc[r as usize] = 0.0;
     }
     if j < n_len {
-        let mut k = thread;
-        while k < k_len {
-            let w = f32::cast_from(weight[(j * k_len + k) as usize]);
-            #[unroll]
-            for r in 0..rows {
-                acc[r as usize] += w * input[(r * k_len + k) as usize];
-            }
-            k += REDUCE_THREADS;
-        }
+        accumulate_dots(input, weight, &mut acc, j, thread, REDUCE_THREADS, k_len, rows);
     }
     #[unroll]
     for r in 0..rows {
@@ -563,15 +571,7 @@ pub fn linear_plane_rows<W: Float>(
         acc[r as usize] = 0.0;
     }
     if j < n_len {
-        let mut k = lane;
-        while k < k_len {
-            let w = f32::cast_from(weight[(j * k_len + k) as usize]);
-            #[unroll]
-            for r in 0..rows {
-                acc[r as usize] += w * input[(r * k_len + k) as usize];
-            }
-            k += PLANE_DIM;
-        }
+        accumulate_dots(input, weight, &mut acc, j, lane, PLANE_DIM, k_len, rows);
     }
     #[unroll]
     for r in 0..rows {
