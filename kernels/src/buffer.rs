@@ -92,6 +92,18 @@ impl Buffer {
         self.view().on_host(scratch)
     }
 
+    /// Values `range` of a device buffer, to write: the device writes them, so a shared borrow
+    /// suffices and disjoint ranges may be handed to several ops at once. `None` for host memory.
+    pub fn device_slice_mut(&self, range: Range<usize>) -> Option<ViewMut<'_>> {
+        match self {
+            Buffer::Host(_) => None,
+            Buffer::Device(array) => {
+                let whole = DeviceView { array: &**array, offset: 0, len: array.len() };
+                Some(ViewMut::Device(whole.slice(range)))
+            }
+        }
+    }
+
     /// A copy of the values on the host.
     pub fn to_host(&self) -> HostArray<f32> {
         match self {

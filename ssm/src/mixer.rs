@@ -278,15 +278,21 @@ impl Block {
         chunk: usize,
         act: &mut Activations,
         parts: &mut [Activations],
+        deferred: Option<(&Buffer, usize)>,
     ) {
         let tokens = act.tokens() / states.len();
         debug_assert_eq!(act.tokens(), states.len() * tokens);
         debug_assert_eq!(parts.len(), states.len());
         self.project_in(engine, dims, hidden.view(), act);
+        // Sequence i leaves its log-decay sums at `i * stride + layer * H` of `deferred`.
+        let heads = dims.ssm.heads;
         let mix_one = |(i, (state, part)): (usize, (&mut &mut State, &mut Activations))| {
             part.copy_inputs_from(engine, act, dims, i * tokens..(i + 1) * tokens);
             let position = state.position();
-            self.mix(engine, dims, state.layer_mut(layer), plan, position, chunk, part);
+            let mut layer_state = state.layer_mut(layer);
+            let at = |stride: usize| i * stride + layer * heads;
+            layer_state.deferred_decay = deferred.and_then(|(results, stride)| results.device_slice_mut(at(stride)..at(stride) + heads));
+            self.mix(engine, dims, layer_state, plan, position, chunk, part);
         };
         if engine.concurrent_sequences() {
             states.par_iter_mut().zip(parts.par_iter_mut()).enumerate().for_each(mix_one);

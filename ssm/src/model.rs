@@ -496,10 +496,22 @@ impl Model {
         ids.clear();
         ids.extend((0..batch).flat_map(|i| tokens.sequence(i).iter().copied()));
         engine.embed(&self.embedding, ids, workspace.hidden.view_mut());
+        // On a device, what the host needs of the pass waits there and comes back in one read, as
+        // in `forward_on_device`: per sequence, `[L, H]` log-decay sums and three flags.
+        let device = !engine.computes_on_host();
+        let (heads, layers) = (self.dims.ssm.heads, self.blocks.len());
+        let (flags, stride) = (layers * heads, layers * heads + 3);
+        if device {
+            if workspace.results.len() != batch * stride {
+                engine.resize(&mut workspace.results, batch * stride);
+            }
+            engine.fill(workspace.results.view_mut(), 0.0);
+        }
         let chunk = self.chunk_size();
         for (i, block) in self.blocks.iter().enumerate() {
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
-            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch]);
+            let deferred = device.then_some((&workspace.results, stride));
+            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch], deferred);
         }
         for state in states.iter_mut() {
             state.advance(len);
@@ -512,15 +524,56 @@ impl Model {
             let row = (i * len + len - 1) * d;
             engine.copy_columns(workspace.hidden.slice(row..row + d), d, 0, last.slice_mut(i * d..(i + 1) * d));
         }
-        for (i, state) in states.iter().enumerate() {
-            check_finite(engine, state, len, last.slice(i * d..(i + 1) * d))?;
+        if device {
+            for (i, state) in states.iter().enumerate() {
+                let at = i * stride + flags;
+                engine.flag_non_finite(last.slice(i * d..(i + 1) * d), workspace.results.slice_mut(at..at + 1));
+                if len > 1 {
+                    let (conv, ssm) = state.buffers();
+                    engine.flag_non_finite(conv.view(), workspace.results.slice_mut(at + 1..at + 2));
+                    engine.flag_non_finite(ssm.view(), workspace.results.slice_mut(at + 2..at + 3));
+                }
+            }
+        } else {
+            for (i, state) in states.iter().enumerate() {
+                check_finite(engine, state, len, last.slice(i * d..(i + 1) * d))?;
+            }
         }
         logits.resize(batch * vocab, 0.0);
         if workspace.normed.len() != batch * d {
             engine.resize(&mut workspace.normed, batch * d);
         }
         engine.rms_norm(last.view(), self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
-        engine.linear(workspace.normed.view(), self.lm_head.as_ref().unwrap_or(&self.embedding), None, ViewMut::Host(logits));
+        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
+        if device {
+            let together = batch * vocab <= engine.max_buffer();
+            if together {
+                if workspace.device_logits.len() != batch * vocab {
+                    engine.resize(&mut workspace.device_logits, batch * vocab);
+                }
+                engine.linear(workspace.normed.view(), head, None, workspace.device_logits.view_mut());
+            } else {
+                engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
+            }
+            workspace.results_host.resize(batch * stride, 0.0);
+            let results = (workspace.results.view(), &mut workspace.results_host[..]);
+            if together {
+                engine.download_all(&mut [results, (workspace.device_logits.view(), &mut logits[..])]);
+            } else {
+                engine.download_all(&mut [results]);
+            }
+            for (state, results) in states.iter_mut().zip(workspace.results_host.chunks_exact(stride)) {
+                state.add_log_decay(&results[..flags]);
+            }
+            for (state, results) in states.iter().zip(workspace.results_host.chunks_exact(stride)) {
+                let overflow = || state.first_non_finite_layer_in(engine).map(|layer| Error::StateOverflow { layer, position: state.position() });
+                if results[flags..].iter().any(|&flag| flag != 0.0) {
+                    return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
+                }
+            }
+        } else {
+            engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
+        }
         if let Some(i) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
             return Err(Error::NonFiniteLogits { position: states[i].position() });
         }
