@@ -77,8 +77,10 @@ done
 # The README's main job, on CUDA and on the CPU: the same greedy text is expected.
 for device in $gpu cpu; do
     start=$(date +%s)
-    timeout 120 "$bin/coil" run --device "$device" --prompt "The state of a recurrent model" --max-new-tokens 48 > "/tmp/run-$device.txt" 2> "/tmp/run-$device.err"
+    timeout 120 "$bin/coil" run --device "$device" --prompt "The state of a recurrent model" --max-new-tokens 48 \
+        --device-stats "/tmp/run-$device.json" > "/tmp/run-$device.txt" 2> "/tmp/run-$device.err"
     note "coil run on $device: exit $? in $(( $(date +%s) - start )) s: $(head -c 300 "/tmp/run-$device.txt" | tr '\n' ' ')"
+    note "coil run on $device, traffic: $(cat "/tmp/run-$device.json" 2>/dev/null)"
 done
 cmp -s "/tmp/run-$gpu.txt" /tmp/run-cpu.txt && note "coil run: $gpu and cpu wrote the same text" || note "coil run: $gpu and cpu texts DIFFER"
 
