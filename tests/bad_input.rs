@@ -679,3 +679,26 @@ fn a_resume_with_another_setup_or_weight_dtype_does_not_mix_cells() {
     let csv = std::fs::read_to_string(out.join("accuracy.csv")).unwrap();
     assert!(csv.contains("\npasskey-n4,") && csv.contains("\npasskey-n4@bf16,"), "{csv}");
 }
+
+/// `--mitigate ""` read as the plain model without a word: refused, naming `none`; and a run
+/// asked for no new tokens prints none (it printed an empty line and "0 tokens in 0.00 s").
+#[test]
+fn an_empty_mitigation_is_refused_and_a_run_without_new_tokens_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    for args in [
+        vec!["run", "--prompt", "The grass", "--mitigate", ""],
+        vec!["passkey", "--lengths", "256", "--depths", "1", "--out", out.to_str().unwrap(), "--mitigate", " "],
+    ] {
+        let output = coil(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("empty spec") && stderr.contains("none"), "{args:?}: {stderr}");
+    }
+    assert!(!out.exists(), "a refused sweep left its folder");
+    let output = coil(&["run", "--prompt", "The grass is green.", "--max-new-tokens", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(output.stdout.is_empty(), "printed {:?}", String::from_utf8_lossy(&output.stdout));
+    assert!(stderr.contains("prefill:") && !stderr.contains("decode:"), "{stderr}");
+}

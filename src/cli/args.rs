@@ -51,7 +51,7 @@ pub struct PasskeyArgs {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub depths: usize,
     /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`).
-    #[arg(long = "mitigate", value_name = "SPEC")]
+    #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub arms: Vec<String>,
     /// Accuracy at which a length counts as retrieved (capacity).
     #[arg(long, default_value_t = 0.95)]
@@ -109,7 +109,7 @@ pub struct ReportArgs {
 pub struct MitigationArgs {
     /// A mitigation, e.g. `rri:lambda=0.9999,beta=0.75`, `window:size=4096`,
     /// `state-norm:calibrate=8192`, `dt-scale:0.5,layers=0-3`; repeat to compose in order.
-    #[arg(long = "mitigate", value_name = "SPEC")]
+    #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub specs: Vec<String>,
 }
 
@@ -311,4 +311,13 @@ pub struct ConvertArgs {
     /// The folder to write (created if missing; its model files are replaced).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+}
+
+/// A `--mitigate` value: not empty (an empty spec read as the plain model without a word; the
+/// plain model is `none`).
+fn mitigation_spec(spec: &str) -> Result<String, String> {
+    if spec.trim().is_empty() {
+        return Err("an empty spec: give `none` for the plain model, or a mitigation such as `rri:lambda=0.9999,beta=0.75`".into());
+    }
+    Ok(spec.to_owned())
 }

@@ -84,9 +84,12 @@ pub fn run(args: RunArgs) -> Result<()> {
     if let Some(e) = failure {
         return Err(e).context("cannot write the generated text");
     }
-    writeln!(out)?;
-    let seconds = started.elapsed().as_secs_f64();
-    eprintln!("decode: {} tokens in {seconds:.2} s ({:.1} tok/s)", generated.len(), generated.len() as f64 / seconds.max(1e-9));
+    // Nothing asked, nothing printed (`--max-new-tokens 0` ingests a prompt, for --state-out).
+    if args.max_new_tokens > 0 {
+        writeln!(out)?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("decode: {} tokens in {seconds:.2} s ({:.1} tok/s)", generated.len(), generated.len() as f64 / seconds.max(1e-9));
+    }
 
     if let Some(path) = &args.state_out {
         session.state().save(path)?;
