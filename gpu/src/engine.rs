@@ -245,7 +245,7 @@ impl<R: Runtime> Engine for GpuEngine<R> {
     }
 
     fn zeros(&self, len: usize) -> Buffer {
-        let handle = self.core.alloc("a working buffer", len);
+        let handle = self.core.alloc("a working buffer of the pass (fewer tokens per pass, --piece-len, need less)", len);
         if let Some((count, dim)) = self.launch_elementwise(len) {
             unsafe {
                 kernels::fill::launch_unchecked::<R>(&self.core.client, count, dim, ArrayArg::from_raw_parts(handle.clone(), len), 0, len as u32, 0.0);
@@ -281,7 +281,7 @@ impl<R: Runtime> Engine for GpuEngine<R> {
 
     fn resize(&self, buffer: &mut Buffer, len: usize) {
         if buffer.len() != len || buffer.is_host() {
-            *buffer = self.array(self.core.alloc("a working buffer", len), len);
+            *buffer = self.array(self.core.alloc("a working buffer of the pass (fewer tokens per pass, --piece-len, need less)", len), len);
         }
     }
 
