@@ -204,6 +204,25 @@ impl<R: Runtime> GpuEngine<R> {
         }
     }
 
+    /// Launches `kernel` (one thread per value) on `x` where it lives: it gets the client, the
+    /// grid, the buffer, the view's offset and its length.
+    fn update_in_place(
+        &self,
+        mut x: ViewMut,
+        what: &str,
+        kernel: impl FnOnce(&ComputeClient<R>, CubeCount, CubeDim, ArrayArg<R>, u32, u32),
+    ) {
+        let len = x.len();
+        let target = self.in_place(&x, what);
+        if let Some((count, dim)) = self.launch_elementwise(len) {
+            let (handle, offset) = target.at();
+            // SAFETY: the buffer holds `offset + len` values (the view lies inside it).
+            let values = unsafe { ArrayArg::from_raw_parts(handle.clone(), offset + len) };
+            kernel(&self.core.client, count, dim, values, offset as u32, len as u32);
+        }
+        target.finish(self, x.reborrow(), what);
+    }
+
     /// The scan's device arguments for `inputs` and `recurrence`.
     fn scan_args(&self, recurrence: RecurrenceViews, inputs: ScanViews) -> ScanArgs {
         let arg = |view: View, what: &str| (self.whole(view, what), view.len());
@@ -325,24 +344,10 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         }
     }
 
-    fn fill(&self, mut x: ViewMut, value: f32) {
-        let len = x.len();
-        let target = self.in_place(&x, "values to fill");
-        if let Some((count, dim)) = self.launch_elementwise(len) {
-            let (handle, offset) = target.at();
-            unsafe {
-                kernels::fill::launch_unchecked::<R>(
-                    &self.core.client,
-                    count,
-                    dim,
-                    ArrayArg::from_raw_parts(handle.clone(), offset + len),
-                    offset as u32,
-                    len as u32,
-                    value,
-                );
-            }
-        }
-        target.finish(self, x.reborrow(), "a fill");
+    fn fill(&self, x: ViewMut, value: f32) {
+        self.update_in_place(x, "a fill", |client, count, dim, values, offset, len| unsafe {
+            kernels::fill::launch_unchecked::<R>(client, count, dim, values, offset, len, value);
+        });
     }
 
     fn flag_non_finite(&self, x: View, mut flag: ViewMut) {
@@ -610,24 +615,10 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         self.finish(target, dt.reborrow(), "dt");
     }
 
-    fn scale(&self, mut x: ViewMut, factor: f32) {
-        let len = x.len();
-        let target = self.in_place(&x, "values to scale");
-        if let Some((count, dim)) = self.launch_elementwise(len) {
-            let (handle, offset) = target.at();
-            unsafe {
-                kernels::scale::launch_unchecked::<R>(
-                    &self.core.client,
-                    count,
-                    dim,
-                    ArrayArg::from_raw_parts(handle.clone(), offset + len),
-                    offset as u32,
-                    len as u32,
-                    factor,
-                );
-            }
-        }
-        target.finish(self, x.reborrow(), "a scaling");
+    fn scale(&self, x: ViewMut, factor: f32) {
+        self.update_in_place(x, "a scaling", |client, count, dim, values, offset, len| unsafe {
+            kernels::scale::launch_unchecked::<R>(client, count, dim, values, offset, len, factor);
+        });
     }
 
     fn add(&self, mut acc: ViewMut, x: View) {
