@@ -644,28 +644,13 @@ impl<R: Runtime> Engine for GpuEngine<R> {
     }
 
     fn any_non_finite(&self, x: View) -> bool {
-        let len = x.len();
-        if len == 0 {
+        if x.is_empty() {
             return false;
         }
-        let (handle, offset) = self.place(x, "values to check");
-        let flag = self.core.upload("a flag", &[0.0]);
-        if let Some((count, dim)) = self.launch_elementwise(len) {
-            unsafe {
-                kernels::find_non_finite::launch_unchecked::<R>(
-                    &self.core.client,
-                    count,
-                    dim,
-                    ArrayArg::from_raw_parts(handle, offset + len),
-                    ArrayArg::from_raw_parts(flag.clone(), 1),
-                    offset as u32,
-                    len as u32,
-                    0,
-                );
-            }
-        }
+        let mut flag = self.zeros(1);
+        self.flag_non_finite(x, flag.view_mut());
         let mut found = [0.0f32];
-        self.core.read("a finiteness check", &flag, 0, &mut found);
+        self.download(flag.view(), &mut found);
         // A failed device reads NaN: report it as non-finite (the failure itself is the error).
         found[0] != 0.0
     }

@@ -155,9 +155,7 @@ impl Activations {
             (&mut self.u, i),
             (&mut self.out, d),
         ] {
-            if buffer.len() != tokens * width {
-                engine.resize(buffer, tokens * width);
-            }
+            engine.resize(buffer, tokens * width);
         }
         self.tokens = tokens;
     }

@@ -113,10 +113,29 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    fn resize(&mut self, engine: &dyn Engine, dims: &Dims, tokens: usize) {
-        if self.hidden.len() != tokens * dims.d_model {
-            engine.resize(&mut self.hidden, tokens * dims.d_model);
+    /// On a device, at the end of a pass: the logits of `rows` rows of `self.normed` under `head`
+    /// into `logits`, and `self.results` into `self.results_host`, in one read. Logits past one
+    /// device buffer (many rows of a large vocabulary) come back in blocks of rows, a read each.
+    fn read_back(&mut self, engine: &dyn Engine, head: &Matrix, rows: usize, logits: &mut Vec<f32>) {
+        logits.resize(rows * head.rows(), 0.0);
+        let together = rows > 0 && logits.len() <= engine.max_buffer();
+        if together {
+            engine.resize(&mut self.device_logits, logits.len());
+            engine.linear(self.normed.view(), head, None, self.device_logits.view_mut());
+        } else if rows > 0 {
+            engine.linear(self.normed.view(), head, None, ViewMut::Host(logits));
         }
+        self.results_host.resize(self.results.len(), 0.0);
+        let results = (self.results.view(), &mut self.results_host[..]);
+        if together {
+            engine.download_all(&mut [results, (self.device_logits.view(), &mut logits[..])]);
+        } else {
+            engine.download_all(&mut [results]);
+        }
+    }
+
+    fn resize(&mut self, engine: &dyn Engine, dims: &Dims, tokens: usize) {
+        engine.resize(&mut self.hidden, tokens * dims.d_model);
         self.act.resize(engine, dims, tokens);
     }
 }
@@ -502,9 +521,7 @@ impl Model {
         let (heads, layers) = (self.dims.ssm.heads, self.blocks.len());
         let (flags, stride) = (layers * heads, layers * heads + 3);
         if device {
-            if workspace.results.len() != batch * stride {
-                engine.resize(&mut workspace.results, batch * stride);
-            }
+            engine.resize(&mut workspace.results, batch * stride);
             engine.fill(workspace.results.view_mut(), 0.0);
         }
         let chunk = self.chunk_size();
@@ -517,22 +534,14 @@ impl Model {
             state.advance(len);
         }
         // Each sequence's last row.
-        if last.len() != batch * d {
-            engine.resize(last, batch * d);
-        }
+        engine.resize(last, batch * d);
         for i in 0..batch {
             let row = (i * len + len - 1) * d;
             engine.copy_columns(workspace.hidden.slice(row..row + d), d, 0, last.slice_mut(i * d..(i + 1) * d));
         }
         if device {
             for (i, state) in states.iter().enumerate() {
-                let at = i * stride + flags;
-                engine.flag_non_finite(last.slice(i * d..(i + 1) * d), workspace.results.slice_mut(at..at + 1));
-                if len > 1 {
-                    let (conv, ssm) = state.buffers();
-                    engine.flag_non_finite(conv.view(), workspace.results.slice_mut(at + 1..at + 2));
-                    engine.flag_non_finite(ssm.view(), workspace.results.slice_mut(at + 2..at + 3));
-                }
+                flag_non_finite(engine, state, len, last.slice(i * d..(i + 1) * d), &mut workspace.results, i * stride + flags);
             }
         } else {
             for (i, state) in states.iter().enumerate() {
@@ -540,36 +549,16 @@ impl Model {
             }
         }
         logits.resize(batch * vocab, 0.0);
-        if workspace.normed.len() != batch * d {
-            engine.resize(&mut workspace.normed, batch * d);
-        }
+        engine.resize(&mut workspace.normed, batch * d);
         engine.rms_norm(last.view(), self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         if device {
-            let together = batch * vocab <= engine.max_buffer();
-            if together {
-                if workspace.device_logits.len() != batch * vocab {
-                    engine.resize(&mut workspace.device_logits, batch * vocab);
-                }
-                engine.linear(workspace.normed.view(), head, None, workspace.device_logits.view_mut());
-            } else {
-                engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
-            }
-            workspace.results_host.resize(batch * stride, 0.0);
-            let results = (workspace.results.view(), &mut workspace.results_host[..]);
-            if together {
-                engine.download_all(&mut [results, (workspace.device_logits.view(), &mut logits[..])]);
-            } else {
-                engine.download_all(&mut [results]);
-            }
+            workspace.read_back(engine, head, batch, logits);
             for (state, results) in states.iter_mut().zip(workspace.results_host.chunks_exact(stride)) {
                 state.add_log_decay(&results[..flags]);
             }
             for (state, results) in states.iter().zip(workspace.results_host.chunks_exact(stride)) {
-                let overflow = || state.first_non_finite_layer_in(engine).map(|layer| Error::StateOverflow { layer, position: state.position() });
-                if results[flags..].iter().any(|&flag| flag != 0.0) {
-                    return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
-                }
+                check_flags(engine, state, &results[flags..])?;
             }
         } else {
             engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
@@ -664,9 +653,7 @@ impl Model {
             workspace.logits.clear();
             return Ok(());
         }
-        if workspace.normed.len() != hidden_rows.len() {
-            engine.resize(&mut workspace.normed, hidden_rows.len());
-        }
+        engine.resize(&mut workspace.normed, hidden_rows.len());
         engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
         workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
@@ -682,13 +669,11 @@ impl Model {
     /// finiteness flags) left on the device and read back together, once.
     fn forward_on_device(&self, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows, workspace: &mut Workspace) -> Result<(), Error> {
         let engine = &*self.engine;
-        let (d, vocab, heads, layers) = (self.dims.d_model, self.config.vocab_size, self.dims.ssm.heads, self.blocks.len());
+        let (d, heads, layers) = (self.dims.d_model, self.dims.ssm.heads, self.blocks.len());
         workspace.resize(engine, &self.dims, tokens.len());
         // `[L, H]` log-decay sums, then flags: the hidden rows, the conv state, the ssm state.
         let flags = layers * heads;
-        if workspace.results.len() != flags + 3 {
-            engine.resize(&mut workspace.results, flags + 3);
-        }
+        engine.resize(&mut workspace.results, flags + 3);
         engine.fill(workspace.results.view_mut(), 0.0);
         state.place(engine);
         engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
@@ -704,55 +689,44 @@ impl Model {
             LogitRows::All => workspace.hidden.view(),
             LogitRows::Last | LogitRows::None => workspace.hidden.slice((tokens.len() - 1) * d..tokens.len() * d),
         };
-        engine.flag_non_finite(hidden_rows, workspace.results.slice_mut(flags..flags + 1));
-        // A chunked pass can leave a non-finite state value that no output shows (see
-        // `check_finite`).
-        if tokens.len() > 1 {
-            let (conv, ssm) = state.buffers();
-            engine.flag_non_finite(conv.view(), workspace.results.slice_mut(flags + 1..flags + 2));
-            engine.flag_non_finite(ssm.view(), workspace.results.slice_mut(flags + 2..flags + 3));
-        }
+        flag_non_finite(engine, state, tokens.len(), hidden_rows, &mut workspace.results, flags);
         let logit_rows = if rows == LogitRows::None { 0 } else { hidden_rows.len() / d };
         if logit_rows > 0 {
-            if workspace.normed.len() != hidden_rows.len() {
-                engine.resize(&mut workspace.normed, hidden_rows.len());
-            }
+            engine.resize(&mut workspace.normed, hidden_rows.len());
             engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
         }
-        workspace.logits.resize(logit_rows * vocab, 0.0);
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        // Logits past one device buffer (many rows of a large vocabulary) come back in blocks of
-        // rows, a read each; else with the rest.
-        let together = logit_rows > 0 && logit_rows * vocab <= engine.max_buffer();
-        if together {
-            if workspace.device_logits.len() != logit_rows * vocab {
-                engine.resize(&mut workspace.device_logits, logit_rows * vocab);
-            }
-            engine.linear(workspace.normed.view(), head, None, workspace.device_logits.view_mut());
-        } else if logit_rows > 0 {
-            engine.linear(workspace.normed.view(), head, None, ViewMut::Host(&mut workspace.logits));
-        }
-        workspace.results_host.resize(flags + 3, 0.0);
-        let results = (workspace.results.view(), &mut workspace.results_host[..]);
-        if together {
-            engine.download_all(&mut [results, (workspace.device_logits.view(), &mut workspace.logits[..])]);
-        } else {
-            engine.download_all(&mut [results]);
-        }
-        let results = &workspace.results_host;
-        state.add_log_decay(&results[..flags]);
-        let overflow = || state.first_non_finite_layer_in(engine).map(|layer| Error::StateOverflow { layer, position: state.position() });
-        if results[flags + 1] != 0.0 || results[flags + 2] != 0.0 {
-            return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
-        }
-        if results[flags] != 0.0 {
-            return Err(overflow().unwrap_or(Error::NonFiniteLogits { position: state.position() }));
-        }
+        let mut logits = std::mem::take(&mut workspace.logits);
+        workspace.read_back(engine, head, logit_rows, &mut logits);
+        workspace.logits = logits;
+        state.add_log_decay(&workspace.results_host[..flags]);
+        check_flags(engine, state, &workspace.results_host[flags..])?;
         if workspace.logits.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFiniteLogits { position: state.position() });
         }
         Ok(())
     }
+}
+
+/// On a device: sets the three flags at `results[at..at + 3]` that [`check_flags`] reads after
+/// the pass (non-finite `hidden` rows; after more than one token, a non-finite conv or ssm state,
+/// which a chunked pass can leave where no output shows it: see [`check_finite`]).
+fn flag_non_finite(engine: &dyn Engine, state: &State, tokens: usize, hidden: View, results: &mut Buffer, at: usize) {
+    engine.flag_non_finite(hidden, results.slice_mut(at..at + 1));
+    if tokens > 1 {
+        let (conv, ssm) = state.buffers();
+        engine.flag_non_finite(conv.view(), results.slice_mut(at + 1..at + 2));
+        engine.flag_non_finite(ssm.view(), results.slice_mut(at + 2..at + 3));
+    }
+}
+
+/// The error [`check_finite`] gives, from the flags [`flag_non_finite`] left.
+fn check_flags(engine: &dyn Engine, state: &State, flags: &[f32]) -> Result<(), Error> {
+    if flags.iter().all(|&flag| flag == 0.0) {
+        return Ok(());
+    }
+    let layer = state.first_non_finite_layer_in(engine);
+    Err(layer.map_or(Error::NonFiniteLogits { position: state.position() }, |layer| Error::StateOverflow { layer, position: state.position() }))
 }
 
 /// The engine a model on `backend` runs on.
