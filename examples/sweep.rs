@@ -16,6 +16,7 @@ fn main() -> Result<(), coil::Error> {
         filler: "The river ran quietly past the old mill. ".into(),
         needle: "The secret number is {key}. ".into(),
         suffix: "\nThe secret number is".into(),
+        key_digits: 5,
     };
     let mut arms = Vec::new();
     for specs in ["none", "rri:lambda=0.999,beta=0.75"] {

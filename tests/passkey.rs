@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coil::{Checkpoint, Model, Plan, Sampler, SamplingConfig, Session};
-use coil_eval::passkey::{depth, key, read_results, run_sweep, CellRecord, CoilSubject, ResultsFile, Shard, SweepConfig, Template, TokenizedTemplate};
+use coil_eval::passkey::{key, read_results, run_sweep, CellRecord, CoilSubject, ResultsFile, Shard, SweepConfig, Template, TokenizedTemplate};
 
 fn subject(mitigation: &str) -> CoilSubject {
     let mut checkpoint = Checkpoint::embedded_default().unwrap();
@@ -36,11 +36,12 @@ fn forked_answers_equal_from_scratch(batch_forks: bool) {
     assert_eq!(records.len(), 2 * 2 * 5);
     for r in &records {
         let s = subjects.iter().find(|s| s.mitigation == r.mitigation).unwrap();
-        let template = TokenizedTemplate::new(&config.template, |t| Ok(s.tokenizer.encode(t)?)).unwrap();
-        let layout = template.layout(r.length, depth(r.depth_index, r.depths)).unwrap();
+        let encode = |t: &str| Ok(s.tokenizer.encode(t)?);
+        let template = TokenizedTemplate::new(&config.template, config.seed, r.length, encode).unwrap();
+        let cell = template.prompts(r.length, r.depths, encode).unwrap().remove(r.depth_index);
         assert_eq!(r.key, key(config.seed, r.length, r.depth_index));
-        let needle = s.tokenizer.encode(&config.template.needle_for(&r.key)).unwrap();
-        let prompt = template.materialise(layout, &needle);
+        assert_eq!(cell.needle, s.tokenizer.encode(&config.template.needle_for("", &r.key)).unwrap());
+        let prompt = template.materialise(&cell, encode).unwrap();
         assert_eq!(prompt.len(), r.tokens);
         let mut session = Session::with_plan(s.model.clone(), s.plan.clone());
         session.set_piece_len(97);

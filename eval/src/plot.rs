@@ -94,20 +94,24 @@ fn log_ticks(low: f32, high: f32) -> Vec<f32> {
 }
 
 /// Accuracy (0..1) against length on a log2 x axis, one line per series, the training length
-/// dashed when known.
+/// dashed when known. The x labels are the lengths swept (at most a dozen of them).
 pub fn accuracy_curves(path: &Path, title: &str, series: &[(String, Vec<(usize, f64)>)], train_length: Option<usize>) -> Result<(), PlotError> {
-    let lengths = series.iter().flat_map(|(_, p)| p.iter().map(|&(l, _)| l as f64));
-    let (x_min, x_max) = lengths.fold((f64::INFINITY, 1.0f64), |(lo, hi), l| (lo.min(l), hi.max(l)));
-    let x_min = if x_min.is_finite() { x_min / 1.2 } else { 1.0 };
-    let x_max = (x_max * 1.2).max(x_min * 2.0);
+    let mut lengths: Vec<usize> = series.iter().flat_map(|(_, p)| p.iter().map(|&(l, _)| l)).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let (x_min, x_max) = match (lengths.first(), lengths.last()) {
+        (Some(&lo), Some(&hi)) => (lo as f64 / 1.2, (hi as f64 * 1.2).max(lo as f64 * 2.0)),
+        _ => (1.0, 2.0),
+    };
+    let every = lengths.len().div_ceil(12).max(1);
+    let keys: Vec<f64> = lengths.iter().step_by(every).map(|&l| l as f64).collect();
     render(path, (900, 560), |root| {
-        let mut chart = frame(root, title, 55)
-            .build_cartesian_2d((x_min..x_max).log_scale(), 0f64..1.02f64)?;
+        let mut chart = frame(root, title, 55).build_cartesian_2d((x_min..x_max).log_scale().with_key_points(keys), 0f64..1.02f64)?;
         chart
             .configure_mesh()
             .x_desc("context length (tokens)")
             .y_desc("passkey accuracy")
-            .x_label_formatter(&|v| format_length(*v as usize))
+            .x_label_formatter(&|v| format_length(v.round() as usize))
             .draw()?;
         for (i, (label, points)) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
@@ -126,12 +130,18 @@ pub fn accuracy_curves(path: &Path, title: &str, series: &[(String, Vec<(usize, 
     })
 }
 
-/// Accuracy per (depth bin, length) as coloured cells, red (0) to green (1); empty cells grey.
+/// Red (0) to green (1).
+fn accuracy_color(a: f64) -> RGBAColor {
+    RGBColor((255.0 * (1.0 - a)) as u8, (200.0 * a) as u8, 60).to_rgba()
+}
+
+/// Accuracy per (depth bin, length) as coloured cells, red (0) to green (1), empty cells grey,
+/// with the colour scale beside it.
 pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<f64>>]) -> Result<(), PlotError> {
     let (columns, rows) = (lengths.len(), cells.len());
-    render(path, (900, 560), |root| {
-        let mut chart = frame(root, title, 55)
-            .build_cartesian_2d(0f64..columns as f64, 0f64..rows as f64)?;
+    render(path, (960, 560), |root| {
+        let (left, right) = root.split_horizontally(860);
+        let mut chart = frame(&left, title, 55).build_cartesian_2d(0f64..columns as f64, 0f64..rows as f64)?;
         chart
             .configure_mesh()
             .disable_mesh()
@@ -144,41 +154,86 @@ pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<
             .draw()?;
         for (r, row) in cells.iter().enumerate() {
             for (c, value) in row.iter().enumerate() {
-                let color = match value {
-                    Some(a) => RGBColor((255.0 * (1.0 - a)) as u8, (200.0 * a) as u8, 60).to_rgba(),
-                    None => RGBColor(220, 220, 220).to_rgba(),
-                };
+                let color = value.map_or(RGBColor(220, 220, 220).to_rgba(), accuracy_color);
                 chart.draw_series(std::iter::once(Rectangle::new([(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)], color.filled())))?;
             }
         }
+        // The scale: accuracy 0..1 as a column of the same colours.
+        let mut scale = ChartBuilder::on(&right);
+        scale.margin_top(48).margin_bottom(60).margin_right(10).y_label_area_size(45);
+        let mut scale = scale.build_cartesian_2d(0f64..1.0, 0f64..1.0)?;
+        scale
+            .configure_mesh()
+            .disable_mesh()
+            .disable_x_axis()
+            .y_labels(5)
+            .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
+            .draw()?;
+        const STEPS: usize = 50;
+        scale.draw_series((0..STEPS).map(|i| {
+            let (lo, hi) = (i as f64 / STEPS as f64, (i + 1) as f64 / STEPS as f64);
+            Rectangle::new([(0.0, lo), (1.0, hi)], accuracy_color((lo + hi) / 2.0).filled())
+        }))?;
         Ok(())
     })
 }
 
-/// Capacity (thousands of tokens) against N_S (millions): measured points per arm, each arm's
-/// fitted `a (b^N_S - 1) + c`, and the paper's fit.
-pub fn capacity(path: &Path, points: &[(String, Vec<(f64, f64)>)], fits: &[(String, f64, f64, f64)]) -> Result<(), PlotError> {
-    let x_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.0)).fold(0.1f64, f64::max) * 1.3;
-    let y_max = points.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).fold(1.0f64, f64::max) * 1.3;
-    let paper = |x: f64| 4.756 * (1.365f64.powf(x) - 1.0) - 0.742;
+/// One arm of a law plot: its measured points and, where the data carried one, its fit.
+#[derive(Clone, Debug)]
+pub struct LawSeries {
+    pub label: String,
+    /// `(N_S in millions, value in thousands of tokens)`.
+    pub points: Vec<(f64, f64)>,
+    /// `(a, b, c)` of `a (b^N_S - 1) + c`.
+    pub fit: Option<(f64, f64, f64)>,
+}
+
+/// A law against state size on log-log axes: the measured points per arm, each arm's fit over
+/// the range of its data, and (with `paper`) the paper's capacity fit where it is positive.
+/// The axes span all three, so a family of tiny models and the paper's millions of state
+/// elements are visible on one plot.
+pub fn law(path: &Path, title: &str, y_label: &str, series: &[LawSeries], paper: bool) -> Result<(), PlotError> {
+    let paper_fit = |x: f64| 4.756 * (1.365f64.powf(x) - 1.0) - 0.742;
+    let sample = |lo: f64, hi: f64, f: &dyn Fn(f64) -> f64| -> Vec<(f64, f64)> {
+        (0..=200).map(|i| lo * (hi / lo).powf(i as f64 / 200.0)).map(|x| (x, f(x))).filter(|p| p.1 > 0.0 && p.1.is_finite()).collect()
+    };
+    let fitted: Vec<Vec<(f64, f64)>> = series
+        .iter()
+        .map(|s| {
+            let (lo, hi) = s.points.iter().fold((f64::INFINITY, 0f64), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+            match s.fit {
+                Some((a, b, c)) if lo.is_finite() && lo > 0.0 => sample(lo / 1.5, hi * 1.5, &move |x| a * (b.powf(x) - 1.0) + c),
+                _ => Vec::new(),
+            }
+        })
+        .collect();
+    let paper_curve = if paper { sample(0.3, 20.0, &paper_fit) } else { Vec::new() };
+    let all = series.iter().flat_map(|s| s.points.iter()).chain(fitted.iter().flatten()).chain(&paper_curve).filter(|p| p.0 > 0.0 && p.1 > 0.0);
+    let (x_lo, x_hi, y_lo, y_hi) = all.fold((f64::INFINITY, 0f64, f64::INFINITY, 0f64), |(a, b, c, d), p| (a.min(p.0), b.max(p.0), c.min(p.1), d.max(p.1)));
+    let (x_lo, x_hi, y_lo, y_hi) = if x_lo.is_finite() { (x_lo / 1.5, x_hi * 1.5, y_lo / 1.5, y_hi * 1.5) } else { (1e-3, 1.0, 0.1, 10.0) };
     render(path, (900, 560), |root| {
-        let mut chart = frame(root, "passkey capacity against state size", 60)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-        chart.configure_mesh().x_desc("N_S (million state elements)").y_desc("capacity (thousand tokens)").draw()?;
-        let curve = |f: &dyn Fn(f64) -> f64| (0..=200).map(|i| x_max * i as f64 / 200.0).map(|x| (x, f(x))).filter(|p| p.1 >= 0.0 && p.1 <= y_max).collect::<Vec<_>>();
+        let mut chart = frame(root, title, 70).build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())?;
         chart
-            .draw_series(DashedLineSeries::new(curve(&paper), 6, 4, BLACK.mix(0.6).into()))?
-            .label("paper: 4.756 (1.365^N_S - 1) - 0.742")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
-        for (i, (label, pts)) in points.iter().enumerate() {
+            .configure_mesh()
+            .x_desc("N_S (million state elements, log)")
+            .y_desc(format!("{y_label}, log"))
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| tick_label(*v))
+            .draw()?;
+        if !paper_curve.is_empty() {
+            chart
+                .draw_series(DashedLineSeries::new(paper_curve.clone(), 6, 4, BLACK.mix(0.6).into()))?
+                .label("paper: 4.756 (1.365^N_S - 1) - 0.742")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+        }
+        for (i, (s, curve)) in series.iter().zip(&fitted).enumerate() {
             let color = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, color.filled())))?
-                .label(label.as_str())
+                .draw_series(s.points.iter().filter(|p| p.0 > 0.0 && p.1 > 0.0).map(|&p| Circle::new(p, 5, color.filled())))?
+                .label(if curve.is_empty() { s.label.clone() } else { format!("{} (and its fit)", s.label) })
                 .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
-            if let Some((_, a, b, c)) = fits.iter().find(|f| &f.0 == label) {
-                let (a, b, c) = (*a, *b, *c);
-                chart.draw_series(LineSeries::new(curve(&move |x| a * (b.powf(x) - 1.0) + c), color.stroke_width(2)))?;
+            if !curve.is_empty() {
+                chart.draw_series(LineSeries::new(curve.clone(), color.stroke_width(2)))?;
             }
         }
         chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).position(SeriesLabelPosition::UpperLeft).draw()?;

@@ -1,11 +1,12 @@
 //! The passkey evaluator against a fake model whose recall is known exactly: it remembers only
-//! its last M tokens and answers with the digits after the last "passkey is " it can still see.
+//! its last M tokens and answers with the digits after the last "passkey is " it can still see
+//! (or, asked for a name, after the last "passkey of NAME is ").
 
 use std::collections::VecDeque;
 
 use coil_eval::passkey::{
-    depth, parse_lengths, read_results, run_sweep, write_report, CellRecord, EvalError, ResultsFile, Shard, Subject, SweepConfig,
-    Template, TokenizedTemplate,
+    check_sweep, depth, memory_span, parse_lengths, read_results, run_sweep, write_report, CellRecord, EvalError, ResultsFile, Shard,
+    Subject, SweepConfig, Template, TokenizedTemplate,
 };
 
 /// Characters are tokens.
@@ -53,12 +54,17 @@ impl Subject for Fake {
     fn answer(&self, state: &mut VecDeque<u32>, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError> {
         self.feed(state, tail)?;
         let seen: String = state.iter().filter_map(|&i| char::from_u32(i)).collect();
+        let question: String = tail.iter().filter_map(|&i| char::from_u32(i)).collect();
+        // Asked for a name ("What is the passkey of NAME?"): the binding of that name.
+        let marker = match question.split_once("passkey of ").and_then(|(_, rest)| rest.split_once('?')) {
+            Some((name, _)) => format!("passkey of {name} is "),
+            None => "passkey is ".into(),
+        };
         let digits: String = seen
-            .rmatch_indices("passkey is ")
+            .rmatch_indices(marker.as_str())
             .find_map(|(i, m)| {
-                let after = &seen[i + m.len()..];
-                let d: String = after.chars().take(5).collect();
-                (d.len() == 5 && d.chars().all(|c| c.is_ascii_digit())).then_some(d)
+                let d: String = seen[i + m.len()..].chars().take_while(char::is_ascii_digit).collect();
+                (!d.is_empty() && i + m.len() + d.len() < seen.len()).then_some(d)
             })
             .unwrap_or_else(|| "?????".into());
         Ok(format!(" {digits}").chars().map(|c| c as u32).chain(std::iter::repeat(b'.' as u32)).take(count).collect())
@@ -75,9 +81,14 @@ fn fakes() -> Vec<Fake> {
 
 /// Whether the fake with `memory` tokens can see "passkey is DDDDD" of this cell at question time.
 fn fake_recalls(memory: usize, record: &CellRecord, template: &TokenizedTemplate) -> bool {
-    let needle_start = template.prefix.len() + record.needle_block * template.block.len();
+    let needle_start = template.prefix.len() + template.filler_len(0, record.needle_block);
     let match_start = needle_start + "The ".len();
     record.tokens - match_start <= memory
+}
+
+fn tokenized(template: &Template, seed: u64, longest: usize) -> TokenizedTemplate {
+    let fake = Fake { memory: 1, name: "f".into() };
+    TokenizedTemplate::new(template, seed, longest, |s| fake.encode(s)).unwrap()
 }
 
 #[test]
@@ -100,23 +111,142 @@ fn lengths_parse_lists_and_geometric_ranges() {
 #[test]
 fn prompts_land_within_one_block_and_place_the_needle_as_the_paper() {
     let fake = Fake { memory: 10, name: "f".into() };
-    let t = TokenizedTemplate::new(&Template::paper(), |s| fake.encode(s)).unwrap();
+    let paper = Template::paper();
+    let t = tokenized(&paper, 7, 10_000);
+    let block = paper.filler.chars().count();
     for length in [300, 1000, 4096, 10_000] {
-        for i in 0..7 {
-            let d = depth(i, 7);
-            let layout = t.layout(length, d).unwrap();
-            assert_eq!(layout.needle_block, (d * (layout.blocks - 1) as f64) as usize);
-            let needle = fake.encode(&Template::paper().needle_for("12345")).unwrap();
-            let prompt = t.materialise(layout, &needle);
-            assert_eq!(prompt.len(), t.prompt_tokens(layout, needle.len()));
-            let filler_only = t.prefix.len() + layout.blocks * t.block.len() + t.suffix.len();
-            assert!(filler_only <= length && length - filler_only < t.block.len(), "length {length}: {filler_only}");
+        let prompts = t.prompts(length, 7, |s| fake.encode(s)).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            // The paper's rule: blocks = (length - prefix - suffix) / block, the needle replacing
+            // block floor(depth * (blocks - 1)).
+            let blocks = (length - t.prefix.len() - p.suffix.len()) / block;
+            assert_eq!(p.filler_blocks, blocks - 1, "length {length}");
+            assert_eq!(p.needle_block, (depth(i, 7) * (blocks - 1) as f64) as usize);
+            let prompt = t.materialise(p, |s| fake.encode(s)).unwrap();
+            assert_eq!(prompt.len(), p.tokens);
+            assert!(p.tokens <= length && length - p.tokens < 2 * block, "length {length}: {}", p.tokens);
+            assert_eq!(p.tokens_after_needle, (p.filler_blocks - p.needle_block) * block);
             let text = fake.decode(&prompt).unwrap();
-            assert!(text.starts_with(Template::paper().prefix.as_str()) && text.ends_with(Template::paper().suffix.as_str()));
-            assert_eq!(text.matches("12345").count(), 2);
+            assert!(text.starts_with(paper.prefix.as_str()) && text.ends_with(paper.suffix.as_str()));
+            assert_eq!(text.matches(p.key.as_str()).count(), 2);
         }
     }
-    assert!(t.layout(50, 0.5).is_err(), "too short for the template");
+    assert!(t.prompts(50, 3, |s| fake.encode(s)).is_err(), "too short for the template");
+}
+
+/// A needle longer than the filler blocks (about 4K tokens against one sentence) used to make
+/// prompts far longer than their length: now every prompt stays within it, and a length that
+/// cannot hold the needle is refused before a sweep starts, naming what takes the room.
+#[test]
+fn a_long_needle_never_stretches_a_prompt_past_its_length() {
+    let fake = Fake { memory: 10, name: "f".into() };
+    let mut template = Template::paper();
+    template.needle = format!("{} The passkey is {{key}}.\n", "Remember. ".repeat(400));
+    let t = tokenized(&template, 1, 8192);
+    for length in [4300, 5000, 8192] {
+        for p in t.prompts(length, 5, |s| fake.encode(s)).unwrap() {
+            assert!(p.tokens <= length, "length {length}: {} tokens", p.tokens);
+        }
+    }
+    let error = t.prompts(256, 5, |s| fake.encode(s)).unwrap_err().to_string();
+    assert!(error.contains("length 256 is too short") && error.contains("take 4"), "{error}");
+    let config = SweepConfig { template, ..config("256", 5) };
+    let error = check_sweep(&fakes(), &config).unwrap_err().to_string();
+    assert!(error.contains("length 256 is too short"), "{error}");
+}
+
+/// The `bindings` template: every block binds its own name and key, prompts of one length share
+/// their filler, the asked name is bound only by the needle, and keys have the template's digits.
+#[test]
+fn bindings_prompts_bind_every_block_and_ask_for_the_needle() {
+    let fake = Fake { memory: 10, name: "f".into() };
+    let template = Template::bindings();
+    let t = tokenized(&template, 11, 4096);
+    let prompts = t.prompts(4096, 6, |s| fake.encode(s)).unwrap();
+    // One filler for every depth: each prompt is prefix + filler[..j] + needle + filler[j..] + suffix.
+    let mut filler = Vec::new();
+    t.filler(0, prompts[0].filler_blocks, &mut filler, |s| fake.encode(s)).unwrap();
+    let filler = fake.decode(&filler).unwrap();
+    let prefix = fake.decode(&t.prefix).unwrap();
+    for p in &prompts {
+        assert_eq!(p.key.len(), 2);
+        let text = fake.decode(&t.materialise(p, |s| fake.encode(s)).unwrap()).unwrap();
+        assert_eq!(text.chars().count(), p.tokens);
+        assert!(p.tokens <= 4096 && p.tokens > 4000, "{}", p.tokens);
+        let split = t.filler_len(0, p.needle_block);
+        let (needle, suffix) = (fake.decode(&p.needle).unwrap(), fake.decode(&p.suffix).unwrap());
+        assert_eq!(text, format!("{prefix}{}{needle}{}{suffix}", &filler[..split], &filler[split..]));
+        assert_eq!(filler.len() - split, p.tokens_after_needle);
+        let name = suffix.rsplit_once("passkey of ").unwrap().1.trim_end_matches(" is").to_owned();
+        assert_eq!(needle, format!("The passkey of {name} is {}.\n", p.key), "the needle binds the asked name");
+        assert!(!filler.contains(&format!(" {name} ")), "and nothing else binds it");
+    }
+    let bound: Vec<&str> = filler.lines().map(|l| l.strip_prefix("The passkey of ").unwrap().split(' ').next().unwrap()).collect();
+    let distinct: std::collections::HashSet<&&str> = bound.iter().collect();
+    assert_eq!(distinct.len(), bound.len(), "every block a fresh name");
+}
+
+/// On `bindings`, a fake that remembers its last M tokens answers exactly the needles within M
+/// of the end, whatever the length: its memory span comes out as the farthest such needle, and
+/// grows with M, while its capacity (by length) says nothing.
+#[test]
+fn memory_span_of_fakes_on_bindings_comes_out_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SweepConfig { template: Template::bindings(), ..config("256..8k", 24) };
+    let fakes = fakes();
+    let mut results = ResultsFile::open(dir.path(), Shard::whole(), false).unwrap();
+    run_sweep(&fakes, &config, &mut results, |_| {}).unwrap();
+    let records = read_results(&[dir.path().to_owned()]).unwrap();
+    let report = write_report(&records, 1.0, dir.path()).unwrap();
+    let needle = "The passkey of Bababa is 00.\n".len();
+    let suffix = "What is the passkey of Bababa? The passkey of Bababa is".len();
+    let mut spans = Vec::new();
+    for fake in &fakes {
+        let cells: Vec<&CellRecord> = records.iter().filter(|r| r.model == fake.name).collect();
+        // Visible: "passkey of NAME is DD" and one more character, then the filler and question.
+        let reach = fake.memory - suffix - (needle - "The ".len());
+        for r in &cells {
+            assert_eq!(r.correct, r.tokens_after_needle.unwrap() <= reach, "{r:?}");
+        }
+        let expected = cells.iter().map(|r| r.tokens_after_needle.unwrap()).filter(|&d| d <= reach).max();
+        let row = report.capacity.iter().find(|c| c.model == fake.name).unwrap();
+        assert_eq!(row.span, expected, "{}", fake.name);
+        assert_eq!(row.span_cells, cells.len());
+        spans.push(row.span.unwrap());
+    }
+    assert!(spans.windows(2).all(|w| w[0] < w[1]), "span grows with memory: {spans:?}");
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("memory span (tokens)") && md.contains("memory span = "), "{md}");
+    assert!(std::fs::read_to_string(dir.path().join("span.svg")).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn memory_span_holds_the_cumulative_accuracy() {
+    assert_eq!(memory_span(&[], 0.95), None);
+    assert_eq!(memory_span(&[(5, false), (1, true)], 0.95), Some(1));
+    assert_eq!(memory_span(&[(1, false), (5, true)], 0.5), None);
+    // 19 right then 1 wrong: 95% holds at 20; the next wrong one breaks it.
+    let mut cells: Vec<(usize, bool)> = (1..=19).map(|d| (d, true)).collect();
+    cells.push((20, false));
+    assert_eq!(memory_span(&cells, 0.95), Some(20));
+    cells.push((21, false));
+    assert_eq!(memory_span(&cells, 0.95), Some(20));
+    // Two cells at one distance count together.
+    assert_eq!(memory_span(&[(1, true), (2, true), (2, false)], 0.6), Some(2));
+}
+
+/// The capacity law is fitted only where three state sizes give three distinct capacities: four
+/// models at 512 or 1K tokens once gave `-9.361 (16.000^N_S - 1) + 0.868`.
+#[test]
+fn the_law_is_not_fitted_where_the_data_cannot_carry_it() {
+    use coil_eval::passkey::fit_capacity;
+    let flat = [(0.001, 0.512), (0.002, 1.024), (0.004, 0.512), (0.008, 1.024)];
+    let why = fit_capacity(&flat).unwrap_err();
+    assert!(why.contains("2 distinct value(s)"), "{why}");
+    assert!(fit_capacity(&[(1.0, 1.0), (1.0, 2.0), (2.0, 3.0)]).unwrap_err().contains("2 state size(s)"));
+    let law = |x: f64| 2.0 * (1.5f64.powf(x) - 1.0) + 0.5;
+    let fit = fit_capacity(&[(1.0, law(1.0)), (2.0, law(2.0)), (4.0, law(4.0)), (8.0, law(8.0))]).unwrap();
+    assert!((fit.a - 2.0).abs() < 0.05 && (fit.b - 1.5).abs() < 0.01 && (fit.c - 0.5).abs() < 0.05, "{fit:?}");
 }
 
 #[test]
@@ -130,7 +260,7 @@ fn fake_model_capacity_comes_out_exactly() {
     assert!(summary.saving() > 0.3, "forking saves work: {}", summary.saving());
     let records = read_results(&[dir.path().to_owned()]).unwrap();
     assert_eq!(records.len(), 3 * 7 * 20);
-    let template = TokenizedTemplate::new(&config.template, |s| fakes[0].encode(s)).unwrap();
+    let template = tokenized(&config.template, config.seed, 16 << 10);
     for r in &records {
         let fake = fakes.iter().find(|f| f.name == r.model).unwrap();
         assert_eq!(r.correct, fake_recalls(fake.memory, r, &template), "{r:?}");
@@ -152,7 +282,7 @@ fn fake_model_capacity_comes_out_exactly() {
     }
     assert_eq!(report.capacity.iter().find(|c| c.model == "m300").unwrap().tokens, Some(256));
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    assert!(md.contains("| m1200 |") && md.contains("## Capacity law"));
+    assert!(md.contains("| m1200 |") && md.contains("## Laws"));
     for plot in ["capacity.svg", "accuracy-m300.svg", "heatmap-m5000-none.svg"] {
         assert!(std::fs::read_to_string(dir.path().join(plot)).unwrap().starts_with("<svg"), "{plot}");
     }

@@ -56,7 +56,9 @@ pub struct PasskeyArgs {
     /// Accuracy at which a length counts as retrieved (capacity).
     #[arg(long, default_value_t = 0.95)]
     pub threshold: f64,
-    /// Prompt template: paper, landmark, ruler, or a JSON file with prefix/filler/needle/suffix.
+    /// Prompt template: paper, landmark, ruler, bindings (every filler block binds a fresh name to
+    /// a key; the question asks for the needle's name), or a JSON file with prefix, filler, needle,
+    /// suffix and optionally key_digits ({name} and {key} in the filler draw them per block).
     #[arg(long, default_value = "paper")]
     pub template: String,
     /// Seed of the passkeys.

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use coil::Source;
-use coil_eval::passkey::{parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template};
+use coil_eval::passkey::{
+    check_sweep, format_state_size, parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template,
+};
 
 use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
 use super::load::load;
@@ -118,6 +120,8 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         }
     }
     let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard, batch_forks: args.batch_forks };
+    // Every length must take a prompt before a results file is made or the banner printed.
+    check_sweep(&subjects, &config)?;
     let mut results = ResultsFile::open(&args.out, shard, args.resume)?;
     let total_groups = subjects.len() * config.lengths.len();
     let cells = (0..total_groups).filter(|g| g % shard.count == shard.index).count() * config.depths;
@@ -168,9 +172,9 @@ pub fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn print_capacity(report: &Report) {
-    println!("model\tN_S\tmitigation\tcapacity");
+    println!("model\tN_S\tmitigation\tcapacity\tmemory span");
     for row in &report.capacity {
-        let capacity = row.tokens.map_or("<shortest".into(), |c| c.to_string());
-        println!("{}\t{}\t{}\t{capacity}", row.model, row.n_s, row.mitigation);
+        let capacity = row.tokens.map_or("< shortest".into(), |c| c.to_string());
+        println!("{}\t{}\t{}\t{capacity}\t{}", row.model, format_state_size(row.n_s), row.mitigation, row.span_text());
     }
 }

@@ -3,6 +3,7 @@
 //! one streamed state at every needle, resumable and shardable result files, and the report.
 
 mod model;
+mod names;
 mod prompt;
 mod report;
 mod results;
@@ -10,11 +11,12 @@ mod sweep;
 mod template;
 
 pub use model::{CoilSubject, Subject};
-pub use prompt::{depth, key, Layout, TokenizedTemplate};
-pub use report::{fit_capacity, write_report, AccuracyRow, CapacityFit, CapacityRow, Report};
+pub use names::{filler_key, filler_name, needle_name, NAMES, SYLLABLES};
+pub use prompt::{depth, key, key_of, Prompt, TokenizedTemplate};
+pub use report::{fit_capacity, format_state_size, memory_span, write_report, AccuracyRow, ArmFits, CapacityFit, CapacityRow, Report};
 pub use results::{read_results, CellRecord, ResultsFile, Shard};
-pub use sweep::{parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary, MAX_DEPTHS, MAX_LENGTH};
-pub use template::Template;
+pub use sweep::{check_sweep, parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary, MAX_DEPTHS, MAX_LENGTH};
+pub use template::{Template, MAX_KEY_DIGITS};
 
 use std::path::PathBuf;
 

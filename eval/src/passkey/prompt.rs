@@ -1,76 +1,170 @@
 //! A passkey prompt in tokens, and where its needle goes.
 //!
-//! Parts are tokenized separately and concatenated, so the shared filler is the same token
-//! sequence in every prompt of a length (what lets a sweep fork one state at each needle).
-//! `blocks = (length - prefix - suffix) / block`; the needle replaces filler block
-//! `floor(depth * (blocks - 1))`; the prompt then has `prefix + (blocks - 1) * block + needle +
-//! suffix` tokens: within one block of the requested length, recorded exactly.
+//! Parts are tokenized separately and concatenated, so the filler is the same token sequence in
+//! every prompt of a sweep (what lets a sweep fork one state at each needle). A prompt of a length
+//! L is `prefix + filler[0..j) + needle + filler[j..m) + suffix`: `m` filler blocks, the needle
+//! before block `j = floor(depth * m)`. `m` is the paper's rule (the blocks that fit beside the
+//! prefix and suffix, one of them replaced by the needle), capped so that no prompt of the length
+//! passes L whatever its needle and question; it is the same for every depth of a length. A
+//! prompt then holds at most L tokens, and within about a block of it, recorded exactly.
 
-use crate::passkey::{EvalError, Template};
+use super::names::{digits_of, needle_name, splitmix};
+use super::{EvalError, Template};
 
-/// A template tokenized once for a model.
+/// A template tokenized once for a model and a sweep's seed.
 #[derive(Clone, Debug)]
 pub struct TokenizedTemplate {
+    template: Template,
+    seed: u64,
     pub prefix: Vec<u32>,
-    pub block: Vec<u32>,
-    pub suffix: Vec<u32>,
+    filler: Filler,
 }
 
-/// Where the needle of one prompt goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Layout {
-    /// Filler blocks the prompt would hold without the needle.
-    pub blocks: usize,
-    /// Index of the block the needle replaces.
+#[derive(Clone, Debug)]
+enum Filler {
+    /// One block, repeated.
+    Repeated(Vec<u32>),
+    /// Blocks drawn per index; `ends[i]` = tokens in blocks `0..i`, as far as the sweep needs.
+    Drawn { ends: Vec<u64> },
+}
+
+/// One prompt of a length: its needle, question and layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prompt {
+    /// The depth's index among the length's depths.
+    pub depth_index: usize,
+    /// The key the needle binds and the answer must hold.
+    pub key: String,
+    /// The needle, in tokens.
+    pub needle: Vec<u32>,
+    /// The question, in tokens.
+    pub suffix: Vec<u32>,
+    /// Filler blocks in the prompt (the same for every depth of a length).
+    pub filler_blocks: usize,
+    /// Filler blocks before the needle.
     pub needle_block: usize,
+    /// The whole prompt's length in tokens.
+    pub tokens: usize,
+    /// Filler tokens between the needle's end and the question.
+    pub tokens_after_needle: usize,
 }
 
 impl TokenizedTemplate {
-    pub fn new(template: &Template, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<TokenizedTemplate, EvalError> {
-        let tokenized = TokenizedTemplate { prefix: encode(&template.prefix)?, block: encode(&template.filler)?, suffix: encode(&template.suffix)? };
-        if tokenized.block.is_empty() {
-            return Err(EvalError::Prompt("the filler block tokenizes to nothing".into()));
+    /// Tokenizes `template`; with a drawn filler, measures its blocks up to `longest` tokens.
+    pub fn new(
+        template: &Template,
+        seed: u64,
+        longest: usize,
+        encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>,
+    ) -> Result<TokenizedTemplate, EvalError> {
+        let filler = if template.draws_filler() {
+            let mut ends = vec![0u64];
+            while *ends.last().expect("starts with 0") < longest as u64 {
+                let tokens = encode(&template.filler_for(seed, ends.len() - 1))?.len();
+                if tokens == 0 {
+                    return Err(EvalError::Prompt("a filler block tokenizes to nothing".into()));
+                }
+                ends.push(ends.last().expect("not empty") + tokens as u64);
+            }
+            Filler::Drawn { ends }
+        } else {
+            let block = encode(&template.filler)?;
+            if block.is_empty() {
+                return Err(EvalError::Prompt("the filler block tokenizes to nothing".into()));
+            }
+            Filler::Repeated(block)
+        };
+        Ok(TokenizedTemplate { template: template.clone(), seed, prefix: encode(&template.prefix)?, filler })
+    }
+
+    /// Tokens in filler blocks `0..blocks`.
+    fn filler_tokens(&self, blocks: usize) -> u64 {
+        match &self.filler {
+            Filler::Repeated(block) => (blocks * block.len()) as u64,
+            Filler::Drawn { ends } => ends[blocks],
         }
-        Ok(tokenized)
     }
 
-    /// Filler blocks for a requested length: at least one, so there is a block to replace.
-    pub fn blocks_for(&self, length: usize) -> Result<usize, EvalError> {
-        let fixed = self.prefix.len() + self.suffix.len();
-        let blocks = length.saturating_sub(fixed) / self.block.len();
-        if blocks == 0 {
-            return Err(EvalError::Prompt(format!(
-                "length {length} is too short for the template: prefix and suffix alone take {fixed} tokens and a filler block {}",
-                self.block.len()
-            )));
+    /// The most blocks whose tokens, with `fixed` more, fit in `length` (None when not even 0).
+    fn blocks_within(&self, length: usize, fixed: usize) -> Option<usize> {
+        let room = length.checked_sub(fixed)? as u64;
+        Some(match &self.filler {
+            Filler::Repeated(block) => (room / block.len() as u64) as usize,
+            // ends is increasing and reaches past the longest length asked for.
+            Filler::Drawn { ends } => ends.partition_point(|&e| e <= room) - 1,
+        })
+    }
+
+    /// Every depth's prompt of a length, in depth order.
+    pub fn prompts(&self, length: usize, depths: usize, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<Vec<Prompt>, EvalError> {
+        let mut parts = Vec::with_capacity(depths);
+        for i in 0..depths {
+            let key = key_of(self.seed, length, i, self.template.key_digits);
+            let name = needle_name(self.seed, i);
+            parts.push((key.clone(), encode(&self.template.needle_for(&name, &key))?, encode(&self.template.suffix_for(&name))?));
         }
-        Ok(blocks)
+        let longest_suffix = parts.iter().map(|p| p.2.len()).max().unwrap_or(0);
+        let longest_question = parts.iter().map(|p| p.1.len() + p.2.len()).max().unwrap_or(0);
+        let fixed = self.prefix.len() + longest_question;
+        let too_short = || {
+            EvalError::Prompt(format!(
+                "length {length} is too short for the template: its prefix, needle and question alone take {fixed} tokens, and a prompt needs a filler block besides"
+            ))
+        };
+        // The paper's count: the blocks that fit beside prefix and suffix, one replaced by the needle.
+        let paper = self.blocks_within(length, self.prefix.len() + longest_suffix).filter(|&b| b >= 1).ok_or_else(too_short)? - 1;
+        let filler_blocks = paper.min(self.blocks_within(length, fixed).ok_or_else(too_short)?);
+        let filler = self.filler_tokens(filler_blocks) as usize;
+        Ok(parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, needle, suffix))| {
+                let needle_block = ((depth(i, depths) * filler_blocks as f64) as usize).min(filler_blocks);
+                Prompt {
+                    depth_index: i,
+                    tokens: self.prefix.len() + filler + needle.len() + suffix.len(),
+                    tokens_after_needle: filler - self.filler_tokens(needle_block) as usize,
+                    key,
+                    needle,
+                    suffix,
+                    filler_blocks,
+                    needle_block,
+                }
+            })
+            .collect())
     }
 
-    /// The paper's placement: block `floor(depth * (blocks - 1))`.
-    pub fn layout(&self, length: usize, depth: f64) -> Result<Layout, EvalError> {
-        let blocks = self.blocks_for(length)?;
-        let needle_block = ((depth.clamp(0.0, 1.0) * (blocks - 1) as f64) as usize).min(blocks - 1);
-        Ok(Layout { blocks, needle_block })
+    /// Appends filler blocks `from..to` to `out`.
+    pub fn filler(&self, from: usize, to: usize, out: &mut Vec<u32>, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<(), EvalError> {
+        match &self.filler {
+            Filler::Repeated(block) => (from..to).for_each(|_| out.extend_from_slice(block)),
+            Filler::Drawn { .. } => {
+                for i in from..to {
+                    out.extend(encode(&self.template.filler_for(self.seed, i))?);
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Exact prompt length with a needle of `needle_tokens` tokens.
-    pub fn prompt_tokens(&self, layout: Layout, needle_tokens: usize) -> usize {
-        self.prefix.len() + (layout.blocks - 1) * self.block.len() + needle_tokens + self.suffix.len()
+    /// Tokens in filler blocks `from..to`.
+    pub fn filler_len(&self, from: usize, to: usize) -> usize {
+        (self.filler_tokens(to) - self.filler_tokens(from)) as usize
+    }
+
+    /// Tokens of filler block `block`.
+    pub fn block_len(&self, block: usize) -> usize {
+        self.filler_len(block, block + 1)
     }
 
     /// The whole prompt (for tests and small lengths; sweeps stream instead).
-    pub fn materialise(&self, layout: Layout, needle: &[u32]) -> Vec<u32> {
+    pub fn materialise(&self, prompt: &Prompt, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<Vec<u32>, EvalError> {
         let mut ids = self.prefix.clone();
-        for i in 0..layout.blocks {
-            if i == layout.needle_block {
-                ids.extend_from_slice(needle);
-            } else {
-                ids.extend_from_slice(&self.block);
-            }
-        }
-        ids.extend_from_slice(&self.suffix);
-        ids
+        self.filler(0, prompt.needle_block, &mut ids, &encode)?;
+        ids.extend_from_slice(&prompt.needle);
+        self.filler(prompt.needle_block, prompt.filler_blocks, &mut ids, &encode)?;
+        ids.extend_from_slice(&prompt.suffix);
+        Ok(ids)
     }
 }
 
@@ -79,11 +173,15 @@ pub fn depth(i: usize, n: usize) -> f64 {
     (i as f64 + 0.5) / n as f64
 }
 
-/// A five-digit key, deterministic in (seed, length, depth index): SplitMix64 of the three.
+/// A five-digit key, deterministic in (seed, length, depth index).
 pub fn key(seed: u64, length: usize, depth_index: usize) -> String {
-    let mut z = seed ^ (length as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (depth_index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    format!("{:05}", z % 100_000)
+    key_of(seed, length, depth_index, 5)
+}
+
+/// The needle's key of `digits` digits, deterministic in (seed, length, depth index): SplitMix64
+/// of the three (the five-digit keys are those of every earlier version).
+pub fn key_of(seed: u64, length: usize, depth_index: usize, digits: u32) -> String {
+    let z = seed ^ (length as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (depth_index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    // SplitMix64's finaliser without its increment: the keys of earlier versions.
+    digits_of(splitmix(z.wrapping_sub(0x9E37_79B9_7F4A_7C15)), digits)
 }

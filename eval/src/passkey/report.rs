@@ -1,5 +1,7 @@
 //! The sweep's report: accuracy per model x arm x length, capacity (the longest length at or above
-//! the threshold), the capacity law fitted across state sizes, a Markdown summary and plots.
+//! the threshold), memory span (the farthest needle-to-question distance up to which accuracy
+//! stays at or above it), both laws fitted across state sizes where the data carry a fit, a
+//! Markdown summary and plots.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,14 +20,28 @@ pub struct CapacityFit {
 }
 
 /// Least squares over `(n_s_millions, capacity_k)` points: for each `b` on a fine log grid in
-/// (1, 16], `a` and `c` solve a linear least-squares problem; the best `b` wins. Needs three
-/// distinct state sizes.
-pub fn fit_capacity(points: &[(f64, f64)]) -> Option<CapacityFit> {
-    let mut sizes: Vec<f64> = points.iter().map(|p| p.0).collect();
-    sizes.sort_by(f64::total_cmp);
-    sizes.dedup();
-    if sizes.len() < 3 {
-        return None;
+/// (1, 16], `a` and `c` solve a linear least-squares problem; the best `b` wins. A fit of three
+/// parameters needs three points that differ in both state size and value: otherwise the reason
+/// there is none.
+pub fn fit_capacity(points: &[(f64, f64)]) -> Result<CapacityFit, String> {
+    let distinct = |values: Vec<f64>| {
+        let mut values = values;
+        values.sort_by(f64::total_cmp);
+        values.dedup();
+        values.len()
+    };
+    let sizes = distinct(points.iter().map(|p| p.0).collect());
+    let values = distinct(points.iter().map(|p| p.1).collect());
+    if points.is_empty() {
+        return Err("no model has a value at this threshold".into());
+    }
+    if sizes < 3 || values < 3 {
+        return Err(format!(
+            "{} state size(s) and {} distinct value(s) among {} model(s) with a value; a fit of a (b^N_S - 1) + c needs three of each",
+            sizes,
+            values,
+            points.len()
+        ));
     }
     let mut best: Option<(f64, CapacityFit)> = None;
     for step in 1..=4000 {
@@ -51,7 +67,30 @@ pub fn fit_capacity(points: &[(f64, f64)]) -> Option<CapacityFit> {
             best = Some((sse, CapacityFit { a, b, c, points: points.len() }));
         }
     }
-    best.map(|(_, fit)| fit)
+    best.map(|(_, fit)| fit).ok_or_else(|| "the points are degenerate".into())
+}
+
+/// The memory span of cells given as `(tokens between needle and question, correct)`: the
+/// largest distance r such that, for every r' <= r among the cells, the accuracy over the cells
+/// at distance <= r' is at least `threshold` (the paper's "last-r" accuracy, held). `None` when
+/// the nearest cells already fall below.
+pub fn memory_span(cells: &[(usize, bool)], threshold: f64) -> Option<usize> {
+    let mut cells = cells.to_vec();
+    cells.sort_unstable();
+    let (mut correct, mut span) = (0usize, None);
+    let mut i = 0;
+    while i < cells.len() {
+        let distance = cells[i].0;
+        while i < cells.len() && cells[i].0 == distance {
+            correct += cells[i].1 as usize;
+            i += 1;
+        }
+        if (correct as f64) < threshold * i as f64 {
+            break;
+        }
+        span = Some(distance);
+    }
+    span
 }
 
 /// Accuracy of one model x arm x length.
@@ -91,6 +130,10 @@ pub struct CapacityRow {
     pub mitigation: String,
     /// The longest length at or above the threshold; `None` when even the shortest falls below.
     pub tokens: Option<usize>,
+    /// The memory span in tokens ([`memory_span`]); `None` when even the nearest needles fall below.
+    pub span: Option<usize>,
+    /// Cells that recorded their needle's distance (results of older versions did not).
+    pub span_cells: usize,
     /// The checkpoint's training length, when its config or the sweep gave one.
     pub train_length: Option<usize>,
 }
@@ -100,6 +143,40 @@ impl CapacityRow {
     /// row has a capacity.
     fn law_point(&self) -> Option<(f64, f64)> {
         self.tokens.map(|tokens| (self.n_s as f64 / 1e6, tokens as f64 / 1000.0))
+    }
+
+    /// `(N_S in millions, span in thousands of tokens)`, when the row has a span.
+    fn span_point(&self) -> Option<(f64, f64)> {
+        self.span.map(|tokens| (self.n_s as f64 / 1e6, tokens as f64 / 1000.0))
+    }
+
+    /// The span as the report prints it.
+    pub fn span_text(&self) -> String {
+        match self.span {
+            _ if self.span_cells == 0 => "not recorded".into(),
+            Some(tokens) => tokens.to_string(),
+            None => "< nearest".into(),
+        }
+    }
+}
+
+/// Both laws fitted across the models of one mitigation arm, or why not.
+#[derive(Clone, Debug)]
+pub struct ArmFits {
+    /// The mitigation arm.
+    pub mitigation: String,
+    /// Capacity (K tokens) against N_S (millions).
+    pub capacity: Result<CapacityFit, String>,
+    /// Memory span (K tokens) against N_S (millions).
+    pub span: Result<CapacityFit, String>,
+}
+
+/// N_S as every output writes it: elements, `4096`, or millions past a million, `4.72M`.
+pub fn format_state_size(n_s: usize) -> String {
+    if n_s >= 1_000_000 {
+        format!("{:.2}M", n_s as f64 / 1e6)
+    } else {
+        n_s.to_string()
     }
 }
 
@@ -112,8 +189,8 @@ pub struct Report {
     pub accuracy: Vec<AccuracyRow>,
     /// Capacity per model x arm.
     pub capacity: Vec<CapacityRow>,
-    /// Per mitigation arm, fitted across models.
-    pub fits: Vec<(String, Option<CapacityFit>)>,
+    /// Per mitigation arm, the laws fitted across models.
+    pub fits: Vec<ArmFits>,
     /// Cells in the results.
     pub cells: usize,
     /// Seconds the cells took to run.
@@ -142,27 +219,45 @@ impl Report {
                 train.insert(r.model.clone(), t);
             }
         }
-        let accuracy: Vec<AccuracyRow> = groups.into_values().collect();
-        let mut capacity: BTreeMap<(String, String), CapacityRow> = BTreeMap::new();
+        // Rows by state size, then name, arm and length: the family reads from small to large.
+        let mut accuracy: Vec<AccuracyRow> = groups.into_values().collect();
+        accuracy.sort_by(|a, b| (a.n_s, &a.model, &a.mitigation, a.length).cmp(&(b.n_s, &b.model, &b.mitigation, b.length)));
+        let mut distances: BTreeMap<(String, String), Vec<(usize, bool)>> = BTreeMap::new();
+        for r in records {
+            if let Some(d) = r.tokens_after_needle {
+                distances.entry((r.model.clone(), r.mitigation.clone())).or_default().push((d, r.correct));
+            }
+        }
+        let mut capacity: Vec<CapacityRow> = Vec::new();
         for row in &accuracy {
-            let entry = capacity.entry((row.model.clone(), row.mitigation.clone())).or_insert_with(|| CapacityRow {
-                model: row.model.clone(),
-                n_s: row.n_s,
-                mitigation: row.mitigation.clone(),
-                tokens: None,
-                train_length: train.get(&row.model).copied(),
-            });
+            let position = capacity.iter().position(|c| c.model == row.model && c.mitigation == row.mitigation);
+            let entry = match position {
+                Some(i) => &mut capacity[i],
+                None => {
+                    let cells = distances.get(&(row.model.clone(), row.mitigation.clone())).map_or(&[][..], Vec::as_slice);
+                    capacity.push(CapacityRow {
+                        model: row.model.clone(),
+                        n_s: row.n_s,
+                        mitigation: row.mitigation.clone(),
+                        tokens: None,
+                        span: memory_span(cells, threshold),
+                        span_cells: cells.len(),
+                        train_length: train.get(&row.model).copied(),
+                    });
+                    capacity.last_mut().expect("just pushed")
+                }
+            };
             if row.accuracy() >= threshold {
                 // None < Some(_): the first length to pass sets it, longer ones raise it.
                 entry.tokens = entry.tokens.max(Some(row.length));
             }
         }
-        let capacity: Vec<CapacityRow> = capacity.into_values().collect();
         let fits = capacity_arms(&capacity)
             .into_iter()
-            .map(|arm| {
-                let fit = fit_capacity(&law_points(&capacity, &arm));
-                (arm, fit)
+            .map(|arm| ArmFits {
+                capacity: fit_capacity(&law_points(&capacity, &arm, CapacityRow::law_point)),
+                span: fit_capacity(&law_points(&capacity, &arm, CapacityRow::span_point)),
+                mitigation: arm,
             })
             .collect();
         Report { threshold, accuracy, capacity, fits, cells: records.len(), seconds: records.iter().map(|r| r.seconds).sum() }
@@ -174,20 +269,26 @@ impl Report {
         let _ = writeln!(md, "# Passkey capacity\n");
         let _ = writeln!(
             md,
-            "{} cells, {:.0} s of model time. Capacity = the longest length with accuracy >= {:.0}%.\n",
+            "{} cells, {:.0} s of model time. Capacity = the longest length with accuracy >= {pct:.0}%. \
+             Memory span = the farthest distance from the needle to the question (tokens) up to which \
+             the accuracy over the needles at most that far stays >= {pct:.0}%.\n",
             self.cells,
             self.seconds,
-            self.threshold * 100.0
+            pct = self.threshold * 100.0
         );
-        let _ = writeln!(md, "## Capacity\n\n| model | N_S | mitigation | capacity (tokens) | training length |\n|---|---:|---|---:|---:|");
+        let _ = writeln!(
+            md,
+            "## Capacity and memory span\n\n| model | N_S | mitigation | capacity (tokens) | memory span (tokens) | training length |\n|---|---:|---|---:|---:|---:|"
+        );
         for row in &self.capacity {
             let _ = writeln!(
                 md,
-                "| {} | {:.3}M | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} |",
                 md_cell(&row.model),
-                row.n_s as f64 / 1e6,
+                format_state_size(row.n_s),
                 md_cell(&row.mitigation),
                 row.tokens.map_or("< shortest".into(), format_length),
+                row.span_text(),
                 row.train_length.map_or("?".into(), format_length)
             );
         }
@@ -203,8 +304,7 @@ impl Report {
             let _ = write!(md, "---:|");
         }
         md.push('\n');
-        let mut arms: Vec<(String, String)> = self.accuracy.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
-        arms.dedup();
+        let arms: Vec<(String, String)> = self.capacity.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
         for (model, arm) in arms {
             let _ = write!(md, "| {} | {} |", md_cell(&model), md_cell(&arm));
             for l in &lengths {
@@ -217,18 +317,21 @@ impl Report {
             }
             md.push('\n');
         }
-        let _ = writeln!(md, "\n## Capacity law\n");
-        for (arm, fit) in &self.fits {
-            match fit {
-                Some(f) => {
-                    let _ = writeln!(md, "- `{arm}`: capacity = {:.3} ({:.3}^N_S - 1) + {:.3} K tokens ({} models)", f.a, f.b, f.c, f.points);
-                }
-                None => {
-                    let _ = writeln!(md, "- `{arm}`: fewer than three state sizes with a capacity; no fit");
+        let _ = writeln!(md, "\n## Laws (N_S in millions, K tokens)\n");
+        for fits in &self.fits {
+            let arm = md_cell(&fits.mitigation);
+            for (what, fit) in [("capacity", &fits.capacity), ("memory span", &fits.span)] {
+                match fit {
+                    Ok(f) => {
+                        let _ = writeln!(md, "- `{arm}`: {what} = {:.3} ({:.3}^N_S - 1) + {:.3} ({} models)", f.a, f.b, f.c, f.points);
+                    }
+                    Err(why) => {
+                        let _ = writeln!(md, "- `{arm}`: {what} not fitted: {why}");
+                    }
                 }
             }
         }
-        let _ = writeln!(md, "- paper (Mamba-2 trained long): capacity = 4.756 (1.365^N_S - 1) - 0.742 K tokens");
+        let _ = writeln!(md, "- paper (Mamba-2 trained long): capacity = 4.756 (1.365^N_S - 1) - 0.742");
         if !plots.is_empty() {
             let _ = writeln!(md, "\n## Plots\n");
             for p in plots {
@@ -248,9 +351,9 @@ fn capacity_arms(rows: &[CapacityRow]) -> Vec<String> {
     arms
 }
 
-/// The capacity law's points for arm `arm`: one per model with a capacity.
-fn law_points(rows: &[CapacityRow], arm: &str) -> Vec<(f64, f64)> {
-    rows.iter().filter(|c| c.mitigation == arm).filter_map(CapacityRow::law_point).collect()
+/// A law's points for arm `arm`: one per model with a value.
+fn law_points(rows: &[CapacityRow], arm: &str, point: fn(&CapacityRow) -> Option<(f64, f64)>) -> Vec<(f64, f64)> {
+    rows.iter().filter(|c| c.mitigation == arm).filter_map(point).collect()
 }
 
 /// A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a comma, a quote or a line
@@ -308,6 +411,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             .map_err(|e| EvalError::Results { message: e.to_string(), path })
     };
     let mut csv = String::from("model,n_s,mitigation,length,cells,correct,accuracy,mean_tokens\n");
+    // (N_S is written in elements here, for programs; the Markdown rounds it the same way everywhere.)
     for r in &report.accuracy {
         let (model, mitigation) = (csv_field(&r.model), csv_field(&r.mitigation));
         let _ = writeln!(csv, "{model},{},{mitigation},{},{},{},{:.4},{:.1}", r.n_s, r.length, r.cells, r.correct, r.accuracy(), r.mean_tokens);
@@ -315,8 +419,12 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
     write("accuracy.csv", &csv)?;
 
     let mut plots = Vec::new();
-    let mut models: Vec<String> = report.accuracy.iter().map(|r| r.model.clone()).collect();
-    models.dedup();
+    let mut models: Vec<String> = Vec::new();
+    for row in &report.capacity {
+        if !models.contains(&row.model) {
+            models.push(row.model.clone());
+        }
+    }
     let mut lengths: Vec<usize> = report.accuracy.iter().map(|r| r.length).collect();
     lengths.sort_unstable();
     lengths.dedup();
@@ -354,17 +462,25 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
             plots.push(path);
         }
     }
-    let points: Vec<(String, Vec<(f64, f64)>)> = capacity_arms(&report.capacity)
-        .into_iter()
-        .map(|arm| {
-            let pts = law_points(&report.capacity, &arm);
-            (arm, pts)
-        })
-        .collect();
-    let fits: Vec<(String, f64, f64, f64)> = report.fits.iter().filter_map(|(arm, f)| f.map(|f| (arm.clone(), f.a, f.b, f.c))).collect();
+    let series = |point: fn(&CapacityRow) -> Option<(f64, f64)>, fit: fn(&ArmFits) -> &Result<CapacityFit, String>| {
+        report
+            .fits
+            .iter()
+            .map(|f| plot::LawSeries {
+                label: f.mitigation.clone(),
+                points: law_points(&report.capacity, &f.mitigation, point),
+                fit: fit(f).as_ref().ok().map(|f| (f.a, f.b, f.c)),
+            })
+            .collect::<Vec<_>>()
+    };
     let path = output(dir, "capacity.svg")?;
-    plot::capacity(&path, &points, &fits)?;
+    plot::law(&path, "passkey capacity against state size", "capacity (thousand tokens)", &series(CapacityRow::law_point, |f| &f.capacity), true)?;
     plots.push(path);
+    if report.capacity.iter().any(|c| c.span_cells > 0) {
+        let path = output(dir, "span.svg")?;
+        plot::law(&path, "memory span against state size", "memory span (thousand tokens)", &series(CapacityRow::span_point, |f| &f.span), false)?;
+        plots.push(path);
+    }
     write("report.md", &report.markdown(&plots))?;
     Ok(report)
 }

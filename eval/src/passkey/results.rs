@@ -23,6 +23,10 @@ pub struct CellRecord {
     pub length: usize,
     /// Exact prompt length in tokens.
     pub tokens: usize,
+    /// Filler tokens between the needle's end and the question (absent in results of versions
+    /// before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_after_needle: Option<usize>,
     pub depth: f64,
     pub depth_index: usize,
     pub depths: usize,

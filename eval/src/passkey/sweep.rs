@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use super::prompt::{depth, key, Layout, TokenizedTemplate};
+use super::prompt::{depth, Prompt, TokenizedTemplate};
 use super::results::{cell_id, CellRecord, ResultsFile, Shard};
 use super::{EvalError, Subject, Template};
 
@@ -129,9 +129,6 @@ pub fn run_sweep<S: Subject>(
     results: &mut ResultsFile,
     mut progress: impl FnMut(SweepProgress),
 ) -> Result<SweepSummary, EvalError> {
-    if !(1..=MAX_DEPTHS).contains(&config.depths) {
-        return Err(EvalError::Arguments(format!("--depths must be from 1 to {MAX_DEPTHS}, not {}", config.depths)));
-    }
     results.check_setup(&config.template.name, config.seed, config.depths)?;
     let started = Instant::now();
     let mut summary = SweepSummary::default();
@@ -144,7 +141,7 @@ pub fn run_sweep<S: Subject>(
         .collect();
     let cells_total = groups.len() * config.depths;
     let mut cells_done = 0;
-    let mut templates: Vec<Option<TokenizedTemplate>> = (0..subjects.len()).map(|_| None).collect();
+    let templates = tokenize_templates(subjects, config)?;
 
     for (s, length) in groups {
         let subject = &subjects[s];
@@ -155,10 +152,7 @@ pub fn run_sweep<S: Subject>(
         if pending.is_empty() {
             continue;
         }
-        if templates[s].is_none() {
-            templates[s] = Some(TokenizedTemplate::new(&config.template, |t| subject.encode(t))?);
-        }
-        let template = templates[s].as_ref().expect("just tokenized");
+        let template = &templates[s];
         let run = if config.batch_forks { run_group_batched::<S, _> } else { run_group::<S, _> };
         let group = run(subject, template, config, length, &pending, &mut |record, tokens| {
             results.append(&record)?;
@@ -175,50 +169,53 @@ pub fn run_sweep<S: Subject>(
     Ok(summary)
 }
 
+/// Checks a sweep before it starts: the depths, and that every length takes a prompt of the
+/// template in every subject's tokens. What [`run_sweep`] checks first; a caller that wants to
+/// refuse before creating its results file calls it itself.
+pub fn check_sweep<S: Subject>(subjects: &[S], config: &SweepConfig) -> Result<(), EvalError> {
+    tokenize_templates(subjects, config).map(drop)
+}
+
+/// The template in each subject's tokens (subjects sharing a tokenizer still tokenize it once
+/// each: it is cheap next to a sweep), every length checked.
+fn tokenize_templates<S: Subject>(subjects: &[S], config: &SweepConfig) -> Result<Vec<TokenizedTemplate>, EvalError> {
+    if !(1..=MAX_DEPTHS).contains(&config.depths) {
+        return Err(EvalError::Arguments(format!("--depths must be from 1 to {MAX_DEPTHS}, not {}", config.depths)));
+    }
+    let longest = config.lengths.iter().copied().max().unwrap_or(0);
+    subjects
+        .iter()
+        .map(|subject| {
+            let template = TokenizedTemplate::new(&config.template, config.seed, longest, |t| subject.encode(t))?;
+            for &length in &config.lengths {
+                template.prompts(length, config.depths, |t| subject.encode(t))?;
+            }
+            Ok(template)
+        })
+        .collect()
+}
+
 struct GroupCost {
     shared_tokens: u64,
     unshared_tokens: u64,
 }
 
-/// One pending cell of a group.
-struct Cell {
-    depth_index: usize,
-    layout: Layout,
-    key: String,
-    needle: Vec<u32>,
-}
-
-/// Each pending depth's layout, key and needle, needles in order of position.
-fn cells_of<S: Subject>(subject: &S, template: &TokenizedTemplate, config: &SweepConfig, length: usize, pending: &[usize]) -> Result<Vec<Cell>, EvalError> {
-    let mut cells: Vec<Cell> = pending
-        .iter()
-        .map(|&i| {
-            let layout = template.layout(length, depth(i, config.depths))?;
-            let key = key(config.seed, length, i);
-            let needle = subject.encode(&config.template.needle_for(&key))?;
-            Ok(Cell { depth_index: i, layout, key, needle })
-        })
-        .collect::<Result<_, EvalError>>()?;
-    cells.sort_by_key(|c| (c.layout.needle_block, c.depth_index));
+/// The pending cells of a group, needles in order of position.
+fn cells_of<S: Subject>(subject: &S, template: &TokenizedTemplate, config: &SweepConfig, length: usize, pending: &[usize]) -> Result<Vec<Prompt>, EvalError> {
+    let mut cells: Vec<Prompt> =
+        template.prompts(length, config.depths, |t| subject.encode(t))?.into_iter().filter(|p| pending.contains(&p.depth_index)).collect();
+    cells.sort_by_key(|c| (c.needle_block, c.depth_index));
     Ok(cells)
 }
 
 /// Asks the question of a stream that has read a cell's whole prompt up to the suffix, and
 /// makes the cell's record (`seconds` so far, plus the answer's time). Returns it with the
 /// number of tokens generated.
-fn answer_cell<S: Subject>(
-    subject: &S,
-    template: &TokenizedTemplate,
-    config: &SweepConfig,
-    length: usize,
-    cell: &Cell,
-    stream: &mut S::State,
-    seconds: f64,
-) -> Result<(CellRecord, u64), EvalError> {
+fn answer_cell<S: Subject>(subject: &S, config: &SweepConfig, length: usize, cell: &Prompt, stream: &mut S::State, seconds: f64) -> Result<(CellRecord, u64), EvalError> {
     let started = Instant::now();
     // As many new tokens as the key takes after a space, at least the paper's 5.
     let answer_tokens = subject.encode(&format!(" {}", cell.key))?.len().max(5);
-    let answer = subject.answer(stream, &template.suffix, answer_tokens)?;
+    let answer = subject.answer(stream, &cell.suffix, answer_tokens)?;
     let prediction = subject.decode(&answer)?;
     let record = CellRecord {
         model: subject.model_name().into(),
@@ -227,11 +224,12 @@ fn answer_cell<S: Subject>(
         template: config.template.name.clone(),
         seed: config.seed,
         length,
-        tokens: template.prompt_tokens(cell.layout, cell.needle.len()),
+        tokens: cell.tokens,
+        tokens_after_needle: Some(cell.tokens_after_needle),
         depth: depth(cell.depth_index, config.depths),
         depth_index: cell.depth_index,
         depths: config.depths,
-        needle_block: cell.layout.needle_block,
+        needle_block: cell.needle_block,
         correct: prediction.contains(cell.key.as_str()),
         key: cell.key.clone(),
         prediction,
@@ -263,19 +261,18 @@ fn run_group<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
     let mut unshared_tokens = 0u64;
 
     for cell in &cells {
-        shared_tokens += feed_blocks(subject, &mut shared, &template.block, cell.layout.needle_block - blocks_fed)?;
-        blocks_fed = cell.layout.needle_block;
+        shared_tokens += feed_filler(subject, &mut [&mut shared], template, blocks_fed, cell.needle_block)?;
+        blocks_fed = cell.needle_block;
         let shared_seconds = shared_started.elapsed().as_secs_f64();
 
         let cell_started = Instant::now();
         let mut fork = subject.fork(&shared);
         subject.feed(&mut fork, &cell.needle)?;
-        let tail_blocks = cell.layout.blocks - cell.layout.needle_block - 1;
-        let tokens = cell.needle.len() as u64 + feed_blocks(subject, &mut fork, &template.block, tail_blocks)?;
+        let tokens = cell.needle.len() as u64 + feed_filler(subject, &mut [&mut fork], template, cell.needle_block, cell.filler_blocks)?;
         let seconds = shared_seconds + cell_started.elapsed().as_secs_f64();
-        let (record, generated) = answer_cell(subject, template, config, length, cell, &mut fork, seconds)?;
+        let (record, generated) = answer_cell(subject, config, length, cell, &mut fork, seconds)?;
         unshared_tokens += record.tokens as u64 + generated;
-        finished(record, tokens + template.suffix.len() as u64 + generated)?;
+        finished(record, tokens + cell.suffix.len() as u64 + generated)?;
         shared_started = Instant::now();
     }
     Ok(GroupCost { shared_tokens, unshared_tokens })
@@ -283,8 +280,7 @@ fn run_group<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
 
 /// [`run_group`] with the streams in step: the shared pass and every fork made so far read
 /// each filler piece together ([`Subject::feed_all`]). A fork has read exactly the filler the
-/// shared pass read since its needle, so when the shared pass ends (blocks - 1 filler blocks)
-/// every fork has read its whole tail. The group's time is shared evenly among the streams of
+/// shared pass read since its needle, so when the filler ends every fork has read its whole tail. The group's time is shared evenly among the streams of
 /// each call, the shared pass's part going to the next cell it forks.
 fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
     subject: &S,
@@ -304,12 +300,12 @@ fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalErr
     let mut forks: Vec<(S::State, f64, u64)> = Vec::with_capacity(cells.len());
     let mut blocks_fed = 0;
 
-    // Feeds `count` blocks to the forks (and the shared pass while it is still needed).
-    let advance = |shared: Option<&mut S::State>, forks: &mut Vec<(S::State, f64, u64)>, shared_seconds: &mut f64, count: usize| -> Result<u64, EvalError> {
+    // Feeds blocks `from..to` to the forks (and the shared pass while it is still needed).
+    let advance = |shared: Option<&mut S::State>, forks: &mut Vec<(S::State, f64, u64)>, shared_seconds: &mut f64, from: usize, to: usize| -> Result<u64, EvalError> {
         let started = Instant::now();
         let with_shared = shared.is_some();
         let mut streams: Vec<&mut S::State> = shared.into_iter().chain(forks.iter_mut().map(|f| &mut f.0)).collect();
-        let tokens = feed_blocks_together(subject, &mut streams, &template.block, count)?;
+        let tokens = feed_filler(subject, &mut streams, template, from, to)?;
         let share = started.elapsed().as_secs_f64() / streams.len().max(1) as f64;
         for fork in forks.iter_mut() {
             fork.1 += share;
@@ -321,52 +317,51 @@ fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalErr
         Ok(tokens)
     };
     for cell in &cells {
-        shared_tokens += advance(Some(&mut shared), &mut forks, &mut shared_seconds, cell.layout.needle_block - blocks_fed)?;
-        blocks_fed = cell.layout.needle_block;
+        shared_tokens += advance(Some(&mut shared), &mut forks, &mut shared_seconds, blocks_fed, cell.needle_block)?;
+        blocks_fed = cell.needle_block;
         let needle_started = Instant::now();
         let mut fork = subject.fork(&shared);
         subject.feed(&mut fork, &cell.needle)?;
         forks.push((fork, std::mem::take(&mut shared_seconds) + needle_started.elapsed().as_secs_f64(), cell.needle.len() as u64));
     }
     drop(shared);
-    let blocks = cells.first().map_or(0, |c| c.layout.blocks);
-    advance(None, &mut forks, &mut shared_seconds, blocks.saturating_sub(1) - blocks_fed)?;
+    // Every depth of a length has the same filler.
+    let blocks = cells.first().map_or(0, |c| c.filler_blocks);
+    advance(None, &mut forks, &mut shared_seconds, blocks_fed, blocks)?;
 
     let mut unshared_tokens = 0;
     for (cell, (mut stream, seconds, tokens)) in cells.iter().zip(forks) {
-        debug_assert_eq!(cell.layout.blocks, blocks);
-        let (record, generated) = answer_cell(subject, template, config, length, cell, &mut stream, seconds)?;
+        debug_assert_eq!(cell.filler_blocks, blocks);
+        let (record, generated) = answer_cell(subject, config, length, cell, &mut stream, seconds)?;
         unshared_tokens += record.tokens as u64 + generated;
-        finished(record, tokens + template.suffix.len() as u64 + generated)?;
+        finished(record, tokens + cell.suffix.len() as u64 + generated)?;
     }
     Ok(GroupCost { shared_tokens, unshared_tokens })
 }
 
-/// Feeds `count` filler blocks to every stream together, in pieces of a few thousand tokens in
-/// all: constant memory at any length.
-fn feed_blocks_together<S: Subject>(subject: &S, streams: &mut [&mut S::State], block: &[u32], count: usize) -> Result<u64, EvalError> {
-    if streams.is_empty() {
+/// Feeds filler blocks `from..to` to every stream together, in pieces of whole blocks of about
+/// 4096 tokens across the streams: constant memory at any length. Returns the tokens per stream.
+fn feed_filler<S: Subject>(subject: &S, streams: &mut [&mut S::State], template: &TokenizedTemplate, from: usize, to: usize) -> Result<u64, EvalError> {
+    if streams.is_empty() || from >= to {
         return Ok(0);
     }
-    let streams_len = streams.len();
-    in_pieces(block, count, streams_len, |piece| subject.feed_all(streams, piece))
-}
-
-/// Feeds `count` filler blocks in pieces of a few thousand tokens: constant memory at any length.
-fn feed_blocks<S: Subject>(subject: &S, state: &mut S::State, block: &[u32], count: usize) -> Result<u64, EvalError> {
-    in_pieces(block, count, 1, |piece| subject.feed(state, piece))
-}
-
-/// Hands `count` filler blocks to `feed` in pieces of whole blocks, about 4096 tokens across
-/// `streams` streams per piece; returns the tokens per stream.
-fn in_pieces(block: &[u32], count: usize, streams: usize, mut feed: impl FnMut(&[u32]) -> Result<(), EvalError>) -> Result<u64, EvalError> {
-    let per_piece = (4096 / (block.len() * streams)).max(1);
-    let piece: Vec<u32> = block.iter().copied().cycle().take(block.len() * per_piece.min(count.max(1))).collect();
-    let mut left = count;
-    while left > 0 {
-        let n = left.min(per_piece);
-        feed(&piece[..n * block.len()])?;
-        left -= n;
+    let budget = (4096 / streams.len()).max(1);
+    let mut piece = Vec::with_capacity(budget + template.block_len(from));
+    let mut block = from;
+    while block < to {
+        // Whole blocks up to the budget, at least one.
+        let mut end = block + 1;
+        while end < to && template.filler_len(block, end + 1) <= budget {
+            end += 1;
+        }
+        piece.clear();
+        template.filler(block, end, &mut piece, |t| subject.encode(t))?;
+        if streams.len() == 1 {
+            subject.feed(streams[0], &piece)?;
+        } else {
+            subject.feed_all(streams, &piece)?;
+        }
+        block = end;
     }
-    Ok((count * block.len()) as u64)
+    Ok(template.filler_len(from, to) as u64)
 }
