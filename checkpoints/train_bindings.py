@@ -80,19 +80,19 @@ NAMES = len(SYLLABLES) ** 3
 
 
 def grammar_corpus():
-    """The template's fixed words (names and keys left out: they are syllables and digits)."""
-    return [PREFIX, BLOCK.format(name="", key=""), QUESTION.format(name="")]
+    """The template's fixed words: its texts cut at the names and keys."""
+    texts = [PREFIX, BLOCK, QUESTION, ".\n"]
+    return [piece for t in texts for part in t.split("{name}") for piece in part.split("{key}") if piece]
 
 
 def build_tokenizer():
-    """Byte-level BPE built by hand so that every name is exactly three tokens (" Fa" "ro" "ga"):
-    the syllable merges come first and no later merge joins two syllables, so a name never splits
-    differently from another. Then greedy BPE over the template's own words (each becomes one
-    token or a few), digits one per token, `<|endoftext|>` = id 0. Deterministic by construction."""
-    pre = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    """Byte-level BPE built by hand so that every name is exactly three tokens (" Fa" "ro" "ga")
+    and every key two (" 1" "3"): the syllable and " "+digit merges come first and no later merge
+    joins two syllables or touches a digit, so no name or key splits differently from another.
+    Then greedy BPE over the template's own words (each becomes one token or a few).
+    `<|endoftext|>` = id 0. Deterministic by construction."""
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    space = "\u0120"  # ByteLevel's "Ġ"
     vocab = {"<|endoftext|>": 0}
     for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[ch] = len(vocab)
@@ -107,8 +107,10 @@ def build_tokenizer():
             merge(first, s[1])
             syllable_tokens.add(first + s[1])
     for s in SYLLABLES:
-        merge("\u0120", s.capitalize())  # "Ġ" + the capitalised first syllable
-        syllable_tokens.add("\u0120" + s.capitalize())
+        merge(space, s.capitalize())
+        syllable_tokens.add(space + s.capitalize())
+    for d in "0123456789":
+        merge(space, d)
 
     def apply(word, rules):
         ranks = {m: i for i, m in enumerate(rules)}
@@ -129,7 +131,7 @@ def build_tokenizer():
         counts = {}
         for w, seq in seqs.items():
             for pair in zip(seq, seq[1:]):
-                if not (pair[0] in syllable_tokens and pair[1] in syllable_tokens):
+                if not (pair[0] in syllable_tokens and pair[1] in syllable_tokens) and not any(c.isdigit() for c in pair[0] + pair[1]):
                     counts[pair] = counts.get(pair, 0) + words[w]
         if not counts:
             break

@@ -287,6 +287,7 @@ impl Loaded {
             tokenizer: self.tokenizer()?.clone(),
             name: name.to_owned(),
             train_length: self.train_length,
+            piece_len: coil_ssm::DEFAULT_PIECE_LEN,
         })
     }
 }

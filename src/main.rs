@@ -1,13 +1,16 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
 
 use cli::args::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--depths -1` is a bad number, not an unknown flag: every subcommand reads `-1` as a value,
+    // so clap names the argument and why the value is wrong.
+    let command = Cli::command().mut_subcommands(|sub| sub.allow_negative_numbers(true));
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     end_quietly_on_a_closed_pipe();
     let result = match cli.command {
         Command::Run(args) => cli::run(args),

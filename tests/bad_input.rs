@@ -203,7 +203,7 @@ fn score_reports_a_bad_id_wherever_the_pieces_fall() {
         assert_fails_with(&output, &["token id 4294967295 at position 1"]);
     }
     let later = ids_file(dir.path(), &format!("{} 96 {}", ones(300), ones(10)));
-    let output = coil(&["score", "--model", model, "--token-ids", &later, "--piece-len", "7"]);
+    let output = coil(&["score", "--model", model, "--token-ids", &later, "--piece-len", "7", "--per-token"]);
     assert_fails_with(&output, &["token id 96 at position 300"]);
     // Pieces of 7: the one holding position 300 starts at 294, so rows 1..=293 were written.
     let table = String::from_utf8_lossy(&output.stdout);
@@ -701,4 +701,187 @@ fn an_empty_mitigation_is_refused_and_a_run_without_new_tokens_prints_nothing() 
     assert!(output.status.success(), "{stderr}");
     assert!(output.stdout.is_empty(), "printed {:?}", String::from_utf8_lossy(&output.stdout));
     assert!(stderr.contains("prefill:") && !stderr.contains("decode:"), "{stderr}");
+}
+
+/// What loads as HF transformers loads it, with its warning: extra layers past the config's
+/// count, a tensor no Mamba-2 has, another `model_type`. What HF would refuse is an error naming
+/// the tensor: a name given twice in the header, offsets past the data, a tensor taken out.
+#[test]
+fn what_a_checkpoint_holds_beyond_its_config_is_named() {
+    let warns = |dir: &Path, needles: &[&str]| {
+        let output = coil(&["inspect", "--model", dir.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        for needle in needles {
+            assert!(stderr.contains("warning:") && stderr.contains(needle), "lacks `{needle}`: {stderr}");
+        }
+    };
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture("g1_tied").join("config.json")).unwrap()).unwrap();
+    let with_config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        edited_checkpoint(dir.path(), |_| {});
+        let mut config = config.clone();
+        edit(&mut config);
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        dir
+    };
+    let one_layer = with_config(&|c| c["num_hidden_layers"] = 1.into());
+    warns(one_layer.path(), &["layers 1..=1", "num_hidden_layers", "not the model that was saved"]);
+    let llama = with_config(&|c| c["model_type"] = "llama".into());
+    warns(llama.path(), &["model_type `llama`"]);
+    let extra = tempfile::tempdir().unwrap();
+    edited_checkpoint(extra.path(), |t| {
+        t.insert("backbone.layers.0.mixer.gate.weight".into(), (Dtype::F32, vec![2], vec![0; 8]));
+    });
+    warns(extra.path(), &["1 tensor(s)", "`backbone.layers.0.mixer.gate.weight`"]);
+    // The fixture itself warns about nothing.
+    let clean = coil(&["inspect", "--model", fixture("g1_tied").to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("warning"));
+
+    // Headers edited by hand: (what the header says, what the error must name).
+    let original = std::fs::read(fixture("g1_tied").join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(original[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&original[8..8 + header_len]).unwrap();
+    let data = &original[8 + header_len..];
+    let file_with = |header: String, data: &[u8]| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    };
+    let mut by_offset: Vec<(&String, u64)> = header.iter().filter(|(k, _)| *k != "__metadata__").map(|(k, v)| (k, v["data_offsets"][0].as_u64().unwrap())).collect();
+    by_offset.sort_by_key(|e| e.1);
+    let (second, third) = (by_offset[1].0.clone(), by_offset[2].0.clone());
+    let last = by_offset.last().unwrap().0.clone();
+    let json = serde_json::Value::Object(header.clone()).to_string();
+    let twice = json.replacen('{', &format!("{{\"{second}\":{},", header[&second]), 1);
+    let mut removed = header.clone();
+    removed.remove(&second);
+    let mut past = header.clone();
+    past[&last]["data_offsets"][1] = (data.len() as u64 + 4).into();
+    let cases = [
+        (file_with(twice, data), vec![format!("names `{second}` twice")]),
+        (file_with(serde_json::Value::Object(removed).to_string(), data), vec![format!("between `{}` and `{third}`", by_offset[0].0), "missing from the header".into()]),
+        (file_with(serde_json::Value::Object(past).to_string(), data), vec![format!("tensor `{last}`"), "end past the data".into()]),
+    ];
+    for (bytes, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fixture("g1_tied").join("config.json"), dir.path().join("config.json")).unwrap();
+        std::fs::write(dir.path().join("model.safetensors"), bytes).unwrap();
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        assert_fails_with(&coil(&["inspect", "--model", dir.path().to_str().unwrap()]), &needles);
+    }
+}
+
+/// Messages that used to mislead, each now naming what is wrong.
+#[test]
+fn messages_name_the_real_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    std::fs::write(d("file.txt"), "not a folder").unwrap();
+    assert_fails_with(&coil(&["run", "--model", &d("file.txt"), "--prompt", "x"]), &["file.txt", "is a file, not a checkpoint folder"]);
+    assert_fails_with(&coil(&["convert", "--model", &d("file.txt"), "--out", &d("o")]), &["is a file, not a checkpoint folder"]);
+    assert_fails_with(
+        &coil(&["convert", "--model", fixture("g1_tied").to_str().unwrap(), "--out", &d("file.txt")]),
+        &["file.txt", "exists and is not a folder"],
+    );
+    assert_fails_with(&coil(&["calibrate", "--length", "0", "--out", &d("t.json")]), &["--length is 0", "at least 1"]);
+    let ids = ids_file(dir.path(), "1 2 3");
+    assert_fails_with(
+        &coil(&["score", "--model", fixture("g1_tied").to_str().unwrap(), "--token-ids", &ids, "--logits-out", &d("l.st"), "--max-logits-bytes", "10"]),
+        &["--max-logits-bytes 10 is less than one row", "384 bytes"],
+    );
+    // A tokenizer.json whose model is of no known kind, or malformed.
+    let tokenizer = |model: serde_json::Value| {
+        std::fs::write(d("tokenizer.json"), serde_json::json!({"version": "1.0", "model": model}).to_string()).unwrap();
+        coil(&["inspect", "--tokenizer", &d("tokenizer.json")])
+    };
+    assert_fails_with(&tokenizer(serde_json::json!({"type": "Fancy", "vocab": {}})), &["tokenizer.json", "`model.type` is `Fancy`"]);
+    assert_fails_with(&tokenizer(serde_json::json!({"vocab": {}})), &["matches none of BPE, WordPiece"]);
+    // A negative number is a bad value of its argument, not an unknown argument.
+    let output = coil(&["passkey", "--lengths", "1k", "--depths", "-1", "--out", &d("p")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid value '-1' for '--depths <N>'"), "{stderr}");
+}
+
+/// Inputs that were accepted without a word: growing rescaling, an empty report, a text far
+/// shorter than asked for, a length that cannot hold the prompt, the filler used unasked.
+#[test]
+fn nothing_wrong_is_accepted_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+    for spec in ["rri:lambda=1.5", "rri:beta=2"] {
+        assert_fails_with(&coil(&["run", "--prompt", "x", "--max-new-tokens", "1", "--mitigate", spec]), &[spec, "grow=1"]);
+    }
+    let grown = coil(&["run", "--prompt", "x", "--max-new-tokens", "1", "--mitigate", "rri:lambda=1.001,grow=1"]);
+    assert!(grown.status.success(), "{}", String::from_utf8_lossy(&grown.stderr));
+
+    std::fs::create_dir(d("empty")).unwrap();
+    std::fs::write(d("empty/results.jsonl"), "").unwrap();
+    assert_fails_with(&coil(&["report", &d("empty")]), &["no finished cell", "nothing to report"]);
+    std::fs::create_dir(d("none")).unwrap();
+    assert_fails_with(&coil(&["report", &d("empty"), &d("none")]), &["--out"]);
+    assert_fails_with(&coil(&["report", &d("empty"), &d("none"), "--out", &d("merged")]), &["none", "no results*.jsonl here"]);
+
+    std::fs::write(d("short.txt"), "The grass is green.").unwrap();
+    let output = coil(&["stats", "--text-file", &d("short.txt"), "--length", "100000", "--out", &d("s.csv")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("fewer than the 100000 asked for"), "{stderr}");
+    let output = coil(&["stats", "--length", "64", "--out", &d("s.csv")]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no --text-file or --probe: streaming the `filler` probe"));
+
+    // Refused before the banner and before a results file exists.
+    let output = coil(&["passkey", "--lengths", "10", "--depths", "2", "--out", &d("sweep")]);
+    assert_fails_with(&output, &["length 10 is too short for the template"]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("passkey sweep:"));
+    assert!(!dir.path().join("sweep").exists(), "a refused sweep left its folder");
+    let one_group = ["passkey", "--model", "embedded:passkey-n4", "--lengths", "256", "--depths", "1", "--shard", "3/4", "--out"];
+    assert_fails_with(&coil(&[&one_group[..], &[&d("sharded")]].concat()), &["--shard 3/4: this shard gets no cells"]);
+}
+
+/// Everyday uses the README promises: text on standard input, `-` for it, results into a pipe,
+/// --piece-len on passkey, a summary by default and the table on request, a note on what the
+/// embedded default is.
+#[test]
+fn everyday_uses_work_as_the_help_says() {
+    use std::io::Write;
+    let piped = |args: &[&str], input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_coil"))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        output
+    };
+    let text = "The grass is green. The sky is blue.";
+    let summary = String::from_utf8(piped(&["score"], text).stdout).unwrap();
+    assert_eq!(summary.lines().count(), 1, "{summary}");
+    assert!(summary.starts_with("mean NLL ") && summary.contains("perplexity"), "{summary}");
+    assert_eq!(String::from_utf8(piped(&["score", "--text-file", "-"], text).stdout).unwrap(), summary);
+    let table = String::from_utf8(piped(&["score", "--per-token"], text).stdout).unwrap();
+    let tokens = table.lines().count() - 1;
+    assert!(tokens > 5 && table.lines().nth(1).unwrap().starts_with("1\t"), "{table}");
+    assert!(summary.contains(&format!("over {tokens} predicted tokens")), "{summary} vs {tokens} rows");
+
+    // The logits into a pipe (standard output is one here): a whole safetensors file.
+    let ids = piped(&["score", "--model", fixture("g1_tied").to_str().unwrap(), "--token-ids", "-", "--logits-out", "/dev/stdout"], "1 2 3 4");
+    let tensors = SafeTensors::deserialize(&ids.stdout[..]).expect("a safetensors file on stdout");
+    assert_eq!(tensors.tensor("logits").unwrap().shape(), &[4, 96]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let sweep = coil(&["passkey", "--lengths", "512", "--depths", "2", "--piece-len", "7", "--model", "embedded:passkey-n4", "--out", out.to_str().unwrap()]);
+    assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+
+    let run = coil(&["run", "--prompt", "Hello", "--max-new-tokens", "2"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("note: embedded:default") || stderr.contains("note: embedded:passkey-n16"), "{stderr}");
+    assert!(stderr.contains("trained here for passkey retrieval only") && stderr.contains("--model DIR"), "{stderr}");
 }

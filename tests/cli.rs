@@ -319,7 +319,7 @@ fn streamed_scores_equal_whole_input_scores() {
     assert_eq!(buckets.iter().map(|b| b["tokens"].as_u64().unwrap()).sum::<u64>(), tokens as u64 - 1);
 
     // The table: one line per predicted token, positions 1.. in order, the JSON's losses.
-    let table = String::from_utf8(coil(&["score", "--text-file", text, "--piece-len", "7"]).stdout).unwrap();
+    let table = String::from_utf8(coil(&["score", "--text-file", text, "--piece-len", "7", "--per-token"]).stdout).unwrap();
     let rows: Vec<Vec<&str>> = table.lines().skip(1).map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len(), tokens - 1);
     for (i, (row, loss)) in rows.iter().zip(&streamed).enumerate() {

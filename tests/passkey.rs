@@ -14,7 +14,7 @@ fn subject(mitigation: &str) -> CoilSubject {
     let model = Arc::new(Model::from_checkpoint(checkpoint));
     let mitigations = coil::Mitigation::parse_list(mitigation).unwrap();
     let plan = Arc::new(Plan::resolve(&model, &mitigations, None, std::path::Path::new(".")).unwrap());
-    CoilSubject { model, mitigation: plan.describe(), plan, tokenizer, name: "default".into(), train_length: None }
+    CoilSubject { model, mitigation: plan.describe(), plan, tokenizer, name: "default".into(), train_length: None, piece_len: 1024 }
 }
 
 #[test]

@@ -49,6 +49,12 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     // Present but unreadable (a dangling link, a pipe) is an error, as when loading.
     let tokenizer = if std::fs::symlink_metadata(&tokenizer_path).is_ok() { Some(Tokenizer::from_file(&tokenizer_path)?) } else { None };
 
+    if std::fs::metadata(out_dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(LoadError::Io {
+            path: out_dir.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a folder: --out names the folder to write"),
+        });
+    }
     std::fs::create_dir_all(out_dir).map_err(io(out_dir))?;
     let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(a, b)| a == b);
     if same(model_dir, out_dir) {

@@ -106,6 +106,11 @@ impl Drop for Partial {
 /// Where writing `path` lands: its symlinks followed (a relative one from its link's folder),
 /// the last one possibly dangling (the file it names is then created).
 pub fn resolve_output(path: &Path) -> std::io::Result<PathBuf> {
+    // A pipe or device reached through links (`/dev/stdout` -> `/proc/self/fd/1` -> `pipe:[N]`,
+    // a name no folder holds) is written through the name given.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return Ok(path.to_owned());
+    }
     let mut path = path.to_owned();
     for _ in 0..40 {
         match std::fs::symlink_metadata(&path) {

@@ -39,6 +39,10 @@ pub struct Checkpoint {
     pub tokenizer: Option<Tokenizer>,
     /// `train_length` from the checkpoint's `training.json`, when it has one.
     pub train_length: Option<usize>,
+    /// What loading accepted, as HF transformers does, but a user should know: tensors the
+    /// model does not use (layers past `num_hidden_layers` among them), a `model_type` that is
+    /// not Mamba-2's. The command line prints them on standard error.
+    pub warnings: Vec<String>,
 }
 
 impl Checkpoint {
@@ -54,16 +58,14 @@ impl Checkpoint {
     /// Loads a checkpoint folder: `config.json`, the weights (`model.safetensors`, shards, or `pytorch_model.bin`) and `tokenizer.json` when present.
     pub fn open_dir(dir: &Path) -> Result<Checkpoint, LoadError> {
         if !dir.is_dir() {
-            return Err(LoadError::Io {
-                path: dir.to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint folder"),
-            });
+            return Err(LoadError::Io { path: dir.to_owned(), source: not_a_checkpoint_folder(dir) });
         }
         let config_path = dir.join("config.json");
         let config_text = read_text(&config_path)?;
         let config = Config::from_json(&config_text, &config_path)?;
         let store = TensorStore::open_dir(dir)?;
         let weights = Weights::load(&config, &store)?;
+        let warnings = load_warnings(&config_text, &config, &store);
         let tokenizer_path = dir.join("tokenizer.json");
         // Absent: no tokenizer. Present but not a readable file (a folder, a broken symlink from a
         // model cache): an error naming it, not a silent "this model has no tokenizer".
@@ -78,7 +80,7 @@ impl Checkpoint {
                 Some(train_length(&bytes).ok_or_else(|| LoadError::config(&training, "`train_length` must be a positive integer"))?)
             }
         };
-        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length })
+        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length, warnings })
     }
 
     /// A checkpoint from bytes in memory (`config.json`, one safetensors file, an optional
@@ -121,9 +123,35 @@ impl Checkpoint {
         let config = Config::from_json(text, &config_path)?;
         let store = TensorStore::from_files(vec![(root.join("model.safetensors"), model)])?;
         let weights = Weights::load(&config, &store)?;
+        let warnings = load_warnings(text, &config, &store);
         let tokenizer = tokenizer_json.map(|t| Tokenizer::from_bytes(t, &root.join("tokenizer.json"))).transpose()?;
-        Ok(Checkpoint { source, config, weights, tokenizer, train_length: None })
+        Ok(Checkpoint { source, config, weights, tokenizer, train_length: None, warnings })
     }
+}
+
+/// What HF transformers would warn about when loading this checkpoint into `Mamba2ForCausalLM`.
+fn load_warnings(config_text: &str, config: &Config, store: &TensorStore) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let model_type = crate::json::parse_lenient(config_text).ok().and_then(|v| v.get("model_type").and_then(|t| t.as_str()).map(str::to_owned));
+    if let Some(kind) = model_type.filter(|k| k != "mamba2") {
+        warnings.push(format!("config.json says model_type `{kind}`, not `mamba2`: read as a Mamba-2 config anyway, as HF transformers does"));
+    }
+    let unread = store.unread();
+    let layer_of = |name: &str| name.strip_prefix("backbone.layers.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+    let extra_layers: std::collections::BTreeSet<usize> = unread.iter().filter_map(|n| layer_of(n)).filter(|&i| i >= config.n_layer).collect();
+    if let (Some(first), Some(last)) = (extra_layers.first(), extra_layers.last()) {
+        warnings.push(format!(
+            "the weights hold layers {first}..={last}, past the {} config.json names (num_hidden_layers / n_layer): they are not used, so this is not the model that was saved",
+            config.n_layer
+        ));
+    }
+    let others: Vec<&str> = unread.into_iter().filter(|n| layer_of(n).is_none_or(|i| i < config.n_layer)).collect();
+    if !others.is_empty() {
+        let shown: Vec<String> = others.iter().take(5).map(|n| format!("`{n}`")).collect();
+        let more = if others.len() > 5 { format!(" and {} more", others.len() - 5) } else { String::new() };
+        warnings.push(format!("{} tensor(s) in the weights are not used by a Mamba-2 model: {}{more}", others.len(), shown.join(", ")));
+    }
+    warnings
 }
 
 fn read_text(path: &Path) -> Result<String, LoadError> {
@@ -135,4 +163,17 @@ fn read_text(path: &Path) -> Result<String, LoadError> {
 fn train_length(bytes: &[u8]) -> Option<usize> {
     let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     json.get("train_length")?.as_u64().filter(|&n| n > 0).map(|n| n as usize)
+}
+
+/// Why `path` is not a checkpoint folder: missing, or something else than a folder (a model
+/// file given for its folder, say).
+pub fn not_a_checkpoint_folder(path: &Path) -> std::io::Error {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a file, not a checkpoint folder (give the folder holding config.json and the weights)",
+        ),
+        Ok(_) => std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a checkpoint folder (not a directory)"),
+        Err(_) => std::io::Error::new(std::io::ErrorKind::NotFound, "no such checkpoint folder"),
+    }
 }

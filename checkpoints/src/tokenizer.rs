@@ -27,7 +27,7 @@ impl Tokenizer {
         serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| fail(format!("invalid JSON: {e}")))?;
         let inner = catch_quietly(|| tokenizers::Tokenizer::from_bytes(bytes))
             .map_err(|panic| fail(format!("the tokenizers crate rejected it ({panic})")))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(explain(bytes, &e.to_string())))?;
         Ok(Tokenizer { inner, path: path.to_owned() })
     }
 
@@ -96,4 +96,24 @@ impl StreamDecoder<'_> {
         }
         Ok(new)
     }
+}
+
+/// The tokenizers crate's error, with the part of the file it is about: serde's "did not match
+/// any variant of untagged enum ModelUntagged" names no field a user wrote.
+fn explain(bytes: &[u8], error: &str) -> String {
+    const MODELS: &str = "BPE, WordPiece, WordLevel or Unigram";
+    let what = if error.contains("ModelUntagged") {
+        let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+        match value.get("model") {
+            None => "it has no `model` section".to_owned(),
+            Some(model) => match model.get("type").and_then(|t| t.as_str()) {
+                Some(kind) if !["BPE", "WordPiece", "WordLevel", "Unigram"].contains(&kind) => format!("`model.type` is `{kind}`, not {MODELS}"),
+                Some(kind) => format!("its `model` section is not a valid {kind} model (a field is missing or of the wrong kind)"),
+                None => format!("its `model` section matches none of {MODELS} (and names no `type`)"),
+            },
+        }
+    } else {
+        return format!("not a tokenizer.json the tokenizers library reads: {error}");
+    };
+    format!("not a tokenizer.json the tokenizers library reads: {what} ({error})")
 }

@@ -36,8 +36,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct PasskeyArgs {
-    /// Checkpoint folders or `embedded:NAME` (repeat to sweep state sizes); default: every
-    /// embedded checkpoint.
+    /// Checkpoint folders or `embedded:NAME` (repeat to sweep state sizes); default: the embedded
+    /// passkey family (passkey-n4, passkey-n8, passkey-n16, passkey-n32).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
     /// A tokenizer.json to read and write text with, in place of each checkpoint's own: the
@@ -53,7 +53,7 @@ pub struct PasskeyArgs {
     /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`).
     #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub arms: Vec<String>,
-    /// Accuracy at which a length counts as retrieved (capacity).
+    /// Accuracy at which a length counts toward capacity, and a distance toward memory span.
     #[arg(long, default_value_t = 0.95)]
     pub threshold: f64,
     /// Prompt template: paper, landmark, ruler, bindings (every filler block binds a fresh name to
@@ -77,10 +77,16 @@ pub struct PasskeyArgs {
     /// (worth it on a GPU); a length's cells are then written together when it ends.
     #[arg(long)]
     pub batch_forks: bool,
+    /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// SSD chunk length for prefill (default: the backend's preferred length, 64 on the CPU;
+    /// else the checkpoint's chunk_size).
     #[arg(long, value_name = "Q")]
     pub chunk_size: Option<usize>,
+    /// Tokens per prefill pass of each stream; memory grows with it, not with the length.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub piece_len: usize,
     /// cpu, cuda[:N], wgpu[:N] or auto (a GPU if present, else the CPU). The CPU is the default:
     /// the GPU backend is slower than it for now (README, Devices).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
@@ -99,9 +105,11 @@ pub struct ReportArgs {
     /// Folders holding results*.jsonl (shards of one sweep, or several sweeps).
     #[arg(value_name = "DIR", required = true)]
     pub dirs: Vec<PathBuf>,
+    /// Accuracy at which a length counts toward capacity, and a distance toward memory span.
     #[arg(long, default_value_t = 0.95)]
     pub threshold: f64,
-    /// Where to write report.md, accuracy.csv and the plots (default: the first folder).
+    /// Where to write report.md, accuracy.csv and the plots (default: the folder, when there is
+    /// one; several need --out).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -119,7 +127,8 @@ pub struct MitigationArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]),
-    /// or `embedded:NAME` for one compiled into the binary; defaults to `embedded:default`.
+    /// or `embedded:NAME` for one compiled into the binary (passkey-n4, passkey-n8, passkey-n16,
+    /// passkey-n32, random); defaults to `embedded:default` (passkey-n16).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// A tokenizer.json to read and write text with, in place of the checkpoint's own: the
@@ -164,7 +173,8 @@ pub struct RunArgs {
     /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
     #[arg(long, value_name = "FILE")]
     pub device_stats: Option<PathBuf>,
-    /// The prompt text (otherwise --prompt-file, --token-ids, or standard input).
+    /// The prompt text (otherwise --prompt-file, --token-ids, or standard input; `-` as a file
+    /// is standard input too).
     #[arg(long, conflicts_with_all = ["prompt_file", "token_ids"])]
     pub prompt: Option<String>,
     /// Read the prompt from a UTF-8 file of any length.
@@ -202,6 +212,7 @@ pub struct SamplingArgs {
     /// Sample among the most likely tokens whose probabilities sum to p.
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Seed of the sampler (with --temperature above 0).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -214,12 +225,16 @@ pub struct ScoreArgs {
     /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
     #[arg(long, value_name = "FILE")]
     pub device_stats: Option<PathBuf>,
-    /// A UTF-8 text to score.
-    #[arg(long, value_name = "FILE", required_unless_present = "token_ids", conflicts_with = "token_ids")]
+    /// A UTF-8 text to score (`-`: standard input, which is also read when neither this nor
+    /// --token-ids is given).
+    #[arg(long, value_name = "FILE", conflicts_with = "token_ids")]
     pub text_file: Option<PathBuf>,
-    /// Token ids to score (integers separated by whitespace or commas).
+    /// Token ids to score (integers separated by whitespace or commas; `-`: standard input).
     #[arg(long, value_name = "FILE")]
     pub token_ids: Option<PathBuf>,
+    /// Print each position's loss (`position<TAB>token<TAB>nll`) instead of the summary.
+    #[arg(long, conflicts_with = "json")]
+    pub per_token: bool,
     /// Also write every position's logits, computed by chunked prefill, as one f32 tensor
     /// `logits` of shape [T, V] in a safetensors file.
     #[arg(long, value_name = "FILE")]
@@ -227,10 +242,11 @@ pub struct ScoreArgs {
     /// Refuse --logits-out above this many bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub max_logits_bytes: u64,
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object (the summary and every position's loss) instead of the summary.
     #[arg(long)]
     pub json: bool,
-    /// Report the mean loss per bucket of N positions (the per-token-loss curve).
+    /// Report the mean loss per bucket of N positions (the per-token-loss curve), as CSV on
+    /// standard output unless --csv or --json takes it.
     #[arg(long, value_name = "N")]
     pub bucket: Option<u64>,
     /// Write the buckets as CSV here instead of to standard output.
@@ -290,7 +306,8 @@ pub struct StatsArgs {
     /// (default: the training length when known, else 8192, capped at --length / 2).
     #[arg(long, value_name = "T")]
     pub reference_length: Option<usize>,
-    #[arg(long, default_value_t = 4.0)]
+    /// Flag a head whose state norm passes this many times its norm at --reference-length.
+    #[arg(long, value_name = "X", default_value_t = 4.0)]
     pub collapse_factor: f32,
     #[command(flatten)]
     pub mitigation: MitigationArgs,

@@ -50,9 +50,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a token count past [`coil_ssm::MAX_CALIBRATION_TOKENS`], naming where it came from.
+/// Refuses a token count of 0 or past [`coil_ssm::MAX_CALIBRATION_TOKENS`], naming where it
+/// came from.
 pub fn check_length(source: &str, length: usize) -> Result<()> {
     let most = coil_ssm::MAX_CALIBRATION_TOKENS;
+    if length == 0 {
+        anyhow::bail!("{source} is 0: give at least 1 token to stream");
+    }
     if length > most {
         anyhow::bail!("{source} asks for {length} tokens, which are held in memory here: at most {most} (2^26)");
     }
@@ -74,8 +78,13 @@ pub fn calibration_tokens(loaded: &super::load::Loaded, text: Option<&std::path:
             ids
         }
     };
-    if tokens.is_empty() {
-        anyhow::bail!("the calibration text is empty");
+    match text {
+        Some(path) if tokens.is_empty() => anyhow::bail!("{}: the text is empty (no tokens)", path.display()),
+        // A text shorter than asked for ends early: say so, since the numbers then describe fewer tokens.
+        Some(path) if tokens.len() < length => {
+            eprintln!("warning: {} holds {} tokens, fewer than the {length} asked for: streaming all {}", path.display(), tokens.len(), tokens.len())
+        }
+        _ => {}
     }
     Ok(tokens)
 }

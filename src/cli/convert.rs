@@ -11,7 +11,7 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         bail!("convert reads a checkpoint folder; `embedded:{name}` is compiled into the binary (its folder is under checkpoints/ in Coil's source tree)");
     }
     if !args.model.is_dir() {
-        bail!("{}: no such checkpoint folder", args.model.display());
+        bail!("{}: {}", args.model.display(), coil_checkpoints::not_a_checkpoint_folder(&args.model));
     }
     let exported = convert_to_hf(&args.model, &args.out)
         .with_context(|| format!("cannot convert {} to {}", args.model.display(), args.out.display()))?;

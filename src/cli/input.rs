@@ -16,6 +16,11 @@ const IDS_FORMAT: &str = "token ids are non-negative integers below 2^32 in ASCI
 /// stays a few MB whatever the input length.
 const TEXT_BLOCK: usize = 8 * 1024;
 
+/// `-`, the usual name of standard input.
+fn is_stdin(path: &std::path::Path) -> bool {
+    path.as_os_str() == "-"
+}
+
 /// Where input tokens come from.
 #[derive(Clone, Debug)]
 pub enum InputSource {
@@ -31,26 +36,26 @@ impl InputSource {
     pub fn len_hint(&self) -> Option<u64> {
         match self {
             InputSource::Text(t) => Some(t.len() as u64),
-            InputSource::TextFile(p) | InputSource::TokenIds(p) => std::fs::metadata(p).ok().map(|m| m.len()),
-            InputSource::Stdin => None,
+            InputSource::TextFile(p) | InputSource::TokenIds(p) if !is_stdin(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            _ => None,
         }
     }
 
     fn name(&self) -> String {
         match self {
             InputSource::Text(_) => "--prompt".into(),
-            InputSource::TextFile(p) | InputSource::TokenIds(p) => p.display().to_string(),
-            InputSource::Stdin => "<stdin>".into(),
+            InputSource::TextFile(p) | InputSource::TokenIds(p) if !is_stdin(p) => p.display().to_string(),
+            _ => "<stdin>".into(),
         }
     }
 
     fn open(&self) -> Result<Box<dyn Read>> {
         Ok(match self {
             InputSource::Text(t) => Box::new(io::Cursor::new(t.clone().into_bytes())),
-            InputSource::TextFile(p) | InputSource::TokenIds(p) => {
+            InputSource::TextFile(p) | InputSource::TokenIds(p) if !is_stdin(p) => {
                 Box::new(File::open(p).with_context(|| format!("cannot open {}", p.display()))?)
             }
-            InputSource::Stdin => Box::new(io::stdin().lock()),
+            _ => Box::new(io::stdin().lock()),
         })
     }
 

@@ -47,6 +47,9 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
     }
     let source = source_of(args.model.as_deref());
     let checkpoint = Checkpoint::load(&source).with_context(|| format!("cannot load the checkpoint {source}"))?;
+    for warning in &checkpoint.warnings {
+        eprintln!("warning: {source}: {warning}");
+    }
     let stored = checkpoint.weights.stored_dtype;
     let as_stored = match stored {
         coil::checkpoint::DType::BF16 => coil::WeightDtype::Bf16,

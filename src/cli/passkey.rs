@@ -87,7 +87,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             tokenizer: args.tokenizer.clone(),
             threads: if i == 0 { args.threads } else { None },
             chunk_size: args.chunk_size,
-            piece_len: 1024,
+            piece_len: args.piece_len,
             device: args.device,
             weights: args.weights,
         };
@@ -116,6 +116,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
                 tokenizer: tokenizer.clone(),
                 name: name.clone(),
                 train_length,
+                piece_len: args.piece_len,
             });
         }
     }
@@ -125,6 +126,9 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     let mut results = ResultsFile::open(&args.out, shard, args.resume)?;
     let total_groups = subjects.len() * config.lengths.len();
     let cells = (0..total_groups).filter(|g| g % shard.count == shard.index).count() * config.depths;
+    if cells == 0 {
+        bail!("--shard {}/{}: this shard gets no cells: the sweep has only {total_groups} (model, arm, length) group(s)", shard.index, shard.count);
+    }
     eprintln!(
         "passkey sweep: {} model(s) x {} arm(s) x {} lengths x {} depths = {cells} cells{} -> {}",
         sources.len(),
@@ -159,8 +163,14 @@ pub fn report(args: ReportArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.threshold) {
         bail!("--threshold must be between 0 and 1");
     }
+    // One folder: the report goes beside its results, as `coil passkey` writes it. Several: where
+    // the merged report goes is the user's to say, not the first folder's.
+    let out = match (&args.out, args.dirs.as_slice()) {
+        (Some(out), _) => out.clone(),
+        (None, [dir]) => dir.clone(),
+        (None, _) => bail!("{} folders to merge: give --out DIR for the merged report (it is not written into any of them)", args.dirs.len()),
+    };
     let records = read_results(&args.dirs)?;
-    let out = args.out.clone().unwrap_or_else(|| args.dirs[0].clone());
     if out.exists() && !out.is_dir() {
         bail!("--out {}: is a file, not a folder", out.display());
     }

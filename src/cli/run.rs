@@ -17,6 +17,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref()), ("--device-stats", args.device_stats.as_deref())])?;
     let loaded = load(&args.model)?;
+    if let coil::Source::Embedded(name) = &loaded.source {
+        // The default a first run lands on: say what it is before it writes nonsense.
+        let what = if name == "random" { "has random weights (it checks the engine against HF)".to_owned() } else { "was trained here for passkey retrieval only".to_owned() };
+        eprintln!(
+            "note: embedded:{name} is a tiny checkpoint compiled into Coil ({} parameters, a {}-token vocabulary) and {what}: \
+             it writes no sensible text beyond that; give --model DIR for a real checkpoint (docs/official-checkpoints.md)",
+            loaded.model.parameter_count(),
+            loaded.model.vocab_size()
+        );
+    }
     let input = match (&args.prompt, &args.prompt_file, &args.token_ids) {
         (Some(text), _, _) => InputSource::Text(text.clone()),
         (_, Some(path), _) => InputSource::TextFile(path.clone()),

@@ -32,20 +32,27 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let input = match (&args.text_file, &args.token_ids) {
         (_, Some(path)) => InputSource::TokenIds(path.clone()),
         (Some(path), None) => InputSource::TextFile(path.clone()),
-        (None, None) => bail!("give --text-file or --token-ids"),
+        (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            bail!("nothing to score: give --text-file FILE or --token-ids FILE, or pipe the text in (`... | coil score`)")
+        }
+        (None, None) => InputSource::Stdin,
     };
+    if args.per_token && args.bucket.is_some() && args.csv.is_none() {
+        bail!("--per-token and --bucket would both write to standard output: give --csv FILE for the buckets");
+    }
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = Session::with_plan(loaded.model.clone(), plan);
     session.set_piece_len(args.model.piece_len);
     let vocab = loaded.model.vocab_size();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    // The per-token losses stream out as they are computed (the buckets replace them unless
-    // --json asks for them too), so memory stays flat however long the input.
-    let per_token = match (args.json, args.bucket) {
+    // Standard output holds one thing: the JSON object, the per-token table, the buckets' CSV or
+    // the summary. Per-token losses stream out as they are computed, so memory stays flat
+    // however long the input.
+    let per_token = match (args.json, args.per_token) {
         (true, _) => PerToken::Json,
-        (false, Some(_)) => PerToken::None,
-        (false, None) => PerToken::Table,
+        (false, true) => PerToken::Table,
+        (false, false) => PerToken::None,
     };
     // Written before the first loss (nothing is written for an input that fails at once).
     let header = match per_token {
@@ -60,7 +67,14 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             // The logits file's header holds the row count: read the input first (as many tokens as
             // --max-logits-bytes allows), then score it.
             Some(path) => {
-                let max_rows = args.max_logits_bytes / (vocab as u64 * 4);
+                let row_bytes = vocab as u64 * 4;
+                let max_rows = args.max_logits_bytes / row_bytes;
+                if max_rows == 0 {
+                    bail!(
+                        "--max-logits-bytes {} is less than one row of logits ({vocab} f32 values, {row_bytes} bytes): --logits-out could write nothing",
+                        args.max_logits_bytes
+                    );
+                }
                 let mut ids = Vec::new();
                 input.stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
                     ids.extend_from_slice(block);
@@ -111,14 +125,25 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
 
     let mean = if scorer.scored == 0 { f64::NAN } else { scorer.sum / scorer.scored as f64 };
+    let seconds = progress.elapsed().as_secs_f64();
+    let stdout_taken = [&args.logits_out, &args.csv].into_iter().flatten().any(|p| is_stdout(p));
+    let summary_on_stdout = !args.json && !args.per_token && (args.bucket.is_none() || args.csv.is_some()) && !stdout_taken;
     if scorer.scored == 0 {
         eprintln!("one token: no next-token prediction to score (the NLL needs at least two tokens)");
+    } else if summary_on_stdout {
+        writeln!(
+            out,
+            "mean NLL {mean:.4} nats over {} predicted tokens ({} in all), perplexity {:.3}",
+            scorer.scored,
+            scorer.tokens,
+            mean.exp()
+        )?;
+        eprintln!("scored {} tokens in {seconds:.2} s ({:.0} tok/s)", scorer.tokens, scorer.tokens as f64 / seconds.max(1e-9));
     } else {
         eprintln!(
-            "scored {} tokens in {:.2} s ({:.0} tok/s): mean NLL {mean:.4} nats, perplexity {:.3}",
+            "scored {} tokens in {seconds:.2} s ({:.0} tok/s): mean NLL {mean:.4} nats, perplexity {:.3}",
             scorer.tokens,
-            progress.elapsed().as_secs_f64(),
-            scorer.tokens as f64 / progress.elapsed().as_secs_f64().max(1e-9),
+            scorer.tokens as f64 / seconds.max(1e-9),
             mean.exp()
         );
     }
@@ -165,6 +190,21 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     out.flush()?;
     super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model])
+}
+
+/// Whether `path` is this process's standard output (`/dev/stdout`, `/proc/self/fd/1`, or the
+/// file or pipe stdout is): a file written there must not get the summary mixed in.
+fn is_stdout(path: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        id(path).is_some() && id(path) == id(std::path::Path::new("/dev/stdout"))
+    }
+    #[cfg(not(unix))]
+    {
+        path.as_os_str() == "/dev/stdout"
+    }
 }
 
 /// Where each position's loss goes as it is computed.

@@ -32,6 +32,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if args.every == 0 || args.length == 0 {
         bail!("--every and --length must be at least 1");
     }
+    if args.text_file.is_none() && args.probe.is_none() {
+        eprintln!("note: no --text-file or --probe: streaming the `filler` probe (the passkey filler block, repeated)");
+    }
     super::calibrate::check_length("--length", args.length)?;
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
         bail!("--collapse-factor must be a positive number, not {}", args.collapse_factor);

@@ -18,5 +18,5 @@ pub use mitigation::{calibrate, read_thresholds, write_thresholds, IndexSet, Mit
 pub use model::{LogitRows, Model, TokensRun};
 pub use random::random_weights;
 pub use sampling::{Sampler, SamplingConfig};
-pub use session::Session;
+pub use session::{Session, DEFAULT_PIECE_LEN};
 pub use state::{HeadStats, State, StateShape};

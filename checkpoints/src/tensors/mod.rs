@@ -58,6 +58,8 @@ struct Entry {
 pub struct TensorStore {
     files: Vec<(PathBuf, Bytes)>,
     tensors: HashMap<String, Entry>,
+    /// Names read so far, for [`TensorStore::unread`].
+    read: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl TensorStore {
@@ -98,11 +100,18 @@ impl TensorStore {
                 }
             }
         }
-        Ok(TensorStore { files, tensors })
+        Ok(TensorStore { files, tensors, read: Default::default() })
     }
 
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    /// Names of the tensors no [`TensorStore::read_f32`] has read, sorted: after a model has
+    /// loaded, the ones it does not use.
+    pub fn unread(&self) -> Vec<&str> {
+        let read = self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.names().into_iter().filter(|n| !read.contains(*n)).collect()
     }
 
     /// Names of all tensors, sorted.
@@ -130,6 +139,7 @@ impl TensorStore {
     /// Reads a tensor as f32, checking its shape against `expected` and every value for finiteness.
     pub fn read_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, LoadError> {
         let (shape, dtype) = self.describe(name)?;
+        self.read.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.to_owned());
         let entry = self.entry(name)?;
         let path = || self.path_of(name).to_owned();
         if shape != expected {

@@ -51,6 +51,8 @@ pub struct CoilSubject {
     pub mitigation: String,
     /// The checkpoint's training length, when known (marked on the plots).
     pub train_length: Option<usize>,
+    /// Tokens per prefill pass of each stream ([`Session::set_piece_len`]; memory grows with it).
+    pub piece_len: usize,
 }
 
 impl Subject for CoilSubject {
@@ -81,7 +83,9 @@ impl Subject for CoilSubject {
     }
 
     fn start(&self) -> Result<Session, EvalError> {
-        Ok(Session::with_plan(self.model.clone(), self.plan.clone()))
+        let mut session = Session::with_plan(self.model.clone(), self.plan.clone());
+        session.set_piece_len(self.piece_len);
+        Ok(session)
     }
 
     fn fork(&self, state: &Session) -> Session {

@@ -243,20 +243,23 @@ pub fn read_results(dirs: &[PathBuf]) -> Result<Vec<CellRecord>, EvalError> {
     let mut files = Vec::new();
     for dir in dirs {
         let entries = std::fs::read_dir(dir).map_err(|e| EvalError::Results { path: dir.clone(), message: e.to_string() })?;
+        let before = files.len();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with("results") && name.ends_with(".jsonl") {
                 files.push(entry.path());
             }
         }
+        // Every folder named must hold results: one without is a wrong path, not an empty sweep.
+        if files.len() == before {
+            return Err(EvalError::Results { path: dir.clone(), message: "no results*.jsonl here".into() });
+        }
     }
     files.sort();
-    if files.is_empty() {
-        return Err(EvalError::Results { path: dirs.first().cloned().unwrap_or_default(), message: "no results*.jsonl here".into() });
-    }
     // A cell found twice (a folder given twice, a shard copied) counts once; found twice with
     // different answers, the folders hold different runs, and merging them would pick one.
     let mut by_id: std::collections::BTreeMap<String, (CellRecord, PathBuf)> = std::collections::BTreeMap::new();
+    let files_read = files.clone();
     for path in files {
         let bytes = read_file(&path)?;
         for record in parse_lines(&bytes, &path)?.0 {
@@ -282,6 +285,13 @@ pub fn read_results(dirs: &[PathBuf]) -> Result<Vec<CellRecord>, EvalError> {
                 }
             }
         }
+    }
+    if by_id.is_empty() {
+        let names: Vec<String> = files_read.iter().map(|p| p.display().to_string()).collect();
+        return Err(EvalError::Results {
+            path: dirs.first().cloned().unwrap_or_default(),
+            message: format!("the results files hold no finished cell ({}): nothing to report", names.join(", ")),
+        });
     }
     Ok(by_id.into_values().map(|(record, _)| record).collect())
 }

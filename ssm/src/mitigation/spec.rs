@@ -244,9 +244,16 @@ impl FromStr for Mitigation {
             }
             "rri" => {
                 let lambda = positive_finite(spec, "lambda", o.number::<f32>("lambda")?.unwrap_or(1.0))?;
-                let beta = o.number::<f32>("beta")?.unwrap_or(1.0);
-                if !beta.is_finite() {
-                    return Err(format!("`{spec}`: beta must be finite"));
+                let beta = positive_finite(spec, "beta", o.number::<f32>("beta")?.unwrap_or(1.0))?;
+                let grow = match o.number::<u8>("grow")? {
+                    None | Some(0) => false,
+                    Some(1) => true,
+                    Some(_) => return Err(format!("`{spec}`: grow is 0 or 1")),
+                };
+                if (lambda > 1.0 || beta > 1.0) && !grow {
+                    return Err(format!(
+                        "`{spec}`: lambda and beta above 1 grow retention and insertion, where the paper's rescaling shrinks them (both <= 1); add grow=1 if that is what you want"
+                    ));
                 }
                 if beta != 1.0 && !scope.heads.is_all() {
                     return Err(format!("`{spec}`: beta scales B, which the heads of a group share: scope it with layers= only"));
@@ -319,7 +326,10 @@ impl fmt::Display for Mitigation {
                 write!(f, "dt-clamp:{}{}", bounds.join(","), scope(s))
             }
             Mitigation::DecayClip { low, high, scope: s } => write!(f, "decay-clip:low={low},high={high}{}", scope(s)),
-            Mitigation::Rri { lambda, beta, scope: s } => write!(f, "rri:lambda={lambda},beta={beta}{}", scope(s)),
+            Mitigation::Rri { lambda, beta, scope: s } => {
+                let grow = if *lambda > 1.0 || *beta > 1.0 { ",grow=1" } else { "" };
+                write!(f, "rri:lambda={lambda},beta={beta}{grow}{}", scope(s))
+            }
             Mitigation::StateNorm { thresholds, every, scope: s } => {
                 let source = match thresholds {
                     Thresholds::File(path) => format!("thresholds={}", path.display()),
@@ -348,6 +358,10 @@ mod tests {
         assert_eq!(*factor, 0.5);
         assert!(scope.contains(2, 1) && scope.contains(7, 1) && !scope.contains(4, 1) && !scope.contains(2, 0));
         assert_eq!(m.to_string(), "a-scale:0.5,layers=0-3+7,heads=1");
+        // Growth asked for explicitly, and said again when written back.
+        let grown: Mitigation = "rri:lambda=1.01,grow=1".parse().unwrap();
+        assert_eq!(grown, Mitigation::Rri { lambda: 1.01, beta: 1.0, scope: Scope::all() });
+        assert_eq!(grown.to_string().parse::<Mitigation>().unwrap(), grown);
         assert_eq!(
             "window:size=4096".parse::<Mitigation>().unwrap(),
             Mitigation::Window { size: 4096, granularity: 1, scope: Scope::all() }
@@ -369,6 +383,10 @@ mod tests {
             ("dt-scale:-1", "positive"),
             ("rri:lambda=0", "positive"),
             ("rri:gamma=2", "unknown option `gamma`"),
+            ("rri:lambda=1.5", "add grow=1"),
+            ("rri:beta=2", "add grow=1"),
+            ("rri:beta=0", "beta must be a positive"),
+            ("rri:lambda=1.5,grow=2", "grow is 0 or 1"),
             ("rri:beta=0.5,heads=1", "layers= only"),
             ("window:size=0", "at least 1"),
             ("window:size=18446744073709551615", "at most 1099511627776"),
