@@ -35,6 +35,7 @@ when the last step is done.
     python checkpoints/train_bindings.py sample                # a training stream, decoded
     python checkpoints/train_bindings.py train --states 4 16 --out-dir /tmp/pilot
     python checkpoints/train_bindings.py recall DIR [DIR ...]  # python-side accuracy by lag
+    python checkpoints/train_bindings.py export RUN.progress.pt DIR  # a run in progress, to evaluate
 
 Pinned versions: checkpoints/requirements-train.txt. CPU, deterministic for a seed and thread count.
 """
@@ -163,14 +164,16 @@ class Streams:
             self.cache[s] = ids
         return ids
 
-    def stream(self, rng, length):
+    def stream(self, rng, length, max_lag=None):
         """(ids[length + 1], answer mask[length]) where mask[j] marks target ids[j + 1] as a key
-        token of an answered question."""
+        token of an answered question. Questions go back at most `max_lag` bindings (a
+        curriculum: short lags first, where a small state finds the mechanism sooner)."""
         ids, mask = list(self.prefix), [0] * len(self.prefix)
         used, bound = set(), []
         while len(ids) < length + 1:
             if bound and rng.random() < self.p_question:
-                lag = int(math.exp(rng.uniform(0.0, math.log(len(bound) + 1))))
+                reach = len(bound) if max_lag is None else min(len(bound), max_lag)
+                lag = int(math.exp(rng.uniform(0.0, math.log(reach + 1))))
                 name, key = bound[max(0, len(bound) - lag)]
                 q = self.enc(QUESTION.format(name=name))
                 a = self.enc(" " + key)
@@ -190,8 +193,8 @@ class Streams:
         # mask[j] marked the token ids[j]; targets are ids[1:].
         return ids[:length + 1], mask[1:length + 1]
 
-    def batch(self, rng, n, length):
-        rows = [self.stream(rng, length) for _ in range(n)]
+    def batch(self, rng, n, length, max_lag=None):
+        rows = [self.stream(rng, length, max_lag) for _ in range(n)]
         return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows], dtype=torch.float32)
 
 
@@ -318,9 +321,10 @@ def param_groups(model, weight_decay):
 
 
 def recipe_of(args):
-    """The arguments that make a model (everything but where it goes and how it is logged)."""
-    keep = ("seed", "steps", "batch", "segment", "doc_segments", "lr", "warmup", "lm_weight", "weight_decay",
-            "p_question", "hidden", "layers", "head_dim")
+    """The arguments that make a model (everything but where it goes, how it is logged, and
+    --steps: a run may be continued to more steps)."""
+    keep = ("seed", "batch", "segment", "doc_segments", "lr", "warmup", "lm_weight", "weight_decay",
+            "p_question", "lag_curriculum", "hidden", "layers", "head_dim")
     return {k: getattr(args, k) for k in keep}
 
 
@@ -328,7 +332,9 @@ def train_one(state_size, tok, args):
     name = f"{args.prefix}-n{state_size}"
     out = os.path.join(args.out_dir, name)
     os.makedirs(out, exist_ok=True)
-    progress_path = os.path.join(out, "progress.pt")
+    progress_dir = args.progress_dir or out
+    os.makedirs(progress_dir, exist_ok=True)
+    progress_path = os.path.join(progress_dir, f"{name}.progress.pt")
     recipe = recipe_of(args)
     recipe_hash = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -370,7 +376,11 @@ def train_one(state_size, tok, args):
     last_save = step
     while step < args.steps:
         # One batch of streams: `doc_segments` consecutive segments, the state carried between.
-        ids, mask = streams.batch(rng, args.batch, args.segment * args.doc_segments)
+        # The lag curriculum: questions reach back 4 bindings at first, twice as far every
+        # 1/8 of the curriculum's steps, and anywhere once it is over.
+        grown = step / (args.lag_curriculum * args.steps) if args.lag_curriculum > 0 else 1.0
+        max_lag = None if grown >= 1.0 else int(4 * 2 ** (8 * grown))
+        ids, mask = streams.batch(rng, args.batch, args.segment * args.doc_segments, max_lag)
         state = zero_state(model, args.batch)
         for k in range(args.doc_segments):
             if step >= args.steps:
@@ -406,7 +416,7 @@ def train_one(state_size, tok, args):
     recall = recall_by_lag(model, tok, streams_seed=args.seed + 1)
     print(f"[{name}] done in {spent:.0f}s; accuracy by lag (bindings): {recall}", flush=True)
     finish(model, tok, out, dict(
-        name=name, task="bindings", template="bindings", train_length=args.segment * args.doc_segments,
+        name=name, task="bindings", template="bindings", train_length=args.segment * args.doc_segments, steps=step,
         n_s=cfg.num_hidden_layers * cfg.num_heads * cfg.head_dim * cfg.state_size,
         state_size=cfg.state_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_heads, parameters=sum(p.numel() for p in model.parameters()),
@@ -506,8 +516,8 @@ def check(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cmd", choices=["train", "check", "sample", "recall"])
-    ap.add_argument("dirs", nargs="*", help="recall: checkpoint folders")
+    ap.add_argument("cmd", choices=["train", "check", "sample", "recall", "export"])
+    ap.add_argument("dirs", nargs="*", help="recall: checkpoint folders; export: PROGRESS.pt OUT_DIR pairs")
     ap.add_argument("--states", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     ap.add_argument("--prefix", default="bindings", help="checkpoint folder names: PREFIX-n<N>")
     ap.add_argument("--seed", type=int, default=20261207)
@@ -519,7 +529,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.1, help="on the matrices and embedding only")
     ap.add_argument("--lm-weight", type=float, default=0.1)
-    ap.add_argument("--p-question", type=float, default=0.2, help="probability that a stream item is a question")
+    ap.add_argument("--p-question", type=float, default=0.35, help="probability that a stream item is a question")
+    ap.add_argument("--lag-curriculum", type=float, default=0.25,
+                    help="fraction of the steps over which the questions' reach grows from 4 bindings to all (0: none)")
+    ap.add_argument("--progress-dir", default=None,
+                    help="where <name>.progress.pt is kept between runs (default: the checkpoint's folder)")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=16)
@@ -537,6 +551,23 @@ def main():
         ids, mask = Streams(tok, args.p_question).batch(random.Random(args.seed), 1, 200)
         print(repr(tok.decode(ids[0].tolist())))
         print("answer targets:", repr(tok.decode([t for t, m in zip(ids[0, 1:].tolist(), mask[0].tolist()) if m])))
+        return
+    if args.cmd == "export":
+        # A checkpoint folder from a run's progress file, to watch a run with `coil passkey`.
+        for path, out in zip(args.dirs[::2], args.dirs[1::2]):
+            saved = torch.load(path, weights_only=False)
+            a = argparse.Namespace(**{**vars(args), **saved["recipe"]})
+            # in_proj rows = z, x (2 x inner) + B, C (2 x N) + dt (heads).
+            rows = saved["model"]["backbone.layers.0.mixer.in_proj.weight"].shape[0]
+            inner = a.hidden * 2
+            n = (rows - 2 * inner - inner // a.head_dim) // 2
+            model = Mamba2ForCausalLM(make_config(a, n, vocab_rows(tok))).float()
+            model.load_state_dict(saved["model"])
+            os.makedirs(out, exist_ok=True)
+            finish(model, tok, out, dict(name=os.path.basename(out), task="bindings", template="bindings",
+                                         train_length=a.segment * a.doc_segments, steps=saved["step"], n_s=None,
+                                         note="exported from a run in progress"))
+            print(f"{path} (step {saved['step']}) -> {out}")
         return
     if args.cmd == "recall":
         for d in args.dirs:
