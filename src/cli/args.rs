@@ -88,7 +88,7 @@ pub struct PasskeyArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub piece_len: usize,
     /// cpu, cuda[:N], wgpu[:N] or auto (a GPU if present, else the CPU). The CPU is the default:
-    /// the GPU backend is slower than it for now (README, Devices).
+    /// the GPU backend is slower than it for now (docs/gpu.md).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: coil::Device,
     /// Write what the device did as one JSON object: kernel launches, blocking syncs, bytes sent
@@ -147,7 +147,7 @@ pub struct ModelArgs {
     pub piece_len: usize,
     /// Where to compute: cpu, cuda[:N], wgpu[:N] (`coil devices` lists them) or auto (CUDA, else a
     /// hardware GPU through wgpu, else the CPU). The CPU is the default: the GPU backend is slower
-    /// than it for now (README, Devices).
+    /// than it for now (docs/gpu.md).
     #[arg(long, value_name = "DEVICE", default_value = "cpu")]
     pub device: coil::Device,
     /// How weight matrices are held: auto (bf16 or f16 for a checkpoint stored so, else f32), f32,
