@@ -70,7 +70,7 @@ mod load;
 
 pub use diagnostics::{prefill_with_diagnostics, Diagnostics};
 pub use error::Error;
-pub use load::{load, load_bytes, load_default, Loaded};
+pub use load::{load, load_bytes, load_default, load_with, LoadOptions, Loaded};
 
 // ---- Running a model -------------------------------------------------------------------------
 

@@ -2,11 +2,35 @@
 //! embedder's one-call entry point. Lower-level pieces ([`Checkpoint`], [`open_device`],
 //! [`Model::with_backend`]) stay available for anything it does not cover.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::checkpoint::DType;
 use crate::passkey::CoilSubject;
-use crate::{open_device, Backend, Checkpoint, Device, Error, Mitigation, Model, Plan, Session, Source, Tokenizer};
+use crate::{open_device, Backend, Checkpoint, Device, Error, Mitigation, Model, Plan, Session, Source, Tokenizer, WeightDtype};
+
+/// How a checkpoint becomes a model: what the command line's `--tokenizer`, `--weights` and
+/// `--chunk-size` set. The default holds the weights as the checkpoint stores them.
+///
+/// ```
+/// use coil::{Device, LoadOptions, Source, WeightDtype};
+///
+/// let options = LoadOptions { weights: Some(WeightDtype::Bf16), ..LoadOptions::default() };
+/// let loaded = coil::load_with(&Source::Embedded("passkey-n4".into()), Device::Cpu, &options)?;
+/// assert_eq!(loaded.model().weight_dtype(), WeightDtype::Bf16);
+/// assert!(loaded.converted()); // the checkpoint stores f32
+/// # Ok::<(), coil::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// A `tokenizer.json` to read and write text with instead of the checkpoint's own (the
+    /// released Mamba-2 checkpoints ship none).
+    pub tokenizer: Option<PathBuf>,
+    /// How weight matrices are held; `None`: as stored (bf16 and f16 stay, anything else is f32).
+    pub weights: Option<WeightDtype>,
+    /// The SSD chunk length of prefill; `None`: the backend's preferred length.
+    pub chunk_size: Option<usize>,
+}
 
 /// A model loaded onto a device, with its tokenizer: what [`load`], [`load_default`] and
 /// [`load_bytes`] return.
@@ -27,6 +51,8 @@ pub struct Loaded {
     tokenizer: Option<Arc<Tokenizer>>,
     source: Source,
     train_length: Option<usize>,
+    stored_dtype: DType,
+    warnings: Vec<String>,
 }
 
 /// Loads the checkpoint at `source` (a folder, or one compiled into the binary) onto `device`.
@@ -49,8 +75,12 @@ pub struct Loaded {
 /// # Ok::<(), coil::Error>(())
 /// ```
 pub fn load(source: &Source, device: Device) -> Result<Loaded, Error> {
-    let checkpoint = Checkpoint::load(source)?;
-    Ok(Loaded::from_checkpoint(checkpoint, open_device(device)?))
+    load_with(source, device, &LoadOptions::default())
+}
+
+/// [`load`] with [`LoadOptions`]: another tokenizer, weights held in another dtype, a chunk size.
+pub fn load_with(source: &Source, device: Device, options: &LoadOptions) -> Result<Loaded, Error> {
+    Loaded::from_checkpoint_with(Checkpoint::load(source)?, open_device(device)?, options)
 }
 
 /// The default checkpoint compiled into the binary, on the CPU: a small Mamba-2 model that needs
@@ -100,10 +130,48 @@ impl Loaded {
     /// # Ok::<(), coil::Error>(())
     /// ```
     pub fn from_checkpoint(checkpoint: Checkpoint, backend: Arc<dyn Backend>) -> Loaded {
-        let (tokenizer, train_length, source) = (checkpoint.tokenizer, checkpoint.train_length, checkpoint.source.clone());
+        // Without a tokenizer file or a conversion nothing can fail: a checkpoint's own dtype
+        // holds every value it stores.
+        Loaded::from_checkpoint_with(checkpoint, backend, &LoadOptions::default()).expect("the default options convert nothing")
+    }
+
+    /// [`Loaded::from_checkpoint`] with [`LoadOptions`]; fails on a tokenizer file that does not
+    /// read, or weights that the dtype asked for cannot hold (f16 past ±65504, named).
+    pub fn from_checkpoint_with(checkpoint: Checkpoint, backend: Arc<dyn Backend>, options: &LoadOptions) -> Result<Loaded, Error> {
+        let tokenizer = match &options.tokenizer {
+            Some(path) => Some(Tokenizer::from_file(path)?),
+            None => checkpoint.tokenizer,
+        };
+        let (train_length, source, warnings) = (checkpoint.train_length, checkpoint.source.clone(), checkpoint.warnings.clone());
+        let stored_dtype = checkpoint.weights.stored_dtype;
         let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
-        let model = Model::from_checkpoint(checkpoint).with_backend(backend);
-        Loaded { model: Arc::new(model), tokenizer: tokenizer.map(Arc::new), source, train_length }
+        let mut model = Model::from_checkpoint(checkpoint).with_backend(backend).with_weight_dtype(options.weights.unwrap_or(held_as(stored_dtype)))?;
+        if let Some(chunk) = options.chunk_size {
+            model = model.with_chunk_size(chunk);
+        }
+        Ok(Loaded { model: Arc::new(model), tokenizer: tokenizer.map(Arc::new), source, train_length, stored_dtype, warnings })
+    }
+
+    /// The dtype the checkpoint stores its projection weights in.
+    pub fn stored_dtype(&self) -> DType {
+        self.stored_dtype
+    }
+
+    /// Whether the weights are held in another dtype than the checkpoint stores
+    /// ([`LoadOptions::weights`]): such a model is another subject in a sweep's results.
+    pub fn converted(&self) -> bool {
+        self.model.weight_dtype() != held_as(self.stored_dtype)
+    }
+
+    /// What loading accepted but a user should know (tensors the model does not use, a
+    /// `model_type` that is not Mamba-2's), as HF transformers warns about them.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The tokenizer when there is one (see [`Loaded::tokenizer`] for an error saying how to give one).
+    pub fn tokenizer_if_any(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_deref()
     }
 
     /// The model, to share between threads and sessions.
@@ -289,5 +357,14 @@ impl Loaded {
             train_length: self.train_length,
             piece_len: coil_ssm::DEFAULT_PIECE_LEN,
         })
+    }
+}
+
+/// How weights stored in `stored` are held by default: bf16 and f16 stay, anything else is f32.
+fn held_as(stored: DType) -> WeightDtype {
+    match stored {
+        DType::BF16 => WeightDtype::Bf16,
+        DType::F16 => WeightDtype::F16,
+        _ => WeightDtype::F32,
     }
 }

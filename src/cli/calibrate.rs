@@ -21,7 +21,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let tokens = calibration_tokens(&loaded, args.text_file.as_ref(), length)?;
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let started = std::time::Instant::now();
-    let thresholds = calibrate(&loaded.model, &plan, &tokens, args.factor)?;
+    let thresholds = calibrate(&loaded.model(), &plan, &tokens, args.factor)?;
     // A factor so small (or large) that a threshold rounds to 0 or infinity: state-norm refuses
     // such a file, so refuse to write it.
     if let Some((l, h)) = thresholds.iter().enumerate().find_map(|(l, t)| t.iter().position(|&v| !(v > 0.0 && v.is_finite())).map(|h| (l, h))) {
@@ -32,7 +32,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         );
     }
     let provenance = serde_json::json!({
-        "model": loaded.source.to_string(),
+        "model": loaded.source().to_string(),
         "tokens": tokens.len(),
         "text": args.text_file.as_ref().map_or("passkey filler".to_owned(), |p| p.display().to_string()),
         "factor": args.factor,
@@ -64,8 +64,8 @@ pub fn check_length(source: &str, length: usize) -> Result<()> {
 }
 
 /// The first `length` tokens of a text file, or of the passkey filler.
-pub fn calibration_tokens(loaded: &super::load::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
-    let tokenizer = loaded.tokenizer.as_ref().with_context(|| format!("calibration text needs a tokenizer: {}", super::NO_TOKENIZER))?;
+pub fn calibration_tokens(loaded: &coil::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
+    let tokenizer = loaded.tokenizer_if_any().with_context(|| format!("calibration text needs a tokenizer: {}", super::NO_TOKENIZER))?;
     let tokens = match text {
         None => Probe::Filler.tokens(tokenizer, length)?,
         Some(path) => {

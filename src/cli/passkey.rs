@@ -1,6 +1,5 @@
 //! `coil passkey` and `coil report`: the capacity sweep and its report.
 
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use coil::Source;
@@ -93,31 +92,23 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         };
         models.push(load(&model_args)?);
     }
-    let names = labels(&models.iter().map(|m| &m.source).collect::<Vec<_>>())?;
-    let ran: Vec<std::sync::Arc<coil::Model>> = models.iter().map(|m| m.model.clone()).collect();
+    let names = labels(&models.iter().map(|m| m.source()).collect::<Vec<_>>())?;
+    let ran: Vec<std::sync::Arc<coil::Model>> = models.iter().map(|m| m.model().clone()).collect();
     let mut subjects = Vec::new();
-    for (mut loaded, name) in models.into_iter().zip(names) {
+    for (loaded, name) in models.into_iter().zip(names) {
         // Weights converted by --weights are another subject: their cells must not be taken for
         // (or resumed from) the checkpoint's own.
-        let name = if loaded.converted { format!("{name}@{}", loaded.model.weight_dtype()) } else { name };
-        let train_length = loaded.train_length();
+        let name = if loaded.converted() { format!("{name}@{}", loaded.model().weight_dtype()) } else { name };
         let plans = arms
             .iter()
             .map(|arm| super::plan::resolve(&loaded, &MitigationArgs { specs: vec![arm.clone()] }))
             .collect::<Result<Vec<_>>>()?;
-        let tokenizer = Arc::new(
-            loaded.tokenizer.take().with_context(|| format!("{}: the passkey sweep needs a tokenizer: {}", loaded.source, super::NO_TOKENIZER))?,
-        );
+        if loaded.tokenizer_if_any().is_none() {
+            bail!("{}: the passkey sweep needs a tokenizer: {}", loaded.source(), super::NO_TOKENIZER);
+        }
         for plan in plans {
-            subjects.push(CoilSubject {
-                model: loaded.model.clone(),
-                mitigation: plan.describe(),
-                plan,
-                tokenizer: tokenizer.clone(),
-                name: name.clone(),
-                train_length,
-                piece_len: args.piece_len,
-            });
+            let subject = loaded.passkey_subject(&name, plan)?;
+            subjects.push(CoilSubject { piece_len: args.piece_len, ..subject });
         }
     }
     let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard, batch_forks: args.batch_forks };

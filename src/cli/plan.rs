@@ -7,7 +7,7 @@ use coil::{Mitigation, Plan, Thresholds};
 use coil_eval::probes::Probe;
 
 use super::args::MitigationArgs;
-use super::load::Loaded;
+use coil::Loaded;
 
 pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
     let mut mitigations = Vec::new();
@@ -25,13 +25,12 @@ pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
     let calibration = match calibration_length {
         Some(tokens) => {
             let tokenizer = loaded
-                .tokenizer
-                .as_ref()
+                .tokenizer_if_any()
                 .with_context(|| format!("state-norm:calibrate runs the passkey filler, which needs a tokenizer ({}), or give thresholds=FILE instead", super::NO_TOKENIZER))?;
             Some(Probe::Filler.tokens(tokenizer, tokens)?)
         }
         None => None,
     };
     let here = std::env::current_dir().context("cannot read the working directory")?;
-    Ok(Arc::new(Plan::resolve(&loaded.model, &mitigations, calibration.as_deref(), &here)?))
+    Ok(Arc::new(Plan::resolve(loaded.model(), &mitigations, calibration.as_deref(), &here)?))
 }

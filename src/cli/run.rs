@@ -17,14 +17,14 @@ pub fn run(args: RunArgs) -> Result<()> {
     inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref()), ("--device-stats", args.device_stats.as_deref())])?;
     let loaded = load(&args.model)?;
-    if let coil::Source::Embedded(name) = &loaded.source {
+    if let coil::Source::Embedded(name) = &loaded.source() {
         // The default a first run lands on: say what it is before it writes nonsense.
         let what = if name == "random" { "has random weights (it checks the engine against HF)".to_owned() } else { "was trained here for passkey retrieval only".to_owned() };
         eprintln!(
             "note: embedded:{name} is a tiny checkpoint compiled into Coil ({} parameters, a {}-token vocabulary) and {what}: \
              it writes no sensible text beyond that; give --model DIR for a real checkpoint (docs/official-checkpoints.md)",
-            loaded.model.parameter_count(),
-            loaded.model.vocab_size()
+            loaded.model().parameter_count(),
+            loaded.model().vocab_size()
         );
     }
     let input = match (&args.prompt, &args.prompt_file, &args.token_ids) {
@@ -37,16 +37,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = match &args.state_in {
         Some(path) => {
-            let state = loaded.model.load_state(path)?;
-            Session::with_state_and_plan(loaded.model.clone(), state, plan)
+            let state = loaded.model().load_state(path)?;
+            Session::with_state_and_plan(loaded.model().clone(), state, plan)
                 .with_context(|| format!("cannot continue from {}", path.display()))?
         }
-        None => Session::with_plan(loaded.model.clone(), plan),
+        None => Session::with_plan(loaded.model().clone(), plan),
     };
     session.set_piece_len(args.model.piece_len);
 
     let mut progress = Progress::new("prefill", input.len_hint());
-    let prompt_tokens = input.stream_pieces(loaded.tokenizer.as_ref(), args.model.piece_len, &mut progress, |piece| {
+    let prompt_tokens = input.stream_pieces(loaded.tokenizer_if_any(), args.model.piece_len, &mut progress, |piece| {
         session.prefill(piece)?;
         Ok(())
     })?;
@@ -63,10 +63,10 @@ pub fn run(args: RunArgs) -> Result<()> {
     let end_of_text = if args.ignore_eos {
         None
     } else {
-        loaded.tokenizer.as_ref().and_then(|t| t.token_id("<|endoftext|>").or_else(|| t.token_id("</s>")))
+        loaded.tokenizer_if_any().and_then(|t| t.token_id("<|endoftext|>").or_else(|| t.token_id("</s>")))
     };
     let mut sampler = Sampler::new(sampling);
-    let mut decoder = loaded.tokenizer.as_ref().map(|t| t.stream_decoder());
+    let mut decoder = loaded.tokenizer_if_any().map(|t| t.stream_decoder());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failure: Option<anyhow::Error> = None;
@@ -105,7 +105,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         session.state().save(path)?;
         eprintln!("state after {} tokens saved to {}", session.position(), path.display());
     }
-    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model])
+    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model()])
 }
 
 fn sampling_config(args: &SamplingArgs) -> Result<SamplingConfig> {

@@ -41,9 +41,9 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         bail!("--per-token and --bucket would both write to standard output: give --csv FILE for the buckets");
     }
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
-    let mut session = Session::with_plan(loaded.model.clone(), plan);
+    let mut session = Session::with_plan(loaded.model().clone(), plan);
     session.set_piece_len(args.model.piece_len);
-    let vocab = loaded.model.vocab_size();
+    let vocab = loaded.model().vocab_size();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     // Standard output holds one thing: the JSON object, the per-token table, the buckets' CSV or
@@ -56,7 +56,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     };
     // Written before the first loss (nothing is written for an input that fails at once).
     let header = match per_token {
-        PerToken::Json => format!("{{\"model\":{},\"mitigation\":{},\"nll\":[", json(&loaded.source.to_string()), json(&session.plan().describe())),
+        PerToken::Json => format!("{{\"model\":{},\"mitigation\":{},\"nll\":[", json(&loaded.source().to_string()), json(&session.plan().describe())),
         PerToken::Table => "# position\ttoken\tnll (nats; the token at `position` given all before it)\n".into(),
         PerToken::None => String::new(),
     };
@@ -76,7 +76,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                     );
                 }
                 let mut ids = Vec::new();
-                input.stream_tokens(loaded.tokenizer.as_ref(), |block, _| {
+                input.stream_tokens(loaded.tokenizer_if_any(), |block, _| {
                     ids.extend_from_slice(block);
                     if ids.len() as u64 > max_rows {
                         bail!(
@@ -104,7 +104,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             // Scored as the pieces arrive.
             None => {
                 let mut progress = Progress::new("score", input.len_hint());
-                input.stream_pieces(loaded.tokenizer.as_ref(), args.model.piece_len, &mut progress, |piece| scorer.score(piece, &mut out))?;
+                input.stream_pieces(loaded.tokenizer_if_any(), args.model.piece_len, &mut progress, |piece| scorer.score(piece, &mut out))?;
                 progress
             }
         })
@@ -169,7 +169,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     if let (Some(buckets), Some(path)) = (&scorer.buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
-        let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source, scorer.session.plan().describe());
+        let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source(), scorer.session.plan().describe());
         coil_eval::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
         eprintln!("loss curve written to {}", path.display());
     }
@@ -189,7 +189,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     }
     out.flush()?;
-    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model])
+    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model()])
 }
 
 /// Whether `path` is this process's standard output (`/dev/stdout`, `/proc/self/fd/1`, or the

@@ -39,7 +39,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
         bail!("--collapse-factor must be a positive number, not {}", args.collapse_factor);
     }
-    let tokenizer = loaded.tokenizer.as_ref().with_context(|| format!("stats streams text, which needs a tokenizer: {}", super::NO_TOKENIZER))?;
+    let tokenizer = loaded.tokenizer_if_any().with_context(|| format!("stats streams text, which needs a tokenizer: {}", super::NO_TOKENIZER))?;
     let tokens = match (&args.text_file, &args.probe) {
         (Some(path), _) => super::calibrate::calibration_tokens(&loaded, Some(path), args.length)?,
         (None, probe) => {
@@ -56,7 +56,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
         .unwrap_or_else(|| loaded.train_length().unwrap_or(8192).min(tokens.len() / 2))
         .max(1) as u64;
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
-    let mut session = Session::with_plan(loaded.model.clone(), plan);
+    let mut session = Session::with_plan(loaded.model().clone(), plan);
     session.state_mut().record_stats(true);
 
     // Written beside its name and renamed at the end: a killed run leaves the previous CSV whole.
@@ -64,7 +64,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let file = std::fs::File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
     let mut csv = std::io::BufWriter::new(file);
     writeln!(csv, "{HEADER}")?;
-    let config = loaded.model.config();
+    let config = loaded.model().config();
     let (layers, heads) = (config.n_layer, config.n_heads);
     let mut traces: Vec<Trace> = (0..layers * heads)
         .map(|i| Trace { layer: i / heads, head: i % heads, norms: Vec::new(), reference: None })
@@ -136,7 +136,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     eprintln!("diagnostics written to {}", args.out.display());
     if let Some(path) = &args.plot {
         traces.sort_by(|a, b| ratio(b).total_cmp(&ratio(a)).then(b.norms.last().map(|n| n.1).unwrap_or(0.0).total_cmp(&a.norms.last().map(|n| n.1).unwrap_or(0.0))));
-        let title = format!("state norm of the 8 heads that grew most ({}, mitigation {})", loaded.source, session.plan().describe());
+        let title = format!("state norm of the 8 heads that grew most ({}, mitigation {})", loaded.source(), session.plan().describe());
         let series: Vec<(String, Vec<(u64, f32)>)> =
             traces.iter().take(8).map(|t| (format!("L{} H{}", t.layer, t.head), t.norms.clone())).collect();
         coil_eval::plot::lines(path, &title, "position (tokens)", "||S_h||_F", &series, Some(reference_length))?;

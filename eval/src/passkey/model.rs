@@ -109,7 +109,8 @@ impl Subject for CoilSubject {
 
     fn answer(&self, state: &mut Session, tail: &[u32], count: usize) -> Result<Vec<u32>, EvalError> {
         state.prefill(tail)?;
-        let vocab = self.tokenizer.vocab_size().min(self.model.vocab_size());
+        // The same columns `run` samples from: real tokens, not the embedding's padding.
+        let vocab = self.model.vocab_limit(Some(self.tokenizer.vocab_size()));
         let mut greedy = Sampler::new(SamplingConfig::default());
         Ok(state.generate(&mut greedy, count, vocab, |_| true)?)
     }
