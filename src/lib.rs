@@ -321,7 +321,7 @@ pub use coil_ssm::Thresholds;
 /// # Ok::<(), coil::Error>(())
 /// ```
 #[doc(inline)]
-pub use coil_ssm::calibrate;
+pub use coil_ssm::{calibrate, MAX_CALIBRATION_TOKENS};
 
 /// Reads a thresholds file (`{"thresholds": [[tau per head] per layer]}`); see [`calibrate`].
 ///
@@ -756,4 +756,20 @@ pub mod probes {
 pub mod plot {
     #[doc(inline)]
     pub use coil_eval::plot::*;
+}
+
+/// How Coil reads and writes files, for programs that write beside it: size-limited reads, and
+/// outputs written beside their name and renamed into place (a killed writer leaves the old file
+/// or the new one, never half of one; its temporary is swept by the next write).
+///
+/// ```
+/// let path = std::env::temp_dir().join(format!("coil-doc-atomic-{}.txt", std::process::id()));
+/// coil::files::write_atomically(&path, |temporary| std::fs::write(temporary, "whole"))?;
+/// assert_eq!(std::fs::read_to_string(&path)?, "whole");
+/// # std::fs::remove_file(&path).ok();
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub mod files {
+    #[doc(inline)]
+    pub use coil_files::*;
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
 
-use crate::files::Partial;
+use coil_files::Partial;
 use crate::{Config, DType, LoadError, TensorStore, Tokenizer, Weights};
 
 /// What [`convert_to_hf`] wrote.
@@ -30,12 +30,15 @@ pub struct Exported {
 /// Loads the checkpoint in `model_dir` (either dialect, either weights format), checks every
 /// tensor as loading always does, and writes it to `out_dir` in the HF dialect.
 pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadError> {
+    if !model_dir.is_dir() {
+        return Err(LoadError::Io { path: model_dir.to_owned(), source: crate::not_a_checkpoint_folder(model_dir) });
+    }
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| LoadError::Io { path, source }
     };
     let config_path = model_dir.join("config.json");
-    let text = crate::files::read_text_limited(&config_path, crate::files::JSON_LIMIT).map_err(io(&config_path))?;
+    let text = coil_files::read_text_limited(&config_path, coil_files::JSON_LIMIT).map_err(io(&config_path))?;
     let config = Config::from_json(&text, &config_path)?;
     let store = TensorStore::open_dir(model_dir)?;
     let weights = Weights::load(&config, &store)?;
@@ -84,7 +87,7 @@ pub fn convert_to_hf(model_dir: &Path, out_dir: &Path) -> Result<Exported, LoadE
     if tokenizer.is_some() {
         written.push(write_beside(&tokenizer_out, |tmp| std::fs::copy(&tokenizer_path, tmp).map(|_| ()))?);
     }
-    let old_config = crate::files::resolve_output(&config_out).map_err(io(&config_out))?;
+    let old_config = coil_files::resolve_output(&config_out).map_err(io(&config_out))?;
     if std::fs::symlink_metadata(&old_config).is_ok() {
         std::fs::remove_file(&old_config).map_err(io(&config_out))?;
     }
@@ -140,7 +143,7 @@ impl View for OutTensor<'_> {
     }
 }
 
-/// `tensors` as a safetensors file at `path`: the header ([`crate::files::safetensors_header`]:
+/// `tensors` as a safetensors file at `path`: the header ([`coil_files::safetensors_header`]:
 /// `__metadata__` and each tensor's dtype, shape and byte range), then each tensor's bytes in
 /// header order, one tensor encoded at a time. Written here rather than by
 /// `safetensors::serialize_to_file`, which goes through a temporary file of its own that a killed
@@ -155,7 +158,7 @@ fn write_safetensors(tensors: &[OutTensor], path: &Path) -> std::io::Result<()> 
         offset = end;
     }
     let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    file.write_all(&crate::files::safetensors_header(&Value::Object(header)))?;
+    file.write_all(&coil_files::safetensors_header(&Value::Object(header)))?;
     for t in tensors {
         file.write_all(&t.data())?;
     }
@@ -261,7 +264,7 @@ fn check_targets(source: &Path, outputs: &[&Path]) -> Result<(), LoadError> {
         .unwrap_or_default();
     for &output in outputs {
         let io = |source| LoadError::Io { path: output.to_owned(), source };
-        let target = crate::files::resolve_output(output).map_err(io)?;
+        let target = coil_files::resolve_output(output).map_err(io)?;
         if let Ok(kind) = std::fs::metadata(&target) {
             if !kind.is_file() {
                 return Err(LoadError::config(output, "is not a regular file (a folder, device or pipe): convert writes files"));

@@ -8,7 +8,6 @@ mod config;
 mod embedded;
 mod error;
 mod export;
-pub mod files;
 mod json;
 mod panic_guard;
 mod source;

@@ -76,7 +76,7 @@ impl Checkpoint {
         let train_length = match std::fs::symlink_metadata(&training) {
             Err(_) => None,
             Ok(_) => {
-                let bytes = crate::files::read_limited(&training, crate::files::JSON_LIMIT).map_err(|source| LoadError::Io { path: training.clone(), source })?;
+                let bytes = coil_files::read_limited(&training, coil_files::JSON_LIMIT).map_err(|source| LoadError::Io { path: training.clone(), source })?;
                 Some(train_length(&bytes).ok_or_else(|| LoadError::config(&training, "`train_length` must be a positive integer"))?)
             }
         };
@@ -155,7 +155,7 @@ fn load_warnings(config_text: &str, config: &Config, store: &TensorStore) -> Vec
 }
 
 fn read_text(path: &Path) -> Result<String, LoadError> {
-    let bytes = crate::files::read_limited(path, crate::files::JSON_LIMIT).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+    let bytes = coil_files::read_limited(path, coil_files::JSON_LIMIT).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
     String::from_utf8(bytes).map_err(|e| LoadError::Json { path: path.to_owned(), message: format!("not UTF-8: {e}") })
 }
 

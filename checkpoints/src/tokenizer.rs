@@ -14,7 +14,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Reads a `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Tokenizer, LoadError> {
-        let bytes = crate::files::read_limited(path, crate::files::TOKENIZER_LIMIT).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
+        let bytes = coil_files::read_limited(path, coil_files::TOKENIZER_LIMIT).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
         Tokenizer::from_bytes(&bytes, path)
     }
 

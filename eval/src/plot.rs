@@ -29,7 +29,7 @@ fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(&Canvas) -> Drawn) ->
         Ok(())
     })();
     drawn.map_err(|e| failed(path, e))?;
-    coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &svg)).map_err(|e| PlotError { path: path.to_owned(), message: e.to_string() })
+    coil_files::write_atomically(path, |temporary| std::fs::write(temporary, &svg)).map_err(|e| PlotError { path: path.to_owned(), message: e.to_string() })
 }
 
 /// The frame every plot shares: title, margin and axis label areas.

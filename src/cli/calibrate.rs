@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use coil::{calibrate, write_thresholds};
-use coil_eval::probes::Probe;
+use coil::probes::Probe;
 
 use super::args::CalibrateArgs;
 use super::input::InputSource;
@@ -50,10 +50,10 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a token count of 0 or past [`coil_ssm::MAX_CALIBRATION_TOKENS`], naming where it
+/// Refuses a token count of 0 or past [`coil::MAX_CALIBRATION_TOKENS`], naming where it
 /// came from.
 pub fn check_length(source: &str, length: usize) -> Result<()> {
-    let most = coil_ssm::MAX_CALIBRATION_TOKENS;
+    let most = coil::MAX_CALIBRATION_TOKENS;
     if length == 0 {
         anyhow::bail!("{source} is 0: give at least 1 token to stream");
     }

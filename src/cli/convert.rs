@@ -10,9 +10,6 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     if let Source::Embedded(name) = source_of(Some(&args.model)) {
         bail!("convert reads a checkpoint folder; `embedded:{name}` is compiled into the binary (its folder is under checkpoints/ in Coil's source tree)");
     }
-    if !args.model.is_dir() {
-        bail!("{}: {}", args.model.display(), coil_checkpoints::not_a_checkpoint_folder(&args.model));
-    }
     let exported = convert_to_hf(&args.model, &args.out)
         .with_context(|| format!("cannot convert {} to {}", args.model.display(), args.out.display()))?;
     let dtypes: Vec<String> = exported.dtypes.iter().map(ToString::to_string).collect();

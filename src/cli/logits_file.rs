@@ -7,7 +7,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use coil_checkpoints::files::Partial;
+use coil::files::Partial;
 
 pub struct LogitsWriter {
     file: BufWriter<File>,
@@ -30,7 +30,7 @@ impl LogitsWriter {
             ),
         }
         let total = rows * width as u64 * 4;
-        let header = coil_checkpoints::files::safetensors_header(&serde_json::json!({
+        let header = coil::files::safetensors_header(&serde_json::json!({
             "__metadata__": { "format": "pt", "producer": "coil score" },
             "logits": { "dtype": "F32", "shape": [rows, width], "data_offsets": [0, total] },
         }));

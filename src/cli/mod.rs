@@ -72,7 +72,7 @@ pub(crate) fn write_device_stats(path: Option<&std::path::Path>, models: &[&coil
         "prefill_tokens": tokens.0,
         "decode_tokens": tokens.1,
     });
-    coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, format!("{stats}\n")))
+    coil::files::write_atomically(path, |temporary| std::fs::write(temporary, format!("{stats}\n")))
         .with_context(|| format!("--device-stats {}", path.display()))
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn check_outputs(inputs: Vec<std::path::PathBuf>, outputs: &[(&str, O
     for &(flag, output) in outputs {
         let Some(output) = output else { continue };
         // Where the bytes land: links followed (a dangling one names the file it creates).
-        let target = coil_checkpoints::files::resolve_output(output).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", output.display()))?;
+        let target = coil::files::resolve_output(output).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", output.display()))?;
         if target.is_dir() {
             bail!("{flag} {}: is a folder, not a file", output.display());
         }

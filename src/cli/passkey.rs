@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use coil::Source;
-use coil_eval::passkey::{
+use coil::passkey::{
     check_sweep, format_state_size, parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template,
 };
 

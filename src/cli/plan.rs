@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use coil::{Mitigation, Plan, Thresholds};
-use coil_eval::probes::Probe;
+use coil::probes::Probe;
 
 use super::args::MitigationArgs;
 use coil::Loaded;

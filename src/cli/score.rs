@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use coil::Session;
-use coil_eval::loss::{negative_log_likelihood, Buckets};
+use coil::loss::{negative_log_likelihood, Buckets};
 
 use super::args::ScoreArgs;
 use super::input::InputSource;
@@ -23,7 +23,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     inputs.extend(args.text_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &outputs)?;
     if let Some(plot) = &args.plot {
-        coil_eval::plot::check_svg(plot)?;
+        coil::plot::check_svg(plot)?;
     }
     if args.bucket == Some(0) {
         bail!("--bucket must be at least 1 position");
@@ -170,7 +170,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     if let (Some(buckets), Some(path)) = (&scorer.buckets, &args.plot) {
         let curve: Vec<(u64, f32)> = buckets.rows().map(|(first, _, _, mean)| (first, mean as f32)).collect();
         let title = format!("mean loss per {} positions ({}, mitigation {})", args.bucket.unwrap_or(1), loaded.source(), scorer.session.plan().describe());
-        coil_eval::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
+        coil::plot::lines(path, &title, "position (tokens)", "NLL (nats)", &[("loss".to_owned(), curve)], None)?;
         eprintln!("loss curve written to {}", path.display());
     }
     if let Some(buckets) = &scorer.buckets {
@@ -180,7 +180,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
         match &args.csv {
             Some(path) => {
-                coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &text))
+                coil::files::write_atomically(path, |temporary| std::fs::write(temporary, &text))
                     .with_context(|| format!("cannot write {}", path.display()))?;
                 eprintln!("per-bucket loss written to {}", path.display());
             }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context, Result};
 use coil::Session;
-use coil_eval::probes::Probe;
+use coil::probes::Probe;
 
 use super::args::StatsArgs;
 use super::load::load;
@@ -26,7 +26,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     inputs.extend(args.text_file.iter().cloned());
     super::check_outputs(inputs, &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
     if let Some(plot) = &args.plot {
-        coil_eval::plot::check_svg(plot)?;
+        coil::plot::check_svg(plot)?;
     }
     let loaded = load(&args.model)?;
     if args.every == 0 || args.length == 0 {
@@ -60,7 +60,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     session.state_mut().record_stats(true);
 
     // Written beside its name and renamed at the end: a killed run leaves the previous CSV whole.
-    let partial = coil_checkpoints::files::Partial::new(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    let partial = coil::files::Partial::new(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
     let file = std::fs::File::create(partial.temporary()).with_context(|| format!("cannot create {}", partial.temporary().display()))?;
     let mut csv = std::io::BufWriter::new(file);
     writeln!(csv, "{HEADER}")?;
@@ -139,7 +139,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
         let title = format!("state norm of the 8 heads that grew most ({}, mitigation {})", loaded.source(), session.plan().describe());
         let series: Vec<(String, Vec<(u64, f32)>)> =
             traces.iter().take(8).map(|t| (format!("L{} H{}", t.layer, t.head), t.norms.clone())).collect();
-        coil_eval::plot::lines(path, &title, "position (tokens)", "||S_h||_F", &series, Some(reference_length))?;
+        coil::plot::lines(path, &title, "position (tokens)", "||S_h||_F", &series, Some(reference_length))?;
         eprintln!("plot written to {}", path.display());
     }
     Ok(())

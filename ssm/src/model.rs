@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use coil_checkpoints::files::Fnv1a;
+use coil_files::Fnv1a;
 use coil_checkpoints::{Checkpoint, Weights};
 use coil_kernels::{Backend, Buffer, Cpu, Engine, HostEngine, Matrix, Traffic, View, ViewMut, WeightDtype};
 

@@ -536,7 +536,7 @@ impl State {
             .map_err(|e| file_error(e.to_string()))?;
         let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(e.to_string()))?;
         let bytes = sorted_header(&bytes).map_err(file_error)?;
-        coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &bytes)).map_err(|e| file_error(e.to_string()))
+        coil_files::write_atomically(path, |temporary| std::fs::write(temporary, &bytes)).map_err(|e| file_error(e.to_string()))
     }
 
     /// Reads a state written by [`State::save`], checking it against the model's shape
@@ -673,7 +673,7 @@ fn sorted_header(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let header_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
     let header = header_len.and_then(|n| bytes.get(8..8usize.checked_add(n)?)).ok_or("safetensors wrote a short header")?;
     let value: serde_json::Value = serde_json::from_slice(header).map_err(|e| format!("safetensors wrote a bad header: {e}"))?;
-    let mut out = coil_checkpoints::files::safetensors_header(&value);
+    let mut out = coil_files::safetensors_header(&value);
     out.extend_from_slice(&bytes[8 + header.len()..]);
     Ok(out)
 }

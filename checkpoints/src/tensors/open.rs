@@ -37,7 +37,7 @@ pub(super) fn open_dir(dir: &Path) -> Result<TensorStore, LoadError> {
 /// The shards of an index's `weight_map`, each a plain file name in `dir`, and every tensor the
 /// map names found in the shard it names.
 fn open_shards(dir: &Path, index: &Path) -> Result<TensorStore, LoadError> {
-    let text = crate::files::read_text_limited(index, crate::files::JSON_LIMIT).map_err(|source| LoadError::Io { path: index.to_owned(), source })?;
+    let text = coil_files::read_text_limited(index, coil_files::JSON_LIMIT).map_err(|source| LoadError::Io { path: index.to_owned(), source })?;
     let value = parse_lenient(&text).map_err(|e| LoadError::Json { path: index.to_owned(), message: e.to_string() })?;
     let Some(map) = value.get("weight_map").and_then(|m| m.as_object()) else {
         return Err(LoadError::config(index, "`weight_map` is missing or not an object"));

@@ -383,7 +383,7 @@ fn unique_stems(names: &[String]) -> Vec<String> {
         .iter()
         .map(|name| {
             // Two stems and a prefix make a plot's name: keep each well inside 255 bytes.
-            let base = coil_checkpoints::files::shorten_name(&file_safe(name), 100);
+            let base = coil_files::shorten_name(&file_safe(name), 100);
             let stem = (1..).map(|i| if i == 1 { base.clone() } else { format!("{base}-{i}") }).find(|s| !taken.contains(s)).expect("unbounded");
             taken.insert(stem.clone());
             stem
@@ -395,7 +395,7 @@ fn unique_stems(names: &[String]) -> Vec<String> {
 /// the report there would replace the results it is made of.
 fn output(dir: &Path, name: &str) -> Result<std::path::PathBuf, EvalError> {
     let path = dir.join(name);
-    let lands = coil_checkpoints::files::resolve_output(&path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let lands = coil_files::resolve_output(&path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()));
     if lands.is_some_and(|n| n.starts_with("results") && n.ends_with(".jsonl")) {
         return Err(EvalError::Results { path, message: "is a link to a results file; the report would replace the results".into() });
     }
@@ -407,7 +407,7 @@ pub fn write_report(records: &[CellRecord], threshold: f64, dir: &Path) -> Resul
     let report = Report::build(records, threshold);
     let write = |name: &str, text: &str| {
         let path = output(dir, name)?;
-        coil_checkpoints::files::write_atomically(&path, |temporary| std::fs::write(temporary, text))
+        coil_files::write_atomically(&path, |temporary| std::fs::write(temporary, text))
             .map_err(|e| EvalError::Results { message: e.to_string(), path })
     };
     let mut csv = String::from("model,n_s,mitigation,length,cells,correct,accuracy,mean_tokens\n");

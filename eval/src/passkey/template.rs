@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use coil_checkpoints::files::Fnv1a;
+use coil_files::Fnv1a;
 use serde::Deserialize;
 
 use crate::passkey::EvalError;
@@ -118,7 +118,7 @@ impl Template {
 
     pub fn from_file(path: &Path) -> Result<Template, EvalError> {
         let fail = |message: String| EvalError::Template { path: path.to_owned(), message };
-        let text = coil_checkpoints::files::read_text_limited(path, coil_checkpoints::files::JSON_LIMIT)
+        let text = coil_files::read_text_limited(path, coil_files::JSON_LIMIT)
             .map_err(|e| fail(format!("{e} (built-in templates: paper, landmark, ruler, bindings)")))?;
         #[derive(Deserialize)]
         struct File {

@@ -262,7 +262,7 @@ pub fn calibrate(model: &Model, plan: &Plan, tokens: &[u32], factor: f32) -> Res
 /// `{"thresholds": [[tau per head] per layer]}`.
 pub fn read_thresholds(path: &Path) -> Result<Vec<Vec<f32>>, Error> {
     let fail = |message: String| Error::Thresholds { path: path.to_owned(), message };
-    let text = coil_checkpoints::files::read_text_limited(path, coil_checkpoints::files::JSON_LIMIT).map_err(|e| fail(e.to_string()))?;
+    let text = coil_files::read_text_limited(path, coil_files::JSON_LIMIT).map_err(|e| fail(e.to_string()))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
     let layers = value.get("thresholds").and_then(|t| t.as_array()).ok_or_else(|| fail("`thresholds` must be a list of lists".into()))?;
     layers
@@ -282,5 +282,5 @@ pub fn read_thresholds(path: &Path) -> Result<Vec<Vec<f32>>, Error> {
 pub fn write_thresholds(path: &Path, thresholds: &[Vec<f32>], provenance: serde_json::Value) -> Result<(), Error> {
     let json = serde_json::json!({ "thresholds": thresholds, "provenance": provenance });
     let text = serde_json::to_string_pretty(&json).expect("serialisable");
-    coil_checkpoints::files::write_atomically(path, |temporary| std::fs::write(temporary, &text)).map_err(|e| Error::Thresholds { path: path.to_owned(), message: e.to_string() })
+    coil_files::write_atomically(path, |temporary| std::fs::write(temporary, &text)).map_err(|e| Error::Thresholds { path: path.to_owned(), message: e.to_string() })
 }
