@@ -87,6 +87,17 @@ fn tick_label(v: f64) -> String {
     }
 }
 
+/// `0.001`, `0.5`, `12`, `1000`: three significant digits at most, no trailing zeros (a log
+/// axis spanning decades).
+fn compact(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let decimals = (2 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_owned() } else { text }
+}
+
 /// Eight ticks evenly spaced in log space: readable whether the range spans 1% or 10 decades.
 fn log_ticks(low: f32, high: f32) -> Vec<f32> {
     let (a, b) = (low.ln(), high.ln());
@@ -167,6 +178,7 @@ pub fn heatmap(path: &Path, title: &str, lengths: &[usize], cells: &[Vec<Option<
             .disable_mesh()
             .disable_x_axis()
             .y_labels(5)
+            .y_label_style(("sans-serif", 14))
             .y_label_formatter(&|v| format!("{:.0}%", v * 100.0))
             .draw()?;
         const STEPS: usize = 50;
@@ -217,8 +229,8 @@ pub fn law(path: &Path, title: &str, y_label: &str, series: &[LawSeries], paper:
             .configure_mesh()
             .x_desc("N_S (million state elements, log)")
             .y_desc(format!("{y_label}, log"))
-            .x_label_formatter(&|v| tick_label(*v))
-            .y_label_formatter(&|v| tick_label(*v))
+            .x_label_formatter(&|v| compact(*v))
+            .y_label_formatter(&|v| compact(*v))
             .draw()?;
         if !paper_curve.is_empty() {
             chart
@@ -249,5 +261,15 @@ pub fn format_length(tokens: usize) -> String {
         format!("{}k", tokens >> 10)
     } else {
         tokens.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn compact_labels_keep_three_digits_and_drop_trailing_zeros() {
+        for (v, text) in [(0.001, "0.001"), (0.5, "0.5"), (12.0, "12"), (1000.0, "1000"), (1.365, "1.36"), (0.01234, "0.0123")] {
+            assert_eq!(super::compact(v), text, "{v}");
+        }
     }
 }
