@@ -875,6 +875,10 @@ fn everyday_uses_work_as_the_help_says() {
     let tensors = SafeTensors::deserialize(&ids.stdout[..]).expect("a safetensors file on stdout");
     assert_eq!(tensors.tensor("logits").unwrap().shape(), &[4, 96]);
 
+    // A CSV output into the pipe too.
+    let csv = String::from_utf8(piped(&["stats", "--length", "64", "--every", "32", "--out", "/dev/stdout"], "").stdout).unwrap();
+    assert!(csv.starts_with("position,layer,head,") && csv.lines().count() > 2, "{csv}");
+
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
     let sweep = coil(&["passkey", "--lengths", "512", "--depths", "2", "--piece-len", "7", "--model", "embedded:passkey-n4", "--out", out.to_str().unwrap()]);
@@ -884,4 +888,24 @@ fn everyday_uses_work_as_the_help_says() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("note: embedded:default") || stderr.contains("note: embedded:passkey-n16"), "{stderr}");
     assert!(stderr.contains("trained here for passkey retrieval only") && stderr.contains("--model DIR"), "{stderr}");
+}
+
+/// Every option of every command says what it does, on the line it is named on (clap falls back
+/// to another layout when one does not, as `stats --help` did), and the help names the embedded
+/// checkpoints.
+#[test]
+fn every_option_has_a_help_text() {
+    for command in ["run", "score", "inspect", "calibrate", "stats", "passkey", "report", "devices", "convert"] {
+        let output = coil(&[command, "--help"]);
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{command}");
+        for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
+            let described = line.trim_start().split_once("  ").is_some_and(|(_, text)| !text.trim().is_empty());
+            assert!(described, "`coil {command} --help`: no description on `{}`", line.trim());
+        }
+    }
+    let help = String::from_utf8_lossy(&coil(&["run", "--help"]).stdout).into_owned();
+    for name in ["passkey-n4", "passkey-n8", "passkey-n16", "passkey-n32", "random"] {
+        assert!(help.contains(name), "run --help lacks {name}");
+    }
 }

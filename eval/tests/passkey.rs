@@ -281,8 +281,17 @@ fn fake_model_capacity_comes_out_exactly() {
         assert_eq!(got, expected, "{}", fake.name);
     }
     assert_eq!(report.capacity.iter().find(|c| c.model == "m300").unwrap().tokens, Some(256));
+    // Rows read by state size (m300 < m1200 < m5000), not by name; N_S written one way.
+    let order: Vec<&str> = report.capacity.iter().map(|c| c.model.as_str()).collect();
+    assert_eq!(order, ["m300", "m1200", "m5000"]);
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
-    assert!(md.contains("| m1200 |") && md.contains("## Laws"));
+    assert!(md.contains("| m1200 | 1.20M |") && md.contains("| m300 | 300000 |") && md.contains("## Laws"), "{md}");
+    assert!(md.find("| m300 |").unwrap() < md.find("| m1200 |").unwrap());
+    // The accuracy plot's x labels are the swept lengths, each once (they once ran together).
+    let svg = std::fs::read_to_string(dir.path().join("accuracy-m300.svg")).unwrap();
+    let texts: Vec<&str> = svg.split("<text").skip(1).filter_map(|t| t.split_once('>')).map(|(_, rest)| rest.split("</text>").next().unwrap().trim()).collect();
+    let x_labels: Vec<&str> = texts.iter().copied().filter(|t| t.chars().next().is_some_and(|c| c.is_ascii_digit()) && !t.contains('.')).collect();
+    assert_eq!(x_labels, ["256", "512", "1k", "2k", "4k", "8k", "16k"], "{texts:?}");
     for plot in ["capacity.svg", "accuracy-m300.svg", "heatmap-m5000-none.svg"] {
         assert!(std::fs::read_to_string(dir.path().join(plot)).unwrap().starts_with("<svg"), "{plot}");
     }
