@@ -10,7 +10,8 @@ use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Value};
 
 use coil_files::Partial;
-use crate::{Config, DType, LoadError, TensorStore, Tokenizer, Weights};
+use crate::names::{self, Role};
+use crate::{Config, DType, Dialect, LoadError, TensorStore, Tokenizer, Weights};
 
 /// What [`convert_to_hf`] wrote.
 #[derive(Clone, Debug)]
@@ -179,30 +180,17 @@ fn hf_tensors<'a>(config: &Config, weights: &'a Weights, store: &TensorStore) ->
         out.push(OutTensor { name, shape, dtype, values });
     };
     let (d_model, vocab) = (config.d_model, config.vocab_size);
-    push("backbone.embeddings.weight".into(), &["backbone.embeddings.weight", "backbone.embedding.weight"], vec![vocab, d_model], &weights.embedding);
+    push(names::embedding(Dialect::HuggingFace).into(), &names::EMBEDDINGS, vec![vocab, d_model], &weights.embedding);
     for (i, layer) in weights.layers.iter().enumerate() {
-        let name = |suffix: &str| format!("backbone.layers.{i}.{suffix}");
-        push(name("norm.weight"), &[], vec![d_model], &layer.norm);
-        push(name("mixer.in_proj.weight"), &[], vec![config.in_proj_rows(), d_model], &layer.in_proj);
-        if let Some(bias) = &layer.in_proj_bias {
-            push(name("mixer.in_proj.bias"), &[], vec![config.in_proj_rows()], bias);
-        }
-        push(name("mixer.conv1d.weight"), &[], vec![config.conv_dim(), 1, config.conv_kernel], &layer.conv_weight);
-        if let Some(bias) = &layer.conv_bias {
-            push(name("mixer.conv1d.bias"), &[], vec![config.conv_dim()], bias);
-        }
-        push(name("mixer.dt_bias"), &[], vec![config.n_heads], &layer.dt_bias);
-        push(name("mixer.A_log"), &[], vec![config.n_heads], &layer.a_log);
-        push(name("mixer.D"), &[], vec![layer.d.len()], &layer.d);
-        push(name("mixer.norm.weight"), &[], vec![config.d_inner()], &layer.mixer_norm);
-        push(name("mixer.out_proj.weight"), &[], vec![d_model, config.d_inner()], &layer.out_proj);
-        if let Some(bias) = &layer.out_proj_bias {
-            push(name("mixer.out_proj.bias"), &[], vec![d_model], bias);
+        for role in Role::ALL {
+            if let Some(values) = layer.tensor(role) {
+                push(role.name(i), &[], role.shape(config), values);
+            }
         }
     }
-    push("backbone.norm_f.weight".into(), &[], vec![d_model], &weights.norm_f);
+    push(names::NORM_F.into(), &[], vec![d_model], &weights.norm_f);
     if let Some(head) = &weights.lm_head {
-        push("lm_head.weight".into(), &[], vec![vocab, d_model], head);
+        push(names::LM_HEAD.into(), &[], vec![vocab, d_model], head);
     }
     out
 }

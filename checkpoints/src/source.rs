@@ -137,7 +137,7 @@ fn load_warnings(config_text: &str, config: &Config, store: &TensorStore) -> Vec
         warnings.push(format!("config.json says model_type `{kind}`, not `mamba2`: read as a Mamba-2 config anyway, as HF transformers does"));
     }
     let unread = store.unread();
-    let layer_of = |name: &str| name.strip_prefix("backbone.layers.").and_then(|rest| rest.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+    let layer_of = crate::names::layer_of;
     let extra_layers: std::collections::BTreeSet<usize> = unread.iter().filter_map(|n| layer_of(n)).filter(|&i| i >= config.n_layer).collect();
     if let (Some(first), Some(last)) = (extra_layers.first(), extra_layers.last()) {
         warnings.push(format!(

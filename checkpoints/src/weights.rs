@@ -1,5 +1,6 @@
 //! Name mapping from either dialect to one set of f32 weights, with every shape checked.
 
+use crate::names::{self, Role};
 use crate::{Config, DType, LoadError, TensorStore};
 
 /// A weight widened to f32, row-major.
@@ -65,60 +66,73 @@ impl Weights {
     }
 }
 
-const EMBEDDING_NAMES: [&str; 2] = ["backbone.embeddings.weight", "backbone.embedding.weight"];
+impl LayerWeights {
+    /// The tensor of `role`, when the layer has it.
+    pub fn tensor(&self, role: Role) -> Option<&[f32]> {
+        match role {
+            Role::Norm => Some(&self.norm),
+            Role::InProj => Some(&self.in_proj),
+            Role::InProjBias => self.in_proj_bias.as_deref(),
+            Role::Conv => Some(&self.conv_weight),
+            Role::ConvBias => self.conv_bias.as_deref(),
+            Role::DtBias => Some(&self.dt_bias),
+            Role::ALog => Some(&self.a_log),
+            Role::D => Some(&self.d),
+            Role::MixerNorm => Some(&self.mixer_norm),
+            Role::OutProj => Some(&self.out_proj),
+            Role::OutProjBias => self.out_proj_bias.as_deref(),
+        }
+    }
+}
 
 impl Weights {
-    /// Reads every tensor the config calls for. Extra tensors are ignored, as HF ignores them.
+    /// Reads every tensor the config calls for (by [`Role`]'s table). Extra tensors are left
+    /// unread (the checkpoint's warnings name them), as HF leaves them.
     pub fn load(config: &Config, store: &TensorStore) -> Result<Weights, LoadError> {
-        let (d_model, inner, heads) = (config.d_model, config.d_inner(), config.n_heads);
-        let embedding_name = EMBEDDING_NAMES.iter().copied().find(|n| store.contains(n)).unwrap_or(match config.dialect {
-            crate::Dialect::HuggingFace => EMBEDDING_NAMES[0],
-            crate::Dialect::MambaSsm => EMBEDDING_NAMES[1],
-        });
+        let d_model = config.d_model;
+        let embedding_name = names::EMBEDDINGS.iter().copied().find(|n| store.contains(n)).unwrap_or(names::embedding(config.dialect));
         let embedding = store.read_f32(embedding_name, &[config.vocab_size, d_model])?;
         let stored_dtype = store.describe(embedding_name)?.1;
 
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
-            let name = |suffix: &str| format!("backbone.layers.{i}.{suffix}");
-            let mixer = |suffix: &str| name(&format!("mixer.{suffix}"));
-            let optional = |tensor: String, wanted: bool, shape: &[usize]| -> Result<Option<Vec<f32>>, LoadError> {
-                if wanted { store.read_f32(&tensor, shape).map(Some) } else { Ok(None) }
+            check_in_proj_rows(config, store, &Role::InProj.name(i))?;
+            let read = |role: Role| -> Result<Option<Vec<f32>>, LoadError> {
+                if !role.present(config) {
+                    return Ok(None);
+                }
+                let name = role.name(i);
+                let mut shape = role.shape(config);
+                // mamba_ssm and HF store the depthwise conv as [C, 1, K]; accept a squeezed [C, K] too.
+                if role == Role::Conv && store.describe(&name).is_ok_and(|(s, _)| s.len() == 2) {
+                    shape.remove(1);
+                }
+                store.read_f32(&name, &shape).map(Some)
             };
-
-            let in_proj_name = mixer("in_proj.weight");
-            check_in_proj_rows(config, store, &in_proj_name)?;
-            let conv_name = mixer("conv1d.weight");
-            // mamba_ssm and HF store the depthwise conv as [C, 1, K]; accept a squeezed [C, K] too.
-            let conv_shape = match store.describe(&conv_name) {
-                Ok((shape, _)) if shape.len() == 2 => vec![config.conv_dim(), config.conv_kernel],
-                _ => vec![config.conv_dim(), 1, config.conv_kernel],
-            };
-            let d_shape = [if config.d_has_hdim { inner } else { heads }];
-
+            let required = |role: Role| read(role).map(|t| t.expect("a role every layer has"));
             layers.push(LayerWeights {
-                norm: store.read_f32(&name("norm.weight"), &[d_model])?,
-                in_proj: store.read_f32(&in_proj_name, &[config.in_proj_rows(), d_model])?,
-                in_proj_bias: optional(mixer("in_proj.bias"), config.use_bias, &[config.in_proj_rows()])?,
-                conv_weight: store.read_f32(&conv_name, &conv_shape)?,
-                conv_bias: optional(mixer("conv1d.bias"), config.use_conv_bias, &[config.conv_dim()])?,
-                dt_bias: store.read_f32(&mixer("dt_bias"), &[heads])?,
-                a_log: store.read_f32(&mixer("A_log"), &[heads])?,
-                d: store.read_f32(&mixer("D"), &d_shape)?,
-                mixer_norm: store.read_f32(&mixer("norm.weight"), &[inner])?,
-                out_proj: store.read_f32(&mixer("out_proj.weight"), &[d_model, inner])?,
-                out_proj_bias: optional(mixer("out_proj.bias"), config.use_bias, &[d_model])?,
+                norm: required(Role::Norm)?,
+                in_proj: required(Role::InProj)?,
+                in_proj_bias: read(Role::InProjBias)?,
+                conv_weight: required(Role::Conv)?,
+                conv_bias: read(Role::ConvBias)?,
+                dt_bias: required(Role::DtBias)?,
+                a_log: required(Role::ALog)?,
+                d: required(Role::D)?,
+                mixer_norm: required(Role::MixerNorm)?,
+                out_proj: required(Role::OutProj)?,
+                out_proj_bias: read(Role::OutProjBias)?,
             });
         }
 
-        let norm_f = store.read_f32("backbone.norm_f.weight", &[d_model])?;
+        let norm_f = store.read_f32(names::NORM_F, &[d_model])?;
         // A stored `lm_head.weight` is the head unless it equals the embedding, whatever the
         // config says about tying (mamba_ssm saves the tied tensor under both names). A tied
         // config with a different stored head: HF transformers (5.x) unties them and uses the
         // stored head, and so does Coil (`coil inspect` says so); an untied config needs one.
         let head_shape = [config.vocab_size, d_model];
-        let lm_head = if store.contains("lm_head.weight") || config.tie_embeddings == Some(false) {
-            Some(store.read_f32("lm_head.weight", &head_shape)?).filter(|head| *head != embedding)
+        let lm_head = if store.contains(names::LM_HEAD) || config.tie_embeddings == Some(false) {
+            Some(store.read_f32(names::LM_HEAD, &head_shape)?).filter(|head| *head != embedding)
         } else {
             None
         };
