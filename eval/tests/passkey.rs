@@ -215,7 +215,15 @@ fn memory_span_of_fakes_on_bindings_comes_out_exactly() {
         spans.push(row.span.unwrap());
     }
     assert!(spans.windows(2).all(|w| w[0] < w[1]), "span grows with memory: {spans:?}");
+    // The needles within the training length (256) of the question, per length: counted from
+    // the records here, as the report must.
+    for row in report.accuracy.iter().filter(|r| r.length == 8192) {
+        let near: Vec<&CellRecord> = records.iter().filter(|r| r.model == row.model && r.length == 8192 && r.tokens_after_needle.unwrap() <= 256).collect();
+        assert!(!near.is_empty());
+        assert_eq!((row.recent_cells, row.recent_correct), (near.len(), near.iter().filter(|r| r.correct).count()), "{}", row.model);
+    }
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(md.contains("## Needles within the training length of the question"), "{md}");
     assert!(md.contains("memory span (tokens)") && md.contains("memory span = "), "{md}");
     assert!(std::fs::read_to_string(dir.path().join("span.svg")).unwrap().starts_with("<svg"));
 }

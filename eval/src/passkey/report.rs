@@ -110,6 +110,12 @@ pub struct AccuracyRow {
     pub correct: usize,
     /// Mean exact prompt length of the cells, tokens.
     pub mean_tokens: f64,
+    /// Cells whose needle is within the checkpoint's training length of the question (when both
+    /// are known): what a model that collapses past its training length fails on although it
+    /// recalls them at that length.
+    pub recent_cells: usize,
+    /// Of those, the ones answered correctly.
+    pub recent_correct: usize,
 }
 
 impl AccuracyRow {
@@ -211,8 +217,16 @@ impl Report {
                 cells: 0,
                 correct: 0,
                 mean_tokens: 0.0,
+                recent_cells: 0,
+                recent_correct: 0,
             });
             row.mean_tokens = (row.mean_tokens * row.cells as f64 + r.tokens as f64) / (row.cells + 1) as f64;
+            if let (Some(distance), Some(train)) = (r.tokens_after_needle, r.train_length) {
+                if distance <= train {
+                    row.recent_cells += 1;
+                    row.recent_correct += r.correct as usize;
+                }
+            }
             row.cells += 1;
             row.correct += r.correct as usize;
             if let Some(t) = r.train_length {
@@ -316,6 +330,35 @@ impl Report {
                 }
             }
             md.push('\n');
+        }
+        if self.accuracy.iter().any(|r| r.recent_cells > 0) {
+            let _ = write!(
+                md,
+                "\n## Needles within the training length of the question\n\n\
+                 Accuracy on the cells whose needle lies at most the checkpoint's training length before the \
+                 question (correct / cells in brackets): a model that recalls them at its training length and \
+                 fails on them at longer lengths has collapsed (the state, not the distance, is what changed).\n\n| model | mitigation |"
+            );
+            for l in &lengths {
+                let _ = write!(md, " {} |", format_length(*l));
+            }
+            let _ = write!(md, "\n|---|---|");
+            for _ in &lengths {
+                let _ = write!(md, "---:|");
+            }
+            md.push('\n');
+            for row in &self.capacity {
+                let _ = write!(md, "| {} | {} |", md_cell(&row.model), md_cell(&row.mitigation));
+                for l in &lengths {
+                    match self.accuracy.iter().find(|r| r.model == row.model && r.mitigation == row.mitigation && r.length == *l && r.recent_cells > 0) {
+                        Some(r) => {
+                            let _ = write!(md, " {:.0}% ({}/{}) |", 100.0 * r.recent_correct as f64 / r.recent_cells as f64, r.recent_correct, r.recent_cells);
+                        }
+                        None => md.push_str(" |"),
+                    }
+                }
+                md.push('\n');
+            }
         }
         let _ = writeln!(md, "\n## Laws (N_S in millions, K tokens)\n");
         for fits in &self.fits {
