@@ -64,7 +64,7 @@ def main():
 
     # config: every fixture's config.json (both dialects, every time_step_limit spelling).
     seen = set()
-    for path in sorted(glob.glob(os.path.join(ROOT, "tests/fixtures/*/config.json")) + [os.path.join(ROOT, "checkpoints/default/config.json")]):
+    for path in sorted(glob.glob(os.path.join(ROOT, "tests/fixtures/*/config.json")) + [os.path.join(ROOT, "checkpoints/models/default/config.json")]):
         data = open(path, "rb").read()
         if hashlib.sha1(data).digest() not in seen:
             seen.add(hashlib.sha1(data).digest())
@@ -121,7 +121,7 @@ def main():
             pass  # the truncated and lying ZIPs
 
     # tokenizer: the embedded default's (byte-level BPE) and a minimal word-level one.
-    put("tokenizer", "default.json", open(os.path.join(ROOT, "checkpoints/default/tokenizer.json"), "rb").read())
+    put("tokenizer", "default.json", open(os.path.join(ROOT, "checkpoints/models/default/tokenizer.json"), "rb").read())
     put("tokenizer", "word_level.json", json.dumps({
         "version": "1.0", "added_tokens": [], "normalizer": {"type": "Lowercase"},
         "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None, "decoder": None,

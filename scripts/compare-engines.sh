@@ -9,7 +9,7 @@
 #
 # Engines, each run only when found:
 #   HF transformers  PYTHON (default: python3) with torch + transformers (pip install -r
-#                    checkpoints/requirements-train.txt)
+#                    checkpoints/training/requirements-train.txt)
 #   llama.cpp        LLAMA_CPP=path/to/llama.cpp (built; uses its convert_hf_to_gguf.py and
 #                    build/bin/llama-bench)
 #   candle           CANDLE_MAMBA2=path/to/benches/engines/candle-mamba2 built (an adapter over

@@ -5,7 +5,7 @@ with seeded random weights in the HF dialect, and time its PyTorch path on the C
     python scripts/compare_hf.py bench DIR PREFILL DECODE THREADS
 
 Prints `prefill: N tokens X tok/s` and `decode: batch 1 x M tokens Y tok/s`, the lines the
-Rust `throughput` binary prints. Needs torch and transformers (checkpoints/requirements-train.txt).
+Rust `throughput` binary prints. Needs torch and transformers (checkpoints/training/requirements-train.txt).
 """
 import sys
 import inspect

@@ -485,7 +485,7 @@ pub use coil_checkpoints::embedded_family;
 /// layout: `config.json`, one `model.safetensors`, and the tokenizer.
 ///
 /// ```
-/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
 /// let out = std::env::temp_dir().join(format!("coil-doc-convert-{}", std::process::id()));
 /// let exported = coil::convert_to_hf(dir, &out)?;
 /// assert!(exported.model.is_file() && exported.tokenizer.is_some());
@@ -499,7 +499,7 @@ pub use coil_checkpoints::convert_to_hf;
 /// What [`convert_to_hf`] wrote.
 ///
 /// ```
-/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
 /// let out = std::env::temp_dir().join(format!("coil-doc-exported-{}", std::process::id()));
 /// let exported: coil::Exported = coil::convert_to_hf(dir, &out)?;
 /// assert!(exported.tensors > 0);

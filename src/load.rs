@@ -69,7 +69,7 @@ pub struct Loaded {
 ///
 /// // A folder with config.json, model.safetensors (or shards, or pytorch_model.bin) and
 /// // tokenizer.json; here, the files the embedded default was built from.
-/// # let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+/// # let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
 /// let from_files = coil::load(&Source::Dir(dir), Device::Cpu)?;
 /// assert_eq!(from_files.model().parameter_count(), embedded.model().parameter_count());
 /// # Ok::<(), coil::Error>(())
@@ -101,7 +101,7 @@ pub fn load_default() -> Result<Loaded, Error> {
 /// ```
 /// use coil::Device;
 ///
-/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+/// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
 /// // Any Mamba-2 checkpoint in the HF layout; here, the files of the embedded default.
 /// let read = |name: &str| std::fs::read(dir.join(name)).expect("the checkpoint's files");
 /// let loaded = coil::load_bytes(&read("config.json"), read("model.safetensors"), Some(&read("tokenizer.json")), Device::Cpu)?;
@@ -208,7 +208,7 @@ impl Loaded {
     /// ```
     /// use coil::{Device, Source, Tokenizer};
     ///
-    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
     /// let other = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
     /// let loaded = coil::load_default()?.with_tokenizer(other);
     /// assert!(loaded.tokenizer()?.path().ends_with("passkey-n16/tokenizer.json"));
@@ -224,7 +224,7 @@ impl Loaded {
     /// ```
     /// use coil::{Device, Source};
     ///
-    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/passkey-n16"));
+    /// # let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/checkpoints/models/passkey-n16"));
     /// let loaded = coil::load_default()?.with_tokenizer_file(&dir.join("tokenizer.json"))?;
     /// let ids = loaded.encode("The grass is green.")?;
     /// assert_eq!(loaded.session().prefill(&ids)?.len(), loaded.model().vocab_size());

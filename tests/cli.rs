@@ -151,8 +151,8 @@ fn long_text_streams_in_blocks_with_the_same_tokens_and_state() {
     assert!(conv < 1e-4, "conv state differs by {conv:e}");
 }
 
-/// `checkpoints/default/README.md` records HF's greedy ids for this prompt (made by
-/// `checkpoints/make_default.py`); HF's argmax runs over all 512 logit columns. That checkpoint
+/// `checkpoints/models/default/README.md` records HF's greedy ids for this prompt (made by
+/// `checkpoints/training/make_default.py`); HF's argmax runs over all 512 logit columns. That checkpoint
 /// is embedded as `random`.
 #[test]
 fn embedded_random_checkpoint_reproduces_hf_greedy_decode() {

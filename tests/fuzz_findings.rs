@@ -10,7 +10,7 @@ fn malformed_tokenizers_fail_without_panicking() {
     for file in ["decoder_syntax_error.json", "bad_precompiled.json"] {
         let dir = tempfile::tempdir().unwrap();
         for name in ["config.json", "model.safetensors"] {
-            std::fs::copy(root.join("checkpoints/default").join(name), dir.path().join(name)).unwrap();
+            std::fs::copy(root.join("checkpoints/models/default").join(name), dir.path().join(name)).unwrap();
         }
         std::fs::copy(root.join("fuzz/regressions/tokenizer").join(file), dir.path().join("tokenizer.json")).unwrap();
         let output = Command::new(env!("CARGO_BIN_EXE_coil")).args(["inspect", "--model", dir.path().to_str().unwrap()]).output().unwrap();

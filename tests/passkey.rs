@@ -91,7 +91,7 @@ fn sigkilled_sweep_resumes_with_every_cell_exactly_once() {
 fn same_named_checkpoints_get_distinct_labels() {
     let dir = tempfile::tempdir().unwrap();
     let coil = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_coil")).args(args).output().unwrap();
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/passkey-n16");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/models/passkey-n16");
     for run in ["runA", "runB"] {
         let folder = dir.path().join(run).join("passkey-n16");
         std::fs::create_dir_all(&folder).unwrap();

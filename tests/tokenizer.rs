@@ -120,7 +120,7 @@ fn a_tokenizer_from_elsewhere_serves_a_read_only_checkpoint_without_one() {
 fn a_tokenizer_larger_than_the_vocabulary_is_refused_by_id() {
     let dir = tempfile::tempdir().unwrap();
     let model = checkpoint_with(dir.path(), "mamba_ssm_dialect", &["config.json", "pytorch_model.bin"]);
-    let embedded_tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/passkey-n16/tokenizer.json");
+    let embedded_tokenizer = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/models/passkey-n16/tokenizer.json");
     let output = coil(
         &["run", "--model", model.to_str().unwrap(), "--tokenizer", embedded_tokenizer.to_str().unwrap(), "--prompt", "The passkey is 90210."],
         dir.path(),

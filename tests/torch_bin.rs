@@ -162,7 +162,7 @@ fn convert_keeps_narrow_dtypes_tokenizers_and_untied_heads() {
     }
     // The embedded default's folder has a tokenizer; it is copied, and the converted folder runs.
     let out = dir.path().join("default");
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/default");
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/models/default");
     let output = coil(&["convert", "--model", default.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(out.join("tokenizer.json").is_file());

@@ -15,19 +15,19 @@ macro_rules! embed {
     ($name:literal) => {
         Embedded {
             name: $name,
-            config: include_bytes!(concat!("../", $name, "/config.json")),
-            model: include_bytes!(concat!("../", $name, "/model.safetensors")),
-            tokenizer: include_bytes!(concat!("../", $name, "/tokenizer.json")),
+            config: include_bytes!(concat!("../models/", $name, "/config.json")),
+            model: include_bytes!(concat!("../models/", $name, "/model.safetensors")),
+            tokenizer: include_bytes!(concat!("../models/", $name, "/tokenizer.json")),
             training: None,
         }
     };
     ($name:literal, trained) => {
         Embedded {
             name: $name,
-            config: include_bytes!(concat!("../", $name, "/config.json")),
-            model: include_bytes!(concat!("../", $name, "/model.safetensors")),
-            tokenizer: include_bytes!(concat!("../", $name, "/tokenizer.json")),
-            training: Some(include_bytes!(concat!("../", $name, "/training.json"))),
+            config: include_bytes!(concat!("../models/", $name, "/config.json")),
+            model: include_bytes!(concat!("../models/", $name, "/model.safetensors")),
+            tokenizer: include_bytes!(concat!("../models/", $name, "/tokenizer.json")),
+            training: Some(include_bytes!(concat!("../models/", $name, "/training.json"))),
         }
     };
 }
@@ -35,9 +35,9 @@ macro_rules! embed {
 /// The checkpoint commands use without `--model`.
 pub(crate) const DEFAULT: &str = "passkey-n16";
 
-/// Every embedded checkpoint: the passkey family (trained by `checkpoints/train_passkey.py`,
+/// Every embedded checkpoint: the passkey family (trained by `checkpoints/training/train_passkey.py`,
 /// differing only in state size), and `random`, the random-weight checkpoint the HF fixtures
-/// check bit for bit (`checkpoints/default/`).
+/// check bit for bit (`checkpoints/models/default/`).
 pub(crate) const FAMILY: &[Embedded] = &[
     embed!("passkey-n16", trained),
     embed!("passkey-n4", trained),

@@ -6,7 +6,7 @@
 //! gets name `perm(i mod FILLER_NAMES)` of a seeded permutation, and the needle of depth index `d`
 //! gets `perm(NAMES - 1 - d)`, a name no filler block uses: the asked name is bound once in the
 //! whole prompt (names of the filler repeat only after 100,592 blocks, over a million tokens).
-//! `checkpoints/train_bindings.py` draws its training names from the same syllables.
+//! `checkpoints/training/train_bindings.py` draws its training names from the same syllables.
 
 use super::sweep::MAX_DEPTHS;
 

@@ -76,7 +76,7 @@ impl Template {
     /// Multi-query associative recall in the passkey's grammar: every filler block binds a fresh
     /// name to a two-digit key, the needle is one more such binding, and the question asks for
     /// its name. The state fills with bindings, so what a model recalls is set by its memory
-    /// span, not by the length. `checkpoints/train_bindings.py` trains the embedded `bindings-n*`
+    /// span, not by the length. `checkpoints/training/train_bindings.py` trains the embedded `bindings-n*`
     /// family on it.
     pub fn bindings() -> Template {
         Template {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate checkpoints/default/: Coil's tiny embedded default Mamba-2 checkpoint.
+"""Generate checkpoints/models/default/: Coil's tiny embedded default Mamba-2 checkpoint.
 
 Random (perturbed) weights in the HF dialect + a byte-level BPE tokenizer.json trained here on the
 small English text below. It is a placeholder that lets every code path run end to end until
@@ -8,7 +8,7 @@ trained checkpoints exist; its outputs are meaningless.
 Run by hand from the repository root (same venv as the fixtures):
 
     /work/venv-ref/bin/pip install -r tests/fixtures/requirements.txt
-    /work/venv-ref/bin/python checkpoints/make_default.py
+    /work/venv-ref/bin/python checkpoints/training/make_default.py
 
 Deterministic: a rerun with the same library versions rewrites identical files.
 """
@@ -26,8 +26,8 @@ import tokenizers  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import Mamba2Config, Mamba2ForCausalLM  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "checkpoints", "default")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+OUT = os.path.join(ROOT, "checkpoints", "models", "default")
 SEED = 20240531
 
 # Reuse the fixtures' weight perturbation (same distributions as tests/fixtures).
@@ -161,12 +161,12 @@ anything. Its text output is gibberish. It is a placeholder until trained checkp
   chunk {c.chunk_size}, tied embeddings, vocab_size {c.vocab_size} (tokenizer has {n_tok} entries,
   rounded up to a multiple of 16; rows past {n_tok - 1} are padding).
 - Tokenizer: byte-level BPE (`tokenizer.json`, Python `tokenizers` {tokenizers.__version__}) trained on
-  a few KB of English written in `checkpoints/make_default.py`, including the passkey template of
+  a few KB of English written in `checkpoints/training/make_default.py`, including the passkey template of
   the long-context design doc. Pre-tokenizer: Digits(individual_digits=true) then ByteLevel, so
   every digit is its own token. `<|endoftext|>` is id 0 (bos = eos = pad = 0).
-- Made by `checkpoints/make_default.py` (seed {SEED}) with torch {torch.__version__},
+- Made by `checkpoints/training/make_default.py` (seed {SEED}) with torch {torch.__version__},
   transformers {transformers.__version__}. Regenerate with
-  `/work/venv-ref/bin/python checkpoints/make_default.py`.
+  `/work/venv-ref/bin/python checkpoints/training/make_default.py`.
 - Check value: for the prompt {json.dumps(sample)} ({len(ids)} tokens), HF's last-position logits
   have max |.| {logits[-1].abs().max().item():.4f}, argmax {int(logits[-1].argmax())}; HF greedy decode
   of 8 tokens gives ids {greedy.tolist()}.

@@ -31,13 +31,13 @@ step, history) and a run resumes from it when started again with the same argume
 any point. The finished checkpoint (config, weights, tokenizer, training.json, card) is written
 when the last step is done.
 
-    python checkpoints/train_bindings.py check                 # own forward == HF's, with state carry
-    python checkpoints/train_bindings.py sample                # a training stream, decoded
-    python checkpoints/train_bindings.py train --states 4 16 --out-dir /tmp/pilot
-    python checkpoints/train_bindings.py recall DIR [DIR ...]  # python-side accuracy by lag
-    python checkpoints/train_bindings.py export RUN.progress.pt DIR  # a run in progress, to evaluate
+    python checkpoints/training/train_bindings.py check                 # own forward == HF's, with state carry
+    python checkpoints/training/train_bindings.py sample                # a training stream, decoded
+    python checkpoints/training/train_bindings.py train --states 4 16 --out-dir /tmp/pilot
+    python checkpoints/training/train_bindings.py recall DIR [DIR ...]  # python-side accuracy by lag
+    python checkpoints/training/train_bindings.py export RUN.progress.pt DIR  # a run in progress, to evaluate
 
-Pinned versions: checkpoints/requirements-train.txt. CPU, deterministic for a seed and thread count.
+Pinned versions: checkpoints/training/requirements-train.txt. CPU, deterministic for a seed and thread count.
 """
 
 import argparse
@@ -59,7 +59,7 @@ import tokenizers  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import Mamba2Config, Mamba2ForCausalLM  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 # The evaluator's `bindings` template (eval/src/passkey/template.rs), verbatim.
 PREFIX = "Each name has a passkey. Remember them all.\n"
@@ -537,7 +537,7 @@ def main():
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=16)
-    ap.add_argument("--out-dir", default=os.path.join(ROOT, "checkpoints"))
+    ap.add_argument("--out-dir", default=os.path.join(ROOT, "checkpoints", "models"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=int, default=200)

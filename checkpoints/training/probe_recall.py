@@ -6,7 +6,7 @@ train_passkey.py's recall haystack:
               the 48 nouns of recipe 3 for its checkpoints, the 16 of recipes 1-2 otherwise)
   facts:      "NAME has NN THINGS." with 35% new (re)bindings (2-digit numbers: ~4.5 = no recall)
 A model that writes the haystack into its state has a lower loss on re-statements than on first
-mentions, rising with lag. Usage: python checkpoints/probe_recall.py DIR [DIR ...]
+mentions, rising with lag. Usage: python checkpoints/training/probe_recall.py DIR [DIR ...]
 """
 import json
 import os

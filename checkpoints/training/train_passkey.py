@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train Coil's family of small passkey checkpoints (checkpoints/passkey-n<N>/).
+"""Train Coil's family of small passkey checkpoints (checkpoints/models/passkey-n<N>/).
 
 A family of tiny HF `Mamba2ForCausalLM` models trained from scratch that differ ONLY in
 `state_size` (N), all at one training length, on passkey documents laid out with exactly the
@@ -13,7 +13,7 @@ document rewards writing the haystack into the state (competing with the key for
 numbers have 1-2 digits, never 5. Loss = mean LM loss over the document + mean loss over the
 answer tokens (the answer is ~1% of the tokens; the second term makes retrieval learn quickly).
 
-Pinned versions (checkpoints/requirements-train.txt): torch 2.15 (CPU), transformers 5.24,
+Pinned versions (checkpoints/training/requirements-train.txt): torch 2.15 (CPU), transformers 5.24,
 tokenizers, safetensors, numpy; `mamba_ssm` must NOT be importable (HF then runs its pure-torch
 Mamba-2 path, the one this was trained with). Uses CUDA when present (results then differ in the
 last bits). Deterministic on CPU for a given seed and thread count (--threads, default 1). Each
@@ -21,11 +21,11 @@ model depends only on its own state size and the seed, not on the other models t
 same run, so the family can be trained in parallel processes; the shipped family was made with
 two processes of one thread each on a 2-core CPU:
 
-    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 32 8 &
-    nice -n 10 /work/venv-ref/bin/python checkpoints/train_passkey.py train --states 16 4 &
+    nice -n 10 /work/venv-ref/bin/python checkpoints/training/train_passkey.py train --states 32 8 &
+    nice -n 10 /work/venv-ref/bin/python checkpoints/training/train_passkey.py train --states 16 4 &
     wait
     cargo build --release
-    /work/venv-ref/bin/python checkpoints/train_passkey.py measure --states 4 8 16 32
+    /work/venv-ref/bin/python checkpoints/training/train_passkey.py measure --states 4 8 16 32
 
 `measure` runs `target/release/coil passkey` (or `--coil BIN`) at the training length with 40
 depths on each checkpoint and records the accuracy in its training.json and README.md.
@@ -45,13 +45,13 @@ bindings over 48 nouns (MORE_NOUNS join the tokenizer's corpus for it), with one
 with larger N, yet the key's retention past the training length still did not grow with N (the
 cards have the numbers). Run F of the cards:
 
-    nice -n 5 python checkpoints/train_passkey.py train --states 4 --haystack attr --p-recall 0.5 \
+    nice -n 5 python checkpoints/training/train_passkey.py train --states 4 --haystack attr --p-recall 0.5 \
         --paper-frac 0.05 --head-dim 128 --steps 2500 --curriculum 256:0.3,512:0.7 \
         --recall-weight 1.0 --out-dir /tmp/i6/F
 
 Pilots write elsewhere with --out-dir; `sample` prints two training documents. E.g. run D:
 
-    nice -n 19 python checkpoints/train_passkey.py train --states 4 8 --haystack recall \
+    nice -n 19 python checkpoints/training/train_passkey.py train --states 4 8 --haystack recall \
         --train-length 1024 --steps 1600 --batch 4 --curriculum 128:0.35,256:0.15,512:0.15,1024:0.35 \
         --head-dim 16 --out-dir /tmp/i6/fD
 """
@@ -74,8 +74,8 @@ import tokenizers  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import Mamba2Config, Mamba2ForCausalLM  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CKPT = os.path.join(ROOT, "checkpoints")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+CKPT = os.path.join(ROOT, "checkpoints", "models")
 OUT_DIR = CKPT  # --out-dir
 
 # Paper template (eval/src/passkey/template.rs `Template::paper`), verbatim.
@@ -478,8 +478,8 @@ def write_info(out, info):
     acc_s = "not measured yet (run `train_passkey.py measure`)" if acc is None else f"{acc * 100:.1f}%"
     card = f"""# {info['name']}: a tiny Mamba-2 trained for passkey retrieval
 
-One of Coil's family of small passkey checkpoints (`checkpoints/passkey-n*`), which differ only in
-`state_size`. Trained from scratch by `checkpoints/train_passkey.py` (seed {info['seed']}).
+One of Coil's family of small passkey checkpoints (`checkpoints/models/passkey-n*`), which differ only in
+`state_size`. Trained from scratch by `checkpoints/training/train_passkey.py` (seed {info['seed']}).
 
 - Architecture: Mamba-2, HF dialect, float32, {info['parameters']} parameters: hidden {info['hidden_size']},
   {info['num_hidden_layers']} layers, {info['num_heads']} heads x head_dim {info['head_dim']}, state_size **{info['state_size']}**,
