@@ -21,7 +21,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let tokens = calibration_tokens(&loaded, args.text_file.as_ref(), length)?;
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let started = std::time::Instant::now();
-    let thresholds = calibrate(&loaded.model(), &plan, &tokens, args.factor)?;
+    let thresholds = calibrate(loaded.model(), &plan, &tokens, args.factor)?;
     // A factor so small (or large) that a threshold rounds to 0 or infinity: state-norm refuses
     // such a file, so refuse to write it.
     if let Some((l, h)) = thresholds.iter().enumerate().find_map(|(l, t)| t.iter().position(|&v| !(v > 0.0 && v.is_finite())).map(|h| (l, h))) {

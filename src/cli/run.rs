@@ -105,7 +105,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         session.state().save(path)?;
         eprintln!("state after {} tokens saved to {}", session.position(), path.display());
     }
-    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model()])
+    super::write_device_stats(args.device_stats.as_deref(), &[loaded.model()])
 }
 
 fn sampling_config(args: &SamplingArgs) -> Result<SamplingConfig> {

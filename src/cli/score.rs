@@ -189,7 +189,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         }
     }
     out.flush()?;
-    super::write_device_stats(args.device_stats.as_deref(), &[&loaded.model()])
+    super::write_device_stats(args.device_stats.as_deref(), &[loaded.model()])
 }
 
 /// Whether `path` is this process's standard output (`/dev/stdout`, `/proc/self/fd/1`, or the

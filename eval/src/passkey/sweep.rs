@@ -1,7 +1,8 @@
 //! Running a sweep: cells grouped by (arm, length); in each group one streamed state runs the
 //! shared filler once and forks at every needle (depths sorted), so n depths cost the shared pass
-//! plus n tails instead of n whole prompts. With `batch_forks` the tails run together: every
-//! stream reads the same filler blocks, so all of them advance in one batched call per piece.
+//! plus n tails instead of n whole prompts ([`run_group`]). With `batch_forks` the tails run
+//! together: every stream reads the same filler blocks, so all of them advance in one batched
+//! call per piece.
 
 use std::time::Instant;
 
@@ -153,8 +154,7 @@ pub fn run_sweep<S: Subject>(
             continue;
         }
         let template = &templates[s];
-        let run = if config.batch_forks { run_group_batched::<S, _> } else { run_group::<S, _> };
-        let group = run(subject, template, config, length, &pending, &mut |record, tokens| {
+        let group = run_group(subject, template, config, length, &pending, &mut |record, tokens| {
             results.append(&record)?;
             summary.tokens_processed += tokens;
             summary.cells_run += 1;
@@ -239,50 +239,14 @@ fn answer_cell<S: Subject>(subject: &S, config: &SweepConfig, length: usize, cel
     Ok((record, answer.len() as u64))
 }
 
-/// One (arm, length): the shared pass with a fork at each pending depth's needle, each fork
-/// running its tail and answer before the shared pass goes on.
+/// One (arm, length): the shared pass, forked at each pending depth's needle (depths in order
+/// of position). One after another (`batch_forks` off), each fork runs its tail and answers
+/// before the shared pass goes on. In step (on), the shared pass and every fork made so far read
+/// each filler piece together ([`Subject::feed_all`]): a fork has read exactly the filler the
+/// shared pass read since its needle, so when the filler ends every fork has read its tail, and
+/// all answer then. Time is charged so that a group's cells add up to its wall time: the shared
+/// pass's to the next cell it forks, a piece read in step evenly to its streams.
 fn run_group<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
-    subject: &S,
-    template: &TokenizedTemplate,
-    config: &SweepConfig,
-    length: usize,
-    pending: &[usize],
-    finished: &mut F,
-) -> Result<GroupCost, EvalError> {
-    let cells = cells_of(subject, template, config, length, pending)?;
-
-    // The shared pass's time is charged to the cell whose needle it ran up to, so a group's
-    // cells add up to its wall time.
-    let mut shared_started = Instant::now();
-    let mut shared = subject.start()?;
-    subject.feed(&mut shared, &template.prefix)?;
-    let mut shared_tokens = template.prefix.len() as u64;
-    let mut blocks_fed = 0;
-    let mut unshared_tokens = 0u64;
-
-    for cell in &cells {
-        shared_tokens += feed_filler(subject, &mut [&mut shared], template, blocks_fed, cell.needle_block)?;
-        blocks_fed = cell.needle_block;
-        let shared_seconds = shared_started.elapsed().as_secs_f64();
-
-        let cell_started = Instant::now();
-        let mut fork = subject.fork(&shared);
-        subject.feed(&mut fork, &cell.needle)?;
-        let tokens = cell.needle.len() as u64 + feed_filler(subject, &mut [&mut fork], template, cell.needle_block, cell.filler_blocks)?;
-        let seconds = shared_seconds + cell_started.elapsed().as_secs_f64();
-        let (record, generated) = answer_cell(subject, config, length, cell, &mut fork, seconds)?;
-        unshared_tokens += record.tokens as u64 + generated;
-        finished(record, tokens + cell.suffix.len() as u64 + generated)?;
-        shared_started = Instant::now();
-    }
-    Ok(GroupCost { shared_tokens, unshared_tokens })
-}
-
-/// [`run_group`] with the streams in step: the shared pass and every fork made so far read
-/// each filler piece together ([`Subject::feed_all`]). A fork has read exactly the filler the
-/// shared pass read since its needle, so when the filler ends every fork has read its whole tail. The group's time is shared evenly among the streams of
-/// each call, the shared pass's part going to the next cell it forks.
-fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalError>>(
     subject: &S,
     template: &TokenizedTemplate,
     config: &SweepConfig,
@@ -296,45 +260,54 @@ fn run_group_batched<S: Subject, F: FnMut(CellRecord, u64) -> Result<(), EvalErr
     subject.feed(&mut shared, &template.prefix)?;
     let mut shared_seconds = started.elapsed().as_secs_f64();
     let mut shared_tokens = template.prefix.len() as u64;
-    // (stream, seconds charged to it, tokens it read after forking)
-    let mut forks: Vec<(S::State, f64, u64)> = Vec::with_capacity(cells.len());
+    let mut unshared_tokens = 0u64;
+    // In step: (the cell, its stream, seconds charged to it, tokens it read after forking).
+    let mut forks: Vec<(&Prompt, S::State, f64, u64)> = Vec::new();
     let mut blocks_fed = 0;
 
-    // Feeds blocks `from..to` to the forks (and the shared pass while it is still needed).
-    let advance = |shared: Option<&mut S::State>, forks: &mut Vec<(S::State, f64, u64)>, shared_seconds: &mut f64, from: usize, to: usize| -> Result<u64, EvalError> {
+    // Feeds blocks `from..to` to the shared pass (while it is needed) and the forks in step.
+    let advance = |shared: Option<&mut S::State>, forks: &mut Vec<(&Prompt, S::State, f64, u64)>, shared_seconds: &mut f64, from: usize, to: usize| -> Result<u64, EvalError> {
         let started = Instant::now();
         let with_shared = shared.is_some();
-        let mut streams: Vec<&mut S::State> = shared.into_iter().chain(forks.iter_mut().map(|f| &mut f.0)).collect();
+        let mut streams: Vec<&mut S::State> = shared.into_iter().chain(forks.iter_mut().map(|f| &mut f.1)).collect();
         let tokens = feed_filler(subject, &mut streams, template, from, to)?;
         let share = started.elapsed().as_secs_f64() / streams.len().max(1) as f64;
         for fork in forks.iter_mut() {
-            fork.1 += share;
-            fork.2 += tokens;
+            fork.2 += share;
+            fork.3 += tokens;
         }
         if with_shared {
             *shared_seconds += share;
         }
         Ok(tokens)
     };
+    // Answers a fork that has read its whole prompt but the question.
+    let mut answer = |cell: &Prompt, mut stream: S::State, seconds: f64, tokens: u64, unshared: &mut u64| -> Result<(), EvalError> {
+        let (record, generated) = answer_cell(subject, config, length, cell, &mut stream, seconds)?;
+        *unshared += record.tokens as u64 + generated;
+        finished(record, tokens + cell.suffix.len() as u64 + generated)
+    };
     for cell in &cells {
         shared_tokens += advance(Some(&mut shared), &mut forks, &mut shared_seconds, blocks_fed, cell.needle_block)?;
         blocks_fed = cell.needle_block;
-        let needle_started = Instant::now();
+        let fork_started = Instant::now();
         let mut fork = subject.fork(&shared);
         subject.feed(&mut fork, &cell.needle)?;
-        forks.push((fork, std::mem::take(&mut shared_seconds) + needle_started.elapsed().as_secs_f64(), cell.needle.len() as u64));
+        let mut tokens = cell.needle.len() as u64;
+        if config.batch_forks {
+            forks.push((cell, fork, std::mem::take(&mut shared_seconds) + fork_started.elapsed().as_secs_f64(), tokens));
+        } else {
+            tokens += feed_filler(subject, &mut [&mut fork], template, cell.needle_block, cell.filler_blocks)?;
+            let seconds = std::mem::take(&mut shared_seconds) + fork_started.elapsed().as_secs_f64();
+            answer(cell, fork, seconds, tokens, &mut unshared_tokens)?;
+        }
     }
     drop(shared);
-    // Every depth of a length has the same filler.
+    // Every depth of a length has the same filler: the forks in step read its rest together.
     let blocks = cells.first().map_or(0, |c| c.filler_blocks);
     advance(None, &mut forks, &mut shared_seconds, blocks_fed, blocks)?;
-
-    let mut unshared_tokens = 0;
-    for (cell, (mut stream, seconds, tokens)) in cells.iter().zip(forks) {
-        debug_assert_eq!(cell.filler_blocks, blocks);
-        let (record, generated) = answer_cell(subject, config, length, cell, &mut stream, seconds)?;
-        unshared_tokens += record.tokens as u64 + generated;
-        finished(record, tokens + cell.suffix.len() as u64 + generated)?;
+    for (cell, stream, seconds, tokens) in forks {
+        answer(cell, stream, seconds, tokens, &mut unshared_tokens)?;
     }
     Ok(GroupCost { shared_tokens, unshared_tokens })
 }
