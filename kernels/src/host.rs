@@ -8,10 +8,8 @@ use bytemuck::Pod;
 
 /// A fixed-length array in host memory. From [`HUGE_MIN_BYTES`] up it lives in a mapping of its
 /// own, aligned to 2 MB and (on Linux) advised into transparent huge pages, so a pass over it
-/// walks one TLB entry per 2 MB instead of one per 4 KB page. Smaller arrays stay on the heap.
-///
-/// Measured on a 2-core Xeon (Linux 6.18, THP in `madvise` mode): streaming 512 MB read 24 GB/s
-/// from 4 KB pages and 28 GB/s from huge pages, with two threads; 13.5 and 15.5 with one.
+/// walks one TLB entry per 2 MB instead of one per 4 KB page (about 15% more read bandwidth:
+/// docs/performance.md). Smaller arrays stay on the heap.
 pub struct HostArray<T: Pod> {
     repr: Repr<T>,
 }

@@ -181,10 +181,8 @@ fn linear_gemm<W: Weight>(
 }
 
 /// Most weight values widened to f32 at once for a GEMM (16 MB of f32: one block for each of
-/// 130m's projections, two for 370m's in_proj, several for the lm_head when every row's logits
-/// are asked): each block costs the GEMM one more packing of the input and a narrower product.
-/// At 4 MB, 130m's in_proj took three blocks, and a bf16 prefill of 2048 tokens ran at 374 tok/s
-/// (median of four alternating runs) against 446 at 16 MB.
+/// 130m's projections): each block costs the GEMM one more packing of the input and a narrower
+/// product, so fewer, larger blocks are faster (docs/performance.md).
 const WIDEN_MAX_VALUES: usize = 1 << 22;
 
 /// Rows at or below which `linear` runs as dot products (decode): a GEMM's packing costs more

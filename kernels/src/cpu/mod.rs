@@ -109,15 +109,11 @@ impl Backend for Cpu {
 /// microseconds, more than tiny work takes.
 pub(crate) const PARALLEL_MIN_WORK: usize = 1 << 15;
 
-/// Decay factors below this (2⁻⁶⁴) are taken as zero by the scan and the step. A strongly
-/// decaying head (`dt·A` of -2 per token is common) takes a factor into the subnormal range
-/// within one chunk, and x86 cores run every product with a subnormal operand or result through
-/// a microcode assist, a hundred cycles or more: on mamba2-130m with random weights a prefill
-/// ran at 480 tok/s with them and 780 without (2 threads, AVX-512). A term decayed this much
-/// sits 2⁻⁴⁰ below the f32 resolution of the undecayed term of the same sum (a token's own
-/// input, factor 1), so dropping it changes nothing representable unless inputs differ in size
-/// by 2⁴⁰; and every scaled input (`x dt` times a factor) stays clear of the subnormals while
-/// `|x dt|` is above 2⁻⁶². A NaN factor stays NaN.
+/// Decay factors below this (2⁻⁶⁴) are taken as zero by the scan and the step: a strongly
+/// decaying head reaches subnormal factors within a chunk, and x86 cores run products with
+/// subnormals through a slow microcode assist (docs/performance.md has what it cost). Such a term
+/// sits 2⁻⁴⁰ below the f32 resolution of the same sum's undecayed term, so dropping it changes
+/// nothing representable. A NaN factor stays NaN.
 pub(crate) const NEGLIGIBLE_DECAY: f32 = f32::from_bits(63 << 23); // 2⁻⁶⁴: biased exponent 63
 
 /// `exp(log_decay)`, or zero below [`NEGLIGIBLE_DECAY`].

@@ -400,12 +400,9 @@ pub(crate) fn gate(y: &[f32], z: &[f32], out: &mut [f32]) {
 }
 
 /// How far ahead of its loads [`Isa::dot`] asks for the weight it streams, and
-/// [`Isa::update_row`] for the state. Decode reads every weight and every state value once per
-/// token from memory; the hardware prefetchers alone left a 2-core Xeon (AVX-512) at 12-14 GB/s
-/// on a decode's bf16 products and 18 GB/s on its f32 ones; asking 4 KB ahead, 19-21 and 20-23
-/// (24 layers' in_proj and out_proj plus the lm_head in turn, medians of 15 passes). The state
-/// update (130m: 19 MB read and written per token) went from 2.2-3.1 to 1.5-2.0 ms per token
-/// there (`decode_budget`, six alternating runs).
+/// [`Isa::update_row`] for the state: decode reads every weight and state value once per token
+/// from memory, and the hardware prefetchers alone fall well short of the bandwidth
+/// (docs/performance.md has the measurements behind 4 KB).
 pub(crate) const PREFETCH_BYTES: usize = 4096;
 
 /// Cache lines a batched product's register tile asks for while it runs, one per step of its
