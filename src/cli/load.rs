@@ -21,7 +21,14 @@ pub fn source_of(model: Option<&std::path::Path>) -> Source {
     }
 }
 
+/// The checkpoint `args` name, on the device they name.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
+    let backend = coil::open_device(args.device).with_context(|| format!("--device {}", args.device))?;
+    load_on(args, backend)
+}
+
+/// [`load`] onto a device already open (a sweep puts every checkpoint on one).
+pub fn load_on(args: &ModelArgs, backend: Arc<dyn coil::Backend>) -> Result<Loaded> {
     if let Some(threads) = args.threads {
         if threads == 0 || threads > MAX_THREADS {
             bail!("--threads must be from 1 to {MAX_THREADS}, not {threads}");
@@ -52,17 +59,5 @@ pub fn load(args: &ModelArgs) -> Result<Loaded> {
         (None, Some(w)) => format!("--weights {w}"),
         (None, None) => format!("cannot load the checkpoint {source}"),
     };
-    Loaded::from_checkpoint_with(checkpoint, backend(args.device)?, &options).with_context(|| what)
-}
-
-/// The backend of `device`, opened once per process (a sweep loads several models onto it).
-fn backend(device: coil::Device) -> Result<Arc<dyn coil::Backend>> {
-    static OPENED: std::sync::Mutex<Vec<(coil::Device, Arc<dyn coil::Backend>)>> = std::sync::Mutex::new(Vec::new());
-    let mut opened = OPENED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, backend)) = opened.iter().find(|(d, _)| *d == device) {
-        return Ok(backend.clone());
-    }
-    let backend = coil::open_device(device).with_context(|| format!("--device {device}"))?;
-    opened.push((device, backend.clone()));
-    Ok(backend)
+    Loaded::from_checkpoint_with(checkpoint, backend, &options).with_context(|| what)
 }

@@ -8,7 +8,7 @@ use coil::passkey::{
 };
 
 use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
-use super::load::load;
+use super::load::load_on;
 use super::progress::Progress;
 
 /// The name each swept model goes by in the results (and what a resumed sweep matches cells on):
@@ -79,6 +79,8 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         args.models.iter().cloned().map(Some).collect()
     };
 
+    // One device for every checkpoint of the sweep.
+    let backend = coil::open_device(args.device).with_context(|| format!("--device {}", args.device))?;
     let mut models = Vec::new();
     for (i, dir) in sources.iter().enumerate() {
         let model_args = ModelArgs {
@@ -90,7 +92,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             device: args.device,
             weights: args.weights,
         };
-        models.push(load(&model_args)?);
+        models.push(load_on(&model_args, backend.clone())?);
     }
     let names = labels(&models.iter().map(|m| m.source()).collect::<Vec<_>>())?;
     let ran: Vec<std::sync::Arc<coil::Model>> = models.iter().map(|m| m.model().clone()).collect();
