@@ -46,6 +46,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -164,6 +165,16 @@ class Streams:
             self.cache[s] = ids
         return ids
 
+    def fill(self, template, name, key=""):
+        """`template` with its name and key, in tokens: the fixed pieces and " NAME" / " KEY" each
+        tokenized once and concatenated, which the byte-level pre-tokenizer makes equal to
+        tokenizing the whole text (checked for 20,000 draws), without caching every binding."""
+        ids = []
+        for piece in re.split(r"( \{name\}| \{key\})", template):
+            if piece:
+                ids += self.enc(piece.replace("{name}", name).replace("{key}", key))
+        return ids
+
     def stream(self, rng, length, max_lag=None):
         """(ids[length + 1], answer mask[length]) where mask[j] marks target ids[j + 1] as a key
         token of an answered question. Questions go back at most `max_lag` bindings (a
@@ -175,7 +186,7 @@ class Streams:
                 reach = len(bound) if max_lag is None else min(len(bound), max_lag)
                 lag = int(math.exp(rng.uniform(0.0, math.log(reach + 1))))
                 name, key = bound[max(0, len(bound) - lag)]
-                q = self.enc(QUESTION.format(name=name))
+                q = self.fill(QUESTION, name)
                 a = self.enc(" " + key)
                 ids += q + a + self.newline_end
                 mask += [0] * len(q) + [1] * len(a) + [0] * len(self.newline_end)
@@ -187,7 +198,7 @@ class Streams:
                 used.add(n)
                 name, key = name_of(n), f"{rng.randrange(10 ** KEY_DIGITS):0{KEY_DIGITS}d}"
                 bound.append((name, key))
-                block = self.enc(BLOCK.format(name=name, key=key))
+                block = self.fill(BLOCK, name, key)
                 ids += block
                 mask += [0] * len(block)
         # mask[j] marked the token ids[j]; targets are ids[1:].
@@ -444,7 +455,7 @@ def recall_by_lag(model, tok, streams_seed, n=16, length=4096):
             if bound and rng.random() < 0.1:
                 lag = int(math.exp(rng.uniform(0.0, math.log(len(bound) + 1))))
                 name, key = bound[max(0, len(bound) - lag)]
-                ids += streams.enc(QUESTION.format(name=name))
+                ids += streams.fill(QUESTION, name)
                 a = streams.enc(" " + key)
                 marks.append((len(ids), a, min(len(bound), lag)))
                 ids += a + streams.newline_end
@@ -455,7 +466,7 @@ def recall_by_lag(model, tok, streams_seed, n=16, length=4096):
                         break
                 used.add(k)
                 bound.append((name_of(k), f"{rng.randrange(10 ** KEY_DIGITS):0{KEY_DIGITS}d}"))
-                ids += streams.enc(BLOCK.format(name=bound[-1][0], key=bound[-1][1]))
+                ids += streams.fill(BLOCK, bound[-1][0], bound[-1][1])
         logits, _ = forward(model, torch.tensor([ids]), zero_state(model, 1))
         pred = logits[0].argmax(-1)
         for pos, a, lag in marks:
