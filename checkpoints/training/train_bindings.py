@@ -17,19 +17,36 @@ right answer.
 Training is truncated backpropagation through time (the paper's method for long training): a batch
 of streams is cut into segments of `--segment` tokens, one optimizer step per segment, the state
 (conv and SSM) carried from segment to segment without gradient. Streams run `--doc-segments`
-segments (a curriculum may grow that), so the model trains at lengths far past any small state's
-span: what it can recall is limited by its state, not by the training length. Loss = mean loss
-on the answered keys + `--lm-weight` x mean LM loss. No weight decay on A_log, dt_bias, D and the
-norms (torch's AdamW ignores mamba_ssm's `_no_weight_decay` flag, so we pass groups).
+segments (2,048 tokens by default), so the model trains at lengths past any small state's span:
+what it can recall is limited by its state, not by the training length. Questions reach back at
+most 4 bindings at first and twice as far every 1/8 of the first `--lag-curriculum` of the steps
+(small states find the mechanism on short lags first). Loss = mean loss on the answered keys +
+`--lm-weight` x mean LM loss. No weight decay on A_log, dt_bias, D and the norms (torch's AdamW
+ignores mamba_ssm's `_no_weight_decay` flag, so we pass groups).
 
 The model is HF's `Mamba2ForCausalLM` (its parameters, its initialisation, its `save_pretrained`),
 run by `forward` below: the same maths as HF's pure-torch path (`check` compares the two) plus an
 incoming and outgoing state, which HF's chunked path does not take.
 
-Progress is saved every `--save-every` steps to OUT/<name>/progress.pt (model, optimizer, data RNG,
-step, history) and a run resumes from it when started again with the same arguments: stop it at
-any point. The finished checkpoint (config, weights, tokenizer, training.json, card) is written
-when the last step is done.
+Progress is saved every `--save-every` steps to PROGRESS_DIR/<name>.progress.pt (model, optimizer,
+data RNG, step, history; PROGRESS_DIR defaults to the checkpoint's folder) and a run resumes from it
+when started again with the same arguments (`--steps` may grow): stop it at any point, resumed runs
+are bitwise those that never stopped. The finished checkpoint (config, weights, tokenizer,
+training.json) is written when the last step is done.
+
+The family (d_state 8..128; started 2026-12-07, one process of one thread each, nice'd):
+
+    for n in 8 16 32 64 128; do
+        nice -n 15 python checkpoints/training/train_bindings.py train --states $n --steps 8000 \
+            --out-dir checkpoints --progress-dir checkpoints/training-progress &
+    done
+
+(The out-dir `checkpoints` is where the runs started before the models moved to
+checkpoints/models/: move the finished folders there.) The collapse pilot (a state oversized for
+a short training length: N 128 at 256 tokens, no state carried):
+
+    python checkpoints/training/train_bindings.py train --prefix collapse --states 128 --steps 2000 \
+        --doc-segments 1 --segment 256 --lag-curriculum 0 --out-dir /tmp/collapse1
 
     python checkpoints/training/train_bindings.py check                 # own forward == HF's, with state carry
     python checkpoints/training/train_bindings.py sample                # a training stream, decoded
