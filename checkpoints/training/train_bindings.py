@@ -30,8 +30,9 @@ incoming and outgoing state, which HF's chunked path does not take.
 
 Progress is saved every `--save-every` steps to PROGRESS_DIR/<name>.progress.pt (model, optimizer,
 data RNG, step, history; PROGRESS_DIR defaults to the checkpoint's folder) and a run resumes from it
-when started again with the same arguments (`--steps` may grow): stop it at any point, resumed runs
-are bitwise those that never stopped. The finished checkpoint (config, weights, tokenizer,
+when started again with the same arguments: stop it at any point, a resumed run is bitwise the
+one that never stopped (checked: 8 steps straight against 4, stop, 4 more). `--steps` may grow
+(the learning rate is constant until 80% of it, then a cosine). The finished checkpoint (config, weights, tokenizer,
 training.json) is written when the last step is done.
 
 The family (d_state 8..128; started 2026-12-07, one process of one thread each, nice'd):
