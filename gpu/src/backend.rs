@@ -96,15 +96,35 @@ pub(crate) struct RowBlock {
     pub(crate) rows: usize,
 }
 
-/// The per-head parameters and per-token inputs of a scan, as device buffers and their lengths.
+/// Values in a device buffer: `len` of them from `offset`.
+pub(crate) struct Placed {
+    pub handle: Handle,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Placed {
+    /// A whole buffer of `len` values.
+    pub fn whole(handle: Handle, len: usize) -> Placed {
+        Placed { handle, offset: 0, len }
+    }
+
+    /// The kernel argument: the buffer as far as these values reach.
+    fn arg<R: Runtime>(&self) -> ArrayArg<R> {
+        // SAFETY: the buffer holds `offset + len` values (a view lies inside its buffer).
+        unsafe { ArrayArg::from_raw_parts(self.handle.clone(), self.offset + self.len) }
+    }
+}
+
+/// The per-head parameters and per-token inputs of a scan, where they are on the device.
 pub(crate) struct ScanArgs {
-    pub x: (Handle, usize),
-    pub dt: (Handle, usize),
-    pub a: (Handle, usize),
-    pub offset: (Handle, usize),
-    pub b: (Handle, usize),
-    pub c: (Handle, usize),
-    pub d: (Handle, usize),
+    pub x: Placed,
+    pub dt: Placed,
+    pub a: Placed,
+    pub offset: Placed,
+    pub b: Placed,
+    pub c: Placed,
+    pub d: Placed,
 }
 
 impl<R: Runtime> Gpu<R> {
@@ -497,11 +517,11 @@ impl<R: Runtime> Core<R> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv(
         &self,
-        x: &Handle,
+        (x, x_offset): (&Handle, usize),
         (state, state_offset): (&Handle, usize),
         weight: &Handle,
         bias: Option<&Handle>,
-        y: &Handle,
+        (y, y_offset): (&Handle, usize),
         tokens: usize,
         channels: usize,
         taps: usize,
@@ -518,11 +538,13 @@ impl<R: Runtime> Core<R> {
                 &self.client,
                 Self::grid((tokens * channels).div_ceil(threads as usize)),
                 CubeDim::new_1d(threads),
-                ArrayArg::from_raw_parts(x.clone(), tokens * channels),
+                ArrayArg::from_raw_parts(x.clone(), x_offset + tokens * channels),
                 ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
                 ArrayArg::from_raw_parts(weight.clone(), channels * taps),
                 ArrayArg::from_raw_parts(bias.unwrap_or(&none).clone(), channels),
-                ArrayArg::from_raw_parts(y.clone(), tokens * channels),
+                ArrayArg::from_raw_parts(y.clone(), y_offset + tokens * channels),
+                x_offset as u32,
+                y_offset as u32,
                 state_offset as u32,
                 tokens as u32,
                 channels as u32,
@@ -533,9 +555,10 @@ impl<R: Runtime> Core<R> {
                 &self.client,
                 Self::grid((channels * taps).div_ceil(threads as usize)),
                 CubeDim::new_1d(threads),
-                ArrayArg::from_raw_parts(x.clone(), tokens * channels),
+                ArrayArg::from_raw_parts(x.clone(), x_offset + tokens * channels),
                 ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
                 ArrayArg::from_raw_parts(new_state.clone(), channels * taps),
+                x_offset as u32,
                 state_offset as u32,
                 tokens as u32,
                 channels as u32,
@@ -547,11 +570,11 @@ impl<R: Runtime> Core<R> {
 
     /// The selective scan over `tokens` from `state` (`[H, P, N]` from `state_offset`), updated
     /// in place.
-    pub(crate) fn scan(&self, shape: SsmShape, args: &ScanArgs, (state, state_offset): (&Handle, usize), y: &Handle, tokens: usize) {
+    pub(crate) fn scan(&self, shape: SsmShape, args: &ScanArgs, (state, state_offset): (&Handle, usize), (y, y_offset): (&Handle, usize), tokens: usize) {
         if self.failed() || tokens == 0 {
             return;
         }
-        let arg = |(handle, len): &(Handle, usize)| unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) };
+        let arg = |placed: &Placed| placed.arg::<R>();
         let block = (shape.head_dim as u32).clamp(1, 128);
         self.launched(1);
         unsafe {
@@ -567,14 +590,19 @@ impl<R: Runtime> Core<R> {
                 arg(&args.c),
                 arg(&args.d),
                 ArrayArg::from_raw_parts(state.clone(), state_offset + shape.state_len()),
-                ArrayArg::from_raw_parts(y.clone(), tokens * shape.inner()),
+                ArrayArg::from_raw_parts(y.clone(), y_offset + tokens * shape.inner()),
+                args.x.offset as u32,
+                args.dt.offset as u32,
+                args.b.offset as u32,
+                args.c.offset as u32,
+                y_offset as u32,
                 state_offset as u32,
                 tokens as u32,
                 shape.heads as u32,
                 shape.head_dim as u32,
                 shape.groups as u32,
                 shape.d_state as u32,
-                args.d.1 != shape.heads,
+                args.d.len != shape.heads,
                 self.unroll,
             );
         }
@@ -647,7 +675,7 @@ impl<R: Runtime> Backend for Gpu<R> {
             let x = core.upload("the conv's input", xbc);
             let state = core.upload("the conv state", conv_state);
             let y = core.alloc("the conv's output", xbc.len());
-            core.conv(&x, (&state, 0), &w, b.as_ref(), &y, tokens, channels, taps);
+            core.conv((&x, 0), (&state, 0), &w, b.as_ref(), (&y, 0), tokens, channels, taps);
             let what = format!("the causal conv over {tokens} tokens of {channels} channels");
             core.read(&what, &y, 0, out);
             core.read(&what, &state, 0, conv_state);
@@ -665,7 +693,7 @@ impl<R: Runtime> Backend for Gpu<R> {
         while start < tokens {
             let end = tokens.min(start + block);
             let inputs = inputs.slice(&shape, start..end);
-            let up = |what: &str, values: &[f32]| (core.upload(&format!("the scan's {what}"), values), values.len());
+            let up = |what: &str, values: &[f32]| Placed::whole(core.upload(&format!("the scan's {what}"), values), values.len());
             let args = ScanArgs {
                 x: up("x", inputs.x),
                 dt: up("dt", inputs.dt),
@@ -678,7 +706,7 @@ impl<R: Runtime> Backend for Gpu<R> {
             let state_handle = core.upload("the ssm state", state);
             let y = &mut y[start * shape.inner()..end * shape.inner()];
             let y_handle = core.alloc("the scan's output", y.len());
-            core.scan(shape, &args, (&state_handle, 0), &y_handle, end - start);
+            core.scan(shape, &args, (&state_handle, 0), (&y_handle, 0), end - start);
             let what = format!("the selective scan over {} tokens", end - start);
             core.read(&what, &y_handle, 0, y);
             core.read(&what, &state_handle, 0, state);

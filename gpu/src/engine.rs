@@ -17,7 +17,7 @@ use coil_kernels::{
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::backend::{Core, RowBlock, ScanArgs};
+use crate::backend::{Core, Placed, RowBlock, ScanArgs};
 use crate::kernels;
 
 /// A buffer on the device.
@@ -152,12 +152,22 @@ impl<R: Runtime> GpuEngine<R> {
 
     /// `view` to update in place where it lives.
     fn in_place(&self, view: &ViewMut, what: &str) -> InPlace {
+        self.addressed(view, what, true)
+    }
+
+    /// `view` to write where it lives, at its offset, for a kernel that addresses offsets (its
+    /// old values are not needed).
+    fn output_at(&self, view: &ViewMut, what: &str) -> InPlace {
+        self.addressed(view, what, false)
+    }
+
+    fn addressed(&self, view: &ViewMut, what: &str, read_first: bool) -> InPlace {
         if let ViewMut::Device(device) = view {
             if let Some(array) = self.ours(device) {
                 return InPlace { handle: array.handle.clone(), offset: device.offset, host: None };
             }
         }
-        let target = self.target(view, what, true);
+        let target = self.target(view, what, read_first);
         InPlace { handle: target.handle().clone(), offset: 0, host: Some(target) }
     }
 
@@ -225,7 +235,12 @@ impl<R: Runtime> GpuEngine<R> {
 
     /// The scan's device arguments for `inputs` and `recurrence`.
     fn scan_args(&self, recurrence: RecurrenceViews, inputs: ScanViews) -> ScanArgs {
-        let arg = |view: View, what: &str| (self.whole(view, what), view.len());
+        // The kernel takes offsets into its per-token arrays, so a sequence's rows or a segment
+        // are read where they are.
+        let arg = |view: View, what: &str| {
+            let (handle, offset) = self.place(view, what);
+            Placed { handle, offset, len: view.len() }
+        };
         ScanArgs {
             x: arg(inputs.x, "the scan's x"),
             dt: arg(inputs.dt, "the scan's dt"),
@@ -456,25 +471,26 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         self.finish(target, out, "a gated RMSNorm");
     }
 
-    fn causal_conv1d(&self, xbc: View, mut conv_state: ViewMut, weight: View, bias: Option<View>, channels: usize, out: ViewMut) {
+    fn causal_conv1d(&self, xbc: View, mut conv_state: ViewMut, weight: View, bias: Option<View>, channels: usize, mut out: ViewMut) {
         let (tokens, taps) = (xbc.len() / channels, conv_state.len() / channels);
-        let x = self.whole(xbc, "the conv's input");
+        // Input and output are addressed at their offsets (a sequence's rows of a batch).
+        let x = self.place(xbc, "the conv's input");
         let w = self.whole(weight, "the conv weight");
         let b = bias.map(|b| self.whole(b, "the conv bias"));
         let state = self.in_place(&conv_state, "the conv state");
-        let y = self.target(&out, "the conv's output", false);
-        self.core.conv(&x, state.at(), &w, b.as_ref(), y.handle(), tokens, channels, taps);
-        self.finish(y, out, "the causal conv");
+        let y = self.output_at(&out, "the conv's output");
+        self.core.conv((&x.0, x.1), state.at(), &w, b.as_ref(), y.at(), tokens, channels, taps);
+        y.finish(self, out.reborrow(), "the causal conv");
         state.finish(self, conv_state.reborrow(), "the conv state");
     }
 
-    fn ssd_scan(&self, shape: SsmShape, recurrence: RecurrenceViews, inputs: ScanViews, mut state: ViewMut, _chunk: usize, y: ViewMut) {
+    fn ssd_scan(&self, shape: SsmShape, recurrence: RecurrenceViews, inputs: ScanViews, mut state: ViewMut, _chunk: usize, mut y: ViewMut) {
         let tokens = inputs.tokens(&shape);
         let args = self.scan_args(recurrence, inputs);
         let state_at = self.in_place(&state, "the ssm state");
-        let y_target = self.target(&y, "the scan's output", false);
-        self.core.scan(shape, &args, state_at.at(), y_target.handle(), tokens);
-        self.finish(y_target, y, "the selective scan");
+        let y_at = self.output_at(&y, "the scan's output");
+        self.core.scan(shape, &args, state_at.at(), y_at.at(), tokens);
+        y_at.finish(self, y.reborrow(), "the selective scan");
         state_at.finish(self, state.reborrow(), "the ssm state");
     }
 

@@ -231,14 +231,15 @@ fn gate(x: &Array<f32>, z: &Array<f32>, i: u32, #[comptime] gated: bool) -> f32 
     v
 }
 
-/// The raw input at tap position `u` of a causal window: `u >= K` is token `u - K` of this call,
-/// below that the conv state's slot `u` (the state, from `state_offset`, holds the K inputs
-/// before the call).
+/// The raw input at tap position `u` of a causal window: `u >= K` is token `u - K` of this call
+/// (the inputs from `x_offset`), below that the conv state's slot `u` (the state, from
+/// `state_offset`, holds the K inputs before the call).
 #[cube]
-fn conv_input(xbc: &Array<f32>, state: &Array<f32>, state_offset: u32, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
+#[allow(clippy::too_many_arguments)]
+fn conv_input(xbc: &Array<f32>, x_offset: u32, state: &Array<f32>, state_offset: u32, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
     let mut v = 0.0f32;
     if u >= taps {
-        v = xbc[((u - taps) * channels + c) as usize];
+        v = xbc[(x_offset + (u - taps) * channels + c) as usize];
     }
     if u < taps {
         v = state[(state_offset + c * taps + u) as usize];
@@ -247,14 +248,18 @@ fn conv_input(xbc: &Array<f32>, state: &Array<f32>, state_offset: u32, u: u32, c
 }
 
 /// Causal depthwise conv plus SiLU, one thread per (token, channel): output t reads taps at
-/// positions t+1 .. t+K of the state-then-inputs sequence.
+/// positions t+1 .. t+K of the state-then-inputs sequence. Inputs and outputs start at
+/// `x_offset` and `out_offset` of their buffers (a sequence's rows of a batch).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d(
     xbc: &Array<f32>,
     state: &Array<f32>,
     weight: &Array<f32>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
+    x_offset: u32,
+    out_offset: u32,
     state_offset: u32,
     tokens: u32,
     channels: u32,
@@ -271,18 +276,20 @@ pub fn causal_conv1d(
         }
         #[unroll]
         for i in 0..taps {
-            acc += weight[(c * taps + i) as usize] * conv_input(xbc, state, state_offset, t + 1 + i, c, channels, taps);
+            acc += weight[(c * taps + i) as usize] * conv_input(xbc, x_offset, state, state_offset, t + 1 + i, c, channels, taps);
         }
-        out[id as usize] = silu(acc);
+        out[(out_offset + id) as usize] = silu(acc);
     }
 }
 
 /// The conv state after the call: slot i holds position T + i of the state-then-inputs sequence.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn conv_state_update(
     xbc: &Array<f32>,
     state: &Array<f32>,
     new_state: &mut Array<f32>,
+    x_offset: u32,
     state_offset: u32,
     tokens: u32,
     channels: u32,
@@ -292,7 +299,7 @@ pub fn conv_state_update(
     if id < channels * taps {
         let c = id / taps;
         let i = id % taps;
-        new_state[id as usize] = conv_input(xbc, state, state_offset, tokens + i, c, channels, taps);
+        new_state[id as usize] = conv_input(xbc, x_offset, state, state_offset, tokens + i, c, channels, taps);
     }
 }
 
@@ -300,8 +307,11 @@ pub fn conv_state_update(
 /// of the state in registers; the cube (one head, cube x: channel block, cube y: head) stages
 /// each token's `B` and `C` of the head's group in shared memory.
 /// `S = exp(dt·A + offset) S + (dt·x) B`, `y = S·C + D x`. `unroll` unrolls the loop over the
-/// state row (fast on real GPUs; lavapipe's shader compiler takes seconds over it).
+/// state row (fast on real GPUs; lavapipe's shader compiler takes seconds over it). The
+/// per-token arrays start at `x_at`, `dt_at`, `b_at`, `c_at` and `y_at` (a sequence's rows of a
+/// batch, a segment of a scan).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 pub fn selective_scan(
     x: &Array<f32>,
     dt: &Array<f32>,
@@ -312,6 +322,11 @@ pub fn selective_scan(
     d: &Array<f32>,
     state: &mut Array<f32>,
     y: &mut Array<f32>,
+    x_at: u32,
+    dt_at: u32,
+    b_at: u32,
+    c_at: u32,
+    y_at: u32,
     state_offset: u32,
     tokens: u32,
     heads: u32,
@@ -351,15 +366,15 @@ pub fn selective_scan(
     for t in 0..tokens {
         let mut i = UNIT_POS_X;
         while i < d_state {
-            bc[i as usize] = b[(t * bc_width + g * d_state + i) as usize];
-            bc[(d_state + i) as usize] = c[(t * bc_width + g * d_state + i) as usize];
+            bc[i as usize] = b[(b_at + t * bc_width + g * d_state + i) as usize];
+            bc[(d_state + i) as usize] = c[(c_at + t * bc_width + g * d_state + i) as usize];
             i += CUBE_DIM_X;
         }
         sync_cube();
         if active {
-            let step = dt[(t * heads + h) as usize];
+            let step = dt[(dt_at + t * heads + h) as usize];
             let decay = f32::exp(step * a_h + offset);
-            let xv = x[(t * inner + h * head_dim + p) as usize];
+            let xv = x[(x_at + t * inner + h * head_dim + p) as usize];
             let input = xv * step;
             let mut acc = 0.0f32;
             #[unroll(unroll)]
@@ -368,7 +383,7 @@ pub fn selective_scan(
                 s[n as usize] = v;
                 acc += v * bc[(d_state + n) as usize];
             }
-            y[(t * inner + h * head_dim + p) as usize] = acc + d_skip * xv;
+            y[(y_at + t * inner + h * head_dim + p) as usize] = acc + d_skip * xv;
         }
         sync_cube();
     }

@@ -110,8 +110,11 @@ pub(crate) struct Activations {
     tokens: usize,
     /// Host copies of x, dt and B for the window's ring and the statistics, when the engine
     /// computes elsewhere.
-    host: [Vec<f32>; 3],
+    host: HostScratch,
 }
+
+/// Host copies of a scan's x, dt and B (see [`Activations`]).
+pub(crate) type HostScratch = [Vec<f32>; 3];
 
 impl Activations {
     pub fn new(engine: &dyn Engine, dims: &Dims, tokens: usize) -> Activations {
@@ -163,21 +166,6 @@ impl Activations {
     /// Tokens these buffers hold.
     pub fn tokens(&self) -> usize {
         self.tokens
-    }
-
-    /// Makes these buffers hold rows `rows` of `batch`'s in_proj outputs.
-    fn copy_inputs_from(&mut self, engine: &dyn Engine, batch: &Activations, dims: &Dims, rows: std::ops::Range<usize>) {
-        let (c, h) = (dims.conv_dim, dims.ssm.heads);
-        self.resize(engine, dims, rows.len());
-        engine.copy_columns(batch.xbc_raw.slice(rows.start * c..rows.end * c), c, 0, self.xbc_raw.view_mut());
-        engine.copy_columns(batch.dt_raw.slice(rows.start * h..rows.end * h), h, 0, self.dt_raw.view_mut());
-    }
-
-    /// Stores these buffers' scan output as rows `first..` of `self`.
-    fn copy_output_from(&mut self, engine: &dyn Engine, part: &Activations, dims: &Dims, first: usize) {
-        let inner = dims.inner();
-        let rows = first * inner..first * inner + part.y.len();
-        engine.copy_columns(part.y.view(), inner, 0, self.y.slice_mut(rows));
     }
 }
 
@@ -261,9 +249,11 @@ impl Block {
     }
 
     /// B independent sequences of T tokens each: rows `i*T..(i+1)*T` of `hidden: [B*T, D]`
-    /// continue `states[i]` (this block is their layer `layer`). The projections run once over
-    /// all B*T rows (one pass over the weights); the conv and the scan run per sequence on its
-    /// own state, through its own `parts[i]`, the sequences at once where the engine allows.
+    /// continue `states[i]` (this block is their layer `layer`). Everything but the conv and the
+    /// scan works row by row and runs once over all B*T rows (the projections in one pass over
+    /// the weights); the conv and the scan read and write each sequence's rows in place with its
+    /// own state (`scratch[i]` holds its host copies), the sequences at once where the engine
+    /// allows.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_batch(
         &self,
@@ -275,30 +265,53 @@ impl Block {
         plan: &LayerPlan,
         chunk: usize,
         act: &mut Activations,
-        parts: &mut [Activations],
+        scratch: &mut [HostScratch],
         deferred: Option<(&Buffer, usize)>,
     ) {
         let tokens = act.tokens() / states.len();
         debug_assert_eq!(act.tokens(), states.len() * tokens);
-        debug_assert_eq!(parts.len(), states.len());
+        debug_assert_eq!(scratch.len(), states.len());
+        let (conv_dim, inner, heads, shape) = (dims.conv_dim, dims.inner(), dims.ssm.heads, dims.ssm);
+        // At once on host memory only (an engine computing elsewhere runs them in turn).
+        let concurrent = engine.concurrent_sequences() && act.xbc.is_host();
         self.project_in(engine, dims, hidden.view(), act);
+
+        let xbc_raw = act.xbc_raw.view();
+        let conv_one = |i: usize, state: &mut State, out: ViewMut| {
+            let mut layer_state = state.layer_mut(layer);
+            let rows = xbc_raw.slice(i * tokens * conv_dim..(i + 1) * tokens * conv_dim);
+            engine.causal_conv1d(rows, layer_state.conv.reborrow(), self.conv_weight.view(), self.conv_bias.as_ref().map(Param::view), conv_dim, out);
+        };
+        if concurrent {
+            let out = act.xbc.view_mut().host();
+            out.par_chunks_mut(tokens * conv_dim).zip(states.par_iter_mut()).enumerate().for_each(|(i, (out, state))| conv_one(i, state, ViewMut::Host(out)));
+        } else {
+            for (i, state) in states.iter_mut().enumerate() {
+                conv_one(i, state, act.xbc.slice_mut(i * tokens * conv_dim..(i + 1) * tokens * conv_dim));
+            }
+        }
+        self.split_conv_output(engine, dims, plan, act);
+
         // Sequence i leaves its log-decay sums at `i * stride + layer * H` of `deferred`.
-        let heads = dims.ssm.heads;
-        let mix_one = |(i, (state, part)): (usize, (&mut &mut State, &mut Activations))| {
-            part.copy_inputs_from(engine, act, dims, i * tokens..(i + 1) * tokens);
+        let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
+        let scan_one = |i: usize, state: &mut State, host: &mut HostScratch, y: ViewMut| {
             let position = state.position();
             let mut layer_state = state.layer_mut(layer);
             let at = |stride: usize| i * stride + layer * heads;
             layer_state.deferred_decay = deferred.and_then(|(results, stride)| results.device_slice_mut(at(stride)..at(stride) + heads));
-            self.mix(engine, dims, layer_state, plan, position, chunk, part);
+            self.scan(engine, dims, &mut layer_state, plan, position, chunk, inputs.slice(&shape, i * tokens..(i + 1) * tokens), y, host);
         };
-        if engine.concurrent_sequences() {
-            states.par_iter_mut().zip(parts.par_iter_mut()).enumerate().for_each(mix_one);
+        if concurrent {
+            let y = act.y.view_mut().host();
+            y.par_chunks_mut(tokens * inner)
+                .zip(states.par_iter_mut())
+                .zip(scratch.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, ((y, state), host))| scan_one(i, state, host, ViewMut::Host(y)));
         } else {
-            states.iter_mut().zip(parts.iter_mut()).enumerate().for_each(mix_one);
-        }
-        for (i, part) in parts.iter().enumerate() {
-            act.copy_output_from(engine, part, dims, i * tokens);
+            for (i, (state, host)) in states.iter_mut().zip(scratch.iter_mut()).enumerate() {
+                scan_one(i, state, host, act.y.slice_mut(i * tokens * inner..(i + 1) * tokens * inner));
+            }
         }
         self.project_out(engine, dims, hidden, act);
     }
@@ -320,20 +333,25 @@ impl Block {
     /// into `layer`, leaving `act.y`.
     #[allow(clippy::too_many_arguments)]
     fn mix(&self, engine: &dyn Engine, dims: &Dims, mut layer: LayerState, plan: &LayerPlan, position: u64, chunk: usize, act: &mut Activations) {
-        let (inner, conv_dim, bc) = (dims.inner(), dims.conv_dim, dims.ssm.bc_width());
         let conv_bias = self.conv_bias.as_ref().map(Param::view);
-        engine.causal_conv1d(act.xbc_raw.view(), layer.conv.reborrow(), self.conv_weight.view(), conv_bias, conv_dim, act.xbc.view_mut());
+        engine.causal_conv1d(act.xbc_raw.view(), layer.conv.reborrow(), self.conv_weight.view(), conv_bias, dims.conv_dim, act.xbc.view_mut());
+        self.split_conv_output(engine, dims, plan, act);
+        let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
+        self.scan(engine, dims, &mut layer, plan, position, chunk, inputs, act.y.view_mut(), &mut act.host);
+    }
+
+    /// Row by row, for every row of `act`: the conv's output split into x, B and C; dt (softplus,
+    /// then the plan's steps: the checkpoint's clamp first, then mitigations); B scaled by RRI.
+    fn split_conv_output(&self, engine: &dyn Engine, dims: &Dims, plan: &LayerPlan, act: &mut Activations) {
+        let (inner, conv_dim, bc) = (dims.inner(), dims.conv_dim, dims.ssm.bc_width());
         let xbc = act.xbc.view();
         engine.copy_columns(xbc, conv_dim, 0, act.x.view_mut());
         engine.copy_columns(xbc, conv_dim, inner, act.b.view_mut());
         engine.copy_columns(xbc, conv_dim, inner + bc, act.c.view_mut());
-
-        // dt: softplus, then the plan's steps (the checkpoint's clamp first, then mitigations).
         engine.prepare_dt(act.dt_raw.view(), self.dt_bias.view(), DtLimit::default(), &plan.dt_steps, act.dt.view_mut());
         if plan.b_scale != 1.0 {
             engine.scale(act.b.view_mut(), plan.b_scale);
         }
-        self.scan(engine, dims, &mut layer, plan, position, chunk, act);
     }
 
     /// Gated RMSNorm per group of I/G channels (mamba_ssm and HF >= 5; not over all of I),
@@ -345,8 +363,9 @@ impl Block {
         engine.add(hidden.view_mut(), act.out.view());
     }
 
-    /// The selective scan over the activations' tokens, in segments between the points where
-    /// the window drops inputs or the state norm is clamped.
+    /// The selective scan over `inputs`' tokens into `y`, in segments between the points where
+    /// the window drops inputs or the state norm is clamped. `host` holds host copies of what
+    /// the host keeps per token, when the engine computes elsewhere.
     #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
@@ -356,20 +375,21 @@ impl Block {
         plan: &LayerPlan,
         position: u64,
         chunk: usize,
-        act: &mut Activations,
+        inputs: ScanViews,
+        mut y: ViewMut,
+        host: &mut HostScratch,
     ) {
         let shape = dims.ssm;
         let (inner, heads, p_len, bc) = (shape.inner(), shape.heads, shape.head_dim, shape.bc_width());
-        let tokens = act.tokens();
+        let tokens = inputs.tokens(&shape);
         let recurrence = Recurrence { a: &plan.a, log_decay_offset: &plan.log_decay_offset, d: self.d.host() };
         let views = RecurrenceViews { a: View::Host(&plan.a), log_decay_offset: View::Host(&plan.log_decay_offset), d: self.d.view() };
-        let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
         let window = plan.window.filter(|_| layer.ring.is_some());
         // What the host keeps per token (the window's lagged inputs, dt statistics) reads dt, and
         // with the window x and B, from host memory; without them the engine sums the log
         // decays where dt is.
         let per_token = layer.ring.is_some() || layer.stats.is_some();
-        let [x_host, dt_host, b_host] = &mut act.host;
+        let [x_host, dt_host, b_host] = host;
         let dt = if per_token { inputs.dt.on_host(dt_host) } else { &[][..] };
         let (x, b) = match layer.ring {
             Some(_) => (inputs.x.on_host(x_host), inputs.b.on_host(b_host)),
@@ -399,7 +419,7 @@ impl Block {
                 }
             }
             let segment = inputs.slice(&shape, start..end);
-            let y = act.y.slice_mut(start * inner..end * inner);
+            let y = y.slice_mut(start * inner..end * inner);
             if end - start == 1 {
                 engine.ssm_step(shape, views, segment, layer.ssm.reborrow(), y);
             } else {

@@ -8,7 +8,7 @@ use coil_files::Fnv1a;
 use coil_checkpoints::{Checkpoint, Weights};
 use coil_kernels::{Backend, Buffer, Cpu, Engine, HostEngine, Matrix, Traffic, View, ViewMut, WeightDtype};
 
-use crate::mixer::{Activations, Block, Dims, Param};
+use crate::mixer::{Activations, Block, Dims, HostScratch, Param};
 use crate::mitigation::Plan;
 use crate::{Config, Error, State, StateShape};
 
@@ -93,7 +93,7 @@ impl Sequences for OneEach<'_> {
 /// What one batched pass works in.
 struct BatchBuffers {
     workspace: Workspace,
-    parts: Vec<Activations>, // one per sequence: their recurrent parts may run at once
+    scratch: Vec<HostScratch>, // one per sequence: their scans may run at once
     last: Buffer,
     ids: Vec<u32>,
 }
@@ -483,7 +483,7 @@ impl Model {
         }
         let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
         let mut buffers =
-            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), parts: Vec::new(), last: self.engine.zeros(0), ids: Vec::new() });
+            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), scratch: Vec::new(), last: self.engine.zeros(0), ids: Vec::new() });
         let mut result = Ok(());
         self.engine.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
         if let Ok(mut pool) = self.batch_buffers.lock() {
@@ -506,8 +506,8 @@ impl Model {
     ) -> Result<(), Error> {
         let (batch, len, d, vocab) = (tokens.count(), tokens.sequence(0).len(), self.dims.d_model, self.config.vocab_size);
         let engine = &*self.engine;
-        let BatchBuffers { workspace, parts, last, ids } = buffers;
-        parts.resize_with(parts.len().max(batch), || Activations::new(engine, &self.dims, 0));
+        let BatchBuffers { workspace, scratch, last, ids } = buffers;
+        scratch.resize_with(scratch.len().max(batch), HostScratch::default);
         workspace.resize(engine, &self.dims, batch * len);
         for state in states.iter_mut() {
             state.place(engine);
@@ -528,7 +528,7 @@ impl Model {
         for (i, block) in self.blocks.iter().enumerate() {
             let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
             let deferred = device.then_some((&workspace.results, stride));
-            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut parts[..batch], deferred);
+            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut scratch[..batch], deferred);
         }
         for state in states.iter_mut() {
             state.advance(len);
