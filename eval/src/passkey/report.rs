@@ -309,56 +309,20 @@ impl Report {
         let mut lengths: Vec<usize> = self.accuracy.iter().map(|r| r.length).collect();
         lengths.sort_unstable();
         lengths.dedup();
-        let _ = write!(md, "\n## Accuracy\n\n| model | mitigation |");
-        for l in &lengths {
-            let _ = write!(md, " {} |", format_length(*l));
-        }
-        let _ = write!(md, "\n|---|---|");
-        for _ in &lengths {
-            let _ = write!(md, "---:|");
-        }
-        md.push('\n');
-        let arms: Vec<(String, String)> = self.capacity.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
-        for (model, arm) in arms {
-            let _ = write!(md, "| {} | {} |", md_cell(&model), md_cell(&arm));
-            for l in &lengths {
-                match self.accuracy.iter().find(|r| r.model == model && r.mitigation == arm && r.length == *l) {
-                    Some(r) => {
-                        let _ = write!(md, " {:.0}% |", r.accuracy() * 100.0);
-                    }
-                    None => md.push_str(" |"),
-                }
-            }
-            md.push('\n');
-        }
+        let _ = writeln!(md, "\n## Accuracy\n");
+        self.length_table(&mut md, &lengths, |r| Some(format!("{:.0}%", r.accuracy() * 100.0)));
         if self.accuracy.iter().any(|r| r.recent_cells > 0) {
-            let _ = write!(
+            let _ = writeln!(
                 md,
                 "\n## Needles within the training length of the question\n\n\
                  Accuracy on the cells whose needle lies at most the checkpoint's training length before the \
                  question (correct / cells in brackets): a model that recalls them at its training length and \
-                 fails on them at longer lengths has collapsed (the state, not the distance, is what changed).\n\n| model | mitigation |"
+                 fails on them at longer lengths has collapsed (the state, not the distance, is what changed).\n"
             );
-            for l in &lengths {
-                let _ = write!(md, " {} |", format_length(*l));
-            }
-            let _ = write!(md, "\n|---|---|");
-            for _ in &lengths {
-                let _ = write!(md, "---:|");
-            }
-            md.push('\n');
-            for row in &self.capacity {
-                let _ = write!(md, "| {} | {} |", md_cell(&row.model), md_cell(&row.mitigation));
-                for l in &lengths {
-                    match self.accuracy.iter().find(|r| r.model == row.model && r.mitigation == row.mitigation && r.length == *l && r.recent_cells > 0) {
-                        Some(r) => {
-                            let _ = write!(md, " {:.0}% ({}/{}) |", 100.0 * r.recent_correct as f64 / r.recent_cells as f64, r.recent_correct, r.recent_cells);
-                        }
-                        None => md.push_str(" |"),
-                    }
-                }
-                md.push('\n');
-            }
+            self.length_table(&mut md, &lengths, |r| {
+                (r.recent_cells > 0)
+                    .then(|| format!("{:.0}% ({}/{})", 100.0 * r.recent_correct as f64 / r.recent_cells as f64, r.recent_correct, r.recent_cells))
+            });
         }
         let _ = writeln!(md, "\n## Laws (N_S in millions, K tokens)\n");
         for fits in &self.fits {
@@ -383,6 +347,26 @@ impl Report {
             }
         }
         md
+    }
+}
+
+impl Report {
+    /// A table of one row per model and arm, one column per length, each cell `cell` of that
+    /// length's accuracy row (empty where it gives none).
+    fn length_table(&self, md: &mut String, lengths: &[usize], cell: impl Fn(&AccuracyRow) -> Option<String>) {
+        let _ = write!(md, "| model | mitigation |");
+        for l in lengths {
+            let _ = write!(md, " {} |", format_length(*l));
+        }
+        let _ = write!(md, "\n|---|---|{}\n", "---:|".repeat(lengths.len()));
+        for row in &self.capacity {
+            let _ = write!(md, "| {} | {} |", md_cell(&row.model), md_cell(&row.mitigation));
+            for l in lengths {
+                let text = self.accuracy.iter().find(|r| r.model == row.model && r.mitigation == row.mitigation && r.length == *l).and_then(&cell);
+                let _ = write!(md, " {} |", text.unwrap_or_default());
+            }
+            md.push('\n');
+        }
     }
 }
 
