@@ -43,11 +43,14 @@ The family (d_state 8..128; started 2026-12-07, one process of one thread each, 
     done
 
 (The out-dir `checkpoints` is where the runs started before the models moved to
-checkpoints/models/: move the finished folders there.) The collapse pilot (a state oversized for
-a short training length: N 128 at 256 tokens, no state carried):
+checkpoints/models/: move the finished folders there.) The collapse pilot (N 128 at 256 tokens, no
+state carried, log-uniform lags) did not collapse: it learned to forget within its training
+length. The second collapse run (started 2026-12-07: 128 tokens, questions uniform over the whole
+document, so never forgetting is optimal within training):
 
-    python checkpoints/training/train_bindings.py train --prefix collapse --states 128 --steps 2000 \
-        --doc-segments 1 --segment 256 --lag-curriculum 0 --out-dir /tmp/collapse1
+    nice -n 15 python checkpoints/training/train_bindings.py train --prefix collapse --states 128 \
+        --steps 3000 --segment 128 --doc-segments 1 --lags uniform --lag-curriculum 0 \
+        --out-dir checkpoints --progress-dir checkpoints/training-progress --save-every 100
 
     python checkpoints/training/train_bindings.py check                 # own forward == HF's, with state carry
     python checkpoints/training/train_bindings.py sample                # a training stream, decoded
@@ -169,9 +172,10 @@ class Streams:
     """Training streams in tokens: prefix, then bindings of fresh names with questions about
     earlier ones, lags log-uniform over everything bound so far (in bindings)."""
 
-    def __init__(self, tok, p_question):
+    def __init__(self, tok, p_question, lags="log"):
         self.tok = tok
         self.p_question = p_question
+        self.lags = lags
         self.cache = {}
         self.prefix = self.enc(PREFIX)
         self.newline_end = self.enc(".\n")
@@ -202,7 +206,10 @@ class Streams:
         while len(ids) < length + 1:
             if bound and rng.random() < self.p_question:
                 reach = len(bound) if max_lag is None else min(len(bound), max_lag)
-                lag = int(math.exp(rng.uniform(0.0, math.log(reach + 1))))
+                if self.lags == "uniform":
+                    lag = rng.randint(1, reach)  # the first binding as likely as the last
+                else:
+                    lag = int(math.exp(rng.uniform(0.0, math.log(reach + 1))))
                 name, key = bound[max(0, len(bound) - lag)]
                 q = self.fill(QUESTION, name)
                 a = self.enc(" " + key)
@@ -354,7 +361,9 @@ def recipe_of(args):
     --steps: a run may be continued to more steps)."""
     keep = ("seed", "batch", "segment", "doc_segments", "lr", "warmup", "lm_weight", "weight_decay",
             "p_question", "lag_curriculum", "hidden", "layers", "head_dim")
-    return {k: getattr(args, k) for k in keep}
+    # Added later: in the recipe only when not the default, so earlier runs keep their hash.
+    extra = {"lags": args.lags} if args.lags != "log" else {}
+    return {**{k: getattr(args, k) for k in keep}, **extra}
 
 
 def train_one(state_size, tok, args):
@@ -372,7 +381,7 @@ def train_one(state_size, tok, args):
     model = Mamba2ForCausalLM(cfg).float()
     model.train()
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
-    streams = Streams(tok, args.p_question)
+    streams = Streams(tok, args.p_question, args.lags)
     rng = random.Random(args.seed)
     step, hist, spent, ema = 0, [], 0.0, None
 
@@ -559,6 +568,9 @@ def main():
     ap.add_argument("--weight-decay", type=float, default=0.1, help="on the matrices and embedding only")
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--p-question", type=float, default=0.35, help="probability that a stream item is a question")
+    ap.add_argument("--lags", choices=["log", "uniform"], default="log",
+                    help="how far back questions reach: log-uniform in bindings (the family), or uniform over all "
+                         "bound so far (never forgetting is then optimal within the training length: collapse runs)")
     ap.add_argument("--lag-curriculum", type=float, default=0.25,
                     help="fraction of the steps over which the questions' reach grows from 4 bindings to all (0: none)")
     ap.add_argument("--progress-dir", default=None,
