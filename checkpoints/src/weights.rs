@@ -97,31 +97,28 @@ impl Weights {
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             check_in_proj_rows(config, store, &Role::InProj.name(i))?;
-            let read = |role: Role| -> Result<Option<Vec<f32>>, LoadError> {
-                if !role.present(config) {
-                    return Ok(None);
-                }
+            let read = |role: Role| -> Result<Vec<f32>, LoadError> {
                 let name = role.name(i);
                 let mut shape = role.shape(config);
                 // mamba_ssm and HF store the depthwise conv as [C, 1, K]; accept a squeezed [C, K] too.
                 if role == Role::Conv && store.describe(&name).is_ok_and(|(s, _)| s.len() == 2) {
                     shape.remove(1);
                 }
-                store.read_f32(&name, &shape).map(Some)
+                store.read_f32(&name, &shape)
             };
-            let required = |role: Role| read(role).map(|t| t.expect("a role every layer has"));
+            let optional = |role: Role| role.present(config).then(|| read(role)).transpose();
             layers.push(LayerWeights {
-                norm: required(Role::Norm)?,
-                in_proj: required(Role::InProj)?,
-                in_proj_bias: read(Role::InProjBias)?,
-                conv_weight: required(Role::Conv)?,
-                conv_bias: read(Role::ConvBias)?,
-                dt_bias: required(Role::DtBias)?,
-                a_log: required(Role::ALog)?,
-                d: required(Role::D)?,
-                mixer_norm: required(Role::MixerNorm)?,
-                out_proj: required(Role::OutProj)?,
-                out_proj_bias: read(Role::OutProjBias)?,
+                norm: read(Role::Norm)?,
+                in_proj: read(Role::InProj)?,
+                in_proj_bias: optional(Role::InProjBias)?,
+                conv_weight: read(Role::Conv)?,
+                conv_bias: optional(Role::ConvBias)?,
+                dt_bias: read(Role::DtBias)?,
+                a_log: read(Role::ALog)?,
+                d: read(Role::D)?,
+                mixer_norm: read(Role::MixerNorm)?,
+                out_proj: read(Role::OutProj)?,
+                out_proj_bias: optional(Role::OutProjBias)?,
             });
         }
 
