@@ -1,7 +1,7 @@
 //! A passkey capacity sweep from code, with a custom template and two mitigation arms.
 //! `cargo run --release --example sweep -- /tmp/sweep-out`
 
-use coil::passkey::{read_results, run_sweep, write_report, ResultsFile, Shard, SweepConfig, Template};
+use coil::passkey::{read_results, run_sweep, write_report, ResultsFile, Shard, Spacing, SweepConfig, Template};
 
 fn main() -> Result<(), coil::Error> {
     let out = std::path::PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "sweep-example".into()));
@@ -23,7 +23,7 @@ fn main() -> Result<(), coil::Error> {
         let plan = loaded.plan(&coil::parse_mitigations(specs)?)?;
         arms.push(loaded.passkey_subject("default", plan)?);
     }
-    let config = SweepConfig { lengths: vec![256, 512, 1024], depths: 4, seed: 0, template, shard: Shard::whole(), batch_forks: false };
+    let config = SweepConfig { lengths: vec![256, 512, 1024], depths: 4, spacing: Spacing::Even, seed: 0, template, shard: Shard::whole(), batch_forks: false };
     // `true`: resume, skipping cells an interrupted run already wrote.
     let mut results = ResultsFile::open(&out, Shard::whole(), true)?;
     let summary = run_sweep(&arms, &config, &mut results, |p| eprint!("\r{}/{} cells", p.cells_done, p.cells_total))?;

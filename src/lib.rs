@@ -681,14 +681,14 @@ pub use coil_gpu::AdapterKind;
 /// fits and reports (`coil passkey` is this module behind a command line).
 ///
 /// ```
-/// use coil::passkey::{read_results, run_sweep, write_report, ResultsFile, Shard, SweepConfig, Template};
+/// use coil::passkey::{read_results, run_sweep, write_report, ResultsFile, Shard, Spacing, SweepConfig, Template};
 ///
 /// let loaded = coil::load_default()?;
 /// let arms = vec![
 ///     loaded.passkey_subject("default", loaded.plan(&[])?)?,
 ///     loaded.passkey_subject("default", loaded.plan(&coil::parse_mitigations("rri:lambda=0.999,beta=0.75")?)?)?,
 /// ];
-/// let config = SweepConfig { lengths: vec![256], depths: 2, seed: 0, template: Template::paper(), shard: Shard::whole(), batch_forks: false };
+/// let config = SweepConfig { lengths: vec![256], depths: 2, spacing: Spacing::Even, seed: 0, template: Template::paper(), shard: Shard::whole(), batch_forks: false };
 /// let out = std::env::temp_dir().join(format!("coil-doc-passkey-{}", std::process::id()));
 /// let mut results = ResultsFile::open(&out, Shard::whole(), false)?;
 /// let summary = run_sweep(&arms, &config, &mut results, |_progress| {})?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use coil::{Checkpoint, Model, Plan, Sampler, SamplingConfig, Session};
-use coil_eval::passkey::{key, read_results, run_sweep, CellRecord, CoilSubject, ResultsFile, Shard, SweepConfig, Template, TokenizedTemplate};
+use coil_eval::passkey::{key, read_results, run_sweep, CellRecord, CoilSubject, ResultsFile, Shard, Spacing, SweepConfig, Template, TokenizedTemplate};
 
 fn subject(mitigation: &str) -> CoilSubject {
     let mut checkpoint = Checkpoint::embedded_default().unwrap();
@@ -30,7 +30,7 @@ fn batched_fork_answers_equal_from_scratch_runs() {
 fn forked_answers_equal_from_scratch(batch_forks: bool) {
     let dir = tempfile::tempdir().unwrap();
     let subjects = vec![subject("none"), subject("window:size=300,granularity=16")];
-    let config = SweepConfig { lengths: vec![700, 1500], depths: 5, seed: 3, template: Template::paper(), shard: Shard::whole(), batch_forks };
+    let config = SweepConfig { lengths: vec![700, 1500], depths: 5, spacing: Spacing::Even, seed: 3, template: Template::paper(), shard: Shard::whole(), batch_forks };
     run_sweep(&subjects, &config, &mut ResultsFile::open(dir.path(), Shard::whole(), false).unwrap(), |_| {}).unwrap();
     let records = read_results(&[dir.path().to_owned()]).unwrap();
     assert_eq!(records.len(), 2 * 2 * 5);
@@ -38,7 +38,7 @@ fn forked_answers_equal_from_scratch(batch_forks: bool) {
         let s = subjects.iter().find(|s| s.mitigation == r.mitigation).unwrap();
         let encode = |t: &str| Ok(s.tokenizer.encode(t)?);
         let template = TokenizedTemplate::new(&config.template, config.seed, r.length, encode).unwrap();
-        let cell = template.prompts(r.length, r.depths, encode).unwrap().remove(r.depth_index);
+        let cell = template.prompts(r.length, r.depths, r.spacing, encode).unwrap().remove(r.depth_index);
         assert_eq!(r.key, key(config.seed, r.length, r.depth_index));
         assert_eq!(cell.needle, s.tokenizer.encode(&config.template.needle_for("", &r.key)).unwrap());
         let prompt = template.materialise(&cell, encode).unwrap();

@@ -356,6 +356,11 @@ def param_groups(model, weight_decay):
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
+def task_of(args):
+    """`collapse` for a run made to collapse (its folder prefix says so), else `bindings`."""
+    return "collapse" if args.prefix == "collapse" else "bindings"
+
+
 def recipe_of(args):
     """The arguments that make a model (everything but where it goes, how it is logged, and
     --steps: a run may be continued to more steps)."""
@@ -454,7 +459,7 @@ def train_one(state_size, tok, args):
     recall = recall_by_lag(model, tok, streams_seed=args.seed + 1)
     print(f"[{name}] done in {spent:.0f}s; accuracy by lag (bindings): {recall}", flush=True)
     finish(model, tok, out, dict(
-        name=name, task="bindings", template="bindings", train_length=args.segment * args.doc_segments, steps=step,
+        name=name, task=task_of(args), template="bindings", train_length=args.segment * args.doc_segments, steps=step,
         n_s=cfg.num_hidden_layers * cfg.num_heads * cfg.head_dim * cfg.state_size,
         state_size=cfg.state_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_hidden_layers,
         num_heads=cfg.num_heads, parameters=sum(p.numel() for p in model.parameters()),
@@ -598,6 +603,7 @@ def main():
         for path, out in zip(args.dirs[::2], args.dirs[1::2]):
             saved = torch.load(path, weights_only=False)
             a = argparse.Namespace(**{**vars(args), **saved["recipe"]})
+            a.prefix = os.path.basename(path).split("-n")[0]  # collapse-n128.progress.pt: a collapse run
             # in_proj rows = z, x (2 x inner) + B, C (2 x N) + dt (heads).
             rows = saved["model"]["backbone.layers.0.mixer.in_proj.weight"].shape[0]
             inner = a.hidden * 2
@@ -605,7 +611,7 @@ def main():
             model = Mamba2ForCausalLM(make_config(a, n, vocab_rows(tok))).float()
             model.load_state_dict(saved["model"])
             os.makedirs(out, exist_ok=True)
-            finish(model, tok, out, dict(name=os.path.basename(out), task="bindings", template="bindings",
+            finish(model, tok, out, dict(name=os.path.basename(out), task=task_of(a), template="bindings",
                                          train_length=a.segment * a.doc_segments, steps=saved["step"], n_s=None,
                                          note="exported from a run in progress"))
             print(f"{path} (step {saved['step']}) -> {out}")

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use coil_eval::passkey::{
     check_sweep, depth, memory_span, parse_lengths, read_results, run_sweep, write_report, CellRecord, EvalError, ResultsFile, Shard,
-    Subject, SweepConfig, Template, TokenizedTemplate,
+    Spacing, Subject, SweepConfig, Template, TokenizedTemplate,
 };
 
 /// Characters are tokens.
@@ -72,7 +72,7 @@ impl Subject for Fake {
 }
 
 fn config(lengths: &str, depths: usize) -> SweepConfig {
-    SweepConfig { lengths: parse_lengths(lengths).unwrap(), depths, seed: 7, template: Template::paper(), shard: Shard::whole(), batch_forks: false }
+    SweepConfig { lengths: parse_lengths(lengths).unwrap(), depths, spacing: Spacing::Even, seed: 7, template: Template::paper(), shard: Shard::whole(), batch_forks: false }
 }
 
 fn fakes() -> Vec<Fake> {
@@ -115,7 +115,7 @@ fn prompts_land_within_one_block_and_place_the_needle_as_the_paper() {
     let t = tokenized(&paper, 7, 10_000);
     let block = paper.filler.chars().count();
     for length in [300, 1000, 4096, 10_000] {
-        let prompts = t.prompts(length, 7, |s| fake.encode(s)).unwrap();
+        let prompts = t.prompts(length, 7, Spacing::Even, |s| fake.encode(s)).unwrap();
         for (i, p) in prompts.iter().enumerate() {
             // The paper's rule: blocks = (length - prefix - suffix) / block, the needle replacing
             // block floor(depth * (blocks - 1)).
@@ -131,7 +131,7 @@ fn prompts_land_within_one_block_and_place_the_needle_as_the_paper() {
             assert_eq!(text.matches(p.key.as_str()).count(), 2);
         }
     }
-    assert!(t.prompts(50, 3, |s| fake.encode(s)).is_err(), "too short for the template");
+    assert!(t.prompts(50, 3, Spacing::Even, |s| fake.encode(s)).is_err(), "too short for the template");
 }
 
 /// A needle longer than the filler blocks (about 4K tokens against one sentence) used to make
@@ -144,11 +144,11 @@ fn a_long_needle_never_stretches_a_prompt_past_its_length() {
     template.needle = format!("{} The passkey is {{key}}.\n", "Remember. ".repeat(400));
     let t = tokenized(&template, 1, 8192);
     for length in [4300, 5000, 8192] {
-        for p in t.prompts(length, 5, |s| fake.encode(s)).unwrap() {
+        for p in t.prompts(length, 5, Spacing::Even, |s| fake.encode(s)).unwrap() {
             assert!(p.tokens <= length, "length {length}: {} tokens", p.tokens);
         }
     }
-    let error = t.prompts(256, 5, |s| fake.encode(s)).unwrap_err().to_string();
+    let error = t.prompts(256, 5, Spacing::Even, |s| fake.encode(s)).unwrap_err().to_string();
     assert!(error.contains("length 256 is too short") && error.contains("take 4"), "{error}");
     let config = SweepConfig { template, ..config("256", 5) };
     let error = check_sweep(&fakes(), &config).unwrap_err().to_string();
@@ -162,7 +162,7 @@ fn bindings_prompts_bind_every_block_and_ask_for_the_needle() {
     let fake = Fake { memory: 10, name: "f".into() };
     let template = Template::bindings();
     let t = tokenized(&template, 11, 4096);
-    let prompts = t.prompts(4096, 6, |s| fake.encode(s)).unwrap();
+    let prompts = t.prompts(4096, 6, Spacing::Even, |s| fake.encode(s)).unwrap();
     // One filler for every depth: each prompt is prefix + filler[..j] + needle + filler[j..] + suffix.
     let mut filler = Vec::new();
     t.filler(0, prompts[0].filler_blocks, &mut filler, |s| fake.encode(s)).unwrap();
@@ -184,6 +184,42 @@ fn bindings_prompts_bind_every_block_and_ask_for_the_needle() {
     let bound: Vec<&str> = filler.lines().map(|l| l.strip_prefix("The passkey of ").unwrap().split(' ').next().unwrap()).collect();
     let distinct: std::collections::HashSet<&&str> = bound.iter().collect();
     assert_eq!(distinct.len(), bound.len(), "every block a fresh name");
+}
+
+/// Log spacing: the needles' distances from the question are geometric, from one block to about
+/// the whole filler, so half of them lie within the square root of the filler's blocks at every
+/// length; the sweep records it, and a results file of one spacing refuses a resume with the other.
+#[test]
+fn log_spacing_puts_as_many_needles_in_every_octave_of_distance() {
+    let fake = Fake { memory: 10, name: "f".into() };
+    let t = tokenized(&Template::bindings(), 3, 1 << 16);
+    for length in [1024, 1 << 16] {
+        let prompts = t.prompts(length, 32, Spacing::Log, |s| fake.encode(s)).unwrap();
+        let blocks = prompts[0].filler_blocks;
+        let after: Vec<usize> = prompts.iter().map(|p| blocks - p.needle_block).collect();
+        assert!(after.windows(2).all(|w| w[0] >= w[1]), "deepest first: {after:?}");
+        assert_eq!(after[31], 1, "the last needle one block before the question");
+        assert!(after[0] as f64 > 0.8 * blocks as f64, "the first near the start: {} of {blocks}", after[0]);
+        let near = after.iter().filter(|&&a| a * a <= blocks).count();
+        assert!((15..=17).contains(&near), "length {length}: {near} of 32 within sqrt({blocks}) blocks");
+        for p in &prompts {
+            assert_eq!(p.depth, p.needle_block as f64 / blocks as f64);
+            assert_eq!(p.tokens_after_needle, t.filler_len(p.needle_block, blocks));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = SweepConfig { template: Template::bindings(), spacing: Spacing::Log, ..config("512", 6) };
+    let mut results = ResultsFile::open(dir.path(), Shard::whole(), false).unwrap();
+    run_sweep(&fakes(), &config, &mut results, |_| {}).unwrap();
+    drop(results);
+    let records = read_results(&[dir.path().to_owned()]).unwrap();
+    assert!(records.iter().all(|r| r.spacing == Spacing::Log));
+    let mut results = ResultsFile::open(dir.path(), Shard::whole(), true).unwrap();
+    let summary = run_sweep(&fakes(), &config, &mut results, |_| {}).unwrap();
+    assert_eq!(summary.cells_run, 0, "a resume with the same spacing finds every cell done");
+    let even = SweepConfig { spacing: Spacing::Even, ..config };
+    let error = run_sweep(&fakes(), &even, &mut results, |_| {}).unwrap_err().to_string();
+    assert!(error.contains("spaced log") && error.contains("spaced even"), "{error}");
 }
 
 /// On `bindings`, a fake that remembers its last M tokens answers exactly the needles within M

@@ -47,9 +47,14 @@ pub struct PasskeyArgs {
     /// Context lengths in tokens: `1k,2k,4k`, or geometric `1k..1m` (doubling), `1k..1m:x4`.
     #[arg(long, value_name = "LIST")]
     pub lengths: String,
-    /// Needle depths per length, at (i + 0.5) / N.
+    /// Needle depths per length, at (i + 0.5) / N (see --spacing).
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub depths: usize,
+    /// How the needles spread: `even` (depth (i + 0.5) / N, the paper's) or `log` (the distance
+    /// from needle to question geometric, from one filler block to the whole prompt: as many
+    /// needles near the question at 1M tokens as at 1K, for memory span and collapse).
+    #[arg(long, default_value = "even", value_parser = ["even", "log"])]
+    pub spacing: String,
     /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`).
     #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub arms: Vec<String>,

@@ -113,7 +113,8 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
             subjects.push(CoilSubject { piece_len: args.piece_len, ..subject });
         }
     }
-    let config = SweepConfig { lengths, depths: args.depths, seed: args.seed, template, shard, batch_forks: args.batch_forks };
+    let spacing = args.spacing.parse()?;
+    let config = SweepConfig { lengths, depths: args.depths, spacing, seed: args.seed, template, shard, batch_forks: args.batch_forks };
     // Every length must take a prompt before a results file is made or the banner printed.
     check_sweep(&subjects, &config)?;
     let mut results = ResultsFile::open(&args.out, shard, args.resume)?;

@@ -7,6 +7,10 @@
 //! prefix and suffix, one of them replaced by the needle), capped so that no prompt of the length
 //! passes L whatever its needle and question; it is the same for every depth of a length. A
 //! prompt then holds at most L tokens, and within about a block of it, recorded exactly.
+//!
+//! Where the needles go is the [`Spacing`]: evenly over the prompt (the paper's depths), or at
+//! distances from the question spaced geometrically, so every octave of distance gets as many
+//! cells at 1M tokens as at 1K (what memory span and collapse on recent needles are read from).
 
 use super::names::{digits_of, needle_name, splitmix};
 use super::{EvalError, Template};
@@ -28,8 +32,62 @@ enum Filler {
     Drawn { ends: Vec<u64> },
 }
 
+/// How a length's needles spread over its prompt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spacing {
+    /// Depth `(i + 0.5) / n` for needle `i` of `n`: as many needles in every stretch of the prompt.
+    #[default]
+    Even,
+    /// The needle's distance from the question (in filler blocks) geometric from one block to the
+    /// whole filler: as many needles at 1-2 blocks from the question as at 1K-2K blocks.
+    Log,
+}
+
+impl Spacing {
+    /// Whether this is the default (left out of result lines and cell ids, which predate it).
+    pub fn is_even(&self) -> bool {
+        *self == Spacing::Even
+    }
+
+    /// `even` or `log`, as `--spacing` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Spacing::Even => "even",
+            Spacing::Log => "log",
+        }
+    }
+
+    /// The filler block that needle `i` of `n` goes before, in a prompt of `blocks` filler
+    /// blocks (0 ..= blocks, nondecreasing in `i`).
+    pub fn needle_block(self, i: usize, n: usize, blocks: usize) -> usize {
+        match self {
+            Spacing::Even => ((depth(i, n) * blocks as f64) as usize).min(blocks),
+            Spacing::Log => {
+                // Blocks between needle and question: blocks^t, t from near 1 (the first needle,
+                // the deepest in the past) down to near 0 (the last, one block back).
+                let t = 1.0 - depth(i, n);
+                let after = (blocks as f64).powf(t).round() as usize;
+                blocks - after.clamp(blocks.min(1), blocks)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Spacing {
+    type Err = EvalError;
+
+    fn from_str(s: &str) -> Result<Self, EvalError> {
+        match s {
+            "even" => Ok(Spacing::Even),
+            "log" => Ok(Spacing::Log),
+            other => Err(EvalError::Arguments(format!("unknown needle spacing `{other}`: even or log"))),
+        }
+    }
+}
+
 /// One prompt of a length: its needle, question and layout.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Prompt {
     /// The depth's index among the length's depths.
     pub depth_index: usize,
@@ -43,6 +101,9 @@ pub struct Prompt {
     pub filler_blocks: usize,
     /// Filler blocks before the needle.
     pub needle_block: usize,
+    /// Where the needle sits: `needle_block / filler_blocks` for log spacing, the nominal
+    /// `(i + 0.5) / n` for even spacing (the paper's depth, which the block rounds down).
+    pub depth: f64,
     /// The whole prompt's length in tokens.
     pub tokens: usize,
     /// Filler tokens between the needle's end and the question.
@@ -95,8 +156,8 @@ impl TokenizedTemplate {
         })
     }
 
-    /// Every depth's prompt of a length, in depth order.
-    pub fn prompts(&self, length: usize, depths: usize, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<Vec<Prompt>, EvalError> {
+    /// Every depth's prompt of a length, in depth order, `depths` needles spread by `spacing`.
+    pub fn prompts(&self, length: usize, depths: usize, spacing: Spacing, encode: impl Fn(&str) -> Result<Vec<u32>, EvalError>) -> Result<Vec<Prompt>, EvalError> {
         let mut parts = Vec::with_capacity(depths);
         for i in 0..depths {
             let key = key_of(self.seed, length, i, self.template.key_digits);
@@ -119,8 +180,13 @@ impl TokenizedTemplate {
             .into_iter()
             .enumerate()
             .map(|(i, (key, needle, suffix))| {
-                let needle_block = ((depth(i, depths) * filler_blocks as f64) as usize).min(filler_blocks);
+                let needle_block = spacing.needle_block(i, depths, filler_blocks);
+                let depth = match spacing {
+                    Spacing::Even => depth(i, depths),
+                    Spacing::Log => needle_block as f64 / filler_blocks.max(1) as f64,
+                };
                 Prompt {
+                    depth,
                     depth_index: i,
                     tokens: self.prefix.len() + filler + needle.len() + suffix.len(),
                     tokens_after_needle: filler - self.filler_tokens(needle_block) as usize,

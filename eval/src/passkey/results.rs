@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::EvalError;
+use super::{EvalError, Spacing};
 
 /// One finished cell.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +30,9 @@ pub struct CellRecord {
     pub depth: f64,
     pub depth_index: usize,
     pub depths: usize,
+    /// How the needles spread (absent: even, the only spacing before it was recorded).
+    #[serde(default, skip_serializing_if = "Spacing::is_even")]
+    pub spacing: Spacing,
     pub needle_block: usize,
     pub key: String,
     pub prediction: String,
@@ -44,12 +47,15 @@ pub struct CellRecord {
 impl CellRecord {
     /// What identifies a cell across runs, resumes and shards.
     pub fn id(&self) -> String {
-        cell_id(&self.model, &self.mitigation, &self.template, self.seed, self.length, self.depths, self.depth_index)
+        cell_id(&self.model, &self.mitigation, &self.template, self.seed, self.length, self.depths, self.spacing, self.depth_index)
     }
 }
 
-pub(crate) fn cell_id(model: &str, mitigation: &str, template: &str, seed: u64, length: usize, depths: usize, depth_index: usize) -> String {
-    format!("{model}\u{1f}{mitigation}\u{1f}{template}\u{1f}{seed}\u{1f}{length}\u{1f}{depths}\u{1f}{depth_index}")
+#[allow(clippy::too_many_arguments)] // the fields that name a cell, each a plain value
+pub(crate) fn cell_id(model: &str, mitigation: &str, template: &str, seed: u64, length: usize, depths: usize, spacing: Spacing, depth_index: usize) -> String {
+    // Even spacing adds nothing, so ids of results written before spacing existed still match.
+    let spacing = if spacing.is_even() { "" } else { "\u{1f}log" };
+    format!("{model}\u{1f}{mitigation}\u{1f}{template}\u{1f}{seed}\u{1f}{length}\u{1f}{depths}{spacing}\u{1f}{depth_index}")
 }
 
 /// Shard `index` of `count` (a cluster job array's task), as `I/N` with 0 <= I < N.
@@ -94,7 +100,7 @@ pub struct ResultsFile {
     file: File,
     done: HashSet<String>,
     /// The `(template, seed, depths)` of the cells it holds.
-    setups: HashSet<(String, u64, usize)>,
+    setups: HashSet<(String, u64, usize, Spacing)>,
 }
 
 impl ResultsFile {
@@ -125,7 +131,7 @@ impl ResultsFile {
         }
         let (records, good_len, unterminated) = parse_lines(&bytes, &path)?;
         done.extend(records.iter().map(CellRecord::id));
-        setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths)));
+        setups.extend(records.iter().map(|r| (r.template.clone(), r.seed, r.depths, r.spacing)));
         if good_len < bytes.len() {
             file.set_len(good_len as u64).map_err(|e| fail(format!("cannot cut the torn last line: {e}")))?;
         }
@@ -146,16 +152,18 @@ impl ResultsFile {
         self.done.contains(id)
     }
 
-    /// An error if the file holds cells of another template, seed or depth grid than
-    /// `(template, seed, depths)`: resuming into it would pool two sweeps into one report.
-    pub fn check_setup(&self, template: &str, seed: u64, depths: usize) -> Result<(), EvalError> {
-        match self.setups.iter().find(|&s| s != &(template.to_owned(), seed, depths)) {
+    /// An error if the file holds cells of another template, seed or needle grid than
+    /// `(template, seed, depths, spacing)`: resuming into it would pool two sweeps into one report.
+    pub fn check_setup(&self, template: &str, seed: u64, depths: usize, spacing: Spacing) -> Result<(), EvalError> {
+        match self.setups.iter().find(|&s| s != &(template.to_owned(), seed, depths, spacing)) {
             None => Ok(()),
-            Some((other_template, other_seed, other_depths)) => Err(EvalError::Results {
+            Some((other_template, other_seed, other_depths, other_spacing)) => Err(EvalError::Results {
                 path: self.path.clone(),
                 message: format!(
-                    "holds a sweep with template `{other_template}`, seed {other_seed}, {other_depths} depths; this one has \
-                     template `{template}`, seed {seed}, {depths} depths: resume with the same, or choose another --out"
+                    "holds a sweep with template `{other_template}`, seed {other_seed}, {other_depths} depths spaced {}; this one has \
+                     template `{template}`, seed {seed}, {depths} depths spaced {}: resume with the same, or choose another --out",
+                    other_spacing.name(),
+                    spacing.name()
                 ),
             }),
         }

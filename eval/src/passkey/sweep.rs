@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::prompt::{depth, Prompt, TokenizedTemplate};
+use super::prompt::{Prompt, Spacing, TokenizedTemplate};
 use super::results::{cell_id, CellRecord, ResultsFile, Shard};
 use super::{EvalError, Subject, Template};
 
@@ -15,8 +15,10 @@ use super::{EvalError, Subject, Template};
 pub struct SweepConfig {
     /// Prompt lengths in tokens.
     pub lengths: Vec<usize>,
-    /// Needle depths per length, spread evenly over the prompt.
+    /// Needles per length.
     pub depths: usize,
+    /// How they spread: evenly over the prompt, or geometric in distance from the question.
+    pub spacing: Spacing,
     /// Seed of the keys.
     pub seed: u64,
     /// The prompt template.
@@ -130,7 +132,7 @@ pub fn run_sweep<S: Subject>(
     results: &mut ResultsFile,
     mut progress: impl FnMut(SweepProgress),
 ) -> Result<SweepSummary, EvalError> {
-    results.check_setup(&config.template.name, config.seed, config.depths)?;
+    results.check_setup(&config.template.name, config.seed, config.depths, config.spacing)?;
     let started = Instant::now();
     let mut summary = SweepSummary::default();
     // Groups in a fixed order; group g belongs to shard g % N, so shards share nothing.
@@ -146,7 +148,7 @@ pub fn run_sweep<S: Subject>(
 
     for (s, length) in groups {
         let subject = &subjects[s];
-        let id = |i: usize| cell_id(subject.model_name(), subject.mitigation(), &config.template.name, config.seed, length, config.depths, i);
+        let id = |i: usize| cell_id(subject.model_name(), subject.mitigation(), &config.template.name, config.seed, length, config.depths, config.spacing, i);
         let pending: Vec<usize> = (0..config.depths).filter(|&i| !results.is_done(&id(i))).collect();
         summary.cells_skipped += config.depths - pending.len();
         cells_done += config.depths - pending.len();
@@ -188,7 +190,7 @@ fn tokenize_templates<S: Subject>(subjects: &[S], config: &SweepConfig) -> Resul
         .map(|subject| {
             let template = TokenizedTemplate::new(&config.template, config.seed, longest, |t| subject.encode(t))?;
             for &length in &config.lengths {
-                template.prompts(length, config.depths, |t| subject.encode(t))?;
+                template.prompts(length, config.depths, config.spacing, |t| subject.encode(t))?;
             }
             Ok(template)
         })
@@ -203,7 +205,7 @@ struct GroupCost {
 /// The pending cells of a group, needles in order of position.
 fn cells_of<S: Subject>(subject: &S, template: &TokenizedTemplate, config: &SweepConfig, length: usize, pending: &[usize]) -> Result<Vec<Prompt>, EvalError> {
     let mut cells: Vec<Prompt> =
-        template.prompts(length, config.depths, |t| subject.encode(t))?.into_iter().filter(|p| pending.contains(&p.depth_index)).collect();
+        template.prompts(length, config.depths, config.spacing, |t| subject.encode(t))?.into_iter().filter(|p| pending.contains(&p.depth_index)).collect();
     cells.sort_by_key(|c| (c.needle_block, c.depth_index));
     Ok(cells)
 }
@@ -226,9 +228,10 @@ fn answer_cell<S: Subject>(subject: &S, config: &SweepConfig, length: usize, cel
         length,
         tokens: cell.tokens,
         tokens_after_needle: Some(cell.tokens_after_needle),
-        depth: depth(cell.depth_index, config.depths),
+        depth: cell.depth,
         depth_index: cell.depth_index,
         depths: config.depths,
+        spacing: config.spacing,
         needle_block: cell.needle_block,
         correct: prediction.contains(cell.key.as_str()),
         key: cell.key.clone(),
