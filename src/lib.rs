@@ -401,6 +401,17 @@ pub use coil_checkpoints::Checkpoint;
 #[doc(inline)]
 pub use coil_checkpoints::Source;
 
+/// What a checkpoint's `training.json` tells Coil: its training length, and for a checkpoint made
+/// to collapse, the mitigation measured best on it.
+///
+/// ```
+/// let training = coil::Training::parse(br#"{"train_length": 64, "best_mitigation": "window:size=64"}"#).unwrap();
+/// assert_eq!((training.train_length, training.best_mitigation.as_deref()), (64, Some("window:size=64")));
+/// assert!(coil::Training::parse(br#"{"train_length": 0}"#).is_err());
+/// ```
+#[doc(inline)]
+pub use coil_checkpoints::Training;
+
 /// A checkpoint's `config.json`, in either dialect (HF or mamba_ssm), with derived sizes.
 ///
 /// ```

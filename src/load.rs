@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::DType;
 use crate::passkey::CoilSubject;
-use crate::{open_device, Backend, Checkpoint, Device, Error, Mitigation, Model, Plan, Session, Source, Tokenizer, WeightDtype};
+use crate::{open_device, Backend, Checkpoint, Device, Error, Mitigation, Model, Plan, Session, Source, Tokenizer, Training, WeightDtype};
 
 /// How a checkpoint becomes a model: what the command line's `--tokenizer`, `--weights` and
 /// `--chunk-size` set. The default holds the weights as the checkpoint stores them.
@@ -50,7 +50,7 @@ pub struct Loaded {
     model: Arc<Model>,
     tokenizer: Option<Arc<Tokenizer>>,
     source: Source,
-    train_length: Option<usize>,
+    training: Option<Training>,
     stored_dtype: DType,
     warnings: Vec<String>,
 }
@@ -142,14 +142,14 @@ impl Loaded {
             Some(path) => Some(Tokenizer::from_file(path)?),
             None => checkpoint.tokenizer,
         };
-        let (train_length, source, warnings) = (checkpoint.train_length, checkpoint.source.clone(), checkpoint.warnings.clone());
+        let (training, source, warnings) = (checkpoint.training.clone(), checkpoint.source.clone(), checkpoint.warnings.clone());
         let stored_dtype = checkpoint.weights.stored_dtype;
         let checkpoint = Checkpoint { tokenizer: None, ..checkpoint };
         let mut model = Model::from_checkpoint(checkpoint).with_backend(backend).with_weight_dtype(options.weights.unwrap_or(held_as(stored_dtype)))?;
         if let Some(chunk) = options.chunk_size {
             model = model.with_chunk_size(chunk);
         }
-        Ok(Loaded { model: Arc::new(model), tokenizer: tokenizer.map(Arc::new), source, train_length, stored_dtype, warnings })
+        Ok(Loaded { model: Arc::new(model), tokenizer: tokenizer.map(Arc::new), source, training, stored_dtype, warnings })
     }
 
     /// The dtype the checkpoint stores its projection weights in.
@@ -255,7 +255,13 @@ impl Loaded {
     /// # Ok::<(), coil::Error>(())
     /// ```
     pub fn train_length(&self) -> Option<usize> {
-        self.train_length
+        self.training.as_ref().map(|t| t.train_length)
+    }
+
+    /// The mitigation the checkpoint's makers measured best past its training length
+    /// (`best_mitigation` in its `training.json`), for a checkpoint made to show state collapse.
+    pub fn best_mitigation(&self) -> Option<&str> {
+        self.training.as_ref().and_then(|t| t.best_mitigation.as_deref())
     }
 
     /// Logit columns that are real tokens: the tokenizer's size when it is smaller than the
@@ -354,7 +360,7 @@ impl Loaded {
             plan,
             tokenizer: self.tokenizer()?.clone(),
             name: name.to_owned(),
-            train_length: self.train_length,
+            train_length: self.train_length(),
             piece_len: coil_ssm::DEFAULT_PIECE_LEN,
         })
     }

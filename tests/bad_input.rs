@@ -76,8 +76,14 @@ fn invalid_json_config() {
         std::fs::write(path.join("training.json"), bad).unwrap();
         assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["training.json", "train_length"]);
     }
+    std::fs::write(path.join("training.json"), "{\"train_length\": 512, \"best_mitigation\": 3}").unwrap();
+    assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["training.json", "best_mitigation"]);
     std::fs::write(path.join("training.json"), "{\"train_length\": 512}").unwrap();
     assert!(coil(&["inspect", "--model", path.to_str().unwrap()]).status.success());
+    assert_fails_with(
+        &coil(&["run", "--model", path.to_str().unwrap(), "--prompt", "a", "--max-new-tokens", "1", "--mitigate", "best"]),
+        &["--mitigate best", "best_mitigation", "training.json"],
+    );
     std::fs::remove_file(path.join("training.json")).unwrap();
     std::fs::write(path.join("config.json"), "{\"hidden_size\": 64,,}").unwrap();
     assert_fails_with(&coil(&["inspect", "--model", path.to_str().unwrap()]), &["config.json", "invalid JSON"]);

@@ -122,3 +122,32 @@ fn same_named_checkpoints_get_distinct_labels() {
     let count = |name: &str| records.iter().filter(|r| r.model == name).count();
     assert_eq!((count("runA/passkey-n16"), count("passkey-n16")), (2, 2));
 }
+
+/// `--mitigate best` runs each checkpoint's own best mitigation (its training.json's
+/// `best_mitigation`), labelled by what it is; a checkpoint without one runs only `none`.
+#[test]
+fn mitigate_best_runs_each_checkpoints_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/models/passkey-n16");
+    let folder = dir.path().join("collapsing");
+    std::fs::create_dir_all(&folder).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(shipped.join(file), folder.join(file)).unwrap();
+    }
+    std::fs::write(folder.join("training.json"), r#"{"train_length": 512, "best_mitigation": "window:size=300"}"#).unwrap();
+    let out = dir.path().join("sweep");
+    let output = Command::new(env!("CARGO_BIN_EXE_coil"))
+        .args(["passkey", "--model", folder.to_str().unwrap(), "--model", "embedded:passkey-n8", "--mitigate", "none", "--mitigate", "best"])
+        .args(["--lengths", "512", "--depths", "2", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let records = read_results(std::slice::from_ref(&out)).unwrap();
+    let mut arms: Vec<(String, String)> = records.iter().map(|r| (r.model.clone(), r.mitigation.clone())).collect();
+    arms.sort();
+    arms.dedup();
+    assert_eq!(
+        arms,
+        [("collapsing", "none"), ("collapsing", "window:size=300,granularity=1"), ("passkey-n8", "none")].map(|(m, a)| (m.to_owned(), a.to_owned()))
+    );
+}

@@ -22,7 +22,7 @@ pub use embedded::{embedded_family, embedded_names};
 pub use error::LoadError;
 pub use export::{convert_to_hf, Exported};
 pub use names::Role;
-pub use source::{not_a_checkpoint_folder, Checkpoint, Source};
+pub use source::{not_a_checkpoint_folder, Checkpoint, Source, Training};
 pub use tensors::{DType, TensorStore};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 pub use torch_zip::Error as TorchZipError;

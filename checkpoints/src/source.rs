@@ -37,8 +37,8 @@ pub struct Checkpoint {
     pub weights: Weights,
     /// Its `tokenizer.json`, when it has one.
     pub tokenizer: Option<Tokenizer>,
-    /// `train_length` from the checkpoint's `training.json`, when it has one.
-    pub train_length: Option<usize>,
+    /// What the checkpoint's `training.json` says, when it has one.
+    pub training: Option<Training>,
     /// What loading accepted, as HF transformers does, but a user should know: tensors the
     /// model does not use (layers past `num_hidden_layers` among them), a `model_type` that is
     /// not Mamba-2's. The command line prints them on standard error.
@@ -73,14 +73,14 @@ impl Checkpoint {
         // Optional; when there, it must say what it is for (a bad one was silently ignored, and
         // the length it should have given silently became a default).
         let training = dir.join("training.json");
-        let train_length = match std::fs::symlink_metadata(&training) {
+        let training = match std::fs::symlink_metadata(&training) {
             Err(_) => None,
             Ok(_) => {
                 let bytes = coil_files::read_limited(&training, coil_files::JSON_LIMIT).map_err(|source| LoadError::Io { path: training.clone(), source })?;
-                Some(train_length(&bytes).ok_or_else(|| LoadError::config(&training, "`train_length` must be a positive integer"))?)
+                Some(Training::parse(&bytes).map_err(|message| LoadError::config(&training, message))?)
             }
         };
-        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, train_length, warnings })
+        Ok(Checkpoint { source: Source::Dir(dir.to_owned()), config, weights, tokenizer, training, warnings })
     }
 
     /// A checkpoint from bytes in memory (`config.json`, one safetensors file, an optional
@@ -106,7 +106,7 @@ impl Checkpoint {
         };
         let root = PathBuf::from(format!("<embedded {name}>"));
         let mut checkpoint = Checkpoint::from_memory(e.config, Bytes::Static(e.model), Some(e.tokenizer), &root, Source::Embedded(name.to_owned()))?;
-        checkpoint.train_length = e.training.and_then(train_length);
+        checkpoint.training = e.training.map(|bytes| Training::parse(bytes).map_err(|message| LoadError::config(root.join("training.json"), message))).transpose()?;
         Ok(checkpoint)
     }
 
@@ -125,7 +125,7 @@ impl Checkpoint {
         let weights = Weights::load(&config, &store)?;
         let warnings = load_warnings(text, &config, &store);
         let tokenizer = tokenizer_json.map(|t| Tokenizer::from_bytes(t, &root.join("tokenizer.json"))).transpose()?;
-        Ok(Checkpoint { source, config, weights, tokenizer, train_length: None, warnings })
+        Ok(Checkpoint { source, config, weights, tokenizer, training: None, warnings })
     }
 }
 
@@ -159,10 +159,34 @@ fn read_text(path: &Path) -> Result<String, LoadError> {
     String::from_utf8(bytes).map_err(|e| LoadError::Json { path: path.to_owned(), message: format!("not UTF-8: {e}") })
 }
 
-/// `train_length` of a `training.json`, if it is there and a positive integer.
-fn train_length(bytes: &[u8]) -> Option<usize> {
-    let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    json.get("train_length")?.as_u64().filter(|&n| n > 0).map(|n| n as usize)
+/// What Coil reads from a checkpoint's optional `training.json` (the training scripts write much
+/// more: the recipe, the loss history, versions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Training {
+    /// The length in tokens the checkpoint was trained at: where the report's "within the
+    /// training length" and `stats`' reference position come from.
+    pub train_length: usize,
+    /// The mitigation its makers measured best past that length (a `--mitigate` spec), for a
+    /// checkpoint made to show state collapse; `--mitigate best` runs it.
+    pub best_mitigation: Option<String>,
+}
+
+impl Training {
+    /// Reads `train_length` (a positive integer) and the optional `best_mitigation` (a string).
+    pub fn parse(bytes: &[u8]) -> Result<Training, String> {
+        let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e}); it must hold a positive `train_length`"))?;
+        let train_length = json
+            .get("train_length")
+            .and_then(|n| n.as_u64())
+            .filter(|&n| n > 0)
+            .ok_or("`train_length` must be a positive integer")?;
+        let best_mitigation = match json.get("best_mitigation") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(spec)) if !spec.trim().is_empty() => Some(spec.clone()),
+            Some(_) => return Err("`best_mitigation` must be a mitigation spec such as \"window:size=64\"".into()),
+        };
+        Ok(Training { train_length: train_length as usize, best_mitigation })
+    }
 }
 
 /// Why `path` is not a checkpoint folder: missing, or something else than a folder (a model

@@ -55,7 +55,8 @@ pub struct PasskeyArgs {
     /// needles near the question at 1M tokens as at 1K, for memory span and collapse).
     #[arg(long, default_value = "even", value_parser = ["even", "log"])]
     pub spacing: String,
-    /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`).
+    /// A mitigation arm (repeat for several; `none` is the plain model; compose with `;`;
+    /// `best` is each checkpoint's own best, from its training.json, and `none` for one without).
     #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub arms: Vec<String>,
     /// Accuracy at which a length counts toward capacity, and a distance toward memory span.
@@ -123,7 +124,8 @@ pub struct ReportArgs {
 #[derive(Args, Debug, Clone, Default)]
 pub struct MitigationArgs {
     /// A mitigation, e.g. `rri:lambda=0.9999,beta=0.75`, `window:size=4096`,
-    /// `state-norm:calibrate=8192`, `dt-scale:0.5,layers=0-3`; repeat to compose in order.
+    /// `state-norm:calibrate=8192`, `dt-scale:0.5,layers=0-3`, or `best` (the checkpoint's own,
+    /// from its training.json); repeat to compose in order.
     #[arg(long = "mitigate", value_name = "SPEC", value_parser = mitigation_spec)]
     pub specs: Vec<String>,
 }

@@ -101,10 +101,16 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         // Weights converted by --weights are another subject: their cells must not be taken for
         // (or resumed from) the checkpoint's own.
         let name = if loaded.converted() { format!("{name}@{}", loaded.model().weight_dtype()) } else { name };
-        let plans = arms
-            .iter()
-            .map(|arm| super::plan::resolve(&loaded, &MitigationArgs { specs: vec![arm.clone()] }))
-            .collect::<Result<Vec<_>>>()?;
+        // `best` is each checkpoint's own (training.json); one without any runs `none` in its
+        // place. Arms that come to the same plan run once.
+        let mut plans: Vec<std::sync::Arc<coil::Plan>> = Vec::new();
+        for arm in &arms {
+            let arm = if arm == super::plan::BEST && loaded.best_mitigation().is_none() { "none" } else { arm.as_str() };
+            let plan = super::plan::resolve(&loaded, &MitigationArgs { specs: vec![arm.to_owned()] })?;
+            if !plans.iter().any(|p| p.describe() == plan.describe()) {
+                plans.push(plan);
+            }
+        }
         if loaded.tokenizer_if_any().is_none() {
             bail!("{}: the passkey sweep needs a tokenizer: {}", loaded.source(), super::NO_TOKENIZER);
         }

@@ -9,9 +9,18 @@ use coil::probes::Probe;
 use super::args::MitigationArgs;
 use coil::Loaded;
 
+/// The `--mitigate` value that stands for the checkpoint's own best mitigation.
+pub const BEST: &str = "best";
+
 pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
     let mut mitigations = Vec::new();
     for spec in &args.specs {
+        let spec = match spec.trim() {
+            BEST => loaded.best_mitigation().with_context(|| {
+                format!("--mitigate best: {} names no best mitigation (`best_mitigation` in its training.json)", loaded.source())
+            })?,
+            spec => spec,
+        };
         mitigations.extend(Mitigation::parse_list(spec).map_err(anyhow::Error::msg).context("bad --mitigate")?);
     }
     // state-norm:calibrate=T runs the passkey filler; tokenize it only when asked for.
