@@ -264,6 +264,12 @@ impl Loaded {
         self.training.as_ref().and_then(|t| t.best_mitigation.as_deref())
     }
 
+    /// The text that shows this checkpoint's state at work: the haystack it was trained on
+    /// (`bindings`, from its training.json), else the paper's passkey filler.
+    pub fn probe(&self) -> crate::probes::Probe {
+        crate::probes::Probe::for_template(self.training.as_ref().and_then(|t| t.template.as_deref()))
+    }
+
     /// Logit columns that are real tokens: the tokenizer's size when it is smaller than the
     /// (padded) embedding. Pass it to [`Session::generate`] and [`crate::Sampler::sample`] so
     /// padding rows are never sampled.

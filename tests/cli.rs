@@ -399,3 +399,37 @@ fn progress_reaches_a_log_when_stderr_is_not_a_terminal() {
     let lines = progress_lines(&args, "passkey: ");
     assert!(lines.iter().any(|l| l.contains("3/3 cells")), "{lines:#?}");
 }
+
+/// A checkpoint trained on the `bindings` haystack (its training.json says so) gets that haystack
+/// from `stats` and `calibrate` by default, not the paper's filler; `--probe` still chooses.
+#[test]
+fn a_bindings_checkpoint_streams_its_own_haystack_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("checkpoints/models/passkey-n16");
+    let folder = dir.path().join("bindings-like");
+    std::fs::create_dir_all(&folder).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(shipped.join(file), folder.join(file)).unwrap();
+    }
+    std::fs::write(folder.join("training.json"), r#"{"train_length": 256, "template": "bindings"}"#).unwrap();
+    let model = folder.to_str().unwrap();
+    let csv = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let stats = |extra: &[&str], out: &str| {
+        let output = coil(&[&["stats", "--model", model, "--length", "600", "--every", "300", "--out", out][..], extra].concat());
+        (String::from_utf8_lossy(&output.stderr).into_owned(), std::fs::read_to_string(out).unwrap())
+    };
+    let (note, default) = stats(&[], &csv("default.csv"));
+    assert!(note.contains("streaming the `bindings` probe"), "{note}");
+    let (_, bindings) = stats(&["--probe", "bindings"], &csv("bindings.csv"));
+    let (_, filler) = stats(&["--probe", "filler"], &csv("filler.csv"));
+    assert_eq!(default, bindings);
+    assert_ne!(default, filler, "the two texts leave different states");
+    // calibrate: the thresholds are the state norms after the bindings probe, and say so.
+    let out = csv("thresholds.json");
+    coil(&["calibrate", "--model", model, "--length", "300", "--out", &out]);
+    let loaded = coil::load(&coil::Source::Dir(folder.clone()), coil::Device::Cpu).unwrap();
+    let tokens = coil::probes::Probe::Bindings.tokens(loaded.tokenizer().unwrap(), 300).unwrap();
+    let expected = coil::calibrate(loaded.model(), &loaded.plan(&[]).unwrap(), &tokens, 1.0).unwrap();
+    assert_eq!(coil::read_thresholds(Path::new(&out)).unwrap(), expected);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("the bindings probe"));
+}

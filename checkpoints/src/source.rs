@@ -169,10 +169,14 @@ pub struct Training {
     /// The mitigation its makers measured best past that length (a `--mitigate` spec), for a
     /// checkpoint made to show state collapse; `--mitigate best` runs it.
     pub best_mitigation: Option<String>,
+    /// The passkey template it was trained to answer (`bindings`), when it names one: the
+    /// text its state statistics and calibration stream by default.
+    pub template: Option<String>,
 }
 
 impl Training {
-    /// Reads `train_length` (a positive integer) and the optional `best_mitigation` (a string).
+    /// Reads `train_length` (a positive integer) and the optional `best_mitigation` and
+    /// `template` (strings).
     pub fn parse(bytes: &[u8]) -> Result<Training, String> {
         let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e}); it must hold a positive `train_length`"))?;
         let train_length = json
@@ -185,7 +189,12 @@ impl Training {
             Some(serde_json::Value::String(spec)) if !spec.trim().is_empty() => Some(spec.clone()),
             Some(_) => return Err("`best_mitigation` must be a mitigation spec such as \"window:size=64\"".into()),
         };
-        Ok(Training { train_length: train_length as usize, best_mitigation })
+        let template = match json.get("template") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(name)) => Some(name.clone()),
+            Some(_) => return Err("`template` must be the name of a passkey template".into()),
+        };
+        Ok(Training { train_length: train_length as usize, best_mitigation, template })
     }
 }
 

@@ -274,7 +274,8 @@ pub struct CalibrateArgs {
     /// says, else 8192).
     #[arg(long, value_name = "T")]
     pub length: Option<usize>,
-    /// Calibration text (default: the passkey filler).
+    /// Calibration text (default: the haystack the checkpoint was trained on, from its
+    /// training.json's template, else the passkey filler).
     #[arg(long, value_name = "FILE")]
     pub text_file: Option<PathBuf>,
     /// Thresholds are the measured norms times this.
@@ -294,7 +295,9 @@ pub struct StatsArgs {
     /// A UTF-8 text to stream (its first --length tokens).
     #[arg(long, value_name = "FILE", conflicts_with = "probe")]
     pub text_file: Option<PathBuf>,
-    /// A synthetic probe: `filler` (the passkey filler) or `newlines`.
+    /// A synthetic probe: `filler` (the passkey filler), `newlines`, or `bindings` (a fresh name
+    /// bound to a key per sentence); default: the haystack the checkpoint was trained on (its
+    /// training.json's template), else `filler`.
     #[arg(long, value_name = "PROBE")]
     pub probe: Option<String>,
     /// Tokens to stream.

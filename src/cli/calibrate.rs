@@ -2,7 +2,6 @@
 
 use anyhow::{Context, Result};
 use coil::{calibrate, write_thresholds};
-use coil::probes::Probe;
 
 use super::args::CalibrateArgs;
 use super::input::InputSource;
@@ -34,7 +33,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     let provenance = serde_json::json!({
         "model": loaded.source().to_string(),
         "tokens": tokens.len(),
-        "text": args.text_file.as_ref().map_or("passkey filler".to_owned(), |p| p.display().to_string()),
+        "text": args.text_file.as_ref().map_or_else(|| format!("the {} probe", loaded.probe().name()), |p| p.display().to_string()),
         "factor": args.factor,
         "mitigation": plan.describe(),
     });
@@ -63,11 +62,12 @@ pub fn check_length(source: &str, length: usize) -> Result<()> {
     Ok(())
 }
 
-/// The first `length` tokens of a text file, or of the passkey filler.
+/// The first `length` tokens of a text file, or of the checkpoint's probe (the haystack it was
+/// trained on, else the passkey filler).
 pub fn calibration_tokens(loaded: &coil::Loaded, text: Option<&std::path::PathBuf>, length: usize) -> Result<Vec<u32>> {
     let tokenizer = loaded.tokenizer_if_any().with_context(|| format!("calibration text needs a tokenizer: {}", super::NO_TOKENIZER))?;
     let tokens = match text {
-        None => Probe::Filler.tokens(tokenizer, length)?,
+        None => loaded.probe().tokens(tokenizer, length)?,
         Some(path) => {
             let mut ids = Vec::with_capacity(length.min(1 << 20));
             InputSource::TextFile(path.clone()).stream_tokens(Some(tokenizer), |block, _| {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use coil::{Mitigation, Plan, Thresholds};
-use coil::probes::Probe;
 
 use super::args::MitigationArgs;
 use coil::Loaded;
@@ -23,7 +22,7 @@ pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
         };
         mitigations.extend(Mitigation::parse_list(spec).map_err(anyhow::Error::msg).context("bad --mitigate")?);
     }
-    // state-norm:calibrate=T runs the passkey filler; tokenize it only when asked for.
+    // state-norm:calibrate=T runs the checkpoint's probe text; tokenize it only when asked for.
     let calibration_length = mitigations
         .iter()
         .filter_map(|m| match m {
@@ -35,8 +34,8 @@ pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
         Some(tokens) => {
             let tokenizer = loaded
                 .tokenizer_if_any()
-                .with_context(|| format!("state-norm:calibrate runs the passkey filler, which needs a tokenizer ({}), or give thresholds=FILE instead", super::NO_TOKENIZER))?;
-            Some(Probe::Filler.tokens(tokenizer, tokens)?)
+                .with_context(|| format!("state-norm:calibrate streams the passkey filler, which needs a tokenizer ({}), or give thresholds=FILE instead", super::NO_TOKENIZER))?;
+            Some(loaded.probe().tokens(tokenizer, tokens)?)
         }
         None => None,
     };

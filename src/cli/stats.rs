@@ -33,7 +33,9 @@ pub fn run(args: StatsArgs) -> Result<()> {
         bail!("--every and --length must be at least 1");
     }
     if args.text_file.is_none() && args.probe.is_none() {
-        eprintln!("note: no --text-file or --probe: streaming the `filler` probe (the passkey filler block, repeated)");
+        let probe = loaded.probe();
+        let what = if probe == Probe::Bindings { "the bindings haystack this checkpoint was trained on" } else { "the passkey filler block, repeated" };
+        eprintln!("note: no --text-file or --probe: streaming the `{}` probe ({what})", probe.name());
     }
     super::calibrate::check_length("--length", args.length)?;
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
@@ -43,7 +45,10 @@ pub fn run(args: StatsArgs) -> Result<()> {
     let tokens = match (&args.text_file, &args.probe) {
         (Some(path), _) => super::calibrate::calibration_tokens(&loaded, Some(path), args.length)?,
         (None, probe) => {
-            let probe: Probe = probe.as_deref().unwrap_or("filler").parse().map_err(anyhow::Error::msg)?;
+            let probe: Probe = match probe {
+                Some(name) => name.parse().map_err(anyhow::Error::msg)?,
+                None => loaded.probe(),
+            };
             probe.tokens(tokenizer, args.length)?
         }
     };
