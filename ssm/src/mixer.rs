@@ -108,12 +108,10 @@ pub(crate) struct Activations {
     u: Buffer,
     out: Buffer, // [T, D]
     tokens: usize,
-    /// Host copies of x, dt and B for the window's ring and the statistics, when the engine
-    /// computes elsewhere.
-    host: HostScratch,
 }
 
-/// Host copies of a scan's x, dt and B (see [`Activations`]).
+/// Host copies of one sequence's x, dt and B, for the window's ring and the statistics when the
+/// engine computes away from the host.
 pub(crate) type HostScratch = [Vec<f32>; 3];
 
 impl Activations {
@@ -133,7 +131,6 @@ impl Activations {
             u: engine.zeros(0),
             out: engine.zeros(0),
             tokens: 0,
-            host: Default::default(),
         };
         act.resize(engine, dims, tokens);
         act
@@ -226,36 +223,17 @@ impl Block {
         }
     }
 
-    /// Runs the block over `hidden: [T, D]` in place, from and into `layer` (its part of the
-    /// state), with the mitigations of `plan`. `position` is the stream position of the first
-    /// token. One token goes through the fused step; more go through chunked SSD with chunk
-    /// length `chunk`, split where a mitigation acts between tokens.
+    /// Runs the block in place over `hidden: [B*T, D]`: B independent sequences of T tokens,
+    /// rows `i*T..(i+1)*T` continuing `states[i]` (this block is their layer `layer`), under the
+    /// mitigations of `plan`. Everything but the conv and the scan works row by row and runs once
+    /// over all B*T rows (the projections in one pass over the weights); the conv and the scan
+    /// read and write each sequence's rows in place with its own state (`scratch[i]` holds its
+    /// host copies), the sequences at once where the engine allows. One token goes through the
+    /// fused step; more through chunked SSD with chunk length `chunk`, split where a mitigation
+    /// acts between tokens. On a device, sequence `i`'s log-decay sums for this layer go to
+    /// `deferred` at `i * stride + layer * H`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
-        &self,
-        engine: &dyn Engine,
-        dims: &Dims,
-        hidden: &mut Buffer,
-        layer: LayerState,
-        plan: &LayerPlan,
-        position: u64,
-        chunk: usize,
-        act: &mut Activations,
-    ) {
-        debug_assert_eq!(act.tokens() * dims.d_model, hidden.len());
-        self.project_in(engine, dims, hidden.view(), act);
-        self.mix(engine, dims, layer, plan, position, chunk, act);
-        self.project_out(engine, dims, hidden, act);
-    }
-
-    /// B independent sequences of T tokens each: rows `i*T..(i+1)*T` of `hidden: [B*T, D]`
-    /// continue `states[i]` (this block is their layer `layer`). Everything but the conv and the
-    /// scan works row by row and runs once over all B*T rows (the projections in one pass over
-    /// the weights); the conv and the scan read and write each sequence's rows in place with its
-    /// own state (`scratch[i]` holds its host copies), the sequences at once where the engine
-    /// allows.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_batch(
         &self,
         engine: &dyn Engine,
         dims: &Dims,
@@ -273,7 +251,7 @@ impl Block {
         debug_assert_eq!(scratch.len(), states.len());
         let (conv_dim, inner, heads, shape) = (dims.conv_dim, dims.inner(), dims.ssm.heads, dims.ssm);
         // At once on host memory only (an engine computing elsewhere runs them in turn).
-        let concurrent = engine.concurrent_sequences() && act.xbc.is_host();
+        let concurrent = states.len() > 1 && engine.concurrent_sequences() && act.xbc.is_host();
         self.project_in(engine, dims, hidden.view(), act);
 
         let xbc_raw = act.xbc_raw.view();
@@ -292,7 +270,6 @@ impl Block {
         }
         self.split_conv_output(engine, dims, plan, act);
 
-        // Sequence i leaves its log-decay sums at `i * stride + layer * H` of `deferred`.
         let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
         let scan_one = |i: usize, state: &mut State, host: &mut HostScratch, y: ViewMut| {
             let position = state.position();
@@ -327,17 +304,6 @@ impl Block {
         engine.copy_columns(zxbcdt, i + c + h, 0, act.z.view_mut());
         engine.copy_columns(zxbcdt, i + c + h, i, act.xbc_raw.view_mut());
         engine.copy_columns(zxbcdt, i + c + h, i + c, act.dt_raw.view_mut());
-    }
-
-    /// The recurrent part for consecutive tokens of one sequence: conv, dt, the scan from and
-    /// into `layer`, leaving `act.y`.
-    #[allow(clippy::too_many_arguments)]
-    fn mix(&self, engine: &dyn Engine, dims: &Dims, mut layer: LayerState, plan: &LayerPlan, position: u64, chunk: usize, act: &mut Activations) {
-        let conv_bias = self.conv_bias.as_ref().map(Param::view);
-        engine.causal_conv1d(act.xbc_raw.view(), layer.conv.reborrow(), self.conv_weight.view(), conv_bias, dims.conv_dim, act.xbc.view_mut());
-        self.split_conv_output(engine, dims, plan, act);
-        let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
-        self.scan(engine, dims, &mut layer, plan, position, chunk, inputs, act.y.view_mut(), &mut act.host);
     }
 
     /// Row by row, for every row of `act`: the conv's output split into x, B and C; dt (softplus,

@@ -56,7 +56,7 @@ pub struct Model {
     plain: Plan,
     /// Buffers of the batched passes, kept between calls (a batch step would otherwise have
     /// the kernel zero megabytes of fresh pages every token).
-    batch_buffers: std::sync::Mutex<Vec<BatchBuffers>>,
+    batch_buffers: std::sync::Mutex<Vec<Workspace>>,
     prefill_tokens: AtomicU64,
     decode_tokens: AtomicU64,
 }
@@ -90,20 +90,18 @@ impl Sequences for OneEach<'_> {
     }
 }
 
-/// What one batched pass works in.
-struct BatchBuffers {
-    workspace: Workspace,
-    scratch: Vec<HostScratch>, // one per sequence: their scans may run at once
-    last: Buffer,
-    ids: Vec<u32>,
-}
-
-/// Buffers for a forward pass, reused between calls of any length, where the engine computes;
-/// only the logits are on the host.
+/// Buffers for a forward pass, reused between calls of any length and batch, where the engine
+/// computes; only the logits are on the host.
 pub(crate) struct Workspace {
     hidden: Buffer,
     act: Activations,
     normed: Buffer,
+    /// Each sequence's last row, gathered (a batch's logits rows).
+    last: Buffer,
+    /// A batch's ids, sequence after sequence.
+    ids: Vec<u32>,
+    /// One per sequence: their scans may run at once.
+    scratch: Vec<HostScratch>,
     pub(crate) logits: Vec<f32>,
     /// On a device: the logits before they come back, and what else a pass reads back (each
     /// layer's log-decay sums and the finiteness flags), there and on the host.
@@ -459,13 +457,46 @@ impl Model {
         tokens: &(impl Sequences + ?Sized),
         logits: &mut Vec<f32>,
     ) -> Result<(), Error> {
+        let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
+        let mut workspace = taken.unwrap_or_else(|| self.workspace(0));
+        let result = self.run_pass(pass, plan, states, tokens, LogitRows::Last, &mut workspace, logits);
+        if let Ok(mut pool) = self.batch_buffers.lock() {
+            pool.push(workspace);
+        }
+        result
+    }
+
+    /// Checks a pass's inputs, runs it where the engine computes, and counts its tokens.
+    #[allow(clippy::too_many_arguments)]
+    fn run_pass(
+        &self,
+        pass: Pass,
+        plan: &Plan,
+        states: &mut [&mut State],
+        tokens: &(impl Sequences + ?Sized),
+        rows: LogitRows,
+        workspace: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<(), Error> {
+        self.admit(plan, states, tokens)?;
+        let mut result = Ok(());
+        self.engine.run(&mut || result = self.pass(plan, states, tokens, rows, workspace, logits));
+        self.device_ok()?;
+        if result.is_ok() {
+            self.count(pass, (0..tokens.count()).map(|i| tokens.sequence(i).len()).sum());
+        }
+        result
+    }
+
+    /// Refuses a pass before any state moves: states and sequences must pair up, be non-empty
+    /// and of one length, each state must fit this model and `plan` (which attaches the window's
+    /// history when the plan has a window), have room for its tokens, and every id must be in the
+    /// vocabulary.
+    fn admit(&self, plan: &Plan, states: &mut [&mut State], tokens: &(impl Sequences + ?Sized)) -> Result<(), Error> {
         if states.len() != tokens.count() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.count() });
         }
-        if tokens.count() == 0 {
-            return Err(Error::EmptyInput);
-        }
-        let len = tokens.sequence(0).len();
+        let len = (tokens.count() > 0).then(|| tokens.sequence(0).len()).unwrap_or(0);
         if len == 0 {
             return Err(Error::EmptyInput);
         }
@@ -481,42 +512,38 @@ impl Model {
                 return Err(Error::TokenOutOfRange { token: sequence[i], position: state.position() + i as u64, vocab });
             }
         }
-        let taken = self.batch_buffers.lock().ok().and_then(|mut pool| pool.pop());
-        let mut buffers =
-            taken.unwrap_or_else(|| BatchBuffers { workspace: self.workspace(0), scratch: Vec::new(), last: self.engine.zeros(0), ids: Vec::new() });
-        let mut result = Ok(());
-        self.engine.run(&mut || result = self.batch_pass(plan, states, tokens, &mut buffers, logits));
-        if let Ok(mut pool) = self.batch_buffers.lock() {
-            pool.push(buffers);
-        }
-        self.device_ok()?;
-        if result.is_ok() {
-            self.count(pass, (0..tokens.count()).map(|i| tokens.sequence(i).len()).sum());
-        }
-        result
+        Ok(())
     }
 
-    fn batch_pass(
+    /// One pass of B sequences of T tokens through the blocks (admitted by [`Model::admit`]):
+    /// the row-wise ops once over all B*T rows, the conv and the scan per sequence. Leaves in
+    /// `logits` the rows `rows` asks for: every position of every sequence (`[B*T, V]`), each
+    /// sequence's last (`[B, V]`), or none (the lm_head skipped). On a device, what the host needs
+    /// of the pass (the logits; per sequence, `[L, H]` log-decay sums and three finiteness flags)
+    /// waits there and comes back in one read.
+    fn pass(
         &self,
         plan: &Plan,
         states: &mut [&mut State],
         tokens: &(impl Sequences + ?Sized),
-        buffers: &mut BatchBuffers,
+        rows: LogitRows,
+        workspace: &mut Workspace,
         logits: &mut Vec<f32>,
     ) -> Result<(), Error> {
         let (batch, len, d, vocab) = (tokens.count(), tokens.sequence(0).len(), self.dims.d_model, self.config.vocab_size);
         let engine = &*self.engine;
-        let BatchBuffers { workspace, scratch, last, ids } = buffers;
-        scratch.resize_with(scratch.len().max(batch), HostScratch::default);
         workspace.resize(engine, &self.dims, batch * len);
+        workspace.scratch.resize_with(workspace.scratch.len().max(batch), HostScratch::default);
         for state in states.iter_mut() {
             state.place(engine);
         }
-        ids.clear();
-        ids.extend((0..batch).flat_map(|i| tokens.sequence(i).iter().copied()));
-        engine.embed(&self.embedding, ids, workspace.hidden.view_mut());
-        // On a device, what the host needs of the pass waits there and comes back in one read, as
-        // in `forward_on_device`: per sequence, `[L, H]` log-decay sums and three flags.
+        if batch == 1 {
+            engine.embed(&self.embedding, tokens.sequence(0), workspace.hidden.view_mut());
+        } else {
+            workspace.ids.clear();
+            workspace.ids.extend((0..batch).flat_map(|i| tokens.sequence(i).iter().copied()));
+            engine.embed(&self.embedding, &workspace.ids, workspace.hidden.view_mut());
+        }
         let device = !engine.computes_on_host();
         let (heads, layers) = (self.dims.ssm.heads, self.blocks.len());
         let (flags, stride) = (layers * heads, layers * heads + 3);
@@ -526,34 +553,45 @@ impl Model {
         }
         let chunk = self.chunk_size();
         for (i, block) in self.blocks.iter().enumerate() {
-            let (hidden, act) = (&mut workspace.hidden, &mut workspace.act);
             let deferred = device.then_some((&workspace.results, stride));
-            block.forward_batch(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, &mut scratch[..batch], deferred);
+            let (hidden, act, scratch) = (&mut workspace.hidden, &mut workspace.act, &mut workspace.scratch[..batch]);
+            block.forward(engine, &self.dims, hidden, states, i, &plan.layers[i], chunk, act, scratch, deferred);
         }
         for state in states.iter_mut() {
             state.advance(len);
         }
-        // Each sequence's last row.
-        engine.resize(last, batch * d);
-        for i in 0..batch {
-            let row = (i * len + len - 1) * d;
-            engine.copy_columns(workspace.hidden.slice(row..row + d), d, 0, last.slice_mut(i * d..(i + 1) * d));
-        }
-        if device {
-            for (i, state) in states.iter().enumerate() {
-                flag_non_finite(engine, state, len, last.slice(i * d..(i + 1) * d), &mut workspace.results, i * stride + flags);
-            }
-        } else {
-            for (i, state) in states.iter().enumerate() {
-                check_finite(engine, state, len, last.slice(i * d..(i + 1) * d))?;
+
+        // The rows logits come from, `per_sequence` of each sequence in turn: all of `hidden`,
+        // one sequence's last row in place, or each one's last row gathered.
+        let per_sequence = if rows == LogitRows::All { len } else { 1 };
+        if rows != LogitRows::All && batch > 1 {
+            engine.resize(&mut workspace.last, batch * d);
+            for i in 0..batch {
+                let row = (i * len + len - 1) * d;
+                engine.copy_columns(workspace.hidden.slice(row..row + d), d, 0, workspace.last.slice_mut(i * d..(i + 1) * d));
             }
         }
-        logits.resize(batch * vocab, 0.0);
-        engine.resize(&mut workspace.normed, batch * d);
-        engine.rms_norm(last.view(), self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
+        let selected = match rows {
+            LogitRows::All => workspace.hidden.view(),
+            _ if batch == 1 => workspace.hidden.slice((len - 1) * d..len * d),
+            _ => workspace.last.view(),
+        };
+        for (i, state) in states.iter().enumerate() {
+            let hidden = selected.slice(i * per_sequence * d..(i + 1) * per_sequence * d);
+            if device {
+                flag_non_finite(engine, state, len, hidden, &mut workspace.results, i * stride + flags);
+            } else {
+                check_finite(engine, state, len, hidden)?;
+            }
+        }
+        let logit_rows = if rows == LogitRows::None { 0 } else { batch * per_sequence };
+        if logit_rows > 0 {
+            engine.resize(&mut workspace.normed, logit_rows * d);
+            engine.rms_norm(selected, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
+        }
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         if device {
-            workspace.read_back(engine, head, batch, logits);
+            workspace.read_back(engine, head, logit_rows, logits);
             for (state, results) in states.iter_mut().zip(workspace.results_host.chunks_exact(stride)) {
                 state.add_log_decay(&results[..flags]);
             }
@@ -561,10 +599,13 @@ impl Model {
                 check_flags(engine, state, &results[flags..])?;
             }
         } else {
-            engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
+            logits.resize(logit_rows * vocab, 0.0);
+            if logit_rows > 0 {
+                engine.linear(workspace.normed.view(), head, None, ViewMut::Host(logits));
+            }
         }
-        if let Some(i) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
-            return Err(Error::NonFiniteLogits { position: states[i].position() });
+        if let Some(row) = logits.chunks_exact(vocab).position(|row| row.iter().any(|v| !v.is_finite())) {
+            return Err(Error::NonFiniteLogits { position: states[row / per_sequence].position() });
         }
         Ok(())
     }
@@ -575,6 +616,9 @@ impl Model {
             hidden: engine.zeros(tokens * self.dims.d_model),
             act: Activations::new(engine, &self.dims, tokens),
             normed: engine.zeros(0),
+            last: engine.zeros(0),
+            ids: Vec::new(),
+            scratch: Vec::new(),
             logits: Vec::new(),
             device_logits: engine.zeros(0),
             results: engine.zeros(0),
@@ -592,12 +636,9 @@ impl Model {
         rows: LogitRows,
         workspace: &mut Workspace,
     ) -> Result<(), Error> {
-        let mut result = Ok(());
-        self.engine.run(&mut || result = self.forward_here(plan, state, tokens, rows, workspace));
-        self.device_ok()?;
-        if result.is_ok() {
-            self.count(pass, tokens.len());
-        }
+        let mut logits = std::mem::take(&mut workspace.logits);
+        let result = self.run_pass(pass, plan, &mut [state], &[tokens][..], rows, workspace, &mut logits);
+        workspace.logits = logits;
         result
     }
 
@@ -608,103 +649,6 @@ impl Model {
             Some(message) => Err(Error::Device { message }),
             None => Ok(()),
         }
-    }
-
-    /// [`Model::forward_in`] on the calling thread.
-    fn forward_here(
-        &self,
-        plan: &Plan,
-        state: &mut State,
-        tokens: &[u32],
-        rows: LogitRows,
-        workspace: &mut Workspace,
-    ) -> Result<(), Error> {
-        if tokens.is_empty() {
-            return Err(Error::EmptyInput);
-        }
-        state.check_shape(self.state_shape())?;
-        check_room(state, tokens.len())?;
-        // Reject bad ids before the state moves, so a failed call leaves it untouched.
-        let vocab = self.config.vocab_size;
-        if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
-            return Err(Error::TokenOutOfRange { token: tokens[i], position: state.position() + i as u64, vocab });
-        }
-        let engine = &*self.engine;
-        if !engine.computes_on_host() {
-            return self.forward_on_device(plan, state, tokens, rows, workspace);
-        }
-        workspace.resize(engine, &self.dims, tokens.len());
-        let d = self.dims.d_model;
-        state.place(engine);
-        engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
-        let (position, chunk) = (state.position(), self.chunk_size());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let layer = state.layer_mut(i);
-            block.forward(engine, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
-        }
-        state.advance(tokens.len());
-
-        let hidden_rows = match rows {
-            LogitRows::All => workspace.hidden.view(),
-            LogitRows::Last | LogitRows::None => workspace.hidden.slice((tokens.len() - 1) * d..tokens.len() * d),
-        };
-        check_finite(engine, state, tokens.len(), hidden_rows)?;
-        if rows == LogitRows::None {
-            workspace.logits.clear();
-            return Ok(());
-        }
-        engine.resize(&mut workspace.normed, hidden_rows.len());
-        engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
-        workspace.logits.resize(hidden_rows.len() / d * vocab, 0.0);
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        engine.linear(workspace.normed.view(), head, None, ViewMut::Host(&mut workspace.logits));
-        if workspace.logits.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteLogits { position: state.position() });
-        }
-        Ok(())
-    }
-
-    /// [`Model::forward_here`] on an engine that computes away from the host: the same ops, with
-    /// what the host needs of the pass (the logits rows, each layer's log-decay sums, the
-    /// finiteness flags) left on the device and read back together, once.
-    fn forward_on_device(&self, plan: &Plan, state: &mut State, tokens: &[u32], rows: LogitRows, workspace: &mut Workspace) -> Result<(), Error> {
-        let engine = &*self.engine;
-        let (d, heads, layers) = (self.dims.d_model, self.dims.ssm.heads, self.blocks.len());
-        workspace.resize(engine, &self.dims, tokens.len());
-        // `[L, H]` log-decay sums, then flags: the hidden rows, the conv state, the ssm state.
-        let flags = layers * heads;
-        engine.resize(&mut workspace.results, flags + 3);
-        engine.fill(workspace.results.view_mut(), 0.0);
-        state.place(engine);
-        engine.embed(&self.embedding, tokens, workspace.hidden.view_mut());
-        let (position, chunk) = (state.position(), self.chunk_size());
-        for (i, block) in self.blocks.iter().enumerate() {
-            let mut layer = state.layer_mut(i);
-            layer.deferred_decay = Some(workspace.results.slice_mut(i * heads..(i + 1) * heads));
-            block.forward(engine, &self.dims, &mut workspace.hidden, layer, &plan.layers[i], position, chunk, &mut workspace.act);
-        }
-        state.advance(tokens.len());
-
-        let hidden_rows = match rows {
-            LogitRows::All => workspace.hidden.view(),
-            LogitRows::Last | LogitRows::None => workspace.hidden.slice((tokens.len() - 1) * d..tokens.len() * d),
-        };
-        flag_non_finite(engine, state, tokens.len(), hidden_rows, &mut workspace.results, flags);
-        let logit_rows = if rows == LogitRows::None { 0 } else { hidden_rows.len() / d };
-        if logit_rows > 0 {
-            engine.resize(&mut workspace.normed, hidden_rows.len());
-            engine.rms_norm(hidden_rows, self.norm_f.view(), self.dims.eps, workspace.normed.view_mut());
-        }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
-        let mut logits = std::mem::take(&mut workspace.logits);
-        workspace.read_back(engine, head, logit_rows, &mut logits);
-        workspace.logits = logits;
-        state.add_log_decay(&workspace.results_host[..flags]);
-        check_flags(engine, state, &workspace.results_host[flags..])?;
-        if workspace.logits.iter().any(|v| !v.is_finite()) {
-            return Err(Error::NonFiniteLogits { position: state.position() });
-        }
-        Ok(())
     }
 }
 
