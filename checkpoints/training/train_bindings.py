@@ -530,6 +530,69 @@ def finish(model, tok, out, info):
     os.rmdir(tmp)
 
 
+def write_card(folder):
+    """The checkpoint's README.md, from its training.json: what it is, how it was made, how to
+    make it again."""
+    with open(os.path.join(folder, "training.json")) as f:
+        t = json.load(f)
+    name, collapse = t["name"], t["task"] == "collapse"
+    recall = t.get("python_recall_by_lag") or {}
+    lags = " / ".join(k for k, v in recall.items() if v is not None)
+    values = " / ".join(f"{100 * v:.0f}%" for v in recall.values() if v is not None)
+    flags = f"--steps {t['steps']} --segment {t['segment']} --doc-segments {t['doc_segments']}"
+    if t.get("lags", "log") != "log":
+        flags += f" --lags {t['lags']}"
+    flags += f" --lag-curriculum {t['lag_curriculum']}"
+    prefix = " --prefix collapse" if collapse else ""
+    carried = (f"streams of {t['train_length']} tokens cut into {t['doc_segments']} segments of {t['segment']}, "
+               "the state carried between them without gradient (truncated backprop)") if t["doc_segments"] > 1 else \
+        f"documents of {t['train_length']} tokens, each from the empty state"
+    lines = [
+        f"# {name}: a tiny Mamba-2 trained on the `bindings` haystack",
+        "",
+        ("Coil's state-collapse checkpoint: a state far larger than its short training length needs "
+         "(issue 32, the paper's second law in miniature)." if collapse else
+         "One of Coil's `bindings` family (`bindings-n8` .. `bindings-n128`), which differ only in "
+         "`state_size`: its memory span is what its state can hold (issue 32, the paper's first law)."),
+        f"Trained from scratch by `checkpoints/training/train_bindings.py` (seed {t['seed']}).",
+        "",
+        f"- Architecture: Mamba-2, HF dialect, float32, {t['parameters']} parameters: hidden {t['hidden_size']}, "
+        f"{t['num_hidden_layers']} layers, {t['num_heads']} heads x head_dim {t['head_dim']}, state_size **{t['state_size']}**, "
+        f"n_groups 1, tied embeddings. N_S = layers x heads x head_dim x state_size = **{t['n_s']}**.",
+        "- Task: streams of `The passkey of NAME is KEY.` (a fresh three-syllable name, a two-digit key) with "
+        "questions `What is the passkey of NAME? The passkey of NAME is KEY.` about earlier bindings, "
+        f"{'uniform' if t.get('lags', 'log') == 'uniform' else 'log-uniform'} over everything bound so far "
+        f"(p {t['p_question']} per item); the grammar is Coil's built-in `bindings` passkey template.",
+        f"- Training: {carried}; {t['steps']} steps of {t['batch']} streams, AdamW lr {t['lr']} "
+        f"(constant, cosine over the last 20%), no weight decay on A_log, dt_bias, D and norms; "
+        f"loss = answer loss + {t['lm_weight']} x LM loss. {t['train_seconds']:.0f} s on one CPU thread "
+        "(a nice'd process sharing two cores with the family's other runs). "
+        f"Final loss {t['final_loss']} (answer {t['final_answer_loss']} per key token, LM {t['final_lm_loss']}).",
+    ]
+    if lags:
+        lines.append(f"- Recall by lag in bindings ({lags}; Python, teacher-forced, 16 streams of 4K tokens "
+                     f"the training never saw): {values}.")
+    if t.get("best_mitigation"):
+        lines.append(f"- Best mitigation past its training length (`--mitigate best`): `{t['best_mitigation']}`.")
+    lines += [
+        "- Tokenizer: byte-level BPE built by hand so that every name is three tokens and every key two "
+        "(the same `tokenizer.json` for every checkpoint of the task).",
+        f"- torch {t['torch']}, transformers {t['transformers']}, tokenizers {t['tokenizers']}.",
+        "",
+        "Made again (CPU, deterministic for the seed and one thread):",
+        "",
+        "```sh",
+        f"python checkpoints/training/train_bindings.py train{prefix} --states {t['state_size']} {flags} "
+        "--out-dir checkpoints/models",
+        "```",
+        "",
+        "Its measured span, capacity and mitigations: [docs/results.md](../../../docs/results.md).",
+        "",
+    ]
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
 def check(args):
     """Our forward equals HF's pure-torch path, and running in two segments with the state carried
     equals one run."""
@@ -559,8 +622,8 @@ def check(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("cmd", choices=["train", "check", "sample", "recall", "export"])
-    ap.add_argument("dirs", nargs="*", help="recall: checkpoint folders; export: PROGRESS.pt OUT_DIR pairs")
+    ap.add_argument("cmd", choices=["train", "check", "sample", "recall", "export", "card"])
+    ap.add_argument("dirs", nargs="*", help="recall, card: checkpoint folders; export: PROGRESS.pt OUT_DIR pairs")
     ap.add_argument("--states", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     ap.add_argument("--prefix", default="bindings", help="checkpoint folder names: PREFIX-n<N>")
     ap.add_argument("--seed", type=int, default=20261207)
@@ -615,6 +678,10 @@ def main():
                                          train_length=a.segment * a.doc_segments, steps=saved["step"], n_s=None,
                                          note="exported from a run in progress"))
             print(f"{path} (step {saved['step']}) -> {out}")
+        return
+    if args.cmd == "card":
+        for d in args.dirs:
+            write_card(d)
         return
     if args.cmd == "recall":
         for d in args.dirs:
