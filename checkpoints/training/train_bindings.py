@@ -650,6 +650,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--save-every", type=int, default=200)
+    ap.add_argument("--best-mitigation", default=None,
+                    help="card: record this --mitigate spec as the checkpoint's best_mitigation in its training.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cmd == "check":
@@ -681,6 +683,16 @@ def main():
         return
     if args.cmd == "card":
         for d in args.dirs:
+            if args.best_mitigation:
+                # Measured after training (a collapse checkpoint's cure, calibrated with `coil passkey`):
+                # recorded where `coil passkey --mitigate best` finds it.
+                path = os.path.join(d, "training.json")
+                with open(path) as f:
+                    info = json.load(f)
+                info["best_mitigation"] = args.best_mitigation
+                with open(path, "w") as f:
+                    json.dump(info, f, indent=2)
+                    f.write("\n")
             write_card(d)
         return
     if args.cmd == "recall":
