@@ -265,10 +265,15 @@ fn memory_span_of_fakes_on_bindings_comes_out_exactly() {
 }
 
 #[test]
-fn memory_span_holds_the_cumulative_accuracy() {
+fn memory_span_is_the_farthest_last_r_accuracy_at_the_threshold() {
     assert_eq!(memory_span(&[], 0.95), None);
     assert_eq!(memory_span(&[(5, false), (1, true)], 0.95), Some(1));
-    assert_eq!(memory_span(&[(1, false), (5, true)], 0.5), None);
+    assert_eq!(memory_span(&[(1, false), (5, true)], 0.6), None);
+    // One miss at the nearest distance does not hide the rest: last-5 accuracy is 50%.
+    assert_eq!(memory_span(&[(1, false), (5, true)], 0.5), Some(5));
+    let mut cells: Vec<(usize, bool)> = vec![(1, false)];
+    cells.extend((2..=40).map(|d| (d, true)));
+    assert_eq!(memory_span(&cells, 0.95), Some(40), "39 of 40");
     // 19 right then 1 wrong: 95% holds at 20; the next wrong one breaks it.
     let mut cells: Vec<(usize, bool)> = (1..=19).map(|d| (d, true)).collect();
     cells.push((20, false));

@@ -1,6 +1,6 @@
 //! The sweep's report: accuracy per model x arm x length, capacity (the longest length at or above
-//! the threshold), memory span (the farthest needle-to-question distance up to which accuracy
-//! stays at or above it), both laws fitted across state sizes where the data carry a fit, a
+//! the threshold), memory span (the farthest needle-to-question distance r at which the accuracy
+//! over needles at most r away is at or above it), both laws fitted across state sizes where the data carry a fit, a
 //! Markdown summary and plots.
 
 use std::collections::BTreeMap;
@@ -71,9 +71,10 @@ pub fn fit_capacity(points: &[(f64, f64)]) -> Result<CapacityFit, String> {
 }
 
 /// The memory span of cells given as `(tokens between needle and question, correct)`: the
-/// largest distance r such that, for every r' <= r among the cells, the accuracy over the cells
-/// at distance <= r' is at least `threshold` (the paper's "last-r" accuracy, held). `None` when
-/// the nearest cells already fall below.
+/// largest distance r at which the accuracy over the cells at distance <= r (the paper's "last-r"
+/// accuracy) is at least `threshold`. Not "held for every r' <= r": the nearest distances have
+/// few cells each, and one miss there would otherwise hide everything past it. `None` when no
+/// distance reaches the threshold.
 pub fn memory_span(cells: &[(usize, bool)], threshold: f64) -> Option<usize> {
     let mut cells = cells.to_vec();
     cells.sort_unstable();
@@ -85,10 +86,9 @@ pub fn memory_span(cells: &[(usize, bool)], threshold: f64) -> Option<usize> {
             correct += cells[i].1 as usize;
             i += 1;
         }
-        if (correct as f64) < threshold * i as f64 {
-            break;
+        if correct as f64 >= threshold * i as f64 {
+            span = Some(distance);
         }
-        span = Some(distance);
     }
     span
 }
@@ -136,7 +136,7 @@ pub struct CapacityRow {
     pub mitigation: String,
     /// The longest length at or above the threshold; `None` when even the shortest falls below.
     pub tokens: Option<usize>,
-    /// The memory span in tokens ([`memory_span`]); `None` when even the nearest needles fall below.
+    /// The memory span in tokens ([`memory_span`]); `None` when no distance reaches the threshold.
     pub span: Option<usize>,
     /// Cells that recorded their needle's distance (results of older versions did not).
     pub span_cells: usize,
@@ -284,8 +284,8 @@ impl Report {
         let _ = writeln!(
             md,
             "{} cells, {:.0} s of model time. Capacity = the longest length with accuracy >= {pct:.0}%. \
-             Memory span = the farthest distance from the needle to the question (tokens) up to which \
-             the accuracy over the needles at most that far stays >= {pct:.0}%.\n",
+             Memory span = the farthest distance r from the needle to the question (tokens) at which \
+             the accuracy over the needles at most r away is >= {pct:.0}%.\n",
             self.cells,
             self.seconds,
             pct = self.threshold * 100.0
