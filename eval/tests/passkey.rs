@@ -260,6 +260,21 @@ fn memory_span_of_fakes_on_bindings_comes_out_exactly() {
     }
     let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
     assert!(md.contains("## Needles within the training length of the question"), "{md}");
+    // By distance: a fake recalls every needle in the bins wholly within its reach, none past it.
+    assert!(md.contains("## Accuracy by needle distance"), "{md}");
+    for fake in &fakes {
+        let reach = fake.memory - suffix - (needle - "The ".len());
+        let row = report.distance.iter().find(|d| d.model == fake.name).unwrap();
+        let cells = records.iter().filter(|r| r.model == fake.name).count();
+        assert_eq!(row.bins.iter().map(|b| b.1).sum::<usize>(), cells);
+        for (bin, &(correct, total)) in row.bins.iter().enumerate() {
+            if 16 << bin <= reach {
+                assert_eq!(correct, total, "{} bin {bin}", fake.name);
+            } else if bin > 0 && (16 << (bin - 1)) + 1 > reach {
+                assert_eq!(correct, 0, "{} bin {bin}", fake.name);
+            }
+        }
+    }
     assert!(md.contains("memory span (tokens)") && md.contains("memory span = "), "{md}");
     assert!(std::fs::read_to_string(dir.path().join("span.svg")).unwrap().starts_with("<svg"));
 }
@@ -274,6 +289,8 @@ fn memory_span_is_the_farthest_last_r_accuracy_at_the_threshold() {
     let mut cells: Vec<(usize, bool)> = vec![(1, false)];
     cells.extend((2..=40).map(|d| (d, true)));
     assert_eq!(memory_span(&cells, 0.95), Some(40), "39 of 40");
+    use coil_eval::passkey::distance_bin;
+    assert_eq!([0, 16, 17, 32, 33, 64, 65, 1 << 20].map(distance_bin), [0, 0, 1, 1, 2, 2, 3, 16]);
     // 19 right then 1 wrong: 95% holds at 20; the next wrong one breaks it.
     let mut cells: Vec<(usize, bool)> = (1..=19).map(|d| (d, true)).collect();
     cells.push((20, false));

@@ -13,7 +13,7 @@ mod template;
 pub use model::{CoilSubject, Subject};
 pub use names::{filler_key, filler_name, needle_name, NAMES, SYLLABLES};
 pub use prompt::{depth, key, key_of, Prompt, Spacing, TokenizedTemplate};
-pub use report::{fit_capacity, format_state_size, memory_span, write_report, AccuracyRow, ArmFits, CapacityFit, CapacityRow, Report};
+pub use report::{distance_bin, fit_capacity, format_state_size, memory_span, write_report, AccuracyRow, ArmFits, CapacityFit, CapacityRow, DistanceRow, Report};
 pub use results::{read_results, CellRecord, ResultsFile, Shard};
 pub use sweep::{check_sweep, parse_lengths, run_sweep, SweepConfig, SweepProgress, SweepSummary, MAX_DEPTHS, MAX_LENGTH};
 pub use template::{Template, MAX_KEY_DIGITS};

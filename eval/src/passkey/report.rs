@@ -166,6 +166,28 @@ impl CapacityRow {
     }
 }
 
+/// Accuracy of one model x arm by the needle's distance from the question, every length pooled,
+/// in the bins of [`distance_bin`] (the paper's "last-r" view, bin by bin).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistanceRow {
+    /// The checkpoint's name.
+    pub model: String,
+    /// The mitigation arm.
+    pub mitigation: String,
+    /// `(correct, cells)` per bin, from the nearest.
+    pub bins: Vec<(usize, usize)>,
+}
+
+/// The distance bin of a needle `tokens` before the question: 0 for 0..=16 tokens, then one per
+/// doubling (17..=32, 33..=64, ...); bin `i` ends at `16 << i`.
+pub fn distance_bin(tokens: usize) -> usize {
+    let mut bin = 0;
+    while tokens > 16 << bin {
+        bin += 1;
+    }
+    bin
+}
+
 /// Both laws fitted across the models of one mitigation arm, or why not.
 #[derive(Clone, Debug)]
 pub struct ArmFits {
@@ -197,6 +219,8 @@ pub struct Report {
     pub capacity: Vec<CapacityRow>,
     /// Per mitigation arm, the laws fitted across models.
     pub fits: Vec<ArmFits>,
+    /// Per model x arm, accuracy by the needle's distance from the question.
+    pub distance: Vec<DistanceRow>,
     /// Cells in the results.
     pub cells: usize,
     /// Seconds the cells took to run.
@@ -242,6 +266,17 @@ impl Report {
                 distances.entry((r.model.clone(), r.mitigation.clone())).or_default().push((d, r.correct));
             }
         }
+        let distance = distances
+            .iter()
+            .map(|((model, mitigation), cells)| {
+                let mut bins = vec![(0, 0); cells.iter().map(|&(d, _)| distance_bin(d) + 1).max().unwrap_or(0)];
+                for &(d, correct) in cells {
+                    bins[distance_bin(d)].0 += correct as usize;
+                    bins[distance_bin(d)].1 += 1;
+                }
+                DistanceRow { model: model.clone(), mitigation: mitigation.clone(), bins }
+            })
+            .collect();
         let mut capacity: Vec<CapacityRow> = Vec::new();
         for row in &accuracy {
             let position = capacity.iter().position(|c| c.model == row.model && c.mitigation == row.mitigation);
@@ -274,7 +309,7 @@ impl Report {
                 mitigation: arm,
             })
             .collect();
-        Report { threshold, accuracy, capacity, fits, cells: records.len(), seconds: records.iter().map(|r| r.seconds).sum() }
+        Report { threshold, accuracy, capacity, fits, distance, cells: records.len(), seconds: records.iter().map(|r| r.seconds).sum() }
     }
 
     /// The Markdown summary.
@@ -323,6 +358,33 @@ impl Report {
                 (r.recent_cells > 0)
                     .then(|| format!("{:.0}% ({}/{})", 100.0 * r.recent_correct as f64 / r.recent_cells as f64, r.recent_correct, r.recent_cells))
             });
+        }
+        let bins = self.distance.iter().map(|r| r.bins.len()).max().unwrap_or(0);
+        if bins > 0 {
+            let _ = writeln!(
+                md,
+                "\n## Accuracy by needle distance\n\n\
+                 Accuracy on the needles that lie that many tokens before the question, every length pooled \
+                 (correct / cells in brackets): where recall fades with distance, whatever the length.\n"
+            );
+            let _ = write!(md, "| model | mitigation |");
+            for bin in 0..bins {
+                let low = if bin == 0 { 0 } else { (16 << (bin - 1)) + 1 };
+                let _ = write!(md, " {}-{} |", format_length(low), format_length(16 << bin));
+            }
+            let _ = write!(md, "\n|---|---|{}\n", "---:|".repeat(bins));
+            for row in &self.capacity {
+                let _ = write!(md, "| {} | {} |", md_cell(&row.model), md_cell(&row.mitigation));
+                let found = self.distance.iter().find(|d| d.model == row.model && d.mitigation == row.mitigation);
+                for bin in 0..bins {
+                    let text = match found.and_then(|d| d.bins.get(bin)) {
+                        Some(&(correct, cells)) if cells > 0 => format!("{:.0}% ({correct}/{cells})", 100.0 * correct as f64 / cells as f64),
+                        _ => String::new(),
+                    };
+                    let _ = write!(md, " {text} |");
+                }
+                md.push('\n');
+            }
         }
         let _ = writeln!(md, "\n## Laws (N_S in millions, K tokens)\n");
         for fits in &self.fits {
