@@ -35,28 +35,41 @@ one that never stopped (checked: 8 steps straight against 4, stop, 4 more). `--s
 (the learning rate is constant until 80% of it, then a cosine). The finished checkpoint (config, weights, tokenizer,
 training.json) is written when the last step is done.
 
-The family (d_state 8..128; started 2026-12-07, one process of one thread each, nice'd):
+The family (d_state 8..128, started 2026-12-07; d_state 48 added in the third session, when n8 and
+n16 proved to have no memory span at 95%: their recall one binding back is 89-92% and 85-88%, so
+the family's smallest useful member is n32), one nice'd process of one thread each:
 
-    for n in 8 16 32 64 128; do
+    for n in 8 16 32 48 64 128; do
         nice -n 15 python checkpoints/training/train_bindings.py train --states $n --steps 8000 \
             --out-dir checkpoints --progress-dir checkpoints/training-progress &
     done
 
-(The out-dir `checkpoints` is where the runs started before the models moved to
-checkpoints/models/: move the finished folders there.) The collapse pilot (N 128 at 256 tokens, no
-state carried, log-uniform lags) did not collapse: it learned to forget within its training
-length. The second collapse run (started 2026-12-07: 128 tokens, questions uniform over the whole
-document, so never forgetting is optimal within training):
+Run two or three at a time on two cores, not six: six processes ran about five times slower
+in all (20-25 steps a minute each for n8, against 100-150 for two). (The out-dir `checkpoints`
+is where the runs started before the models moved to checkpoints/models/: move the finished
+folders there and write their cards with `card`.)
+
+The collapse checkpoint (`collapse-n128`, third try; 2,634 s): N 128 on 256-token documents, no
+state carried, questions uniform over the whole document (never forgetting is optimal within
+training) after a lag curriculum over the first 30%; its best mitigation is measured with
+`coil passkey` and recorded by `card --best-mitigation`:
 
     nice -n 15 python checkpoints/training/train_bindings.py train --prefix collapse --states 128 \
-        --steps 3000 --segment 128 --doc-segments 1 --lags uniform --lag-curriculum 0 \
+        --steps 3000 --segment 256 --doc-segments 1 --lags uniform --lag-curriculum 0.3 \
         --out-dir checkpoints --progress-dir checkpoints/training-progress --save-every 100
+    python checkpoints/training/train_bindings.py card checkpoints/models/collapse-n128 \
+        --best-mitigation window:size=288
+
+Collapse runs that did not collapse: 256 tokens with log-uniform lags (it learned to forget
+within its training length), 64 tokens with uniform lags (the same); 128 tokens with uniform lags
+and no curriculum sat at 23% at its training length after 1,800 steps.
 
     python checkpoints/training/train_bindings.py check                 # own forward == HF's, with state carry
     python checkpoints/training/train_bindings.py sample                # a training stream, decoded
     python checkpoints/training/train_bindings.py train --states 4 16 --out-dir /tmp/pilot
     python checkpoints/training/train_bindings.py recall DIR [DIR ...]  # python-side accuracy by lag
     python checkpoints/training/train_bindings.py export RUN.progress.pt DIR  # a run in progress, to evaluate
+    python checkpoints/training/train_bindings.py card DIR [--best-mitigation SPEC]  # its README from training.json
 
 Pinned versions: checkpoints/training/requirements-train.txt. CPU, deterministic for a seed and thread count.
 """
