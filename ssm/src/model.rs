@@ -496,7 +496,7 @@ impl Model {
         if states.len() != tokens.count() {
             return Err(Error::BatchMismatch { states: states.len(), tokens: tokens.count() });
         }
-        let len = (tokens.count() > 0).then(|| tokens.sequence(0).len()).unwrap_or(0);
+        let len = if tokens.count() > 0 { tokens.sequence(0).len() } else { 0 };
         if len == 0 {
             return Err(Error::EmptyInput);
         }
