@@ -483,11 +483,13 @@ pub use coil_checkpoints::LoadError;
 #[doc(inline)]
 pub use coil_checkpoints::embedded_names;
 
-/// The embedded passkey family (checkpoints differing only in state size), smallest state
-/// first: what a capacity sweep without `--model` covers.
+/// The embedded family trained on a passkey template (checkpoints differing only in state size),
+/// smallest state first: what a capacity sweep without `--model` covers.
 ///
 /// ```
-/// assert!(coil::embedded_family().iter().all(|name| coil::embedded_names().contains(name)));
+/// let paper = coil::embedded_family("paper");
+/// assert_eq!(paper, ["passkey-n4", "passkey-n8", "passkey-n16", "passkey-n32"]);
+/// assert_eq!(coil::embedded_family("ruler"), paper, "the paper's variants share its family");
 /// ```
 #[doc(inline)]
 pub use coil_checkpoints::embedded_family;

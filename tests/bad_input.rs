@@ -787,6 +787,11 @@ fn messages_name_the_real_mistake() {
     std::fs::write(d("file.txt"), "not a folder").unwrap();
     assert_fails_with(&coil(&["run", "--model", &d("file.txt"), "--prompt", "x"]), &["file.txt", "is a file, not a checkpoint folder"]);
     assert_fails_with(&coil(&["convert", "--model", &d("file.txt"), "--out", &d("o")]), &["is a file, not a checkpoint folder"]);
+    // Without --model a sweep takes the embedded family trained on its template, if there is one.
+    assert_fails_with(
+        &coil(&["passkey", "--template", "bindings", "--lengths", "256", "--out", &d("sweep-b")]),
+        &["trained on the `bindings` template", "--model"],
+    );
     assert_fails_with(
         &coil(&["convert", "--model", fixture("g1_tied").to_str().unwrap(), "--out", &d("file.txt")]),
         &["file.txt", "exists and is not a folder"],

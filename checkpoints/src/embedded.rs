@@ -51,9 +51,22 @@ pub fn embedded_names() -> Vec<&'static str> {
     FAMILY.iter().map(|e| e.name).collect()
 }
 
-/// The embedded passkey family, smallest state first: what a sweep without `--model` covers.
-pub fn embedded_family() -> Vec<&'static str> {
-    let mut family: Vec<&'static str> = FAMILY.iter().map(|e| e.name).filter(|n| n.starts_with("passkey-")).collect();
-    family.sort_by_key(|n| n.trim_start_matches("passkey-n").parse::<usize>().unwrap_or(usize::MAX));
-    family
+/// The embedded checkpoints trained on the passkey template `template` (their training.json's
+/// `template`; `paper` where it names none), smallest state first: what a sweep without `--model`
+/// covers. The paper's variants (`landmark`, `ruler`) and template files get the `paper` family.
+pub fn embedded_family(template: &str) -> Vec<&'static str> {
+    let wanted = if template == "bindings" { "bindings" } else { "paper" };
+    let trained_on = |e: &Embedded| -> Option<String> {
+        let json: serde_json::Value = serde_json::from_slice(e.training?).ok()?;
+        Some(json.get("template").and_then(|t| t.as_str()).unwrap_or("paper").to_owned())
+    };
+    let mut family: Vec<&Embedded> = FAMILY.iter().filter(|e| trained_on(e).as_deref() == Some(wanted)).collect();
+    family.sort_by_key(|e| (state_size(e), e.name));
+    family.into_iter().map(|e| e.name).collect()
+}
+
+/// `state_size` from an embedded checkpoint's config.json (0 where it does not say).
+fn state_size(e: &Embedded) -> u64 {
+    let json: Option<serde_json::Value> = serde_json::from_slice(e.config).ok();
+    json.and_then(|j| j.get("state_size").or_else(|| j.get("d_state")).and_then(|n| n.as_u64())).unwrap_or(0)
 }

@@ -37,7 +37,7 @@ pub enum Command {
 #[derive(Args, Debug)]
 pub struct PasskeyArgs {
     /// Checkpoint folders or `embedded:NAME` (repeat to sweep state sizes); default: the embedded
-    /// passkey family (passkey-n4, passkey-n8, passkey-n16, passkey-n32).
+    /// family trained on --template (passkey-n4, -n8, -n16, -n32 for the paper's templates).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
     /// A tokenizer.json to read and write text with, in place of each checkpoint's own: the

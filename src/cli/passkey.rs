@@ -72,9 +72,13 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     if let Some((i, arm)) = arms.iter().enumerate().find(|(i, arm)| arms[..*i].contains(arm)) {
         bail!("--mitigate `{arm}` is given twice (arm {} repeats an earlier one)", i + 1);
     }
-    // Without --model: every embedded checkpoint (the family of state sizes).
+    // Without --model: the embedded family trained on this template (state sizes to compare).
     let sources: Vec<Option<std::path::PathBuf>> = if args.models.is_empty() {
-        coil::embedded_family().into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()
+        let family = coil::embedded_family(&args.template);
+        if family.is_empty() {
+            bail!("no checkpoint compiled into Coil was trained on the `{}` template: give --model", args.template);
+        }
+        family.into_iter().map(|n| Some(std::path::PathBuf::from(format!("embedded:{n}")))).collect()
     } else {
         args.models.iter().cloned().map(Some).collect()
     };
