@@ -161,7 +161,7 @@ impl CapacityRow {
         match self.span {
             _ if self.span_cells == 0 => "not recorded".into(),
             Some(tokens) => tokens.to_string(),
-            None => "< nearest".into(),
+            None => "none".into(), // no distance reaches the threshold
         }
     }
 }
