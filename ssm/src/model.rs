@@ -372,10 +372,7 @@ impl Model {
         state.check_shape(self.state_shape())?;
         self.check_model(state).map_err(|message| Error::StateMismatch { message })?;
         match plan.window() {
-            Some(w) => {
-                let layers: Vec<bool> = plan.layers.iter().map(|l| l.window.is_some()).collect();
-                state.attach_window(w.size, w.granularity, &layers)
-            }
+            Some(w) => state.attach_window(w.size, w.granularity, plan.layers.iter().map(|l| l.window.is_some())),
             None if state.has_window() => Err(Error::StateMismatch {
                 message: "the state carries sliding-window history but the session runs without the window".into(),
             }),

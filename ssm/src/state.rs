@@ -282,9 +282,10 @@ impl State {
         self.model
     }
 
-    /// Prepares the window mitigation's lagged inputs for `layers` (a state must start its
-    /// stream with the window to be able to take inputs back out).
-    pub(crate) fn attach_window(&mut self, size: u64, granularity: u64, layers: &[bool]) -> Result<(), Error> {
+    /// Prepares the window mitigation's lagged inputs for the layers `layers` says are on (a
+    /// state must start its stream with the window to be able to take inputs back out). A state
+    /// that has them already is checked without allocating: every pass prepares its states.
+    pub(crate) fn attach_window(&mut self, size: u64, granularity: u64, layers: impl Iterator<Item = bool> + Clone) -> Result<(), Error> {
         // The state of any token spans at most R + Q - 1 inputs; one more slot is pushed before
         // the oldest are dropped at a window move.
         let Some(capacity) = size.checked_add(granularity).filter(|&c| c <= MAX_WINDOW_SPAN).map(|c| c as usize) else {
@@ -299,14 +300,14 @@ impl State {
         };
         match &self.window {
             Some(w) if w.size == size && w.granularity == granularity => {
-                if w.rings.iter().map(Option::is_some).eq(layers.iter().copied()) {
+                if w.rings.iter().map(Option::is_some).eq(layers.clone()) {
                     return Ok(());
                 }
                 return Err(Error::StateMismatch {
                     message: format!(
                         "the state carries a window on {}, but this run's window is on {}",
                         listed(&mut w.rings.iter().map(Option::is_some)),
-                        listed(&mut layers.iter().copied())
+                        listed(&mut layers.clone())
                     ),
                 });
             }
@@ -324,7 +325,7 @@ impl State {
         }
         let s = self.shape;
         let (inner, bc) = (s.heads * s.head_dim, (s.conv_dim - s.heads * s.head_dim) / 2);
-        let rings = layers.iter().map(|&on| on.then(|| Ring::new(capacity, inner, bc, s.heads, 0))).collect();
+        let rings = layers.map(|on| on.then(|| Ring::new(capacity, inner, bc, s.heads, 0))).collect();
         self.window = Some(WindowState { size, granularity, rings });
         Ok(())
     }
@@ -626,7 +627,7 @@ impl State {
                 }
             }
             state.position = 0; // attach_window requires the start of a stream
-            state.attach_window(size, granularity, &on)?;
+            state.attach_window(size, granularity, on.iter().copied())?;
             state.position = position;
             let window = state.window.as_mut().expect("just attached");
             for (l, ring) in window.rings.iter_mut().enumerate() {
