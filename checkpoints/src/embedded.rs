@@ -2,6 +2,10 @@
 //! without `--model` covers a family of state sizes. Their files live in `checkpoints/<name>/`,
 //! each with a model card.
 
+use std::path::Path;
+
+use crate::{Config, Training};
+
 /// One embedded checkpoint's files.
 pub(crate) struct Embedded {
     pub name: &'static str,
@@ -56,17 +60,14 @@ pub fn embedded_names() -> Vec<&'static str> {
 /// covers. The paper's variants (`landmark`, `ruler`) and template files get the `paper` family.
 pub fn embedded_family(template: &str) -> Vec<&'static str> {
     let wanted = if template == "bindings" { "bindings" } else { "paper" };
-    let trained_on = |e: &Embedded| -> Option<String> {
-        let json: serde_json::Value = serde_json::from_slice(e.training?).ok()?;
-        Some(json.get("template").and_then(|t| t.as_str()).unwrap_or("paper").to_owned())
+    // Embedded files are checked by the tests that load every one; here an unreadable one is
+    // simply not part of a family.
+    let trained_on = |e: &Embedded| e.training.and_then(|bytes| Training::parse(bytes).ok()).map(|t| t.template.unwrap_or_else(|| "paper".into()));
+    let state_size = |e: &Embedded| {
+        let text = std::str::from_utf8(e.config).ok();
+        text.and_then(|t| Config::from_json(t, Path::new("config.json")).ok()).map_or(0, |c| c.d_state)
     };
     let mut family: Vec<&Embedded> = FAMILY.iter().filter(|e| trained_on(e).as_deref() == Some(wanted)).collect();
     family.sort_by_key(|e| (state_size(e), e.name));
     family.into_iter().map(|e| e.name).collect()
-}
-
-/// `state_size` from an embedded checkpoint's config.json (0 where it does not say).
-fn state_size(e: &Embedded) -> u64 {
-    let json: Option<serde_json::Value> = serde_json::from_slice(e.config).ok();
-    json.and_then(|j| j.get("state_size").or_else(|| j.get("d_state")).and_then(|n| n.as_u64())).unwrap_or(0)
 }
