@@ -58,6 +58,15 @@ impl Probe {
         }
     }
 
+    /// What it streams, in a few words.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Probe::Filler => "the passkey filler block, repeated",
+            Probe::Newlines => "newline characters",
+            Probe::Bindings => "a fresh name bound to a key per sentence, the bindings haystack",
+        }
+    }
+
     /// Exactly `tokens` token ids of the probe: the tokenized unit repeated and cut to length.
     /// The unit is tokenized once, so this costs nothing for a million tokens (the bindings
     /// probe tokenizes each of its sentences: about a second per million tokens).

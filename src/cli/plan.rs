@@ -34,7 +34,7 @@ pub fn resolve(loaded: &Loaded, args: &MitigationArgs) -> Result<Arc<Plan>> {
         Some(tokens) => {
             let tokenizer = loaded
                 .tokenizer_if_any()
-                .with_context(|| format!("state-norm:calibrate streams the passkey filler, which needs a tokenizer ({}), or give thresholds=FILE instead", super::NO_TOKENIZER))?;
+                .with_context(|| format!("state-norm:calibrate streams the `{}` probe, which needs a tokenizer ({}), or give thresholds=FILE instead", loaded.probe().name(), super::NO_TOKENIZER))?;
             Some(loaded.probe().tokens(tokenizer, tokens)?)
         }
         None => None,

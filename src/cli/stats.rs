@@ -34,8 +34,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     }
     if args.text_file.is_none() && args.probe.is_none() {
         let probe = loaded.probe();
-        let what = if probe == Probe::Bindings { "the bindings haystack this checkpoint was trained on" } else { "the passkey filler block, repeated" };
-        eprintln!("note: no --text-file or --probe: streaming the `{}` probe ({what})", probe.name());
+        eprintln!("note: no --text-file or --probe: streaming the `{}` probe ({})", probe.name(), probe.describe());
     }
     super::calibrate::check_length("--length", args.length)?;
     if !(args.collapse_factor > 0.0 && args.collapse_factor.is_finite()) {
