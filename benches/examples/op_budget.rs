@@ -41,16 +41,19 @@ fn main() {
         println!("linear {m}x{k}x{n} {dtype}: {:.2} ms ({:.0} GFLOP/s)", t * 1e3, 2.0 * (m * k * n) as f64 / t / 1e9);
     }
     let m = 2048usize;
+    // Prefill's products, in each held dtype.
     for (k, n) in [(768usize, 3352usize), (1536, 768)] {
         let input = rnd(m * k, 1.0);
-        let w = Matrix::new(rnd(n * k, 0.05), n, k);
+        let f32_weight = Matrix::new(rnd(n * k, 0.05), n, k);
         let mut out = vec![0f32; m * n];
-        let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
-        println!(
-            "linear {m}x{k}x{n}: {:.2} ms ({:.0} GFLOP/s)",
-            t * 1e3,
-            2.0 * (m * k * n) as f64 / t / 1e9
-        );
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::F16] {
+            let w = f32_weight.to_dtype(dtype);
+            let t = time(&cpu, || cpu.linear(&input, &w, None, &mut out));
+            println!("linear {m}x{k}x{n} {dtype}: {:.2} ms ({:.0} GFLOP/s)", t * 1e3, 2.0 * (m * k * n) as f64 / t / 1e9);
+        }
+        if std::env::var_os("OP_BUDGET_PRODUCTS_ONLY").is_some() && n == 768 {
+            return;
+        }
     }
     let shape = SsmShape {
         heads: 24,

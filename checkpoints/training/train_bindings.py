@@ -371,7 +371,7 @@ def param_groups(model, weight_decay):
 
 def task_of(args):
     """`collapse` for a run made to collapse (its folder prefix says so), else `bindings`."""
-    return "collapse" if args.prefix == "collapse" else "bindings"
+    return "collapse" if args.prefix.startswith("collapse") else "bindings"
 
 
 def recipe_of(args):

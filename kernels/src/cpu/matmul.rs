@@ -3,7 +3,7 @@
 
 use gemm::Parallelism;
 
-use super::simd::{self, Weight};
+use super::simd::{self, Bf16Dots, Weight, STRIP, TILE_ROWS};
 
 use crate::{Matrix, Values};
 
@@ -168,6 +168,9 @@ fn linear_gemm<W: Weight>(
     if let Some(weight) = W::as_f32(weight) {
         return product(out, weight, 0);
     }
+    if let (Some(dots), Some(weight)) = (simd::Isa::current().bf16_dots(), W::as_bf16(weight)) {
+        return linear_bf16(dots, input, weight, bias, in_features, out_features, out);
+    }
     let block = (widen_max_values / in_features).clamp(1, out_features);
     WIDENED.with(|cell| {
         // Taken, not borrowed, as in `feature_major`.
@@ -179,6 +182,65 @@ fn linear_gemm<W: Weight>(
         cell.set(widened);
     });
 }
+
+/// [`linear`] for bf16 weights in bf16 arithmetic (AVX512-BF16): the input rounded to bf16 pairs
+/// once; the weight packed a block at a time into strips of [`STRIP`] output columns; each block
+/// of input rows multiplied by every strip in register tiles of pair dot products, summed in f32.
+/// Rounding the activations costs about 2⁻⁹ of each term (docs/performance.md has what it does
+/// to the golden fixtures); `COIL_SIMD=avx512` keeps f32 products.
+fn linear_bf16(dots: Bf16Dots, input: &[f32], weight: &[u16], bias: Option<&[f32]>, in_features: usize, out_features: usize, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let (k, n, pairs) = (in_features, out_features, in_features.div_ceil(2));
+    let rows = input.len() / k;
+    let strip_len = pairs * STRIP;
+    // Taken, not borrowed, as in `feature_major`.
+    let (mut rounded, mut strips) = (ROUNDED.with(std::cell::Cell::take), STRIPS.with(std::cell::Cell::take));
+    rounded.clear();
+    rounded.resize(rows * pairs, 0);
+    input.par_chunks(TILE_ROWS * k).zip(rounded.par_chunks_mut(TILE_ROWS * pairs)).for_each(|(input, rounded)| dots.round_rows(input, k, rounded));
+    // Enough row blocks to balance the threads, each large enough to reuse a strip many times.
+    let row_block = rows.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(TILE_ROWS).clamp(TILE_ROWS, 16 * TILE_ROWS);
+    let block_features = (PACKED_MAX_BYTES / (strip_len * 4)).max(1) * STRIP;
+    let zeros = [0.0f32; STRIP];
+    for first in (0..n).step_by(block_features) {
+        let features = (n - first).min(block_features);
+        strips.clear();
+        strips.resize(features.div_ceil(STRIP) * strip_len, 0);
+        strips.par_chunks_mut(strip_len).enumerate().for_each(|(s, strip)| {
+            let j = first + s * STRIP;
+            pack_strip(&weight[j * k..(j + (features - s * STRIP).min(STRIP)) * k], k, strip)
+        });
+        out.par_chunks_mut(row_block * n).zip(rounded.par_chunks(row_block * pairs)).for_each(|(out, a)| {
+            let rows = a.len() / pairs;
+            for (s, strip) in strips.chunks_exact(strip_len).enumerate() {
+                let j = first + s * STRIP;
+                let cols = (features - s * STRIP).min(STRIP);
+                let bias = bias.map_or(&zeros[..cols], |b| &b[j..j + cols]);
+                for t in (0..rows).step_by(TILE_ROWS) {
+                    dots.tile(&a[t * pairs..], pairs, (rows - t).min(TILE_ROWS), strip, bias, cols, &mut out[t * n + j..], n);
+                }
+            }
+        });
+    }
+    ROUNDED.with(|cell| cell.set(rounded));
+    STRIPS.with(|cell| cell.set(strips));
+}
+
+/// Packs up to [`STRIP`] weight rows of `k` bf16 values (`weight`) as one strip for
+/// [`Bf16Dots::tile`]: `strip[p * STRIP + c]` holds values `2p` and `2p + 1` of row `c` (low,
+/// high half); columns past the last row and an odd row's last high half are zero.
+fn pack_strip(weight: &[u16], k: usize, strip: &mut [u32]) {
+    strip.fill(0);
+    for (c, row) in weight.chunks_exact(k).enumerate() {
+        for (p, pair) in row.chunks(2).enumerate() {
+            strip[p * STRIP + c] = pair[0] as u32 | (pair.get(1).map_or(0, |&v| v as u32) << 16);
+        }
+    }
+}
+
+/// Most bytes of weight strips [`linear_bf16`] packs at once: a block every row block streams
+/// from the core's L2 cache.
+const PACKED_MAX_BYTES: usize = 1 << 20;
 
 /// Most weight values widened to f32 at once for a GEMM (16 MB of f32: one block for each of
 /// 130m's projections): each block costs the GEMM one more packing of the input and a narrower
@@ -226,6 +288,10 @@ thread_local! {
 
     /// Batched decode's input, packed into panels once per product, kept per calling thread.
     static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+
+    /// [`linear_bf16`]'s input rounded to bf16 pairs, and its block of weight strips.
+    static ROUNDED: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    static STRIPS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Computes `out[rows, out_features]` through a feature-major scratch, so each task owns a
@@ -300,6 +366,71 @@ mod tests {
                     + (0..k).map(|i| input[t * k + i] as f64 * crate::bf16_to_f32(weight[j * k + i]) as f64).sum::<f64>();
                 let got = out[t * n + j] as f64;
                 assert!((got - expected).abs() < 1e-4 * (1.0 + expected.abs()), "row {t} feature {j}: {got} vs {expected}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_weights_multiply_in_bf16_where_the_cpu_has_it() {
+        // With AVX512-BF16 the input is rounded to bf16 first and the sums are f32; without it
+        // (and through `linear` where the CPU's default keeps f32) the weight is widened and the
+        // input kept. Either way the result is the f64 sum of what was multiplied, within f32
+        // summation error. Rows off the 12-row tile and the row blocks, odd widths (a zero-padded
+        // last pair), outputs off the 16-lane and 32-column strips, and a width whose strips span
+        // several packed blocks.
+        let bf16_dots = simd::Isa::supported().into_iter().find_map(simd::Isa::bf16_dots);
+        let by_default = simd::Isa::current().bf16_dots().is_some();
+        for (rows, k, n, with_bias) in
+            [(65, 1, 1, true), (65, 2, 17, false), (77, 7, 33, true), (100, 33, 32, true), (161, 64, 70, false), (300, 100, 5, true), (70, 4097, 300, true), (130, 768, 97, false)]
+        {
+            let input: Vec<f32> = (0..rows * k).map(|i| ((i * 7919 % 2003) as f32 - 1001.0) / 313.0).collect();
+            let weight: Vec<u16> = (0..n * k).map(|i| crate::f32_to_bf16(((i * 104729 % 1009) as f32 - 504.0) / 517.0)).collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 / 7.0 - 2.0).collect();
+            let bias = with_bias.then_some(&bias[..]);
+            let check = |out: &[f32], rounds: bool| {
+                let multiplied = |v: f32| if rounds { crate::bf16_to_f32(crate::f32_to_bf16(v)) } else { v } as f64;
+                for t in 0..rows {
+                    for j in 0..n {
+                        let terms = (0..k).map(|i| (multiplied(input[t * k + i]), crate::bf16_to_f32(weight[j * k + i]) as f64));
+                        let (sum, size) = terms.fold((0.0, 0.0), |(s, m), (a, w)| (s + a * w, m + (a * w).abs()));
+                        let want = sum + bias.map_or(0.0, |b| b[j] as f64);
+                        let got = out[t * n + j] as f64;
+                        assert!((got - want).abs() <= 1e-6 * (size + want.abs()) + 1e-6, "{rows}x{k}x{n} at ({t}, {j}): {got} vs {want} (bf16 arithmetic: {rounds})");
+                    }
+                }
+            };
+            let mut out = vec![f32::NAN; rows * n];
+            linear(&input, &weight, bias, k, n, &mut out);
+            check(&out, by_default);
+            if let Some(dots) = bf16_dots {
+                out.fill(f32::NAN);
+                linear_bf16(dots, &input, &weight, bias, k, n, &mut out);
+                check(&out, true);
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_rounding_of_the_input_is_to_nearest_even_in_pairs() {
+        // The tile's rounding agrees bit for bit with the scalar conversion the loaders use, on
+        // ties, NaN, infinities and odd row lengths (the last pair's high half zero), except that
+        // it flushes f32 subnormals to zero (the instruction treats them as zero).
+        let Some(dots) = simd::Isa::supported().into_iter().find_map(simd::Isa::bf16_dots) else { return };
+        let specials = [1.0f32 + f32::EPSILON * 64.0, 1.0 + f32::EPSILON * 192.0, -3.5, 0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-40, 3.0e38];
+        for k in [1, 2, 15, 16, 17, 31, 32, 33, 70] {
+            let input: Vec<f32> = (0..3 * k).map(|i| if i % 4 == 0 { specials[i % specials.len()] } else { i as f32 * 0.377 - 9.0 }).collect();
+            let pairs = k.div_ceil(2);
+            let mut got = vec![u32::MAX; 3 * pairs];
+            dots.round_rows(&input, k, &mut got);
+            for (t, row) in input.chunks_exact(k).enumerate() {
+                for p in 0..pairs {
+                    let rounded = |v: f32| if v.is_subnormal() { (v.to_bits() >> 16) as u16 & 0x8000 } else { crate::f32_to_bf16(v) };
+                    let half = |i: usize| row.get(i).map_or(0, |&v| rounded(v)) as u32;
+                    let want = half(2 * p) | half(2 * p + 1) << 16;
+                    let g = got[t * pairs + p];
+                    let same = |a: u32, b: u32| a == b || (a & 0x7f80 == 0x7f80 && a & 0x7f != 0 && b & 0x7f80 == 0x7f80 && b & 0x7f != 0);
+                    assert!(same(g & 0xffff, want & 0xffff) && same(g >> 16, want >> 16), "k {k} row {t} pair {p}: {g:#010x} vs {want:#010x}");
+                }
             }
         }
     }

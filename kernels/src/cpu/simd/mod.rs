@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod avx512bf16;
 mod portable;
 
 /// An instruction set the kernels have bodies for, ordered from least to most capable.
@@ -25,6 +27,9 @@ enum Level {
     Portable,
     Avx2,
     Avx512,
+    /// AVX-512 with AVX512-BF16's pair dot products (`vdpbf16ps`): prefill's products with bf16
+    /// weights round their activations to bf16 and multiply in 16 bits ([`Bf16Dots`]).
+    Avx512Bf16,
 }
 
 /// An instruction set this CPU supports. Only this module makes one, from what the CPU reports,
@@ -39,37 +44,58 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                return if has!("avx512f") { Level::Avx512 } else { Level::Avx2 };
+                return match (has!("avx512f"), has!("avx512bf16")) {
+                    (true, true) => Level::Avx512Bf16,
+                    (true, false) => Level::Avx512,
+                    _ => Level::Avx2,
+                };
             }
         }
         Level::Portable
     }
 
-    /// What the kernels run: the most capable set the CPU has, lowered by the environment
-    /// variable `COIL_SIMD` (`portable`, `avx2` or `avx512`; to compare the bodies on one machine).
-    /// A value above what the CPU has is lowered to it; an unknown one is reported once and ignored.
+    /// What runs unless `COIL_SIMD` says otherwise: the most capable set, except that bf16 pair
+    /// dot products run only where they multiply faster than f32 FMAs. Cores differ: on an
+    /// Intel Xeon with AVX512-BF16 (docs/performance.md) `vdpbf16ps` issues at a quarter of the
+    /// FMA rate, so its 32 products per instruction come to half the f32 rate, and rounding the
+    /// activations would buy nothing; on AMD's Zen 4 it is the faster one.
+    fn default_level() -> Level {
+        let detected = Isa::detected();
+        #[cfg(target_arch = "x86_64")]
+        if detected == Level::Avx512Bf16 && !Bf16Dots(()).multiply_faster_than_fmas() {
+            return Level::Avx512;
+        }
+        detected
+    }
+
+    /// What the kernels run: the most capable set the CPU has ([`Isa::default_level`]), or the
+    /// one the environment variable `COIL_SIMD` names (`portable`, `avx2`, `avx512` or
+    /// `avx512bf16`; to compare the bodies on one machine, or to pin bf16 weights' arithmetic:
+    /// `avx512` keeps it in f32). A value above what the CPU has is lowered to it; an unknown one
+    /// is reported once and ignored.
     pub(crate) fn current() -> Isa {
         static CURRENT: OnceLock<Isa> = OnceLock::new();
         *CURRENT.get_or_init(|| {
-            let detected = Isa::detected();
             let asked = match std::env::var("COIL_SIMD").as_deref() {
-                Err(_) => detected,
+                Err(_) => Isa::default_level(),
                 Ok("portable") => Level::Portable,
                 Ok("avx2") => Level::Avx2,
                 Ok("avx512") => Level::Avx512,
+                Ok("avx512bf16") => Level::Avx512Bf16,
                 Ok(other) => {
-                    eprintln!("warning: COIL_SIMD={other:?} is not portable, avx2 or avx512; using {detected:?}");
-                    detected
+                    let default = Isa::default_level();
+                    eprintln!("warning: COIL_SIMD={other:?} is not portable, avx2, avx512 or avx512bf16; using {default:?}");
+                    default
                 }
             };
-            Isa(asked.min(detected))
+            Isa(asked.min(Isa::detected()))
         })
     }
 
     /// Every set this CPU supports, least capable first (the tests run each).
     #[cfg(test)]
     pub(crate) fn supported() -> Vec<Isa> {
-        [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|&l| l <= Isa::detected()).map(Isa).collect()
+        [Level::Portable, Level::Avx2, Level::Avx512, Level::Avx512Bf16].into_iter().filter(|&l| l <= Isa::detected()).map(Isa).collect()
     }
 
     /// The set's name, as `COIL_SIMD` spells it.
@@ -78,6 +104,7 @@ impl Isa {
             Level::Portable => "portable",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
+            Level::Avx512Bf16 => "avx512bf16",
         }
     }
 }
@@ -89,16 +116,16 @@ macro_rules! dispatch {
         match $isa.0 {
             $(
                 #[cfg(target_arch = "x86_64")]
-                Level::Avx512 => {
-                    // SAFETY: an `Isa` of this level exists only where the CPU has AVX-512F (and
+                Level::Avx512 | Level::Avx512Bf16 => {
+                    // SAFETY: an `Isa` of these levels exists only where the CPU has AVX-512F (and
                     // AVX2, FMA, F16C), all that `$avx512` requires.
                     unsafe { $avx512 $args }
                 }
             )?
             #[cfg(target_arch = "x86_64")]
             #[allow(unreachable_patterns)] // `Avx512` when the kernel has a body of its own
-            Level::Avx2 | Level::Avx512 => {
-                // SAFETY: an `Isa` of either level exists only where the CPU has AVX2, FMA and
+            Level::Avx2 | Level::Avx512 | Level::Avx512Bf16 => {
+                // SAFETY: an `Isa` of any of these levels exists only where the CPU has AVX2, FMA and
                 // F16C, all that `$avx2` requires.
                 unsafe { $avx2 $args }
             }
@@ -121,7 +148,7 @@ pub(crate) enum Build {
 impl Build {
     pub(crate) fn current() -> Build {
         match Isa::current().0 {
-            Level::Avx512 => Build::Avx512,
+            Level::Avx512 | Level::Avx512Bf16 => Build::Avx512,
             Level::Avx2 => Build::Avx2,
             Level::Portable => Build::Baseline,
         }
@@ -223,6 +250,11 @@ pub(crate) trait Weight: Copy + Send + Sync + 'static {
     /// The weights as f32 when they already are.
     fn as_f32(weights: &[Self]) -> Option<&[f32]>;
 
+    /// The weights as bf16 bits when they are bf16.
+    fn as_bf16(_weights: &[Self]) -> Option<&[u16]> {
+        None
+    }
+
     /// Eight weights at `p`, as f32 lanes.
     ///
     /// # Safety
@@ -271,6 +303,10 @@ impl Weight for u16 {
 
     fn as_f32(_: &[u16]) -> Option<&[f32]> {
         None
+    }
+
+    fn as_bf16(weights: &[u16]) -> Option<&[u16]> {
+        Some(weights)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -365,6 +401,79 @@ impl Isa {
     pub(crate) fn gate(self, y: &[f32], z: &[f32], out: &mut [f32]) {
         assert!(y.len() == out.len() && z.len() == out.len(), "gate: lengths differ");
         dispatch!(self, avx512: avx512::gate, avx2: avx2::gate, portable: portable::gate, (y, z, out))
+    }
+}
+
+/// Output columns of one [`Bf16Dots::tile`]: two vectors of 16 lanes.
+pub(crate) const STRIP: usize = 32;
+
+/// Most input rows of one [`Bf16Dots::tile`]: twelve rows by two vectors are 24 accumulators,
+/// with room in the 32 registers for the strip's two vectors and a broadcast.
+pub(crate) const TILE_ROWS: usize = 12;
+
+/// AVX512-BF16's pair dot products. Only [`Isa::bf16_dots`] makes one, where the CPU has them
+/// and `COIL_SIMD` allows them, so holding one is the proof that their `unsafe` bodies may run.
+#[derive(Clone, Copy)]
+pub(crate) struct Bf16Dots(());
+
+impl Isa {
+    pub(crate) fn bf16_dots(self) -> Option<Bf16Dots> {
+        (self.0 == Level::Avx512Bf16).then_some(Bf16Dots(()))
+    }
+}
+
+impl Bf16Dots {
+    /// Whether this core's pair dot products multiply faster than its f32 FMAs (per product,
+    /// in registers, best of several short runs: under a millisecond, once per process). The two
+    /// kinds measured so far lie a factor of four apart, 0.5x and about 2x, so noise cannot flip
+    /// the answer.
+    #[cfg(target_arch = "x86_64")]
+    fn multiply_faster_than_fmas(self) -> bool {
+        let best = |run: &dyn Fn() -> f32| {
+            (0..7)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    std::hint::black_box(run());
+                    start.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
+        };
+        const STEPS: usize = 2000;
+        // SAFETY: a `Bf16Dots` exists only where the CPU has AVX-512F and AVX512-BF16, and an
+        // AVX-512 CPU has FMA.
+        let (dots, fmas) = (best(&|| unsafe { avx512bf16::dot_rate_probe(STEPS) }), best(&|| unsafe { avx512bf16::fma_rate_probe(STEPS) }));
+        // A pair dot product is 32 products; an FMA 16.
+        dots.as_secs_f64() / 32.0 < fmas.as_secs_f64() / 16.0
+    }
+
+    /// Rounds each row of `input` (`[rows, k]`) to bf16 (to nearest, ties to even) in pairs:
+    /// `out[t * k.div_ceil(2) + i]` holds values `2i` (low half) and `2i + 1` (high half) of row
+    /// `t`; an odd row's last pair has a zero high half.
+    pub(crate) fn round_rows(self, input: &[f32], k: usize, out: &mut [u32]) {
+        assert!(k > 0 && input.len().is_multiple_of(k), "round_rows: ragged rows");
+        assert_eq!(out.len(), input.len() / k * k.div_ceil(2), "round_rows: output size");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a `Bf16Dots` exists only where the CPU has AVX-512F and AVX512-BF16; the
+        // lengths were checked above.
+        unsafe {
+            avx512bf16::round_rows(input, k, out)
+        }
+    }
+
+    /// `out[t * out_stride + j] = bias[j] + Σ_p a[t][p] · strip[p][j]` for `t < rows`, `j < cols`:
+    /// `a` holds `rows` rows of `pairs` bf16 pairs (from [`Bf16Dots::round_rows`]), `strip` is
+    /// `pairs` rows of [`STRIP`] pairs (one column per output), sums in f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn tile(self, a: &[u32], pairs: usize, rows: usize, strip: &[u32], bias: &[f32], cols: usize, out: &mut [f32], out_stride: usize) {
+        assert!((1..=TILE_ROWS).contains(&rows) && cols <= STRIP && pairs > 0, "tile: {rows} rows, {cols} columns");
+        assert!(a.len() >= rows * pairs && strip.len() >= pairs * STRIP && bias.len() >= cols, "tile: inputs too short");
+        assert!(out.len() >= (rows - 1) * out_stride + cols && out_stride >= cols, "tile: output too short");
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `round_rows`; the sizes were checked above.
+        unsafe {
+            avx512bf16::tile(a, pairs, rows, strip, bias, cols, out, out_stride)
+        }
     }
 }
 
