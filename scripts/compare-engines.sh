@@ -96,6 +96,12 @@ fi
 
 echo
 echo "mamba2-130m shape, random weights, $threads threads, batch 1 ($(date -u +%F), $(nproc) cores)"
+# Every table names its machine: the CPU, the SIMD features that decide both engines' kernels, and
+# the body Coil picked (COIL_SIMD, or its own probe where AVX512-BF16 is present).
+cpu_model=$(grep -m1 -E '^model name' /proc/cpuinfo | sed 's/.*: //')
+cpu_flags=$(grep -m1 -E '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|f16c|avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile)$' | tr '\n' ' ')
+coil_simd=$(./target/release/throughput 130m 1 0 "$threads" "" | sed -n -E 's/.* on cpu \(([a-z0-9]+)\).*/\1/p')
+echo "cpu: $cpu_model; $(grep -m1 -E '^cpu family' /proc/cpuinfo | sed 's/.*: /family /'), model $(grep -m1 -E '^model\s' /proc/cpuinfo | sed 's/.*: //'); flags: ${cpu_flags% }; coil's kernels: $coil_simd"
 printf '%-28s %10s %10s %10s\n' "engine" "pre 512" "pre 2048" "decode"
 printf '%s\n' "${rows[@]}"
 echo "(tokens/s, same run; coil and llama.cpp: medians of $rounds alternating rounds)"

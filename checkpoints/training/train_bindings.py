@@ -350,6 +350,7 @@ def make_config(args, state_size, vocab):
         chunk_size=64, vocab_size=vocab, tie_word_embeddings=True, use_bias=False, use_conv_bias=True,
         time_step_limit=(0.0, float("inf")), layer_norm_epsilon=1e-5, residual_in_fp32=True,
         bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        time_step_min=args.dt_min, time_step_max=args.dt_max,
     )
 
 
@@ -381,6 +382,8 @@ def recipe_of(args):
             "p_question", "lag_curriculum", "hidden", "layers", "head_dim")
     # Added later: in the recipe only when not the default, so earlier runs keep their hash.
     extra = {"lags": args.lags} if args.lags != "log" else {}
+    if (args.dt_min, args.dt_max) != (0.001, 0.1):
+        extra |= {"dt_min": args.dt_min, "dt_max": args.dt_max}
     return {**{k: getattr(args, k) for k in keep}, **extra}
 
 
@@ -555,8 +558,11 @@ def write_card(folder):
     flags = f"--steps {t['steps']} --segment {t['segment']} --doc-segments {t['doc_segments']}"
     if t.get("lags", "log") != "log":
         flags += f" --lags {t['lags']}"
+    if "dt_max" in t:
+        flags += f" --dt-min {t['dt_min']} --dt-max {t['dt_max']}"
     flags += f" --lag-curriculum {t['lag_curriculum']}"
-    prefix = " --prefix collapse" if collapse else ""
+    prefix = name.rsplit("-n", 1)[0]
+    prefix = f" --prefix {prefix}" if prefix != "bindings" else ""
     carried = (f"streams of {t['train_length']} tokens cut into {t['doc_segments']} segments of {t['segment']}, "
                "the state carried between them without gradient (truncated backprop)") if t["doc_segments"] > 1 else \
         f"documents of {t['train_length']} tokens, each from the empty state"
@@ -654,6 +660,10 @@ def main():
                          "bound so far (never forgetting is then optimal within the training length: collapse runs)")
     ap.add_argument("--lag-curriculum", type=float, default=0.25,
                     help="fraction of the steps over which the questions' reach grows from 4 bindings to all (0: none)")
+    ap.add_argument("--dt-min", type=float, default=0.001,
+                    help="the initial dt's range (HF's time_step_min/max; log-uniform per head): lower makes "
+                         "every head start slow to forget (collapse runs)")
+    ap.add_argument("--dt-max", type=float, default=0.1)
     ap.add_argument("--progress-dir", default=None,
                     help="where <name>.progress.pt is kept between runs (default: the checkpoint's folder)")
     ap.add_argument("--hidden", type=int, default=64)
