@@ -2,92 +2,27 @@
 
 use std::arch::x86_64::*;
 
-use super::{Ahead, Weight, PANEL, PREFETCH_BYTES};
-
-/// Sum of the eight lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
-    _mm_cvtss_f32(_mm_add_ss(quad, _mm_movehdup_ps(quad)))
-}
+use super::{lanes, Ahead, Weight, PANEL};
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `out` is as long as `weights`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn widen<W: Weight>(weights: &[W], out: &mut [f32]) {
-    let n = weights.len().min(out.len());
-    let (pw, po) = (weights.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: i + 8 <= n values exist in both slices.
-        unsafe { _mm256_storeu_ps(po.add(i), W::load8(pw.add(i))) };
-        i += 8;
-    }
-    out[i..n].iter_mut().zip(&weights[i..n]).for_each(|(o, w)| *o = w.to_f32());
+    unsafe { lanes::widen::<__m256, W>(weights, out) }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `a` and `b` have equal lengths.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
-    let n = a.len();
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (all loads): every index read is below `n`, the length of both slices.
-    while i + 32 <= n {
-        // The weight PREFETCH_BYTES ahead, one request per cache line this step reads (the
-        // address may lie past the slice: a prefetch never faults).
-        let ahead = pb.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES);
-        for line in (0..32 * std::mem::size_of::<W>()).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
-        }
-        for (u, acc) in acc.iter_mut().enumerate() {
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i + 8 * u)), W::load8(pb.add(i + 8 * u))) };
-            *acc = _mm256_fmadd_ps(x, y, *acc);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), W::load8(pb.add(i))) };
-        acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
-        i += 8;
-    }
-    let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    hsum(sum) + a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
+    unsafe { lanes::dot::<__m256, W>(a, b) }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `row`, `b` and `c` have equal lengths.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
-    let n = row.len();
-    let (ps, pb, pc) = (row.as_mut_ptr(), b.as_ptr(), c.as_ptr());
-    let (vdecay, vinput) = (_mm256_set1_ps(decay), _mm256_set1_ps(input));
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    // SAFETY (all loads and stores): every index is below `n`, the length of all three.
-    while i + 8 <= n {
-        let lane = (i / 8) % 2;
-        if lane == 0 {
-            // The state PREFETCH_BYTES ahead, once per cache line (a prefetch never faults).
-            _mm_prefetch::<_MM_HINT_T0>(ps.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES));
-        }
-        unsafe {
-            let s = _mm256_fmadd_ps(vdecay, _mm256_loadu_ps(ps.add(i)), _mm256_mul_ps(vinput, _mm256_loadu_ps(pb.add(i))));
-            _mm256_storeu_ps(ps.add(i), s);
-            acc[lane] = _mm256_fmadd_ps(s, _mm256_loadu_ps(pc.add(i)), acc[lane]);
-        }
-        i += 8;
-    }
-    let mut rest = 0.0f32;
-    for ((s, &b), &c) in row[i..].iter_mut().zip(&b[i..]).zip(&c[i..]) {
-        *s = decay * *s + input * b;
-        rest += *s * c;
-    }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + rest
+    unsafe { lanes::update_row::<__m256>(row, b, c, decay, input) }
 }
 
 /// `e^x` in each lane: Cephes' `expf` (x = n ln 2 + r with |r| <= ln 2 / 2, e^r by a

@@ -4,81 +4,27 @@
 
 use std::arch::x86_64::*;
 
-use super::{Ahead, Weight, PANEL, PREFETCH_BYTES};
+use super::{lanes, Ahead, Weight, PANEL};
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2, FMA and F16C; `out` is as long as `weights`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn widen<W: Weight>(weights: &[W], out: &mut [f32]) {
-    let n = weights.len().min(out.len());
-    let (pw, po) = (weights.as_ptr(), out.as_mut_ptr());
-    let mut i = 0;
-    while i + 16 <= n {
-        // SAFETY: i + 16 <= n values exist in both slices.
-        unsafe { _mm512_storeu_ps(po.add(i), W::load16(pw.add(i))) };
-        i += 16;
-    }
-    out[i..n].iter_mut().zip(&weights[i..n]).for_each(|(o, w)| *o = w.to_f32());
+    unsafe { lanes::widen::<__m512, W>(weights, out) }
 }
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2, FMA and F16C; `a` and `b` have equal lengths.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn dot<W: Weight>(a: &[f32], b: &[W]) -> f32 {
-    let n = a.len();
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY (all loads): every index read is below `n`, the length of both slices.
-    while i + 64 <= n {
-        // The weight PREFETCH_BYTES ahead, one request per cache line this step reads (the
-        // address may lie past the slice: a prefetch never faults).
-        let ahead = pb.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES);
-        for line in (0..64 * std::mem::size_of::<W>()).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
-        }
-        for (u, acc) in acc.iter_mut().enumerate() {
-            let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i + 16 * u)), W::load16(pb.add(i + 16 * u))) };
-            *acc = _mm512_fmadd_ps(x, y, *acc);
-        }
-        i += 64;
-    }
-    while i + 16 <= n {
-        let (x, y) = unsafe { (_mm512_loadu_ps(pa.add(i)), W::load16(pb.add(i))) };
-        acc[0] = _mm512_fmadd_ps(x, y, acc[0]);
-        i += 16;
-    }
-    let sum = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(sum) + a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y.to_f32()).sum::<f32>()
+    unsafe { lanes::dot::<__m512, W>(a, b) }
 }
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2, FMA and F16C; `row`, `b` and `c` have equal lengths.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub unsafe fn update_row(row: &mut [f32], b: &[f32], c: &[f32], decay: f32, input: f32) -> f32 {
-    let n = row.len();
-    let (ps, pb, pc) = (row.as_mut_ptr(), b.as_ptr(), c.as_ptr());
-    let (vdecay, vinput) = (_mm512_set1_ps(decay), _mm512_set1_ps(input));
-    let mut acc = [_mm512_setzero_ps(); 2];
-    let mut i = 0;
-    // SAFETY (all loads and stores): every index is below `n`, the length of all three.
-    while i + 16 <= n {
-        let lane = (i / 16) % 2;
-        // The state PREFETCH_BYTES ahead, one cache line per step (a prefetch never faults).
-        _mm_prefetch::<_MM_HINT_T0>(ps.wrapping_add(i).cast::<i8>().wrapping_add(PREFETCH_BYTES));
-        unsafe {
-            let s = _mm512_fmadd_ps(vdecay, _mm512_loadu_ps(ps.add(i)), _mm512_mul_ps(vinput, _mm512_loadu_ps(pb.add(i))));
-            _mm512_storeu_ps(ps.add(i), s);
-            acc[lane] = _mm512_fmadd_ps(s, _mm512_loadu_ps(pc.add(i)), acc[lane]);
-        }
-        i += 16;
-    }
-    let mut rest = 0.0f32;
-    for ((s, &b), &c) in row[i..].iter_mut().zip(&b[i..]).zip(&c[i..]) {
-        *s = decay * *s + input * b;
-        rest += *s * c;
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + rest
+    unsafe { lanes::update_row::<__m512>(row, b, c, decay, input) }
 }
 
 /// `e^x` in each lane: the AVX2 body's Cephes `expf` on sixteen lanes (same constants, same

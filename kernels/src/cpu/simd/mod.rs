@@ -18,6 +18,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16;
+#[cfg(target_arch = "x86_64")]
+mod lanes;
 mod portable;
 
 /// An instruction set the kernels have bodies for, ordered from least to most capable.
