@@ -40,10 +40,8 @@ pub struct PasskeyArgs {
     /// family trained on --template (passkey-n4, -n8, -n16, -n32 for the paper's templates).
     #[arg(long = "model", value_name = "DIR")]
     pub models: Vec<PathBuf>,
-    /// A tokenizer.json to read and write text with, in place of each checkpoint's own: the
-    /// released Mamba-2 checkpoints ship none (they use GPT-NeoX-20B's tokenizer.json).
-    #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Context lengths in tokens: `1k,2k,4k`, or geometric `1k..1m` (doubling), `1k..1m:x4`.
     #[arg(long, value_name = "LIST")]
     pub lengths: String,
@@ -83,27 +81,10 @@ pub struct PasskeyArgs {
     /// (worth it on a GPU); a length's cells are then written together when it ends.
     #[arg(long)]
     pub batch_forks: bool,
-    /// Worker threads (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// SSD chunk length for prefill (default: the backend's preferred length, 64 on the CPU;
-    /// else the checkpoint's chunk_size).
-    #[arg(long, value_name = "Q")]
-    pub chunk_size: Option<usize>,
-    /// Tokens per prefill pass of each stream; memory grows with it, not with the length.
-    #[arg(long, value_name = "N", default_value_t = 1024)]
-    pub piece_len: usize,
-    /// cpu, cuda[:N], wgpu[:N] or auto (a GPU if present, else the CPU). The CPU is the default:
-    /// the GPU backend is slower than it for now (docs/gpu.md).
-    #[arg(long, value_name = "DEVICE", default_value = "cpu")]
-    pub device: coil::Device,
     /// Write what the device did as one JSON object: kernel launches, blocking syncs, bytes sent
     /// up and read down (weights sent at load counted apart), and the prefill and decode tokens.
     #[arg(long, value_name = "FILE")]
     pub device_stats: Option<PathBuf>,
-    /// auto (the checkpoint's dtype for bf16 and f16 checkpoints, else f32), f32, bf16 or f16.
-    #[arg(long, value_enum, default_value_t = WeightsArg::Auto)]
-    pub weights: WeightsArg,
 }
 
 #[derive(Args, Debug)]
@@ -130,7 +111,7 @@ pub struct MitigationArgs {
     pub specs: Vec<String>,
 }
 
-/// Options every command shares.
+/// The checkpoint a command runs, and how.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Checkpoint folder (config.json + model.safetensors or pytorch_model.bin [+ tokenizer.json]),
@@ -138,6 +119,14 @@ pub struct ModelArgs {
     /// passkey-n32, random); defaults to `embedded:default` (passkey-n16).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// How checkpoints are read and where they compute: what every command that runs a model shares
+/// (`passkey` applies them to each of its checkpoints).
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
     /// A tokenizer.json to read and write text with, in place of the checkpoint's own: the
     /// released Mamba-2 checkpoints ship none (they use GPT-NeoX-20B's tokenizer.json).
     #[arg(long, value_name = "FILE")]
@@ -149,7 +138,7 @@ pub struct ModelArgs {
     /// else the checkpoint's chunk_size).
     #[arg(long, value_name = "Q")]
     pub chunk_size: Option<usize>,
-    /// Tokens per prefill pass; memory grows with it, not with the input.
+    /// Tokens per prefill pass (of each stream); memory grows with it, not with the input.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub piece_len: usize,
     /// Where to compute: cpu, cuda[:N], wgpu[:N] (`coil devices` lists them) or auto (CUDA, else a

@@ -8,7 +8,7 @@ use super::input::InputSource;
 use super::load::load;
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
-    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.load.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().cloned());
     super::check_outputs(inputs, &[("--out", Some(&args.out))])?;
     let loaded = load(&args.model)?;

@@ -23,22 +23,22 @@ pub fn source_of(model: Option<&std::path::Path>) -> Source {
 
 /// The checkpoint `args` name, on the device they name.
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    let backend = coil::open_device(args.device).with_context(|| format!("--device {}", args.device))?;
+    let backend = coil::open_device(args.load.device).with_context(|| format!("--device {}", args.load.device))?;
     load_on(args, backend)
 }
 
 /// [`load`] onto a device already open (a sweep puts every checkpoint on one).
 pub fn load_on(args: &ModelArgs, backend: Arc<dyn coil::Backend>) -> Result<Loaded> {
-    if let Some(threads) = args.threads {
+    if let Some(threads) = args.load.threads {
         if threads == 0 || threads > MAX_THREADS {
             bail!("--threads must be from 1 to {MAX_THREADS}, not {threads}");
         }
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("cannot start the thread pool")?;
     }
-    if args.chunk_size == Some(0) {
+    if args.load.chunk_size == Some(0) {
         bail!("--chunk-size must be at least 1");
     }
-    if args.piece_len == 0 {
+    if args.load.piece_len == 0 {
         bail!("--piece-len must be at least 1");
     }
     let source = source_of(args.model.as_deref());
@@ -46,14 +46,14 @@ pub fn load_on(args: &ModelArgs, backend: Arc<dyn coil::Backend>) -> Result<Load
     for warning in &checkpoint.warnings {
         eprintln!("warning: {source}: {warning}");
     }
-    let weights = match args.weights {
+    let weights = match args.load.weights {
         WeightsArg::Auto => None,
         WeightsArg::F32 => Some(WeightDtype::F32),
         WeightsArg::Bf16 => Some(WeightDtype::Bf16),
         WeightsArg::F16 => Some(WeightDtype::F16),
     };
-    let options = LoadOptions { tokenizer: args.tokenizer.clone(), weights, chunk_size: args.chunk_size };
-    let what = match (&args.tokenizer, weights) {
+    let options = LoadOptions { tokenizer: args.load.tokenizer.clone(), weights, chunk_size: args.load.chunk_size };
+    let what = match (&args.load.tokenizer, weights) {
         (Some(_), Some(w)) => format!("--tokenizer or --weights {w}"),
         (Some(_), None) => "--tokenizer".to_owned(),
         (None, Some(w)) => format!("--weights {w}"),

@@ -7,7 +7,7 @@ use coil::passkey::{
     check_sweep, format_state_size, parse_lengths, read_results, run_sweep, write_report, CoilSubject, Report, ResultsFile, Shard, SweepConfig, Template,
 };
 
-use super::args::{MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
+use super::args::{LoadArgs, MitigationArgs, ModelArgs, PasskeyArgs, ReportArgs};
 use super::load::load_on;
 use super::progress::Progress;
 
@@ -57,7 +57,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     }
     // The outputs must not land on an input (a template or checkpoint kept there).
     let mut inputs: Vec<std::path::PathBuf> = args.models.iter().flat_map(|m| super::read_files(Some(m), None, &[])).collect();
-    inputs.extend(super::read_files(None, args.tokenizer.as_deref(), &args.arms));
+    inputs.extend(super::read_files(None, args.load.tokenizer.as_deref(), &args.arms));
     inputs.push(args.template.clone().into());
     let (report, accuracy) = (args.out.join("report.md"), args.out.join("accuracy.csv"));
     let in_out = args.out.is_dir();
@@ -84,18 +84,12 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
     };
 
     // One device for every checkpoint of the sweep.
-    let backend = coil::open_device(args.device).with_context(|| format!("--device {}", args.device))?;
+    let backend = coil::open_device(args.load.device).with_context(|| format!("--device {}", args.load.device))?;
     let mut models = Vec::new();
     for (i, dir) in sources.iter().enumerate() {
-        let model_args = ModelArgs {
-            model: dir.clone(),
-            tokenizer: args.tokenizer.clone(),
-            threads: if i == 0 { args.threads } else { None },
-            chunk_size: args.chunk_size,
-            piece_len: args.piece_len,
-            device: args.device,
-            weights: args.weights,
-        };
+        // The thread pool is set up once, by the first.
+        let load = LoadArgs { threads: if i == 0 { args.load.threads } else { None }, ..args.load.clone() };
+        let model_args = ModelArgs { model: dir.clone(), load };
         models.push(load_on(&model_args, backend.clone())?);
     }
     let names = labels(&models.iter().map(|m| m.source()).collect::<Vec<_>>())?;
@@ -120,7 +114,7 @@ pub fn passkey(args: PasskeyArgs) -> Result<()> {
         }
         for plan in plans {
             let subject = loaded.passkey_subject(&name, plan)?;
-            subjects.push(CoilSubject { piece_len: args.piece_len, ..subject });
+            subjects.push(CoilSubject { piece_len: args.load.piece_len, ..subject });
         }
     }
     let spacing = args.spacing.parse()?;

@@ -13,7 +13,7 @@ use super::progress::Progress;
 pub fn run(args: RunArgs) -> Result<()> {
     let sampling = sampling_config(&args.sampling)?;
     // --state-in and --state-out may be one file (continue a stream and save it back).
-    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.load.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.prompt_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &[("--state-out", args.state_out.as_deref()), ("--device-stats", args.device_stats.as_deref())])?;
     let loaded = load(&args.model)?;
@@ -43,10 +43,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         None => Session::with_plan(loaded.model().clone(), plan),
     };
-    session.set_piece_len(args.model.piece_len);
+    session.set_piece_len(args.model.load.piece_len);
 
     let mut progress = Progress::new("prefill", input.len_hint());
-    let prompt_tokens = input.stream_pieces(loaded.tokenizer_if_any(), args.model.piece_len, &mut progress, |piece| {
+    let prompt_tokens = input.stream_pieces(loaded.tokenizer_if_any(), args.model.load.piece_len, &mut progress, |piece| {
         session.prefill(piece)?;
         Ok(())
     })?;

@@ -19,7 +19,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         ("--plot", args.plot.as_deref()),
         ("--device-stats", args.device_stats.as_deref()),
     ];
-    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.load.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().chain(&args.token_ids).cloned());
     super::check_outputs(inputs, &outputs)?;
     if let Some(plot) = &args.plot {
@@ -42,7 +42,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     }
     let plan = super::plan::resolve(&loaded, &args.mitigation)?;
     let mut session = Session::with_plan(loaded.model().clone(), plan);
-    session.set_piece_len(args.model.piece_len);
+    session.set_piece_len(args.model.load.piece_len);
     let vocab = loaded.model().vocab_size();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -91,7 +91,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
                 }
                 scorer.logits = Some(LogitsWriter::create(path, ids.len() as u64, vocab, args.max_logits_bytes)?);
                 let mut progress = Progress::new("score", Some(ids.len() as u64));
-                for piece in ids.chunks(args.model.piece_len) {
+                for piece in ids.chunks(args.model.load.piece_len) {
                     scorer.score(piece, &mut out)?;
                     progress.advance(piece.len() as u64, scorer.tokens);
                 }
@@ -104,7 +104,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
             // Scored as the pieces arrive.
             None => {
                 let mut progress = Progress::new("score", input.len_hint());
-                input.stream_pieces(loaded.tokenizer_if_any(), args.model.piece_len, &mut progress, |piece| scorer.score(piece, &mut out))?;
+                input.stream_pieces(loaded.tokenizer_if_any(), args.model.load.piece_len, &mut progress, |piece| scorer.score(piece, &mut out))?;
                 progress
             }
         })

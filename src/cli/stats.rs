@@ -22,7 +22,7 @@ struct Trace {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.tokenizer.as_deref(), &args.mitigation.specs);
+    let mut inputs = super::read_files(args.model.model.as_deref(), args.model.load.tokenizer.as_deref(), &args.mitigation.specs);
     inputs.extend(args.text_file.iter().cloned());
     super::check_outputs(inputs, &[("--out", Some(&args.out)), ("--plot", args.plot.as_deref())])?;
     if let Some(plot) = &args.plot {
