@@ -1,4 +1,4 @@
-//! The body of every fuzz target, shared with `checkpoints/tests/fuzz_inputs.rs`, which replays
+//! The body of every fuzz target, shared with `checkpoints/loader/tests/fuzz_inputs.rs`, which replays
 //! the committed seeds and every input that once crashed through exactly the same code.
 
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! ever crashed on (`fuzz/regressions/<target>/`) through the fuzz targets' own bodies, so the
 //! normal test run guards what fuzzing found without needing cargo-fuzz or nightly features.
 
-#[path = "../../fuzz/fuzz_targets/common.rs"]
+#[path = "../../../fuzz/fuzz_targets/common.rs"]
 mod common;
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::path::Path;
 /// Runs every committed input of `target`; `run` says whether an input got through all the
 /// format checks, and at least one seed must (or the harness would only ever test rejections).
 fn replay(target: &str, run: fn(&[u8]) -> bool) {
-    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let (mut count, mut accepted) = (0, 0);
     for folder in ["seeds", "regressions"] {
         let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join(target)) else { continue };
@@ -58,7 +58,7 @@ fn tokenizer() {
 /// tokenizers 0.22.2 panics on these two (fuzzing found the first); they must be plain errors.
 #[test]
 fn tokenizer_panics_become_errors() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/tokenizer");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/tokenizer");
     for (file, needle) in [("decoder_syntax_error.json", "invalid JSON"), ("bad_precompiled.json", "tokenizers crate rejected it")] {
         let bytes = std::fs::read(dir.join(file)).unwrap();
         let error = coil_checkpoints::Tokenizer::from_bytes(&bytes, Path::new(file)).err().expect("an error");

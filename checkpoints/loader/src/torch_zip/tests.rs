@@ -178,7 +178,7 @@ fn simple() -> Vec<u8> {
 
 #[test]
 fn reads_the_mamba_ssm_fixture_like_its_safetensors_twin() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/mamba_ssm_dialect");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/mamba_ssm_dialect");
     let bin = TensorStore::from_files(vec![(dir.join("pytorch_model.bin"), crate::tensors::Bytes::map_file(&dir.join("pytorch_model.bin")).unwrap())]).unwrap();
     let safetensors = TensorStore::from_bytes("model.safetensors", std::fs::read(dir.join("model.safetensors")).unwrap()).unwrap();
     for name in safetensors.names() {

@@ -19,19 +19,19 @@ macro_rules! embed {
     ($name:literal) => {
         Embedded {
             name: $name,
-            config: include_bytes!(concat!("../models/", $name, "/config.json")),
-            model: include_bytes!(concat!("../models/", $name, "/model.safetensors")),
-            tokenizer: include_bytes!(concat!("../models/", $name, "/tokenizer.json")),
+            config: include_bytes!(concat!("../../models/", $name, "/config.json")),
+            model: include_bytes!(concat!("../../models/", $name, "/model.safetensors")),
+            tokenizer: include_bytes!(concat!("../../models/", $name, "/tokenizer.json")),
             training: None,
         }
     };
     ($name:literal, trained) => {
         Embedded {
             name: $name,
-            config: include_bytes!(concat!("../models/", $name, "/config.json")),
-            model: include_bytes!(concat!("../models/", $name, "/model.safetensors")),
-            tokenizer: include_bytes!(concat!("../models/", $name, "/tokenizer.json")),
-            training: Some(include_bytes!(concat!("../models/", $name, "/training.json"))),
+            config: include_bytes!(concat!("../../models/", $name, "/config.json")),
+            model: include_bytes!(concat!("../../models/", $name, "/model.safetensors")),
+            tokenizer: include_bytes!(concat!("../../models/", $name, "/tokenizer.json")),
+            training: Some(include_bytes!(concat!("../../models/", $name, "/training.json"))),
         }
     };
 }
