@@ -545,6 +545,45 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         self.finish(target, out, "the embedding");
     }
 
+    fn split_columns(&self, src: View, rows: usize, parts: [ViewMut; 3]) {
+        let total: usize = parts.iter().map(ViewMut::len).sum();
+        assert_eq!(total, src.len(), "split_columns: the parts do not add up to the source");
+        if rows == 0 || src.is_empty() {
+            return;
+        }
+        let (src_handle, src_offset) = self.place(src, "columns to split");
+        let len = src.len();
+        let outputs = parts.each_ref().map(|part| self.output_at(part, "split columns"));
+        let widths = parts.each_ref().map(|part| (part.len() / rows) as u32);
+        if let Some((count, dim)) = self.launch_elementwise(len) {
+            // SAFETY (the arguments and the launch): each output is written from its offset to its
+            // offset plus its length, inside its buffer; the kernel reads only `src`'s range.
+            let arg = |out: &InPlace, part: &ViewMut| unsafe { ArrayArg::from_raw_parts(out.at().0.clone(), out.at().1 + part.len()) };
+            unsafe {
+                kernels::split_columns::launch_unchecked::<R>(
+                    &self.core.client,
+                    count,
+                    dim,
+                    ArrayArg::from_raw_parts(src_handle, src_offset + len),
+                    arg(&outputs[0], &parts[0]),
+                    arg(&outputs[1], &parts[1]),
+                    arg(&outputs[2], &parts[2]),
+                    src_offset as u32,
+                    outputs[0].at().1 as u32,
+                    outputs[1].at().1 as u32,
+                    outputs[2].at().1 as u32,
+                    widths[0],
+                    widths[1],
+                    widths[2],
+                    rows as u32,
+                );
+            }
+        }
+        for (out, part) in outputs.into_iter().zip(parts) {
+            out.finish(self, part, "split columns");
+        }
+    }
+
     fn copy_columns(&self, src: View, src_width: usize, first: usize, out: ViewMut) {
         let rows = src.len() / src_width;
         if rows == 0 || out.is_empty() {

@@ -419,6 +419,41 @@ pub fn copy_columns(src: &Array<f32>, out: &mut Array<f32>, src_offset: u32, out
     }
 }
 
+/// Each row of `src` (from `src_offset`) split into three outputs side by side, each written
+/// from its own offset: columns `0..w0` to `first`, the next `w1` to `second`, the last `w2` to
+/// `third`. One thread per value of `src`, so the reads are contiguous.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn split_columns(
+    src: &Array<f32>,
+    first: &mut Array<f32>,
+    second: &mut Array<f32>,
+    third: &mut Array<f32>,
+    src_offset: u32,
+    first_offset: u32,
+    second_offset: u32,
+    third_offset: u32,
+    w0: u32,
+    w1: u32,
+    w2: u32,
+    rows: u32,
+) {
+    let i = ABSOLUTE_POS as u32;
+    let width = w0 + w1 + w2;
+    if i < rows * width {
+        let r = i / width;
+        let c = i % width;
+        let v = src[(src_offset + i) as usize];
+        if c < w0 {
+            first[(first_offset + r * w0 + c) as usize] = v;
+        } else if c < w0 + w1 {
+            second[(second_offset + r * w1 + c - w0) as usize] = v;
+        } else {
+            third[(third_offset + r * w2 + c - w0 - w1) as usize] = v;
+        }
+    }
+}
+
 /// `dt[t, h] = clamp(softplus(dt_raw[t, h] + bias[h]), min, max)` with torch's softplus
 /// threshold (arguments above 20 pass through).
 #[cube(launch_unchecked)]

@@ -100,3 +100,34 @@ fn a_refused_buffer_is_a_named_failure_and_never_a_result() {
     tiny.linear(&rng.vec(2, 1.0), &Matrix::new(rng.vec(8, 1.0), 4, 2), None, &mut again);
     assert!(again.iter().all(|v| v.is_nan()));
 }
+
+/// A row-wise split (in_proj's output into z, xBC and dt) writes each part's rows where its view
+/// starts, on the device as on the host: source and parts at offsets inside larger buffers,
+/// widths of 1 and off any vector width, one row and many.
+#[test]
+fn split_columns_puts_each_part_where_its_view_is() {
+    use coil_kernels::{Engine, HostEngine};
+    let engines: Vec<std::sync::Arc<dyn Engine>> = vec![device().device_engine().expect("a GPU backend has an engine"), std::sync::Arc::new(HostEngine::new(std::sync::Arc::new(coil_kernels::Cpu)))];
+    for engine in engines {
+        for (rows, widths) in [(1, [1, 1, 1]), (5, [3, 7, 2]), (37, [64, 130, 24]), (300, [5, 1, 9])] {
+            let width: usize = widths.iter().sum();
+            let values: Vec<f32> = (0..rows * width + 11).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let source = engine.upload(&values);
+            // Each part lands at offset 3 of a buffer with room on both sides.
+            let mut parts: Vec<coil_kernels::Buffer> = widths.iter().map(|w| engine.upload(&vec![f32::NAN; rows * w + 6])).collect();
+            let [a, b, c] = &mut parts[..] else { unreachable!() };
+            let views = [a.slice_mut(3..3 + rows * widths[0]), b.slice_mut(3..3 + rows * widths[1]), c.slice_mut(3..3 + rows * widths[2])];
+            engine.split_columns(source.slice(7..7 + rows * width), rows, views);
+            let mut first = 0;
+            for (part, &w) in parts.iter().zip(&widths) {
+                let mut got = vec![0.0; rows * w + 6];
+                engine.download(part.view(), &mut got);
+                assert!(got[..3].iter().chain(&got[3 + rows * w..]).all(|v| v.is_nan()), "{}: written outside the part", engine.name());
+                for r in 0..rows {
+                    assert_eq!(&got[3 + r * w..3 + (r + 1) * w], &values[7 + r * width + first..7 + r * width + first + w], "{}: row {r}", engine.name());
+                }
+                first += w;
+            }
+        }
+    }
+}

@@ -119,6 +119,12 @@ pub trait Engine: Send + Sync {
     /// (`[rows, W]`, W = `out.len() / rows`).
     fn copy_columns(&self, src: View, src_width: usize, first: usize, out: ViewMut);
 
+    /// Splits each of the `rows` rows of `src` into three parts side by side, in one pass: row
+    /// `t` of `src` is row `t` of `parts[0]`, then of `parts[1]`, then of `parts[2]` (each
+    /// part's width is its length over `rows`; the widths add up to `src`'s). in_proj's output
+    /// into z, xBC and dt; the conv's into x, B and C. No part may be empty.
+    fn split_columns(&self, src: View, rows: usize, parts: [ViewMut; 3]);
+
     /// `dt[T, H] = steps(clamp(softplus(dt_raw + dt_bias)))`, the steps in order.
     fn prepare_dt(&self, dt_raw: View, dt_bias: View, limit: DtLimit, steps: &[DtStep], dt: ViewMut);
 
@@ -265,6 +271,31 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
         }
     }
 
+    fn split_columns(&self, src: View, rows: usize, parts: [ViewMut; 3]) {
+        use rayon::prelude::*;
+        let src = src.host();
+        let [a, b, c] = parts.map(|part| part.host());
+        assert_eq!(a.len() + b.len() + c.len(), src.len(), "split_columns: the parts do not add up to the source");
+        if rows == 0 || src.is_empty() {
+            return;
+        }
+        assert!([a.len(), b.len(), c.len(), src.len()].iter().all(|len| len % rows == 0), "split_columns: ragged rows");
+        let widths = [a.len() / rows, b.len() / rows, c.len() / rows];
+        assert!(widths.iter().all(|&w| w > 0), "split_columns: an empty part");
+        src.par_chunks(src.len() / rows)
+            .zip(a.par_chunks_mut(widths[0]))
+            .zip(b.par_chunks_mut(widths[1]))
+            .zip(c.par_chunks_mut(widths[2]))
+            .with_min_len(COPY_MIN_ROWS)
+            .for_each(|(((row, a), b), c)| {
+                let (first, rest) = row.split_at(a.len());
+                let (second, third) = rest.split_at(b.len());
+                a.copy_from_slice(first);
+                b.copy_from_slice(second);
+                c.copy_from_slice(third);
+            });
+    }
+
     fn copy_columns(&self, src: View, src_width: usize, first: usize, out: ViewMut) {
         use rayon::prelude::*;
         let (src, out) = (src.host(), out.host());
@@ -338,3 +369,4 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
         true
     }
 }
+

@@ -268,7 +268,7 @@ impl Block {
                 conv_one(i, state, act.xbc.slice_mut(i * tokens * conv_dim..(i + 1) * tokens * conv_dim));
             }
         }
-        self.split_conv_output(engine, dims, plan, act);
+        self.split_conv_output(engine, plan, act);
 
         let inputs = ScanViews { x: act.x.view(), dt: act.dt.view(), b: act.b.view(), c: act.c.view() };
         let scan_one = |i: usize, state: &mut State, host: &mut HostScratch, y: ViewMut| {
@@ -299,21 +299,15 @@ impl Block {
         // One product (one pass over the weights), then each row's z | xBC | dt into its own
         // contiguous buffer.
         self.in_proj.apply(engine, act.normed.view(), act.zxbcdt.view_mut());
-        let (i, c, h) = (dims.inner(), dims.conv_dim, dims.ssm.heads);
-        let zxbcdt = act.zxbcdt.view();
-        engine.copy_columns(zxbcdt, i + c + h, 0, act.z.view_mut());
-        engine.copy_columns(zxbcdt, i + c + h, i, act.xbc_raw.view_mut());
-        engine.copy_columns(zxbcdt, i + c + h, i + c, act.dt_raw.view_mut());
+        let rows = act.tokens();
+        engine.split_columns(act.zxbcdt.view(), rows, [act.z.view_mut(), act.xbc_raw.view_mut(), act.dt_raw.view_mut()]);
     }
 
     /// Row by row, for every row of `act`: the conv's output split into x, B and C; dt (softplus,
     /// then the plan's steps: the checkpoint's clamp first, then mitigations); B scaled by RRI.
-    fn split_conv_output(&self, engine: &dyn Engine, dims: &Dims, plan: &LayerPlan, act: &mut Activations) {
-        let (inner, conv_dim, bc) = (dims.inner(), dims.conv_dim, dims.ssm.bc_width());
-        let xbc = act.xbc.view();
-        engine.copy_columns(xbc, conv_dim, 0, act.x.view_mut());
-        engine.copy_columns(xbc, conv_dim, inner, act.b.view_mut());
-        engine.copy_columns(xbc, conv_dim, inner + bc, act.c.view_mut());
+    fn split_conv_output(&self, engine: &dyn Engine, plan: &LayerPlan, act: &mut Activations) {
+        let rows = act.tokens();
+        engine.split_columns(act.xbc.view(), rows, [act.x.view_mut(), act.b.view_mut(), act.c.view_mut()]);
         engine.prepare_dt(act.dt_raw.view(), self.dt_bias.view(), DtLimit::default(), &plan.dt_steps, act.dt.view_mut());
         if plan.b_scale != 1.0 {
             engine.scale(act.b.view_mut(), plan.b_scale);
