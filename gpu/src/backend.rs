@@ -530,13 +530,12 @@ impl<R: Runtime> Core<R> {
             return;
         }
         let none = self.client.empty(4);
-        let new_state = self.alloc("the conv state", channels * taps);
         let threads = 256u32;
-        self.launched(2);
+        self.launched(1);
         unsafe {
             kernels::causal_conv1d::launch_unchecked::<R>(
                 &self.client,
-                Self::grid((tokens * channels).div_ceil(threads as usize)),
+                Self::grid(channels.div_ceil(threads as usize)),
                 CubeDim::new_1d(threads),
                 ArrayArg::from_raw_parts(x.clone(), x_offset + tokens * channels),
                 ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
@@ -551,21 +550,7 @@ impl<R: Runtime> Core<R> {
                 taps as u32,
                 bias.is_some(),
             );
-            kernels::conv_state_update::launch_unchecked::<R>(
-                &self.client,
-                Self::grid((channels * taps).div_ceil(threads as usize)),
-                CubeDim::new_1d(threads),
-                ArrayArg::from_raw_parts(x.clone(), x_offset + tokens * channels),
-                ArrayArg::from_raw_parts(state.clone(), state_offset + channels * taps),
-                ArrayArg::from_raw_parts(new_state.clone(), channels * taps),
-                x_offset as u32,
-                state_offset as u32,
-                tokens as u32,
-                channels as u32,
-                taps as u32,
-            );
         }
-        self.copy(&new_state, 0, state, state_offset, channels * taps);
     }
 
     /// The selective scan over `tokens` from `state` (`[H, P, N]` from `state_offset`), updated

@@ -231,30 +231,17 @@ fn gate(x: &Array<f32>, z: &Array<f32>, i: u32, #[comptime] gated: bool) -> f32 
     v
 }
 
-/// The raw input at tap position `u` of a causal window: `u >= K` is token `u - K` of this call
-/// (the inputs from `x_offset`), below that the conv state's slot `u` (the state, from
-/// `state_offset`, holds the K inputs before the call).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn conv_input(xbc: &Array<f32>, x_offset: u32, state: &Array<f32>, state_offset: u32, u: u32, c: u32, channels: u32, #[comptime] taps: u32) -> f32 {
-    let mut v = 0.0f32;
-    if u >= taps {
-        v = xbc[(x_offset + (u - taps) * channels + c) as usize];
-    }
-    if u < taps {
-        v = state[(state_offset + c * taps + u) as usize];
-    }
-    v
-}
-
-/// Causal depthwise conv plus SiLU, one thread per (token, channel): output t reads taps at
-/// positions t+1 .. t+K of the state-then-inputs sequence. Inputs and outputs start at
-/// `x_offset` and `out_offset` of their buffers (a sequence's rows of a batch).
+/// Causal depthwise conv plus SiLU with its state update, one thread per channel walking the
+/// tokens: the thread keeps its channel's window of the last K inputs (the conv state, from
+/// `state_offset`, holds the K inputs before the call, oldest first) in registers, shifts each
+/// token in, writes its output, and leaves the last K inputs in the state. Inputs and outputs
+/// start at `x_offset` and `out_offset` (a sequence's rows of a batch); neighbouring threads read
+/// and write neighbouring values. One launch for the conv, no scratch state.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv1d(
     xbc: &Array<f32>,
-    state: &Array<f32>,
+    state: &mut Array<f32>,
     weight: &Array<f32>,
     bias: &Array<f32>,
     out: &mut Array<f32>,
@@ -266,40 +253,36 @@ pub fn causal_conv1d(
     #[comptime] taps: u32,
     #[comptime] has_bias: bool,
 ) {
-    let id = ABSOLUTE_POS as u32;
-    if id < tokens * channels {
-        let t = id / channels;
-        let c = id % channels;
-        let mut acc = 0.0f32;
+    let c = ABSOLUTE_POS as u32;
+    if c < channels {
+        let mut window = Array::<f32>::new(comptime!(taps as usize));
+        let mut w = Array::<f32>::new(comptime!(taps as usize));
+        #[unroll]
+        for i in 0..taps {
+            window[i as usize] = state[(state_offset + c * taps + i) as usize];
+            w[i as usize] = weight[(c * taps + i) as usize];
+        }
+        let mut b = 0.0f32;
         if has_bias {
-            acc = bias[c as usize];
+            b = bias[c as usize];
+        }
+        for t in 0..tokens {
+            #[unroll]
+            for i in 0..comptime!(taps - 1) {
+                window[i as usize] = window[(i + 1) as usize];
+            }
+            window[comptime!((taps - 1) as usize)] = xbc[(x_offset + t * channels + c) as usize];
+            let mut acc = b;
+            #[unroll]
+            for i in 0..taps {
+                acc += w[i as usize] * window[i as usize];
+            }
+            out[(out_offset + t * channels + c) as usize] = silu(acc);
         }
         #[unroll]
         for i in 0..taps {
-            acc += weight[(c * taps + i) as usize] * conv_input(xbc, x_offset, state, state_offset, t + 1 + i, c, channels, taps);
+            state[(state_offset + c * taps + i) as usize] = window[i as usize];
         }
-        out[(out_offset + id) as usize] = silu(acc);
-    }
-}
-
-/// The conv state after the call: slot i holds position T + i of the state-then-inputs sequence.
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub fn conv_state_update(
-    xbc: &Array<f32>,
-    state: &Array<f32>,
-    new_state: &mut Array<f32>,
-    x_offset: u32,
-    state_offset: u32,
-    tokens: u32,
-    channels: u32,
-    #[comptime] taps: u32,
-) {
-    let id = ABSOLUTE_POS as u32;
-    if id < channels * taps {
-        let c = id / taps;
-        let i = id % taps;
-        new_state[id as usize] = conv_input(xbc, x_offset, state, state_offset, tokens + i, c, channels, taps);
     }
 }
 
