@@ -179,7 +179,7 @@ impl<R: Runtime> Core<R> {
         Cpu.linear(&input, &weight, None, &mut expected);
         let (x, y) = (self.upload("the plane probe", &input), self.alloc("the plane probe", rows * n));
         let w = self.matrix(&weight);
-        self.linear(&x, rows, &w, None, k, n, &y);
+        self.linear(&x, rows, &w, None, k, n, &y, false);
         let mut got = vec![0.0; rows * n];
         self.read("the plane probe", &y, 0, &mut got);
         let right = !self.failed() && got.iter().zip(&expected).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
@@ -408,23 +408,23 @@ impl<R: Runtime> Core<R> {
         }
     }
 
-    /// `y[rows, n] = x[rows, k] · weightᵀ (+ bias)`, one launch per block of weight rows, each
-    /// writing its columns of `y`. Both buffers must fit the device.
+    /// `y[rows, n] = x[rows, k] · weightᵀ (+ bias)`, or `y +=` that when `accumulate`, one launch
+    /// per block of weight rows, each writing its columns of `y`. Both buffers must fit the device.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle) {
+    pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool) {
         if self.failed() || rows == 0 {
             return;
         }
         match weight.dtype {
-            WeightDtype::F32 => self.linear_as::<f32>(x, rows, weight, bias, k, n, y),
-            WeightDtype::F16 => self.linear_as::<half::f16>(x, rows, weight, bias, k, n, y),
-            WeightDtype::Bf16 => self.linear_as::<half::bf16>(x, rows, weight, bias, k, n, y),
+            WeightDtype::F32 => self.linear_as::<f32>(x, rows, weight, bias, k, n, y, accumulate),
+            WeightDtype::F16 => self.linear_as::<half::f16>(x, rows, weight, bias, k, n, y, accumulate),
+            WeightDtype::Bf16 => self.linear_as::<half::bf16>(x, rows, weight, bias, k, n, y, accumulate),
         }
     }
 
     /// [`Core::linear`] with weights held as `W`.
     #[allow(clippy::too_many_arguments)]
-    fn linear_as<W: Float>(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle) {
+    fn linear_as<W: Float>(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool) {
         let none = self.client.empty(4);
         let bias_arg = bias.unwrap_or(&none);
         for block in &weight.blocks {
@@ -446,6 +446,7 @@ impl<R: Runtime> Core<R> {
                         first,
                         rows as u32,
                         bias.is_some(),
+                        accumulate,
                     );
                 } else if rows <= 4 {
                     kernels::linear_few_rows::launch_unchecked::<W, R>(
@@ -462,6 +463,7 @@ impl<R: Runtime> Core<R> {
                         first,
                         rows as u32,
                         bias.is_some(),
+                        accumulate,
                     );
                 } else {
                     let tile = kernels::TILE as usize;
@@ -479,6 +481,7 @@ impl<R: Runtime> Core<R> {
                         n as u32,
                         first,
                         bias.is_some(),
+                        accumulate,
                     );
                 }
             }
@@ -635,7 +638,7 @@ impl<R: Runtime> Backend for Gpu<R> {
             let rows = input.len() / k;
             let x = core.upload("a linear layer's input", input);
             let y = core.alloc("a linear layer's output", rows * n);
-            core.linear(&x, rows, &w, bias.as_ref(), k, n, &y);
+            core.linear(&x, rows, &w, bias.as_ref(), k, n, &y, false);
             core.read(&format!("a linear layer ({rows} x {k} times {n} x {k})"), &y, 0, out);
         }
     }

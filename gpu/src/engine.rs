@@ -185,6 +185,47 @@ impl<R: Runtime> GpuEngine<R> {
         Buffer::Device(Box::new(GpuArray { core: self.core.clone(), handle, len }))
     }
 
+    /// `out = input · weightᵀ (+ bias)`, or `out +=` that when `accumulate`.
+    fn product(&self, input: View, weight: &Matrix, bias: Option<View>, mut out: ViewMut, accumulate: bool) {
+        let core = &*self.core;
+        let (k, n) = (weight.cols(), weight.rows());
+        let rows = input.len() / k;
+        if rows == 0 {
+            return;
+        }
+        if k > core.max_values {
+            // Not one row of the weight fits a buffer: computed on the host (`linear_add` adds
+            // afterwards).
+            debug_assert!(!accumulate, "a host product does not accumulate");
+            let mut x = Vec::new();
+            let x = input.on_host(&mut x).to_vec();
+            let b = bias.map(|b| b.on_host(&mut Vec::new()).to_vec());
+            let mut y = vec![0.0; rows * n];
+            coil_kernels::Backend::linear(&Cpu, &x, weight, b.as_deref(), &mut y);
+            let target = self.target(&out, "a linear layer's output", false);
+            if let Target::Host(_) = target {
+                out.reborrow().host().copy_from_slice(&y);
+            } else {
+                let up = core.upload("a linear layer's output", &y);
+                core.copy(&up, 0, target.handle(), 0, y.len());
+                self.finish(target, out, "a linear layer");
+            }
+            return;
+        }
+        let w = core.matrix(weight);
+        let bias = bias.map(|b| self.whole(b, "a linear layer's bias"));
+        // Row blocks whose input and output each fit one buffer (logits of a long piece do not).
+        let block = (core.max_values / n.max(k)).max(1);
+        for first in (0..rows).step_by(block) {
+            let end = rows.min(first + block);
+            let x = self.whole(input.slice(first * k..end * k), "a linear layer's input");
+            let mut part = out.slice_mut(first * n..end * n);
+            let target = self.target(&part, "a linear layer's output", accumulate);
+            core.linear(&x, end - first, &w, bias.as_ref(), k, n, target.handle(), accumulate);
+            self.finish(target, part.reborrow(), &format!("a linear layer ({} x {k} times {n} x {k})", end - first));
+        }
+    }
+
     fn launch_elementwise(&self, len: usize) -> Option<(CubeCount, CubeDim)> {
         if len == 0 || self.core.failed() {
             return None;
@@ -416,42 +457,19 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         }
     }
 
-    fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, mut out: ViewMut) {
-        let core = &*self.core;
-        let (k, n) = (weight.cols(), weight.rows());
-        let rows = input.len() / k;
-        if rows == 0 {
+    fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, out: ViewMut) {
+        self.product(input, weight, bias, out, false);
+    }
+
+    fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {
+        if weight.cols() > self.core.max_values {
+            // Not one row of the weight fits a buffer: the product runs on the host (`product`),
+            // the add after it.
+            self.linear(input, weight, None, scratch.reborrow());
+            self.add(out, scratch.as_view());
             return;
         }
-        if k > core.max_values {
-            // Not one row of the weight fits a buffer: computed on the host.
-            let mut x = Vec::new();
-            let x = input.on_host(&mut x).to_vec();
-            let b = bias.map(|b| b.on_host(&mut Vec::new()).to_vec());
-            let mut y = vec![0.0; rows * n];
-            coil_kernels::Backend::linear(&Cpu, &x, weight, b.as_deref(), &mut y);
-            let target = self.target(&out, "a linear layer's output", false);
-            if let Target::Host(_) = target {
-                out.reborrow().host().copy_from_slice(&y);
-            } else {
-                let up = core.upload("a linear layer's output", &y);
-                core.copy(&up, 0, target.handle(), 0, y.len());
-                self.finish(target, out, "a linear layer");
-            }
-            return;
-        }
-        let w = core.matrix(weight);
-        let bias = bias.map(|b| self.whole(b, "a linear layer's bias"));
-        // Row blocks whose input and output each fit one buffer (logits of a long piece do not).
-        let block = (core.max_values / n.max(k)).max(1);
-        for first in (0..rows).step_by(block) {
-            let end = rows.min(first + block);
-            let x = self.whole(input.slice(first * k..end * k), "a linear layer's input");
-            let mut part = out.slice_mut(first * n..end * n);
-            let target = self.target(&part, "a linear layer's output", false);
-            core.linear(&x, end - first, &w, bias.as_ref(), k, n, target.handle());
-            self.finish(target, part.reborrow(), &format!("a linear layer ({} x {k} times {n} x {k})", end - first));
-        }
+        self.product(input, weight, None, out, true);
     }
 
     fn rms_norm(&self, x: View, weight: View, eps: f32, out: ViewMut) {

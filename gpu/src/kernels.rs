@@ -28,6 +28,7 @@ pub fn linear_tiled<W: Float>(
     out_stride: u32,
     col_offset: u32,
     #[comptime] has_bias: bool,
+    #[comptime] accumulate: bool,
 ) {
     let tx = UNIT_POS_X;
     let ty = UNIT_POS_Y;
@@ -80,14 +81,25 @@ pub fn linear_tiled<W: Float>(
         for j in 0..4u32 {
             let c = col0 + tx * 4 + j;
             if r < rows && c < n_len {
-                let mut v = acc[(i * 4 + j) as usize];
-                if has_bias {
-                    v += bias[(col_offset + c) as usize];
-                }
-                out[(r * out_stride + col_offset + c) as usize] = v;
+                store_output(out, bias, r * out_stride + col_offset + c, col_offset + c, acc[(i * 4 + j) as usize], has_bias, accumulate);
             }
         }
     }
+}
+
+/// Writes one output of a product: `value` plus the bias at `column`, plus what `out` holds
+/// there when `accumulate` (the residual add as the product's epilogue).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_output(out: &mut Array<f32>, bias: &Array<f32>, at: u32, column: u32, value: f32, #[comptime] has_bias: bool, #[comptime] accumulate: bool) {
+    let mut v = value;
+    if has_bias {
+        v += bias[column as usize];
+    }
+    if accumulate {
+        v += out[at as usize];
+    }
+    out[at as usize] = v;
 }
 
 /// Threads per cube of the reduction kernels (`linear_few_rows`, `rms_norm`).
@@ -149,6 +161,7 @@ pub fn linear_few_rows<W: Float>(
     col_offset: u32,
     #[comptime] rows: u32,
     #[comptime] has_bias: bool,
+    #[comptime] accumulate: bool,
 ) {
     let j = cube_index();
     let thread = UNIT_POS_X;
@@ -166,11 +179,7 @@ pub fn linear_few_rows<W: Float>(
         partial[thread as usize] = acc[r as usize];
         let total = cube_sum(&mut partial, thread);
         if thread == 0 && j < n_len {
-            let mut v = total;
-            if has_bias {
-                v += bias[(col_offset + j) as usize];
-            }
-            out[(r * out_stride + col_offset + j) as usize] = v;
+            store_output(out, bias, r * out_stride + col_offset + j, col_offset + j, total, has_bias, accumulate);
         }
     }
 }
@@ -594,6 +603,7 @@ pub fn linear_plane_rows<W: Float>(
     col_offset: u32,
     #[comptime] rows: u32,
     #[comptime] has_bias: bool,
+    #[comptime] accumulate: bool,
 ) {
     let planes = CUBE_DIM_X / PLANE_DIM;
     let j = cube_index() * planes + UNIT_POS_X / PLANE_DIM;
@@ -610,11 +620,7 @@ pub fn linear_plane_rows<W: Float>(
     for r in 0..rows {
         let total = plane_sum(acc[r as usize]);
         if lane == 0 && j < n_len {
-            let mut v = total;
-            if has_bias {
-                v += bias[(col_offset + j) as usize];
-            }
-            out[(r * out_stride + col_offset + j) as usize] = v;
+            store_output(out, bias, r * out_stride + col_offset + j, col_offset + j, total, has_bias, accumulate);
         }
     }
 }

@@ -131,3 +131,31 @@ fn split_columns_puts_each_part_where_its_view_is() {
         }
     }
 }
+
+/// The residual add as a product's epilogue: `out += input · weightᵀ` on the device, for decode's
+/// row counts (the plane and cube reductions) and prefill's (the tiled product), and with the
+/// weight split into blocks of rows under a small buffer limit, each against the host engine.
+#[test]
+fn linear_add_adds_the_product_to_what_out_holds() {
+    use coil_kernels::{Engine, HostEngine};
+    let device = std::env::var("COIL_TEST_DEVICE").unwrap_or_else(|_| "wgpu".into());
+    let host = HostEngine::new(std::sync::Arc::new(coil_kernels::Reference));
+    let mut rng = conformance::Rng::new(17);
+    for (limit, rows, k, n) in [(None, 1, 64, 48), (None, 3, 100, 33), (None, 70, 37, 129), (Some(8 << 10), 5, 64, 300), (Some(8 << 10), 8, 64, 200)] {
+        let backend = coil_gpu::open_with_max_buffer(device.parse().unwrap(), limit).unwrap();
+        let engine = backend.device_engine().expect("a GPU backend has an engine");
+        let weight = Matrix::new(rng.vec(n * k, 0.5), n, k);
+        let (input, start) = (rng.vec(rows * k, 1.0), rng.vec(rows * n, 2.0));
+        let mut want = start.clone();
+        let mut scratch = vec![0.0; rows * n];
+        host.linear_add(input.as_slice().into(), &weight, scratch.as_mut_slice().into(), want.as_mut_slice().into());
+        let x = engine.upload(&input);
+        let mut out = engine.upload(&start);
+        let mut scratch = engine.zeros(rows * n);
+        engine.linear_add(x.view(), &weight, scratch.view_mut(), out.view_mut());
+        let mut got = vec![0.0; rows * n];
+        engine.download(out.view(), &mut got);
+        assert!(conformance::relative_error(&got, &want) < 1e-5, "limit {limit:?}, {rows} x {k} x {n}");
+        assert_eq!(backend.device_failure(), None);
+    }
+}

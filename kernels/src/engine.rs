@@ -103,6 +103,13 @@ pub trait Engine: Send + Sync {
     fn download(&self, from: View, out: &mut [f32]);
 
     fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, out: ViewMut);
+
+    /// `out += input · weightᵀ`: a product with the residual add as its epilogue. An engine that
+    /// cannot add inside the product puts it in `scratch` (`out`'s size) first.
+    fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {
+        self.linear(input, weight, None, scratch.reborrow());
+        self.add(out, scratch.as_view());
+    }
     fn rms_norm(&self, x: View, weight: View, eps: f32, out: ViewMut);
     #[allow(clippy::too_many_arguments)]
     fn gated_rms_norm(&self, y: View, z: View, weight: View, group_size: usize, eps: f32, out: ViewMut);

@@ -319,8 +319,14 @@ impl Block {
     fn project_out(&self, engine: &dyn Engine, dims: &Dims, hidden: &mut Buffer, act: &mut Activations) {
         let group = dims.inner() / dims.ssm.groups;
         engine.gated_rms_norm(act.y.view(), act.z.view(), self.mixer_norm.view(), group, dims.eps, act.u.view_mut());
-        self.out_proj.apply(engine, act.u.view(), act.out.view_mut());
-        engine.add(hidden.view_mut(), act.out.view());
+        match &self.out_proj.bias {
+            // The residual add as out_proj's epilogue (one kernel on a GPU).
+            None => engine.linear_add(act.u.view(), &self.out_proj.weight, act.out.view_mut(), hidden.view_mut()),
+            Some(_) => {
+                self.out_proj.apply(engine, act.u.view(), act.out.view_mut());
+                engine.add(hidden.view_mut(), act.out.view());
+            }
+        }
     }
 
     /// The selective scan over `inputs`' tokens into `y`, in segments between the points where
