@@ -76,10 +76,8 @@ impl Backend for Cpu {
     }
 
     /// 64: the state's two products per chunk cost the same at any Q, while the intra-chunk
-    /// ones grow with Q; below 64 the products get too small for the GEMM to run at speed.
-    /// Measured at mamba2-130m shapes (P 64, N 128, 2048 tokens, 2 AVX-512 threads, decays
-    /// below 2⁻⁶⁴ dropped): the scan alone takes 11.6 ms at 64 and 128, 11.8 at 32, 14.1 at 256
-    /// (`op_budget`); a whole 2K prefill at 128 was within 1% of 64 in five alternating runs.
+    /// ones grow with Q; below 64 the products get too small for the GEMM to run at speed
+    /// (docs/performance.md, "The measurements behind the CPU kernels' constants").
     fn preferred_chunk(&self) -> Option<usize> {
         Some(64)
     }
