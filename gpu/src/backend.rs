@@ -53,6 +53,10 @@ pub(crate) struct Core<R: Runtime> {
 /// Threads per cube of the plane-per-output product.
 const PLANE_CUBE: u32 = 256;
 
+/// Rows up to which a product runs as reductions (one plane or cube per output), not tiles:
+/// decode's, and the only ones that can take an RMSNorm inside the product.
+pub(crate) const FEW_ROWS: usize = 4;
+
 /// The kernels index with 32 bits: no buffer holds more f32 values than this.
 const MAX_INDEXED_VALUES: usize = 1 << 31;
 
@@ -179,7 +183,7 @@ impl<R: Runtime> Core<R> {
         Cpu.linear(&input, &weight, None, &mut expected);
         let (x, y) = (self.upload("the plane probe", &input), self.alloc("the plane probe", rows * n));
         let w = self.matrix(&weight);
-        self.linear(&x, rows, &w, None, k, n, &y, false);
+        self.linear(&x, rows, &w, None, k, n, &y, false, None);
         let mut got = vec![0.0; rows * n];
         self.read("the plane probe", &y, 0, &mut got);
         let right = !self.failed() && got.iter().zip(&expected).all(|(a, b)| (a - b).abs() <= 1e-4 * (1.0 + b.abs()));
@@ -410,28 +414,33 @@ impl<R: Runtime> Core<R> {
 
     /// `y[rows, n] = x[rows, k] · weightᵀ (+ bias)`, or `y +=` that when `accumulate`, one launch
     /// per block of weight rows, each writing its columns of `y`. Both buffers must fit the device.
+    /// `norm` (weight, eps; at most [`FEW_ROWS`] rows) takes `x` through an RMSNorm first, inside
+    /// the product.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool) {
+    pub(crate) fn linear(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool, norm: Option<(&Handle, f32)>) {
         if self.failed() || rows == 0 {
             return;
         }
+        assert!(norm.is_none() || rows <= FEW_ROWS, "a product normalises its input only for a few rows");
         match weight.dtype {
-            WeightDtype::F32 => self.linear_as::<f32>(x, rows, weight, bias, k, n, y, accumulate),
-            WeightDtype::F16 => self.linear_as::<half::f16>(x, rows, weight, bias, k, n, y, accumulate),
-            WeightDtype::Bf16 => self.linear_as::<half::bf16>(x, rows, weight, bias, k, n, y, accumulate),
+            WeightDtype::F32 => self.linear_as::<f32>(x, rows, weight, bias, k, n, y, accumulate, norm),
+            WeightDtype::F16 => self.linear_as::<half::f16>(x, rows, weight, bias, k, n, y, accumulate, norm),
+            WeightDtype::Bf16 => self.linear_as::<half::bf16>(x, rows, weight, bias, k, n, y, accumulate, norm),
         }
     }
 
     /// [`Core::linear`] with weights held as `W`.
     #[allow(clippy::too_many_arguments)]
-    fn linear_as<W: Float>(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool) {
+    fn linear_as<W: Float>(&self, x: &Handle, rows: usize, weight: &DeviceMatrix, bias: Option<&Handle>, k: usize, n: usize, y: &Handle, accumulate: bool, norm: Option<(&Handle, f32)>) {
         let none = self.client.empty(4);
         let bias_arg = bias.unwrap_or(&none);
+        let (norm_arg, eps) = norm.unwrap_or((&none, 0.0));
+        let norm_len = if norm.is_some() { k } else { 1 };
         for block in &weight.blocks {
             let (first, block_n) = (block.first_row as u32, block.rows as u32);
             self.launched(1);
             unsafe {
-                if let (true, Some(plane)) = (rows <= 4, self.plane_size) {
+                if let (true, Some(plane)) = (rows <= FEW_ROWS, self.plane_size) {
                     kernels::linear_plane_rows::launch_unchecked::<W, R>(
                         &self.client,
                         Self::grid(block.rows.div_ceil((PLANE_CUBE / plane) as usize)),
@@ -439,16 +448,19 @@ impl<R: Runtime> Core<R> {
                         ArrayArg::from_raw_parts(x.clone(), rows * k),
                         ArrayArg::from_raw_parts(block.handle.clone(), block.rows * k),
                         ArrayArg::from_raw_parts(bias_arg.clone(), n),
+                        ArrayArg::from_raw_parts(norm_arg.clone(), norm_len),
                         ArrayArg::from_raw_parts(y.clone(), rows * n),
                         k as u32,
                         block_n,
                         n as u32,
                         first,
+                        eps,
                         rows as u32,
                         bias.is_some(),
                         accumulate,
+                        norm.is_some(),
                     );
-                } else if rows <= 4 {
+                } else if rows <= FEW_ROWS {
                     kernels::linear_few_rows::launch_unchecked::<W, R>(
                         &self.client,
                         Self::grid(block.rows),
@@ -456,14 +468,17 @@ impl<R: Runtime> Core<R> {
                         ArrayArg::from_raw_parts(x.clone(), rows * k),
                         ArrayArg::from_raw_parts(block.handle.clone(), block.rows * k),
                         ArrayArg::from_raw_parts(bias_arg.clone(), n),
+                        ArrayArg::from_raw_parts(norm_arg.clone(), norm_len),
                         ArrayArg::from_raw_parts(y.clone(), rows * n),
                         k as u32,
                         block_n,
                         n as u32,
                         first,
+                        eps,
                         rows as u32,
                         bias.is_some(),
                         accumulate,
+                        norm.is_some(),
                     );
                 } else {
                     let tile = kernels::TILE as usize;
@@ -638,7 +653,7 @@ impl<R: Runtime> Backend for Gpu<R> {
             let rows = input.len() / k;
             let x = core.upload("a linear layer's input", input);
             let y = core.alloc("a linear layer's output", rows * n);
-            core.linear(&x, rows, &w, bias.as_ref(), k, n, &y, false);
+            core.linear(&x, rows, &w, bias.as_ref(), k, n, &y, false, None);
             core.read(&format!("a linear layer ({rows} x {k} times {n} x {k})"), &y, 0, out);
         }
     }

@@ -17,7 +17,7 @@ use coil_kernels::{
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 
-use crate::backend::{Core, Placed, RowBlock, ScanArgs};
+use crate::backend::{Core, Placed, RowBlock, ScanArgs, FEW_ROWS};
 use crate::kernels;
 
 /// A buffer on the device.
@@ -185,8 +185,9 @@ impl<R: Runtime> GpuEngine<R> {
         Buffer::Device(Box::new(GpuArray { core: self.core.clone(), handle, len }))
     }
 
-    /// `out = input · weightᵀ (+ bias)`, or `out +=` that when `accumulate`.
-    fn product(&self, input: View, weight: &Matrix, bias: Option<View>, mut out: ViewMut, accumulate: bool) {
+    /// `out = input · weightᵀ (+ bias)`, or `out +=` that when `accumulate`; `norm` (weight, eps;
+    /// a few rows only) takes the input through an RMSNorm first, inside the product.
+    fn product(&self, input: View, weight: &Matrix, bias: Option<View>, mut out: ViewMut, accumulate: bool, norm: Option<(View, f32)>) {
         let core = &*self.core;
         let (k, n) = (weight.cols(), weight.rows());
         let rows = input.len() / k;
@@ -196,7 +197,7 @@ impl<R: Runtime> GpuEngine<R> {
         if k > core.max_values {
             // Not one row of the weight fits a buffer: computed on the host (`linear_add` adds
             // afterwards).
-            debug_assert!(!accumulate, "a host product does not accumulate");
+            debug_assert!(!accumulate && norm.is_none(), "a host product neither accumulates nor normalises");
             let mut x = Vec::new();
             let x = input.on_host(&mut x).to_vec();
             let b = bias.map(|b| b.on_host(&mut Vec::new()).to_vec());
@@ -214,6 +215,7 @@ impl<R: Runtime> GpuEngine<R> {
         }
         let w = core.matrix(weight);
         let bias = bias.map(|b| self.whole(b, "a linear layer's bias"));
+        let norm = norm.map(|(w, eps)| (self.whole(w, "an RMSNorm's weight"), eps));
         // Row blocks whose input and output each fit one buffer (logits of a long piece do not).
         let block = (core.max_values / n.max(k)).max(1);
         for first in (0..rows).step_by(block) {
@@ -221,7 +223,7 @@ impl<R: Runtime> GpuEngine<R> {
             let x = self.whole(input.slice(first * k..end * k), "a linear layer's input");
             let mut part = out.slice_mut(first * n..end * n);
             let target = self.target(&part, "a linear layer's output", accumulate);
-            core.linear(&x, end - first, &w, bias.as_ref(), k, n, target.handle(), accumulate);
+            core.linear(&x, end - first, &w, bias.as_ref(), k, n, target.handle(), accumulate, norm.as_ref().map(|(w, eps)| (w, *eps)));
             self.finish(target, part.reborrow(), &format!("a linear layer ({} x {k} times {n} x {k})", end - first));
         }
     }
@@ -458,7 +460,17 @@ impl<R: Runtime> Engine for GpuEngine<R> {
     }
 
     fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, out: ViewMut) {
-        self.product(input, weight, bias, out, false);
+        self.product(input, weight, bias, out, false, None);
+    }
+
+    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, mut normed: ViewMut, out: ViewMut) {
+        let rows = input.len() / weight.cols().max(1);
+        if rows > FEW_ROWS || weight.cols() > self.core.max_values {
+            // Prefill's rows go through the tiled product, which takes its input as it is.
+            self.rms_norm(input, norm, eps, normed.reborrow());
+            return self.linear(normed.as_view(), weight, None, out);
+        }
+        self.product(input, weight, None, out, false, Some((norm, eps)));
     }
 
     fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {
@@ -469,7 +481,7 @@ impl<R: Runtime> Engine for GpuEngine<R> {
             self.add(out, scratch.as_view());
             return;
         }
-        self.product(input, weight, None, out, true);
+        self.product(input, weight, None, out, true, None);
     }
 
     fn rms_norm(&self, x: View, weight: View, eps: f32, out: ViewMut) {

@@ -130,54 +130,91 @@ fn cube_index() -> u32 {
 }
 
 /// `acc[r] += Σ weight[j, k] · input[r, k]` over `k = first, first + step, ...` for each of the
-/// `rows` inputs: one thread's share of a few-row product.
+/// `rows` inputs: one thread's share of a few-row product. With `normed`, the input is taken
+/// through an RMSNorm first: each term carries the norm's weight `norm[k]`, and `squares[r]` sums
+/// `input[r, k]²` for the scale the caller applies once the sums are complete.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn accumulate_dots<W: Float>(input: &Array<f32>, weight: &Array<W>, acc: &mut Array<f32>, j: u32, first: u32, step: u32, k_len: u32, #[comptime] rows: u32) {
+fn accumulate_dots<W: Float>(
+    input: &Array<f32>,
+    weight: &Array<W>,
+    norm: &Array<f32>,
+    acc: &mut Array<f32>,
+    squares: &mut Array<f32>,
+    j: u32,
+    first: u32,
+    step: u32,
+    k_len: u32,
+    #[comptime] rows: u32,
+    #[comptime] normed: bool,
+) {
     let mut k = first;
     while k < k_len {
-        let w = f32::cast_from(weight[(j * k_len + k) as usize]);
+        let mut w = f32::cast_from(weight[(j * k_len + k) as usize]);
+        if normed {
+            w *= norm[k as usize];
+        }
         #[unroll]
         for r in 0..rows {
-            acc[r as usize] += w * input[(r * k_len + k) as usize];
+            let x = input[(r * k_len + k) as usize];
+            acc[r as usize] += w * x;
+            if normed {
+                squares[r as usize] += x * x;
+            }
         }
         k += step;
     }
 }
 
+/// The RMSNorm's scale for a row whose squares sum to `squares` over `k_len` values.
+#[cube]
+fn norm_scale(squares: f32, k_len: u32, eps: f32) -> f32 {
+    1.0f32 / f32::sqrt(squares / f32::cast_from(k_len) + eps)
+}
+
 /// `linear` for a few rows (decode): one cube per output feature `j` of the block, its threads
 /// striding over `k` for each of the `rows` (at most 4, comptime) inputs, then a tree sum. The
-/// block and output layout are those of [`linear_tiled`].
+/// block and output layout are those of [`linear_tiled`]. With `normed` the input goes through
+/// an RMSNorm (weight `norm`, `eps`) first, inside the product.
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 pub fn linear_few_rows<W: Float>(
     input: &Array<f32>,
     weight: &Array<W>,
     bias: &Array<f32>,
+    norm: &Array<f32>,
     out: &mut Array<f32>,
     k_len: u32,
     n_len: u32,
     out_stride: u32,
     col_offset: u32,
+    eps: f32,
     #[comptime] rows: u32,
     #[comptime] has_bias: bool,
     #[comptime] accumulate: bool,
+    #[comptime] normed: bool,
 ) {
     let j = cube_index();
     let thread = UNIT_POS_X;
     let mut partial = SharedMemory::<f32>::new(128usize);
     let mut acc = Array::<f32>::new(4usize);
+    let mut squares = Array::<f32>::new(4usize);
     #[unroll]
     for r in 0..rows {
         acc[r as usize] = 0.0;
+        squares[r as usize] = 0.0;
     }
     if j < n_len {
-        accumulate_dots(input, weight, &mut acc, j, thread, REDUCE_THREADS, k_len, rows);
+        accumulate_dots(input, weight, norm, &mut acc, &mut squares, j, thread, REDUCE_THREADS, k_len, rows, normed);
     }
     #[unroll]
     for r in 0..rows {
         partial[thread as usize] = acc[r as usize];
-        let total = cube_sum(&mut partial, thread);
+        let mut total = cube_sum(&mut partial, thread);
+        if normed {
+            partial[thread as usize] = squares[r as usize];
+            total *= norm_scale(cube_sum(&mut partial, thread), k_len, eps);
+        }
         if thread == 0 && j < n_len {
             store_output(out, bias, r * out_stride + col_offset + j, col_offset + j, total, has_bias, accumulate);
         }
@@ -596,29 +633,37 @@ pub fn linear_plane_rows<W: Float>(
     input: &Array<f32>,
     weight: &Array<W>,
     bias: &Array<f32>,
+    norm: &Array<f32>,
     out: &mut Array<f32>,
     k_len: u32,
     n_len: u32,
     out_stride: u32,
     col_offset: u32,
+    eps: f32,
     #[comptime] rows: u32,
     #[comptime] has_bias: bool,
     #[comptime] accumulate: bool,
+    #[comptime] normed: bool,
 ) {
     let planes = CUBE_DIM_X / PLANE_DIM;
     let j = cube_index() * planes + UNIT_POS_X / PLANE_DIM;
     let lane = UNIT_POS_PLANE;
     let mut acc = Array::<f32>::new(4usize);
+    let mut squares = Array::<f32>::new(4usize);
     #[unroll]
     for r in 0..rows {
         acc[r as usize] = 0.0;
+        squares[r as usize] = 0.0;
     }
     if j < n_len {
-        accumulate_dots(input, weight, &mut acc, j, lane, PLANE_DIM, k_len, rows);
+        accumulate_dots(input, weight, norm, &mut acc, &mut squares, j, lane, PLANE_DIM, k_len, rows, normed);
     }
     #[unroll]
     for r in 0..rows {
-        let total = plane_sum(acc[r as usize]);
+        let mut total = plane_sum(acc[r as usize]);
+        if normed {
+            total *= norm_scale(plane_sum(squares[r as usize]), k_len, eps);
+        }
         if lane == 0 && j < n_len {
             store_output(out, bias, r * out_stride + col_offset + j, col_offset + j, total, has_bias, accumulate);
         }

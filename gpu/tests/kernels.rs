@@ -159,3 +159,25 @@ fn linear_add_adds_the_product_to_what_out_holds() {
         assert_eq!(backend.device_failure(), None);
     }
 }
+
+/// A product with the RMSNorm in front: inside the product for decode's row counts, through a
+/// separate norm for more rows, against the host engine (which always normalises first).
+#[test]
+fn linear_after_norm_matches_norm_then_product() {
+    use coil_kernels::{Engine, HostEngine};
+    let host = HostEngine::new(std::sync::Arc::new(coil_kernels::Reference));
+    let engine = device().device_engine().expect("a GPU backend has an engine");
+    let mut rng = conformance::Rng::new(23);
+    for (rows, k, n) in [(1, 64, 48), (2, 100, 33), (4, 37, 129), (6, 64, 70)] {
+        let weight = Matrix::new(rng.vec(n * k, 0.5), n, k);
+        let (input, norm) = (rng.vec(rows * k, 3.0), rng.vec(k, 1.0));
+        let (mut want, mut normed) = (vec![0.0; rows * n], vec![0.0; rows * k]);
+        host.linear_after_norm(input.as_slice().into(), norm.as_slice().into(), 1e-5, &weight, normed.as_mut_slice().into(), want.as_mut_slice().into());
+        let (x, w) = (engine.upload(&input), engine.upload(&norm));
+        let (mut normed, mut out) = (engine.zeros(rows * k), engine.zeros(rows * n));
+        engine.linear_after_norm(x.view(), w.view(), 1e-5, &weight, normed.view_mut(), out.view_mut());
+        let mut got = vec![0.0; rows * n];
+        engine.download(out.view(), &mut got);
+        assert!(conformance::relative_error(&got, &want) < 1e-5, "{rows} x {k} x {n}");
+    }
+}

@@ -104,6 +104,14 @@ pub trait Engine: Send + Sync {
 
     fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, out: ViewMut);
 
+    /// `out = rms_norm(input) · weightᵀ` (the RMSNorm's weight `norm`, `eps`): a product with the
+    /// norm in front. An engine that cannot normalise inside the product writes the normalised
+    /// input to `normed` (`input`'s size) first.
+    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, mut normed: ViewMut, out: ViewMut) {
+        self.rms_norm(input, norm, eps, normed.reborrow());
+        self.linear(normed.as_view(), weight, None, out);
+    }
+
     /// `out += input · weightᵀ`: a product with the residual add as its epilogue. An engine that
     /// cannot add inside the product puts it in `scratch` (`out`'s size) first.
     fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {

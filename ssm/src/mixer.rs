@@ -295,10 +295,15 @@ impl Block {
 
     /// Pre-norm and in_proj: `act.z`, `act.xbc_raw`, `act.dt_raw` for every row of `hidden`.
     fn project_in(&self, engine: &dyn Engine, dims: &Dims, hidden: View, act: &mut Activations) {
-        engine.rms_norm(hidden, self.norm.view(), dims.eps, act.normed.view_mut());
-        // One product (one pass over the weights), then each row's z | xBC | dt into its own
-        // contiguous buffer.
-        self.in_proj.apply(engine, act.normed.view(), act.zxbcdt.view_mut());
+        // The norm, then one product (one pass over the weights; the norm inside it where the
+        // engine can), then each row's z | xBC | dt into its own contiguous buffer.
+        match &self.in_proj.bias {
+            None => engine.linear_after_norm(hidden, self.norm.view(), dims.eps, &self.in_proj.weight, act.normed.view_mut(), act.zxbcdt.view_mut()),
+            Some(_) => {
+                engine.rms_norm(hidden, self.norm.view(), dims.eps, act.normed.view_mut());
+                self.in_proj.apply(engine, act.normed.view(), act.zxbcdt.view_mut());
+            }
+        }
         let rows = act.tokens();
         engine.split_columns(act.zxbcdt.view(), rows, [act.z.view_mut(), act.xbc_raw.view_mut(), act.dt_raw.view_mut()]);
     }
