@@ -313,6 +313,11 @@ fn the_law_is_not_fitted_where_the_data_cannot_carry_it() {
     let law = |x: f64| 2.0 * (1.5f64.powf(x) - 1.0) + 0.5;
     let fit = fit_capacity(&[(1.0, law(1.0)), (2.0, law(2.0)), (4.0, law(4.0)), (8.0, law(8.0))]).unwrap();
     assert!((fit.a - 2.0).abs() < 0.05 && (fit.b - 1.5).abs() < 0.01 && (fit.c - 0.5).abs() < 0.05, "{fit:?}");
+    // Tiny state sizes (the bindings family's 0.008-0.033 million) put b^N_S - 1 in its linear
+    // regime: the best b runs to the grid's edge and was once printed as `4.963 (16.000^N_S - 1)
+    // + -0.101`. Now the reason, and the line.
+    let why = fit_capacity(&[(0.0082, 0.022), (0.0123, 0.066), (0.0164, 0.121), (0.0328, 0.374)]).unwrap_err();
+    assert!(why.contains("no curvature") && why.contains("K tokens per million"), "{why}");
 }
 
 #[test]

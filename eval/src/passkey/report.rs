@@ -21,8 +21,8 @@ pub struct CapacityFit {
 
 /// Least squares over `(n_s_millions, capacity_k)` points: for each `b` on a fine log grid in
 /// (1, 16], `a` and `c` solve a linear least-squares problem; the best `b` wins. A fit of three
-/// parameters needs three points that differ in both state size and value: otherwise the reason
-/// there is none.
+/// parameters needs three points that differ in both state size and value, and points that bend:
+/// otherwise the reason there is none (for points on a line, the line).
 pub fn fit_capacity(points: &[(f64, f64)]) -> Result<CapacityFit, String> {
     let distinct = |values: Vec<f64>| {
         let mut values = values;
@@ -44,8 +44,9 @@ pub fn fit_capacity(points: &[(f64, f64)]) -> Result<CapacityFit, String> {
         ));
     }
     let mut best: Option<(f64, CapacityFit)> = None;
-    for step in 1..=4000 {
-        let b = (16f64.ln() * step as f64 / 4000.0).exp();
+    const STEPS: usize = 4000;
+    for step in 1..=STEPS {
+        let b = (B_MAX.ln() * step as f64 / STEPS as f64).exp();
         // Normal equations for y = a u + c with u = b^x - 1.
         let (mut su, mut suu, mut sy, mut suy) = (0.0, 0.0, 0.0, 0.0);
         let n = points.len() as f64;
@@ -67,7 +68,32 @@ pub fn fit_capacity(points: &[(f64, f64)]) -> Result<CapacityFit, String> {
             best = Some((sse, CapacityFit { a, b, c, points: points.len() }));
         }
     }
-    best.map(|(_, fit)| fit).ok_or_else(|| "the points are degenerate".into())
+    let fit = best.map(|(_, fit)| fit).ok_or_else(|| "the points are degenerate".to_owned())?;
+    if fit.b >= B_MAX * (1.0 - 1e-9) {
+        // Over a narrow range of N_S, b^N_S - 1 is a straight line for any b: the best b runs
+        // to the edge of the range searched, and a and b are not separately determined.
+        let (lo, hi) = points.iter().fold((f64::INFINITY, 0f64), |(lo, hi), p| (lo.min(p.0), hi.max(p.0)));
+        let (slope, intercept) = line_fit(points);
+        return Err(format!(
+            "no curvature over N_S {lo:.4}..{hi:.4}: the best b runs to the edge of the range searched ({B_MAX}), where a (b^N_S - 1) + c is a straight line; as a line, {slope:.3} K tokens per million {} {:.3}",
+            if intercept < 0.0 { "-" } else { "+" },
+            intercept.abs()
+        ));
+    }
+    Ok(fit)
+}
+
+/// The largest `b` [`fit_capacity`] tries.
+const B_MAX: f64 = 16.0;
+
+/// Least-squares `y = slope x + intercept`.
+fn line_fit(points: &[(f64, f64)]) -> (f64, f64) {
+    let n = points.len() as f64;
+    let (sx, sy) = points.iter().fold((0.0, 0.0), |(sx, sy), p| (sx + p.0, sy + p.1));
+    let (mx, my) = (sx / n, sy / n);
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(sxy, sxx), p| (sxy + (p.0 - mx) * (p.1 - my), sxx + (p.0 - mx).powi(2)));
+    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (slope, my - slope * mx)
 }
 
 /// The memory span of cells given as `(tokens between needle and question, correct)`: the
@@ -392,7 +418,8 @@ impl Report {
             for (what, fit) in [("capacity", &fits.capacity), ("memory span", &fits.span)] {
                 match fit {
                     Ok(f) => {
-                        let _ = writeln!(md, "- `{arm}`: {what} = {:.3} ({:.3}^N_S - 1) + {:.3} ({} models)", f.a, f.b, f.c, f.points);
+                        let sign = if f.c < 0.0 { "-" } else { "+" };
+                        let _ = writeln!(md, "- `{arm}`: {what} = {:.3} ({:.3}^N_S - 1) {sign} {:.3} ({} models)", f.a, f.b, f.c.abs(), f.points);
                     }
                     Err(why) => {
                         let _ = writeln!(md, "- `{arm}`: {what} not fitted: {why}");
