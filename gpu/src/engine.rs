@@ -463,25 +463,25 @@ impl<R: Runtime> Engine for GpuEngine<R> {
         self.product(input, weight, bias, out, false, None);
     }
 
-    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, mut normed: ViewMut, out: ViewMut) {
+    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, bias: Option<View>, mut normed: ViewMut, out: ViewMut) {
         let rows = input.len() / weight.cols().max(1);
         if rows > FEW_ROWS || weight.cols() > self.core.max_values {
             // Prefill's rows go through the tiled product, which takes its input as it is.
             self.rms_norm(input, norm, eps, normed.reborrow());
-            return self.linear(normed.as_view(), weight, None, out);
+            return self.linear(normed.as_view(), weight, bias, out);
         }
-        self.product(input, weight, None, out, false, Some((norm, eps)));
+        self.product(input, weight, bias, out, false, Some((norm, eps)));
     }
 
-    fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {
+    fn linear_add(&self, input: View, weight: &Matrix, bias: Option<View>, mut scratch: ViewMut, out: ViewMut) {
         if weight.cols() > self.core.max_values {
             // Not one row of the weight fits a buffer: the product runs on the host (`product`),
             // the add after it.
-            self.linear(input, weight, None, scratch.reborrow());
+            self.linear(input, weight, bias, scratch.reborrow());
             self.add(out, scratch.as_view());
             return;
         }
-        self.product(input, weight, None, out, true, None);
+        self.product(input, weight, bias, out, true, None);
     }
 
     fn rms_norm(&self, x: View, weight: View, eps: f32, out: ViewMut) {
@@ -576,15 +576,11 @@ impl<R: Runtime> Engine for GpuEngine<R> {
     }
 
     fn split_columns(&self, src: View, rows: usize, parts: [ViewMut; 3]) {
-        let total: usize = parts.iter().map(ViewMut::len).sum();
-        assert_eq!(total, src.len(), "split_columns: the parts do not add up to the source");
-        if rows == 0 || src.is_empty() {
-            return;
-        }
+        let Some(widths) = coil_kernels::split_widths(src.len(), rows, &parts) else { return };
+        let widths = widths.map(|w| w as u32);
         let (src_handle, src_offset) = self.place(src, "columns to split");
         let len = src.len();
         let outputs = parts.each_ref().map(|part| self.output_at(part, "split columns"));
-        let widths = parts.each_ref().map(|part| (part.len() / rows) as u32);
         if let Some((count, dim)) = self.launch_elementwise(len) {
             // SAFETY (the arguments and the launch): each output is written from its offset to its
             // offset plus its length, inside its buffer; the kernel reads only `src`'s range.

@@ -132,9 +132,10 @@ fn split_columns_puts_each_part_where_its_view_is() {
     }
 }
 
-/// The residual add as a product's epilogue: `out += input · weightᵀ` on the device, for decode's
-/// row counts (the plane and cube reductions) and prefill's (the tiled product), and with the
-/// weight split into blocks of rows under a small buffer limit, each against the host engine.
+/// The residual add as a product's epilogue: `out += input · weightᵀ (+ bias)` on the device, for
+/// decode's row counts (the plane and cube reductions) and prefill's (the tiled product), with and
+/// without a bias, and with the weight split into blocks of rows under a small buffer limit, each
+/// against the host engine.
 #[test]
 fn linear_add_adds_the_product_to_what_out_holds() {
     use coil_kernels::{Engine, HostEngine};
@@ -148,11 +149,14 @@ fn linear_add_adds_the_product_to_what_out_holds() {
         let (input, start) = (rng.vec(rows * k, 1.0), rng.vec(rows * n, 2.0));
         let mut want = start.clone();
         let mut scratch = vec![0.0; rows * n];
-        host.linear_add(input.as_slice().into(), &weight, scratch.as_mut_slice().into(), want.as_mut_slice().into());
+        let bias = rng.vec(n, 1.0);
+        let host_bias = (rows == 3).then_some(bias.as_slice().into());
+        host.linear_add(input.as_slice().into(), &weight, host_bias, scratch.as_mut_slice().into(), want.as_mut_slice().into());
         let x = engine.upload(&input);
         let mut out = engine.upload(&start);
         let mut scratch = engine.zeros(rows * n);
-        engine.linear_add(x.view(), &weight, scratch.view_mut(), out.view_mut());
+        let device_bias = engine.upload(&bias);
+        engine.linear_add(x.view(), &weight, (rows == 3).then(|| device_bias.view()), scratch.view_mut(), out.view_mut());
         let mut got = vec![0.0; rows * n];
         engine.download(out.view(), &mut got);
         assert!(conformance::relative_error(&got, &want) < 1e-5, "limit {limit:?}, {rows} x {k} x {n}");
@@ -160,8 +164,9 @@ fn linear_add_adds_the_product_to_what_out_holds() {
     }
 }
 
-/// A product with the RMSNorm in front: inside the product for decode's row counts, through a
-/// separate norm for more rows, against the host engine (which always normalises first).
+/// A product with the RMSNorm in front (with and without a bias): inside the product for decode's
+/// row counts, through a separate norm for more rows, against the host engine (which always
+/// normalises first).
 #[test]
 fn linear_after_norm_matches_norm_then_product() {
     use coil_kernels::{Engine, HostEngine};
@@ -172,10 +177,13 @@ fn linear_after_norm_matches_norm_then_product() {
         let weight = Matrix::new(rng.vec(n * k, 0.5), n, k);
         let (input, norm) = (rng.vec(rows * k, 3.0), rng.vec(k, 1.0));
         let (mut want, mut normed) = (vec![0.0; rows * n], vec![0.0; rows * k]);
-        host.linear_after_norm(input.as_slice().into(), norm.as_slice().into(), 1e-5, &weight, normed.as_mut_slice().into(), want.as_mut_slice().into());
+        let bias = rng.vec(n, 1.0);
+        let host_bias = (rows == 2).then_some(bias.as_slice().into());
+        host.linear_after_norm(input.as_slice().into(), norm.as_slice().into(), 1e-5, &weight, host_bias, normed.as_mut_slice().into(), want.as_mut_slice().into());
         let (x, w) = (engine.upload(&input), engine.upload(&norm));
         let (mut normed, mut out) = (engine.zeros(rows * k), engine.zeros(rows * n));
-        engine.linear_after_norm(x.view(), w.view(), 1e-5, &weight, normed.view_mut(), out.view_mut());
+        let device_bias = engine.upload(&bias);
+        engine.linear_after_norm(x.view(), w.view(), 1e-5, &weight, (rows == 2).then(|| device_bias.view()), normed.view_mut(), out.view_mut());
         let mut got = vec![0.0; rows * n];
         engine.download(out.view(), &mut got);
         assert!(conformance::relative_error(&got, &want) < 1e-5, "{rows} x {k} x {n}");

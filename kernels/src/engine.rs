@@ -104,18 +104,19 @@ pub trait Engine: Send + Sync {
 
     fn linear(&self, input: View, weight: &Matrix, bias: Option<View>, out: ViewMut);
 
-    /// `out = rms_norm(input) · weightᵀ` (the RMSNorm's weight `norm`, `eps`): a product with the
-    /// norm in front. An engine that cannot normalise inside the product writes the normalised
-    /// input to `normed` (`input`'s size) first.
-    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, mut normed: ViewMut, out: ViewMut) {
+    /// `out = rms_norm(input) · weightᵀ (+ bias)` (the RMSNorm's weight `norm`, `eps`): a product
+    /// with the norm in front. An engine that cannot normalise inside the product writes the
+    /// normalised input to `normed` (`input`'s size) first.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_after_norm(&self, input: View, norm: View, eps: f32, weight: &Matrix, bias: Option<View>, mut normed: ViewMut, out: ViewMut) {
         self.rms_norm(input, norm, eps, normed.reborrow());
-        self.linear(normed.as_view(), weight, None, out);
+        self.linear(normed.as_view(), weight, bias, out);
     }
 
-    /// `out += input · weightᵀ`: a product with the residual add as its epilogue. An engine that
-    /// cannot add inside the product puts it in `scratch` (`out`'s size) first.
-    fn linear_add(&self, input: View, weight: &Matrix, mut scratch: ViewMut, out: ViewMut) {
-        self.linear(input, weight, None, scratch.reborrow());
+    /// `out += input · weightᵀ (+ bias)`: a product with the residual add as its epilogue. An
+    /// engine that cannot add inside the product puts it in `scratch` (`out`'s size) first.
+    fn linear_add(&self, input: View, weight: &Matrix, bias: Option<View>, mut scratch: ViewMut, out: ViewMut) {
+        self.linear(input, weight, bias, scratch.reborrow());
         self.add(out, scratch.as_view());
     }
     fn rms_norm(&self, x: View, weight: View, eps: f32, out: ViewMut);
@@ -288,15 +289,9 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
 
     fn split_columns(&self, src: View, rows: usize, parts: [ViewMut; 3]) {
         use rayon::prelude::*;
+        let Some(widths) = split_widths(src.len(), rows, &parts) else { return };
         let src = src.host();
         let [a, b, c] = parts.map(|part| part.host());
-        assert_eq!(a.len() + b.len() + c.len(), src.len(), "split_columns: the parts do not add up to the source");
-        if rows == 0 || src.is_empty() {
-            return;
-        }
-        assert!([a.len(), b.len(), c.len(), src.len()].iter().all(|len| len % rows == 0), "split_columns: ragged rows");
-        let widths = [a.len() / rows, b.len() / rows, c.len() / rows];
-        assert!(widths.iter().all(|&w| w > 0), "split_columns: an empty part");
         src.par_chunks(src.len() / rows)
             .zip(a.par_chunks_mut(widths[0]))
             .zip(b.par_chunks_mut(widths[1]))
@@ -385,3 +380,14 @@ impl<B: Backend + ?Sized> Engine for HostEngine<B> {
     }
 }
 
+/// The widths of [`Engine::split_columns`]'s parts, `None` when there is nothing to split. Panics
+/// (a caller's bug) when the parts do not add up to the source, are ragged or one is empty.
+pub fn split_widths(src_len: usize, rows: usize, parts: &[ViewMut; 3]) -> Option<[usize; 3]> {
+    let lens = parts.each_ref().map(ViewMut::len);
+    assert_eq!(lens.iter().sum::<usize>(), src_len, "split_columns: the parts do not add up to the source");
+    if rows == 0 || src_len == 0 {
+        return None;
+    }
+    assert!(lens.iter().all(|&len| len > 0 && len % rows == 0), "split_columns: an empty or ragged part");
+    Some(lens.map(|len| len / rows))
+}

@@ -15,7 +15,7 @@ mod shape;
 
 pub use backend::{Backend, Traffic};
 pub use buffer::{Buffer, DeviceArray, DeviceView, View, ViewMut};
-pub use engine::{DtStep, Engine, HostEngine, RecurrenceViews, ScanViews};
+pub use engine::{split_widths, DtStep, Engine, HostEngine, RecurrenceViews, ScanViews};
 pub use device::Device;
 pub use host::HostArray;
 pub use matrix::{bf16_to_f32, f32_to_bf16, Matrix, Values, WeightDtype};

@@ -57,8 +57,9 @@ struct Projection {
 }
 
 impl Projection {
-    fn apply(&self, engine: &dyn Engine, input: View, out: ViewMut) {
-        engine.linear(input, &self.weight, self.bias.as_ref().map(Param::view), out);
+    /// The weight and the bias as the engine's products take them.
+    fn parts(&self) -> (&Matrix, Option<View<'_>>) {
+        (&self.weight, self.bias.as_ref().map(Param::view))
     }
 
     fn convert(&mut self, dtype: WeightDtype) {
@@ -297,13 +298,8 @@ impl Block {
     fn project_in(&self, engine: &dyn Engine, dims: &Dims, hidden: View, act: &mut Activations) {
         // The norm, then one product (one pass over the weights; the norm inside it where the
         // engine can), then each row's z | xBC | dt into its own contiguous buffer.
-        match &self.in_proj.bias {
-            None => engine.linear_after_norm(hidden, self.norm.view(), dims.eps, &self.in_proj.weight, act.normed.view_mut(), act.zxbcdt.view_mut()),
-            Some(_) => {
-                engine.rms_norm(hidden, self.norm.view(), dims.eps, act.normed.view_mut());
-                self.in_proj.apply(engine, act.normed.view(), act.zxbcdt.view_mut());
-            }
-        }
+        let (weight, bias) = self.in_proj.parts();
+        engine.linear_after_norm(hidden, self.norm.view(), dims.eps, weight, bias, act.normed.view_mut(), act.zxbcdt.view_mut());
         let rows = act.tokens();
         engine.split_columns(act.zxbcdt.view(), rows, [act.z.view_mut(), act.xbc_raw.view_mut(), act.dt_raw.view_mut()]);
     }
@@ -324,14 +320,9 @@ impl Block {
     fn project_out(&self, engine: &dyn Engine, dims: &Dims, hidden: &mut Buffer, act: &mut Activations) {
         let group = dims.inner() / dims.ssm.groups;
         engine.gated_rms_norm(act.y.view(), act.z.view(), self.mixer_norm.view(), group, dims.eps, act.u.view_mut());
-        match &self.out_proj.bias {
-            // The residual add as out_proj's epilogue (one kernel on a GPU).
-            None => engine.linear_add(act.u.view(), &self.out_proj.weight, act.out.view_mut(), hidden.view_mut()),
-            Some(_) => {
-                self.out_proj.apply(engine, act.u.view(), act.out.view_mut());
-                engine.add(hidden.view_mut(), act.out.view());
-            }
-        }
+        // The residual add as out_proj's epilogue (one kernel on a GPU).
+        let (weight, bias) = self.out_proj.parts();
+        engine.linear_add(act.u.view(), weight, bias, act.out.view_mut(), hidden.view_mut());
     }
 
     /// The selective scan over `inputs`' tokens into `y`, in segments between the points where
